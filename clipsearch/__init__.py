@@ -1,0 +1,34 @@
+"""clipsearch: local semantic photo search with CLIP.
+
+    >>> import clipsearch
+    >>> clipsearch.index_folders(["~/Photos"])
+    >>> index = clipsearch.open_index()
+    >>> for hit in index.search("a dog running on a beach", k=5):
+    ...     print(hit.rank, hit.score, hit.path)
+
+Heavy libraries load on first use, so importing clipsearch is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.results import Hit, IndexInfo, IndexSummary, Progress, Skipped
+
+__version__ = "0.1.0"
+__all__ = [
+    "ClipsearchError", "Hit", "Index", "IndexInfo", "IndexSummary", "Progress", "Skipped",
+    "index_folders", "open_index",
+]
+
+if TYPE_CHECKING:
+    from clipsearch.engine import Index, index_folders, open_index
+
+
+def __getattr__(name: str):
+    if name in ("Index", "index_folders", "open_index"):
+        from clipsearch import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")

@@ -1,0 +1,162 @@
+"""The clipsearch command line: parse, call the library, print through present.py.
+
+This is the only module that exits or turns errors into messages. It imports nothing heavy at
+module level, so `clipsearch --help` is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipsearch.errors import BadInputError, ClipsearchError
+
+app = typer.Typer(
+    help="Search your photos by what is in them. Index a folder once, then search by text or by "
+    "example image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+Db = Annotated[
+    Path | None,
+    typer.Option("--db", envvar="CLIPSEARCH_DB", show_envvar=True, file_okay=False,
+                 help="Index directory [default: the user data dir; CLIPSEARCH_HOME moves it]."),
+]
+Device = Annotated[
+    str, typer.Option("--device", envvar="CLIPSEARCH_DEVICE", help="auto, cpu, cuda, cuda:N or mps.")
+]
+K = Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")]
+Within = Annotated[
+    Path | None, typer.Option("--in", help="Only images under this folder.", file_okay=False)
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Paths = Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")]
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    from clipsearch import present
+
+    try:
+        yield
+    except ClipsearchError as exc:
+        present.err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        present.err.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+def _format(as_json: bool, paths: bool) -> str:
+    if as_json and paths:
+        raise BadInputError("--json and --paths cannot be combined; pick one")
+    return "json" if as_json else "paths" if paths else "table"
+
+
+@app.command()
+def index(
+    folders: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
+    db: Db = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", envvar="CLIPSEARCH_MODEL",
+        help="open_clip model name, hf-hub:org/repo or local-dir:/folder "
+             "[default: the index's model, else ViT-B-32].")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        "--pretrained", envvar="CLIPSEARCH_PRETRAINED",
+        help="Pretrained tag or local checkpoint file [default: laion2b_s34b_b79k].")] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="Decode threads [default: CPU count, at most 8].")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Glob of paths to leave out (repeatable), e.g. '*/thumbs/*'.")] = None,
+    as_json: Json = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Index the images in FOLDERS; later runs only embed what changed.
+
+    New and changed files are embedded, moved or renamed ones are recognised by content, and
+    deleted ones are removed. Ctrl-C keeps everything done so far.
+
+    Example: clipsearch index ~/Photos --exclude '*/Screenshots/*'
+    """
+    from clipsearch import present
+    from clipsearch.engine import index_folders
+
+    with _errors(), present.progress_bar(not quiet and not as_json) as report:
+        summary = index_folders(
+            [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
+            batch_size=batch_size, workers=workers, exclude=exclude or (), progress=report,
+        )
+    present.summary(summary, as_json)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: K = 10,
+    within: Within = None,
+    as_json: Json = False,
+    paths: Paths = False,
+    db: Db = None,
+    device: Device = "auto",
+) -> None:
+    """Find images matching a text description; scores are cosine similarities.
+
+    Example: clipsearch search "a dog running on a beach" -k 5 --in ~/Photos/2019
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        fmt = _format(as_json, paths)
+        found = open_index(db, device=device).search(query, k, str(within) if within else None)
+    present.hits(found, fmt)
+
+
+@app.command()
+def similar(
+    image: Annotated[Path, typer.Argument(help="An image file, indexed or not.")],
+    k: K = 10,
+    within: Within = None,
+    as_json: Json = False,
+    paths: Paths = False,
+    db: Db = None,
+    device: Device = "auto",
+) -> None:
+    """Find images that look like IMAGE (which comes first when it is itself indexed).
+
+    Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        fmt = _format(as_json, paths)
+        found = open_index(db, device=device).similar(image, k, str(within) if within else None)
+    present.hits(found, fmt)
+
+
+@app.command()
+def info(db: Db = None, as_json: Json = False) -> None:
+    """Show what the index holds: image count, folders, model, vector size, disk use.
+
+    Example: clipsearch info --json
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        result = open_index(db).info()
+    present.info(result, as_json)
+
+
+def main() -> None:
+    app()

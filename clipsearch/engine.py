@@ -1,0 +1,199 @@
+"""The engine: an opened index (store + lazily loaded model + search structure) and the one
+function that builds its parts. The CLI and the Python API both go through here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipsearch import config
+from clipsearch.errors import BadInputError, ModelMismatchError
+from clipsearch.models import (
+    ModelSpec,
+    check_weights_unchanged,
+    load_embedder,
+    parse_model_spec,
+    weights_stat,
+)
+from clipsearch.results import Hit, IndexInfo, IndexSummary
+from clipsearch.scan import normalize_root
+from clipsearch.store import Manifest, Store, lock_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from clipsearch.ann import AnnIndex
+    from clipsearch.indexer import ProgressCallback
+    from clipsearch.models.base import Embedder
+
+
+class Index:
+    """An index opened for searching. Build one with `open_index`."""
+
+    def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None):
+        self.store = store
+        self.device = device
+        self._embedder = embedder
+        self._ann: AnnIndex | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.store.manifest.model)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            check_weights_unchanged(self.spec, self.store.manifest.weights_stat)
+            self._embedder = load_embedder(self.spec, self.device)
+        return self._embedder
+
+    @property
+    def ann(self) -> AnnIndex:
+        version = self.store.version
+        if self._ann is None or self._ann.table_version != version:
+            self._ann = current_ann(self.store)
+        return self._ann
+
+    def search(self, query: str, k: int = 10, within: str | None = None) -> list[Hit]:
+        """Images best matching a text description, best first."""
+        if not query or not query.strip():
+            raise BadInputError("the query is empty; describe what to find, e.g. 'a red car'")
+        return self.search_vector(self.embedder.embed_texts([query.strip()])[0], k, within)
+
+    def similar(self, image: str | os.PathLike[str], k: int = 10,
+                within: str | None = None) -> list[Hit]:
+        """Images most like `image`, which may be inside the index or anywhere else."""
+        return self.search_vector(self.image_vector(image), k, within)
+
+    def image_vector(self, image: str | os.PathLike[str]) -> np.ndarray:
+        import numpy as np
+
+        from clipsearch.images import load_image
+
+        path = os.path.abspath(os.path.expanduser(os.fspath(image)))
+        if not os.path.isfile(path):
+            raise BadInputError(f"image not found: {path}")
+        st = os.stat(path)
+        quoted = path.replace("'", "''")
+        rows = self.store.read(["size", "mtime_ns", "vector"], f"path = '{quoted}'").to_pylist()
+        if rows and (rows[0]["size"], rows[0]["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+            return np.asarray(rows[0]["vector"], np.float32)  # indexed and unchanged
+        decoded = load_image(path, self.embedder.decode_min_side)
+        return self.embedder.embed_pil([decoded.image])[0]
+
+    def search_vector(self, vector: np.ndarray, k: int = 10,
+                      within: str | None = None) -> list[Hit]:
+        from clipsearch.search import folder_filter, nearest
+
+        allowed = folder_filter(self.store, within) if within else None
+        return nearest(self.store, self.ann, vector, k, allowed)
+
+    def info(self) -> IndexInfo:
+        spec, manifest = self.spec, self.store.manifest
+        return IndexInfo(
+            db=str(self.store.path), images=self.store.count(), roots=list(manifest.roots),
+            model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
+            bytes=self.store.disk_bytes(), ann=self.ann.kind,
+        )
+
+
+def current_ann(store: Store) -> AnnIndex:
+    """The saved search structure for the table's current version, rebuilt if missing or stale."""
+    from clipsearch.ann import AnnIndex
+
+    version, count = store.version, store.count()
+    ann = AnnIndex.load(store.path, version, count)
+    if ann is None:
+        ids, vectors = store.vectors()
+        ann = AnnIndex.build(ids, vectors, version)
+        with contextlib.suppress(OSError):  # a read-only index still searches, from memory
+            ann.save(store.path)
+    return ann
+
+
+def db_path(db: str | os.PathLike[str] | None) -> Path:
+    return Path(db).expanduser().absolute() if db else config.default_db().absolute()
+
+
+def open_index(db: str | os.PathLike[str] | None = None, *, device: str = "auto",
+               embedder: Embedder | None = None) -> Index:
+    """Open an existing index for searching (`db` defaults to CLIPSEARCH_DB or the data dir)."""
+    return Index(Store.open(db_path(db)), device=device, embedder=embedder)
+
+
+def resolve_spec(model: str | None, pretrained: str | None, recorded: ModelSpec | None) -> ModelSpec:
+    """flag > index manifest > default."""
+    if model is None and pretrained is None:
+        if recorded is not None:
+            return recorded
+        return parse_model_spec(config.DEFAULT_MODEL, config.DEFAULT_PRETRAINED)
+    name = model or (recorded.name if recorded else config.DEFAULT_MODEL)
+    if pretrained is None:
+        if recorded is not None and recorded.name == name:
+            pretrained = recorded.pretrained
+        elif name == config.DEFAULT_MODEL:
+            pretrained = config.DEFAULT_PRETRAINED
+    return parse_model_spec(name, pretrained)
+
+
+def index_folders(
+    roots: Sequence[str | os.PathLike[str]],
+    db: str | os.PathLike[str] | None = None,
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    batch_size: int = config.DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    exclude: Sequence[str] = (),
+    progress: ProgressCallback | None = None,
+    embedder: Embedder | None = None,
+    commit_every: int = config.COMMIT_EVERY,
+) -> IndexSummary:
+    """Index (or re-index, incrementally) the images under `roots` into the index at `db`."""
+    from clipsearch.indexer import Indexer
+
+    if not roots:
+        raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, not {batch_size}")
+    folders = [normalize_root(r) for r in roots]
+    path = db_path(db)
+    with lock_dir(path):
+        store = Store.open(path) if Store.exists(path) else None
+        recorded = ModelSpec.from_dict(store.manifest.model) if store else None
+        spec = embedder.spec if embedder is not None else resolve_spec(model, pretrained, recorded)
+        if recorded is not None and not spec.same_model(recorded):
+            raise ModelMismatchError(
+                f"the index at {path} was built with {recorded.describe()}, not {spec.describe()}; "
+                "drop --model/--pretrained to keep using it, or index into another --db"
+            )
+        if store is None:
+            embedder = embedder or load_embedder(spec, device)
+            store = Store.create(path, Manifest(model=spec.to_dict(), dim=embedder.dim,
+                                                weights_stat=weights_stat(spec)))
+        elif spec != recorded:  # same weights found at a new path: remember where they are now
+            store.manifest.model, store.manifest.weights_stat = spec.to_dict(), weights_stat(spec)
+
+        def lazy_embedder() -> Embedder:
+            nonlocal embedder
+            if embedder is None:
+                check_weights_unchanged(spec, store.manifest.weights_stat)
+                embedder = load_embedder(spec, device)
+            return embedder
+
+        indexer = Indexer(
+            store, lazy_embedder, batch_size=batch_size,
+            workers=config.default_workers() if workers is None else workers,
+            progress=progress, commit_every=commit_every,
+        )
+        summary = indexer.run(folders, exclude)
+        store.manifest.roots = sorted(set(store.manifest.roots) | set(folders))
+        store.save_manifest()
+        if indexer.changed:
+            store.compact()
+        current_ann(store)
+    return summary

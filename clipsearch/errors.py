@@ -1,0 +1,72 @@
+"""Typed errors. Library code raises these; only the CLI turns them into messages and exit codes.
+
+Every message is one line that names the file or value at fault and says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ClipsearchError(Exception):
+    """Base class of every error clipsearch raises on purpose."""
+
+    exit_code = 1
+
+
+class BadInputError(ClipsearchError):
+    """A value given by the user cannot be used (missing folder, malformed option ...)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(BadInputError):
+    """The model name or pretrained tag is not one open_clip knows."""
+
+
+class ModelLoadError(ClipsearchError):
+    """The model exists but its weights could not be loaded."""
+
+
+class OfflineError(ModelLoadError):
+    """The weights are not cached and the model hub cannot be reached."""
+
+
+class IndexNotFoundError(ClipsearchError):
+    """No index exists at the given database directory."""
+
+
+class ModelMismatchError(ClipsearchError):
+    """The index was built with another model than the one asked for."""
+
+
+class SchemaVersionError(ClipsearchError):
+    """The index was written by a newer clipsearch."""
+
+
+class CorruptIndexError(ClipsearchError):
+    """The index's files are damaged in a way clipsearch cannot repair by itself."""
+
+
+class IndexBusyError(ClipsearchError):
+    """Another process is writing to the same index."""
+
+
+class UnreadableImageError(ClipsearchError):
+    """One file could not be decoded as an image. The indexer skips it and reports the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class IndexInterrupted(ClipsearchError):
+    """Indexing was interrupted (Ctrl-C); everything committed so far is kept."""
+
+    exit_code = 130
+
+    def __init__(self, saved: int) -> None:
+        super().__init__(
+            f"interrupted; progress is saved ({saved} images committed in this run): "
+            "run the same command again to resume"
+        )
+        self.saved = saved

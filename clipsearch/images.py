@@ -1,0 +1,138 @@
+"""Decoding one file into an upright RGB picture, safely, with the metadata the index keeps."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clipsearch.errors import UnreadableImageError
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 0x9003
+_DATETIME = 0x0132
+_ORIENTATION = 0x0112
+_formats_registered = False
+
+
+def _register_formats() -> None:
+    """HEIC/HEIF (iPhone photos) through pillow-heif, once per process."""
+    global _formats_registered
+    if _formats_registered:
+        return
+    _formats_registered = True
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # optional at run time: HEIC files are then skipped with a reason
+        return
+    register_heif_opener()
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # RGB, EXIF orientation applied
+    width: int  # of the full-size upright image, not of a reduced draft
+    height: int
+    taken: str | None  # EXIF capture time, ISO 8601 without zone, as the camera wrote it
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "file disappeared while indexing") from None
+    except PermissionError:
+        raise UnreadableImageError(path, "permission denied; make the file readable") from None
+    except IsADirectoryError:
+        raise UnreadableImageError(path, "is a folder, not an image file") from None
+    except OSError as exc:
+        raise UnreadableImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _capture_time(img: Image.Image) -> str | None:
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if not raw:
+            return None
+        text = raw.decode("ascii", "ignore") if isinstance(raw, bytes) else str(raw)
+        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
+    except Exception:  # EXIF in the wild is often malformed; a missing date is not an error
+        return None
+
+
+def _quarter_turned(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
+    except Exception:
+        return False
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit greyscale: keep the top 8 bits instead of letting convert() clip to white
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.uint32) >> 8
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        # transparent areas become white, as a viewer shows them; convert() would turn them black
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
+    """Decode image bytes; `min_side` lets large JPEGs decode at a reduced scale (draft mode).
+
+    The draft keeps both sides at least `min_side`, so the model's own resize still has enough
+    pixels to filter from; choose it well above the model's input size.
+    """
+    _register_formats()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and palette warnings say nothing actionable
+            with Image.open(io.BytesIO(data)) as img:
+                full_size = img.size
+                if min_side and img.format == "JPEG":
+                    img.draft(None, (min_side, min_side))
+                img.load()
+                taken = _capture_time(img)
+                turned = _quarter_turned(img)
+                try:
+                    upright = ImageOps.exif_transpose(img)
+                except Exception:  # a corrupt orientation tag: keep the pixels as stored
+                    upright = img
+                rgb = _to_rgb(upright)
+    except UnreadableImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImageError(path, f"refused: {exc}") from None
+    except UnidentifiedImageError:
+        if not data:
+            raise UnreadableImageError(path, "empty file (0 bytes)") from None
+        raise UnreadableImageError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc) or type(exc).__name__
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise UnreadableImageError(
+                path, "truncated or incomplete file; copy it again from its source") from None
+        raise UnreadableImageError(path, f"cannot decode image ({text})") from None
+    width, height = reversed(full_size) if turned else full_size
+    return Decoded(rgb, width, height, taken)
+
+
+def load_image(path: str, min_side: int | None = None) -> Decoded:
+    return decode(read_file(path), path, min_side)

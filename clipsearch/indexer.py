@@ -1,0 +1,274 @@
+"""scan -> diff against the store -> hash and decode in workers -> embed in batches -> commit.
+
+A file whose size and mtime match its row is not read at all. Any other file is hashed; a hash
+the index already holds (a touched, moved, renamed or copied file) reuses the stored vector, so
+only new content is decoded and embedded. Rows are committed in batches and deleted rows go
+last, so an interrupted run keeps all committed work and the next run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from clipsearch.config import COMMIT_EVERY
+from clipsearch.errors import IndexInterrupted, UnreadableImageError
+from clipsearch.images import content_hash, decode, load_image, read_file
+from clipsearch.results import IndexSummary, Progress, Skipped
+from clipsearch.scan import FileEntry, is_under, scan
+from clipsearch.store import META_COLUMNS, Store
+
+if TYPE_CHECKING:
+    from clipsearch.models.base import Embedder
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class _Row:
+    """A row's metadata as read from the store (no vector)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int | None
+    height: int | None
+    taken: str | None
+
+
+@dataclass
+class _Outcome:
+    entry: FileEntry
+    hash: str
+    source: _Row | None = None  # a row with the same content, whose vector is reused
+    pixels: object | None = None  # preprocessed tensor, when the content is new
+    width: int | None = None
+    height: int | None = None
+    taken: str | None = None
+    vector: np.ndarray | None = None
+
+
+class Indexer:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Callable[[], Embedder],
+        *,
+        batch_size: int,
+        workers: int,
+        progress: ProgressCallback | None = None,
+        commit_every: int = COMMIT_EVERY,
+    ) -> None:
+        self.store = store
+        self._load_embedder = embedder
+        self.batch_size = max(1, batch_size)
+        self.workers = max(0, workers)
+        self.progress = progress or (lambda _p: None)
+        self.commit_every = max(1, commit_every)
+        self.summary = IndexSummary()
+        self._buffer: list[_Outcome] = []
+        self._saved = 0
+        self._next_id = 0
+        self._moved_sources: set[str] = set()
+        self.changed = False
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, roots: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary:
+        started = time.monotonic()
+        found = scan(roots, exclude)
+        self.summary.skipped.extend(found.skipped)
+        self.progress(Progress("scan", len(found.files), len(found.files)))
+
+        rows = self._existing_rows()
+        by_hash = {}
+        for row in rows.values():
+            by_hash.setdefault(row.hash, row)
+        self._next_id = max((r.id for r in rows.values()), default=-1) + 1
+        seen = {e.path for e in found.files}
+        candidates = []
+        for entry in found.files:
+            row = rows.get(entry.path)
+            if row is not None and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
+                self.summary.unchanged += 1
+            else:
+                candidates.append(entry)
+        protected = [s.path for s in found.skipped]
+        gone = [p for p in rows if any(is_under(p, r) for r in roots) and p not in seen
+                and not any(is_under(p, s) for s in protected)]
+        gone_set = set(gone)
+        self._rows, self._by_hash, self._gone = rows, by_hash, gone_set
+
+        changed = bool(candidates or gone)
+        try:
+            if candidates:
+                self._process(candidates)
+            self._flush()
+        except KeyboardInterrupt:
+            self._flush(final=True)
+            raise IndexInterrupted(self._saved) from None
+        if gone:
+            self.store.delete_paths(gone)
+            self.summary.removed = len(gone_set - self._moved_sources)
+        self.summary.seconds = time.monotonic() - started
+        self.changed = changed
+        return self.summary
+
+    def _existing_rows(self) -> dict[str, _Row]:
+        table = self.store.read(META_COLUMNS).to_pylist()
+        return {r["path"]: _Row(**r) for r in table}
+
+    # -- hashing and decoding, in worker threads ------------------------------------------------
+    def _work(self, entry: FileEntry, min_side: int, preprocess) -> _Outcome | Skipped:
+        try:
+            data = read_file(entry.path)
+            digest = content_hash(data)
+            source = self._by_hash.get(digest)
+            if source is not None:
+                return _Outcome(entry, digest, source=source)
+            decoded = decode(data, entry.path, min_side)
+            return _Outcome(entry, digest, pixels=preprocess(decoded.image), width=decoded.width,
+                            height=decoded.height, taken=decoded.taken)
+        except UnreadableImageError as exc:
+            return Skipped(exc.path, exc.reason)
+        except Exception as exc:  # one bad file must never end the run
+            return Skipped(entry.path, f"unexpected error ({type(exc).__name__}: {exc})")
+
+    def _outcomes(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
+        # The model loads only when some file needs reading: an unchanged folder never pays for it.
+        self._embedder = embedder = self._load_embedder()
+        min_side, preprocess = embedder.decode_min_side, embedder.preprocess
+        if self.workers == 0:
+            for entry in entries:
+                yield self._work(entry, min_side, preprocess)
+            return
+        # Bounded look-ahead: decoding runs ahead of the model by a few batches, never the folder.
+        ahead = max(2 * self.batch_size, 4 * self.workers)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipsearch-decode")
+        try:
+            it = iter(entries)
+            window: deque[Future] = deque(
+                pool.submit(self._work, e, min_side, preprocess) for e in islice(it, ahead))
+            while window:
+                result = window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(pool.submit(self._work, nxt, min_side, preprocess))
+                yield result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- embedding and committing, in the calling thread --------------------------------------
+    def _process(self, entries: list[FileEntry]) -> None:
+        pending: list[_Outcome] = []
+        self.progress(Progress("embed", 0, len(entries)))
+        for done, result in enumerate(self._outcomes(entries), start=1):
+            if isinstance(result, Skipped):
+                self.summary.skipped.append(result)
+            elif result.pixels is None:
+                self._buffer.append(result)
+            else:
+                pending.append(result)
+                if len(pending) >= self.batch_size:
+                    self._embed(pending)
+                    pending = []
+            if len(self._buffer) >= self.commit_every:
+                self._flush()
+            self.progress(Progress("embed", done, len(entries)))
+        if pending:
+            self._embed(pending)
+
+    def _embed(self, batch: list[_Outcome]) -> None:
+        import torch
+
+        vectors = self._embedder.embed_images(torch.stack([o.pixels for o in batch]))
+        for outcome, vector in zip(batch, vectors, strict=True):
+            outcome.vector, outcome.pixels = vector, None
+        self.summary.embedded += len(batch)
+        self._buffer.extend(batch)
+
+    def _flush(self, final: bool = False) -> None:
+        """Commit the buffered rows: new paths are appended, known paths overwritten."""
+        ready = [o for o in self._buffer if o.vector is not None or o.source is not None]
+        self._buffer = []
+        if not ready:
+            return
+        self._fill_reused_vectors(ready, final)
+        ready = [o for o in ready if o.vector is not None]
+        fresh = [o for o in ready if o.entry.path not in self._rows]
+        known = [o for o in ready if o.entry.path in self._rows]
+        if fresh:
+            self.store.add(self._table(fresh))
+        if known:
+            self.store.replace(self._table(known))
+        for o in ready:
+            self._count(o)
+        self._saved += len(ready)
+
+    def _fill_reused_vectors(self, outcomes: list[_Outcome], final: bool) -> None:
+        wanted = sorted({o.source.id for o in outcomes if o.vector is None})
+        if not wanted:
+            return
+        table = self.store.fetch(wanted, ["id", "vector"])
+        found = dict(zip(table.column("id").to_pylist(),
+                         table.column("vector").to_numpy(zero_copy_only=False), strict=True))
+        for o in outcomes:
+            if o.vector is not None:
+                continue
+            vector = found.get(o.source.id)
+            if vector is not None:
+                o.vector = np.asarray(vector, np.float32)
+                o.width, o.height, o.taken = o.source.width, o.source.height, o.source.taken
+            elif not final:
+                # the source row was rewritten earlier in this run (two files swapped names)
+                self._embed_one(o)
+
+    def _embed_one(self, o: _Outcome) -> None:
+        try:
+            decoded = load_image(o.entry.path, self._embedder.decode_min_side)
+        except UnreadableImageError as exc:
+            self.summary.skipped.append(Skipped(exc.path, exc.reason))
+            return
+        o.vector = self._embedder.embed_pil([decoded.image])[0]
+        o.width, o.height, o.taken, o.source = decoded.width, decoded.height, decoded.taken, None
+        self.summary.embedded += 1
+
+    def _count(self, o: _Outcome) -> None:
+        old = self._rows.get(o.entry.path)
+        if old is not None:
+            if old.hash == o.hash:
+                self.summary.unchanged += 1
+            else:
+                self.summary.updated += 1
+        elif o.source is not None and o.source.path in self._gone:
+            self.summary.moved += 1
+            self._moved_sources.add(o.source.path)
+        else:
+            self.summary.added += 1
+
+    def _table(self, outcomes: list[_Outcome]) -> pa.Table:
+        ids = range(self._next_id, self._next_id + len(outcomes))
+        self._next_id += len(outcomes)
+        dim = len(outcomes[0].vector)
+        flat = np.concatenate([o.vector for o in outcomes]).astype(np.float32)
+        return pa.table({
+            "id": pa.array(ids, pa.int64()),
+            "path": [o.entry.path for o in outcomes],
+            "size": pa.array([o.entry.size for o in outcomes], pa.int64()),
+            "mtime_ns": pa.array([o.entry.mtime_ns for o in outcomes], pa.int64()),
+            "hash": [o.hash for o in outcomes],
+            "width": pa.array([o.width for o in outcomes], pa.int32()),
+            "height": pa.array([o.height for o in outcomes], pa.int32()),
+            "taken": pa.array([o.taken for o in outcomes], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
+        })
+

@@ -1,0 +1,179 @@
+"""open_clip adapter: resolves weights (cache first, fail fast offline) and embeds batches."""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import open_clip
+import torch
+
+from clipsearch.errors import BadInputError, ModelLoadError, OfflineError, UnknownModelError
+from clipsearch.models import (
+    HF_HUB_PREFIX,
+    LOCAL_DIR_PREFIX,
+    ModelSpec,
+    closest,
+    register_backend,
+)
+from clipsearch.models.base import Embedder
+
+HUB_PROBE_SECONDS = 3.0
+_PREPROCESS_KEYS = {
+    "mean": "image_mean", "std": "image_std",
+    "interpolation": "image_interpolation", "resize_mode": "image_resize_mode",
+}
+
+
+class OpenClipEmbedder(Embedder):
+    def __init__(self, spec, device, model, preprocess, tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        size = model.visual.image_size
+        super().__init__(spec, device, preprocess, max(size) if isinstance(size, tuple | list) else size)
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _reachable(url: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether `url`'s server answers within `timeout` seconds, DNS lookup included."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)  # the server answered, if only with an error status
+        except Exception:
+            answered.append(False)
+
+    # A thread bounds the whole probe: urlopen's timeout does not cover a hanging DNS lookup.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered and answered[0])
+
+
+def _require_hub(spec: ModelSpec, url: str) -> None:
+    parts = urlsplit(url)
+    endpoint = f"{parts.scheme}://{parts.netloc}"
+    if _offline_env() or not _reachable(endpoint):
+        how = "HF_HUB_OFFLINE is set" if _offline_env() else f"{endpoint} is unreachable"
+        raise OfflineError(
+            f"model {spec.describe()} is not in the local cache and {how}; connect once to "
+            "download it, or pass a local checkpoint with --pretrained /path/to/file "
+            "(or --model local-dir:/path/to/folder)"
+        )
+
+
+def _hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _cached_hf_file(repo: str, filenames: Sequence[str]) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _weights_names(filename: str) -> list[str]:
+    stem, ext = os.path.splitext(filename)
+    names = [filename]
+    if ext in (".bin", ".pth", ".pt"):
+        names.insert(0, stem.replace("pytorch_model", "model") + ".safetensors")
+        names.insert(0, stem + ".safetensors")
+    return names
+
+
+def _resolve(spec: ModelSpec) -> tuple[str, str | None, dict]:
+    """(model_name, pretrained, preprocess overrides) for open_clip, reading caches before any network.
+
+    When the weights are cached they are passed to open_clip as local files, so a cached model
+    loads with no network at all; when they are not, the hub is probed first so that an offline
+    machine fails in seconds instead of retrying for a minute.
+    """
+    if spec.name.startswith(LOCAL_DIR_PREFIX) or spec.weights_path:
+        return spec.name, spec.pretrained, {}
+    if spec.name.startswith(HF_HUB_PREFIX):
+        repo = spec.name[len(HF_HUB_PREFIX):]
+        config = _cached_hf_file(repo, ["open_clip_config.json"])
+        weights = _cached_hf_file(repo, _weights_names("open_clip_pytorch_model.bin"))
+        if config and weights and os.path.dirname(config) == os.path.dirname(weights):
+            return LOCAL_DIR_PREFIX + os.path.dirname(config), None, {}
+        _require_hub(spec, _hf_endpoint())
+        return spec.name, None, {}
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained or "")
+    overrides = {arg: cfg[key] for key, arg in _PREPROCESS_KEYS.items() if cfg.get(key) is not None}
+    if cfg.get("hf_hub"):
+        repo, _, filename = cfg["hf_hub"].partition("/")
+        local = _cached_hf_file(repo, _weights_names(filename or "open_clip_pytorch_model.bin"))
+        if local:
+            return spec.name, local, overrides
+        _require_hub(spec, _hf_endpoint())
+    elif cfg.get("url"):
+        local = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+        if os.path.isfile(local):
+            return spec.name, local, overrides
+        _require_hub(spec, cfg["url"])
+    return spec.name, spec.pretrained, {}
+
+
+@register_backend("open_clip")
+class OpenClipBackend:
+    def validate(self, spec: ModelSpec) -> None:
+        if spec.name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
+            return
+        models = open_clip.list_models()
+        if spec.name not in models:
+            raise UnknownModelError(
+                f"unknown model {spec.name!r}; close matches: {closest(spec.name, models)} "
+                "(all names: python -c 'import open_clip; print(open_clip.list_models())')"
+            )
+        if spec.weights_path:
+            return
+        tags = open_clip.list_pretrained_tags_by_model(spec.name)
+        if not spec.pretrained:
+            raise UnknownModelError(
+                f"--model {spec.name} needs --pretrained: one of {', '.join(tags) or '(none published)'}"
+                ", or a checkpoint file path (random weights would make search meaningless)"
+            )
+        if spec.pretrained not in tags:
+            raise UnknownModelError(
+                f"unknown pretrained tag {spec.pretrained!r} for {spec.name}; choose one of: "
+                f"{', '.join(tags) or '(none published)'}, or give a checkpoint file path"
+            )
+
+    def load(self, spec: ModelSpec, device: str) -> OpenClipEmbedder:
+        name, pretrained, overrides = _resolve(spec)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, weights_only=True, **overrides
+            )
+            tokenizer = open_clip.get_tokenizer(name)
+        except BadInputError:
+            raise
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+                reason = ("it holds pickled Python objects, not only tensors, and is refused for "
+                          "safety; convert it to .safetensors")
+            raise ModelLoadError(f"cannot load model {spec.describe()}: {reason[:300]}") from exc
+        model.eval()
+        return OpenClipEmbedder(spec, device, model, preprocess, tokenizer)

@@ -1,0 +1,89 @@
+"""Everything the CLI prints: result tables, JSON, plain paths, summaries and progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clipsearch.results import Hit, IndexInfo, IndexSummary
+from clipsearch.results import Progress as IndexProgress
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def hits(found: Sequence[Hit], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps([h.to_dict() for h in found], indent=2, ensure_ascii=False))
+    elif fmt == "paths":
+        for h in found:
+            print(h.path)
+    else:
+        if not found:
+            err.print("no matching images")
+            return
+        table = Table(show_edge=False, pad_edge=False)
+        table.add_column("rank", justify="right", style="dim")
+        table.add_column("score", justify="right")
+        table.add_column("path", overflow="fold")
+        for h in found:
+            table.add_row(str(h.rank), f"{h.score:.3f}", escape(h.path))
+        out.print(table)
+
+
+def summary(s: IndexSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
+        return
+    err.print(
+        f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
+        f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
+        f"[dim]({s.embedded} embedded in {s.seconds:.1f} s)[/dim]"
+    )
+    for skipped in s.skipped:
+        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+
+
+def info(i: IndexInfo, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(i.to_dict(), indent=2, ensure_ascii=False))
+        return
+    table = Table(show_header=False, show_edge=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in (
+        ("index", i.db), ("images", str(i.images)), ("roots", "\n".join(i.roots) or "-"),
+        ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
+        ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
+    ):
+        table.add_row(key, escape(value))
+    out.print(table)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[callable]:
+    """A callback for the indexer that draws one bar on stderr (nothing when disabled)."""
+    if not enabled:
+        yield lambda _p: None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=err, transient=True)
+    task = None
+
+    def report(p: IndexProgress) -> None:
+        nonlocal task
+        if p.phase == "scan":
+            err.print(f"found {p.total} images")
+        elif p.phase == "embed":
+            if task is None:
+                task = bar.add_task("indexing", total=p.total)
+            bar.update(task, completed=p.done)
+
+    with bar:
+        yield report

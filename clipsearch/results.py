@@ -1,0 +1,64 @@
+"""The dataclasses the library returns; the CLI renders them, the Python API hands them out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. `score` is the cosine similarity to the query: higher is better."""
+
+    rank: int
+    path: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "score": self.score, "rank": self.rank}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not indexed, and why (the reason says what to do about it)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexSummary:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    db: str
+    images: int
+    roots: list[str]
+    model: str
+    pretrained: str | None
+    dim: int
+    bytes: int
+    ann: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported through the indexer's callback. `phase` is 'scan', 'embed' or 'finish'."""
+
+    phase: str
+    done: int
+    total: int

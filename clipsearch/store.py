@@ -1,0 +1,238 @@
+"""The durable index: a LanceDB table of images with their vectors, plus a JSON manifest.
+
+The table is the truth; everything else (the FAISS index) is derived from it and may be lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from clipsearch.errors import (
+    CorruptIndexError,
+    IndexBusyError,
+    IndexNotFoundError,
+    SchemaVersionError,
+)
+
+SCHEMA_VERSION = 1
+TABLE = "images"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+_IN_CHUNK = 512
+# Old table versions are kept this long after compaction so that a search running alongside an
+# index run never finds the files of the version it is reading deleted under it.
+_KEEP_OLD_VERSIONS = timedelta(minutes=10)
+
+
+def schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("mtime_ns", pa.int64(), nullable=False),
+        pa.field("hash", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("taken", pa.string()),  # EXIF capture time, ISO 8601, as the camera wrote it
+        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+    ])
+
+
+META_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "taken"]
+
+
+@dataclass
+class Manifest:
+    model: dict
+    dim: int
+    weights_stat: list[int] | None = None
+    roots: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            version = int(data.get("schema_version", 0))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CorruptIndexError(
+                f"index manifest {path} is unreadable ({exc}); delete the index folder and re-index"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the index at {path.parent} was written by a newer clipsearch (schema {version}, "
+                f"this one reads {SCHEMA_VERSION}); upgrade clipsearch: pip install -U clipsearch"
+            )
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        try:
+            return cls(**known)
+        except TypeError as exc:
+            raise CorruptIndexError(f"index manifest {path} is incomplete ({exc}); re-index") from None
+
+    def write(self, path: Path) -> None:
+        _atomic_write(path, json.dumps(asdict(self), indent=2).encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _sql_list(values: Sequence) -> str:
+    if values and isinstance(values[0], str):
+        return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return ", ".join(str(int(v)) for v in values)
+
+
+class Store:
+    """One index directory: the LanceDB table, the manifest, and the writer's lock."""
+
+    def __init__(self, path: Path, manifest: Manifest, table) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._table = table
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        path = Path(path)
+        if not cls.exists(path):
+            raise IndexNotFoundError(
+                f"no index at {path}; build one first with: clipsearch index FOLDER "
+                "(and the same --db, if you gave one)"
+            )
+        manifest = Manifest.read(path / MANIFEST)
+        import lancedb
+
+        try:
+            table = lancedb.connect(path).open_table(TABLE)
+        except Exception as exc:
+            raise CorruptIndexError(
+                f"the image table in {path} cannot be opened ({str(exc).splitlines()[0][:200]}); "
+                f"move {path} aside and re-index"
+            ) from None
+        return cls(path, manifest, table)
+
+    @classmethod
+    def create(cls, path: Path, manifest: Manifest) -> Store:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        import lancedb
+
+        db = lancedb.connect(path)
+        table = db.create_table(TABLE, schema=schema(manifest.dim), exist_ok=True)
+        # The manifest goes last: a directory without one is not yet an index.
+        manifest.write(path / MANIFEST)
+        return cls(path, manifest, table)
+
+    def save_manifest(self) -> None:
+        self.manifest.write(self.path / MANIFEST)
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Exclusive right to write; a second writer is refused at once instead of corrupting."""
+        with lock_dir(self.path):
+            yield
+
+    @property
+    def version(self) -> int:
+        return self._table.version
+
+    def refresh(self) -> None:
+        self._table.checkout_latest()
+
+    def count(self) -> int:
+        return self._table.count_rows()
+
+    def read(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        query = self._table.search().select(list(columns))
+        if where:
+            query = query.where(where)
+        return query.limit(None).to_arrow()
+
+    def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> pa.Table:
+        """Rows with the given ids (in no particular order)."""
+        ids = list(ids)
+        parts = [self.read(columns, f"id IN ({_sql_list(ids[i:i + _IN_CHUNK])})")
+                 for i in range(0, len(ids), _IN_CHUNK)]
+        return pa.concat_tables(parts) if parts else self.read(columns, "false")
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every row, for building the search structure."""
+        table = self.read(["id", "vector"])
+        ids = table.column("id").to_numpy()
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return ids, np.ascontiguousarray(flat.reshape(len(ids), self.manifest.dim), np.float32)
+
+    def add(self, rows: pa.Table) -> None:
+        """Append rows for paths the table does not hold yet."""
+        self._table.add(rows.cast(self._table.schema))
+
+    def replace(self, rows: pa.Table) -> None:
+        """Insert or overwrite rows by path."""
+        (self._table.merge_insert("path").when_matched_update_all()
+         .when_not_matched_insert_all().execute(rows.cast(self._table.schema)))
+
+    def delete_paths(self, paths: Sequence[str]) -> None:
+        paths = list(paths)
+        for i in range(0, len(paths), _IN_CHUNK):
+            self._table.delete(f"path IN ({_sql_list(paths[i:i + _IN_CHUNK])})")
+
+    def compact(self) -> None:
+        self._table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for folder, _, files in os.walk(self.path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(folder, name)).st_size
+        return total
+
+
+@contextlib.contextmanager
+def lock_dir(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; a single writer is up to the user there
+        yield
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?"
+            raise IndexBusyError(
+                f"another clipsearch process (pid {holder}) is indexing into {path}; "
+                "wait for it to finish, then run this again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -1,0 +1,92 @@
+"""Shared fixtures: a tiny real open_clip model (random weights), saved the ways users' weights
+arrive (a checkpoint file, an open_clip hub-layout folder), and copies of sample_images/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_images"
+TINY = "clipsearch-tiny-test"
+TINY_CFG = {
+    "embed_dim": 32,
+    # 224 px like the real models, so JPEG draft decoding behaves as it does for users
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Registers the tiny config with open_clip, as a user-provided model config would be."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("model_configs")
+    (folder / f"{TINY}.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(folder)
+    return TINY
+
+
+def _tiny_weights(seed: int):
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY)
+    # Random init leaves logit-scale-only differences between seeds; make them distinct models.
+    return model.state_dict()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
+    """Random tiny weights saved to a .safetensors file: the `--pretrained FILE` path."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in _tiny_weights(0).items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_local_dir(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The same weights in open_clip's hub layout: the `--model local-dir:FOLDER` path, which a
+    fresh process can load without registering any config."""
+    folder = tmp_path_factory.mktemp("tiny_hub_layout")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
+    shutil.copy(tiny_checkpoint, folder / "open_clip_model.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_checkpoint):
+    from clipsearch.models import load_embedder, parse_model_spec
+
+    return load_embedder(parse_model_spec(TINY, str(tiny_checkpoint)), "cpu")
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A private, writable copy of sample_images/."""
+    target = tmp_path / "photos"
+    shutil.copytree(SAMPLES, target, ignore=shutil.ignore_patterns("*.md"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def sample_index(embedder, tmp_path_factory) -> Path:
+    """sample_images/ indexed once with the tiny model, for read-only tests."""
+    from clipsearch import index_folders
+
+    photos = tmp_path_factory.mktemp("ro") / "photos"
+    shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))
+    db = photos.parent / "db"
+    index_folders([photos], db, embedder=embedder, workers=2)
+    return db
+
+
+def sample_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".md")

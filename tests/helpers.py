@@ -1,0 +1,56 @@
+"""Independent reference computations that tests compare clipsearch against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def reference_image(path: Path) -> Image.Image:
+    """Plain Pillow: open, apply EXIF orientation, flatten transparency onto white."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def reference_image_vectors(embedder, paths: list[Path]) -> np.ndarray:
+    """open_clip directly: model.encode_image(preprocess(image)), one image at a time, normalised."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for p in paths:
+            x = embedder.preprocess(reference_image(p)).unsqueeze(0)
+            v = embedder.model.encode_image(x)[0]
+            out.append((v / v.norm()).numpy())
+    return np.stack(out)
+
+
+def reference_text_vector(embedder, text: str) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        v = embedder.model.encode_text(embedder.tokenizer([text]))[0]
+        return (v / v.norm()).numpy()
+
+
+def stored_vectors(db: Path) -> dict[str, np.ndarray]:
+    from clipsearch.store import Store
+
+    table = Store.open(db).read(["path", "vector"]).to_pylist()
+    return {r["path"]: np.asarray(r["vector"], np.float32) for r in table}
+
+
+def row_paths(db: Path) -> list[str]:
+    from clipsearch.store import Store
+
+    return sorted(Store.open(db).read(["path"]).column("path").to_pylist())

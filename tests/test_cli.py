@@ -1,0 +1,158 @@
+"""The command line, through typer's CliRunner and as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, sample_files
+from typer.testing import CliRunner
+
+from clipsearch.cli import app
+
+runner = CliRunner()
+
+
+def cli(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def db(photos, tmp_path, tiny_checkpoint):
+    db = tmp_path / "db"
+    r = cli("index", photos, "--db", db, "--model", TINY, "--pretrained", tiny_checkpoint,
+            "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    return db
+
+
+def test_index_prints_a_summary_and_json(photos, tmp_path, tiny_checkpoint, db):
+    (photos / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    r = cli("index", photos, "--db", db, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["unchanged"] == 13 and summary["added"] == 0
+    assert summary["skipped"] == [{"path": str(photos / "broken.jpg"),
+                                   "reason": "not a readable image (unknown or corrupt format)"}]
+    r = cli("index", photos, "--db", db, "-q")
+    assert "added 0, updated 0, moved 0, removed 0, unchanged 13, skipped 1" in r.stderr
+    assert f"skipped {photos / 'broken.jpg'}: not a readable image" in r.stderr
+
+
+def test_search_json_paths_and_table(photos, db):
+    r = cli("search", "a cat", "--db", db, "-k", 5, "--json")
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert set(hits[0]) == {"path", "score", "rank"}
+    assert all(Path(h["path"]).is_file() for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+
+    r = cli("search", "a cat", "--db", db, "-k", 5, "--paths")
+    assert r.stdout.splitlines() == [h["path"] for h in hits]
+
+    r = cli("search", "a cat", "--db", db, "-k", 2)
+    assert r.exit_code == 0
+    assert "rank" in r.stdout and "score" in r.stdout
+    assert f"{hits[0]['score']:.3f}" in r.stdout
+
+
+def test_search_in_folder_and_large_k(photos, db):
+    r = cli("search", "stone", "--db", db, "--in", photos / "textures", "-k", 50, "--paths")
+    assert r.exit_code == 0, r.output
+    assert sorted(r.stdout.splitlines()) == sorted(str(p) for p in sample_files(photos / "textures"))
+    r = cli("search", "stone", "--db", db, "-k", 100, "--json")
+    assert len(json.loads(r.stdout)) == 13
+
+
+def test_similar_and_info(photos, db, tiny_checkpoint):
+    r = cli("similar", photos / "travel" / "china.jpg", "--db", db, "--json", "-k", 3)
+    assert r.exit_code == 0, r.output
+    top = json.loads(r.stdout)[0]
+    assert top["path"] == str(photos / "travel" / "china.jpg")
+    assert top["score"] == pytest.approx(1.0, abs=1e-5)
+
+    r = cli("info", "--db", db, "--json")
+    info = json.loads(r.stdout)
+    assert {"images", "roots", "model", "pretrained", "dim", "bytes"} <= set(info)
+    assert info["images"] == 13
+    assert info["roots"] == [str(photos)]
+    assert (info["model"], info["pretrained"], info["dim"]) == (TINY, str(tiny_checkpoint), 32)
+    assert info["bytes"] > 13 * 32 * 4
+    r = cli("info", "--db", db)
+    assert "images" in r.stdout and "13" in r.stdout
+
+
+def test_db_from_environment(photos, db):
+    r = cli("search", "a cat", "--json", env={"CLIPSEARCH_DB": str(db)})
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)) == 10
+
+
+def test_errors_are_one_line_with_exit_codes(photos, db, tmp_path, tiny_checkpoint):
+    cases = [
+        (("search", "cat", "--db", tmp_path / "empty"), 1, "error: no index at"),
+        (("index", tmp_path / "missing", "--db", db), 2, "error: folder not found:"),
+        (("search", "cat", "--db", db, "--json", "--paths"), 2, "--json and --paths cannot be combined"),
+        (("similar", tmp_path / "nope.jpg", "--db", db), 2, "error: image not found:"),
+        (("search", "cat", "--db", db, "--in", tmp_path / "nope"), 2, "error: --in: folder not found"),
+        (("index", photos, "--db", db, "--model", "ViT-B-32", "--pretrained", "openai"), 1,
+         f"was built with {TINY} ({tiny_checkpoint}), not ViT-B-32 (openai)"),
+        (("index", photos, "--db", tmp_path / "n", "--model", "ViT-B-3"), 2,
+         "error: unknown model 'ViT-B-3'; close matches: ViT-B-32"),
+        (("index", photos, "--db", tmp_path / "n", "--model", "ViT-B-32", "--pretrained", "laion9"), 2,
+         "error: unknown pretrained tag 'laion9' for ViT-B-32; choose one of: openai"),
+        (("index", photos, "--db", tmp_path / "n", "--pretrained", tmp_path / "none.pt"), 2,
+         "checkpoint file not found"),
+    ]
+    for args, code, message in cases:
+        r = cli(*args)
+        assert r.exit_code == code, (args, r.output)
+        assert message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.output
+
+
+def test_same_checkpoint_moved_elsewhere_is_accepted(photos, db, tiny_checkpoint, tmp_path):
+    moved = tmp_path / "moved.safetensors"
+    shutil.copy(tiny_checkpoint, moved)
+    r = cli("index", photos, "--db", db, "--pretrained", moved, "--json")
+    assert r.exit_code == 0, r.output
+    r = cli("info", "--db", db, "--json")
+    assert json.loads(r.stdout)["pretrained"] == str(moved)
+
+
+def test_help_has_examples():
+    for command in ("index", "search", "similar", "info"):
+        r = cli(command, "--help")
+        assert r.exit_code == 0
+        assert "Example: clipsearch" in r.stdout
+
+
+def _script() -> str:
+    found = shutil.which("clipsearch") or str(Path(sys.executable).parent / "clipsearch")
+    assert os.access(found, os.X_OK), "the clipsearch console script is not installed"
+    return found
+
+
+def test_installed_console_script_end_to_end(photos, tmp_path, tiny_local_dir):
+    """A fresh process with nothing registered: weights arrive as an open_clip hub-layout folder."""
+    env = {**os.environ, "CLIPSEARCH_DB": str(tmp_path / "db"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([_script(), "index", str(photos), "--model", f"local-dir:{tiny_local_dir}",
+                        "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "added 13," in r.stderr
+    r = subprocess.run([_script(), "similar", str(photos / "animals" / "horse.png"), "--paths", "-k", "2"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == str(photos / "animals" / "horse.png")
+    r = subprocess.run([_script(), "search", "x", "--db", str(tmp_path / "nothing")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: no index at")

@@ -1,0 +1,135 @@
+"""Loading weights: offline failures are fast and say what to do; checkpoints load safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import time
+
+import pytest
+import torch
+from conftest import TINY
+
+from clipsearch import index_folders, open_index
+from clipsearch.errors import ModelLoadError, ModelMismatchError, OfflineError
+from clipsearch.models import load_embedder, parse_model_spec
+from clipsearch.models.openclip import HUB_PROBE_SECONDS
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def _expect_offline_error(spec, seconds):
+    started = time.monotonic()
+    with pytest.raises(OfflineError) as err:
+        load_embedder(spec, "cpu")
+    assert time.monotonic() - started < seconds
+    message = str(err.value)
+    assert spec.describe() in message
+    assert "--pretrained /path/to/file" in message
+    return message
+
+
+def test_offline_mode_fails_at_once(empty_hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = parse_model_spec("ViT-B-32", "laion2b_s34b_b79k")
+    assert "HF_HUB_OFFLINE is set" in _expect_offline_error(spec, 1.0)
+
+
+def test_unreachable_hub_fails_fast(empty_hub_cache, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    spec = parse_model_spec("ViT-B-32", "laion2b_s34b_b79k")
+    assert f"http://127.0.0.1:{port} is unreachable" in _expect_offline_error(spec, 5.0)
+
+
+def test_hub_that_never_answers_is_given_up_within_the_probe_time(empty_hub_cache, monkeypatch):
+    with socket.socket() as silent:  # accepts connections (kernel backlog) but never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        spec = parse_model_spec("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+        _expect_offline_error(spec, HUB_PROBE_SECONDS + 2.0)
+
+
+def test_cached_hub_weights_load_with_no_network(tiny_model, tiny_checkpoint, tmp_path, monkeypatch):
+    """A model in the hub cache loads offline: files found there go to open_clip as local files."""
+    import huggingface_hub.constants as hf
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-clip" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (cache / "models--someone--tiny-clip" / "refs").mkdir()
+    (cache / "models--someone--tiny-clip" / "refs" / "main").write_text("abc123")
+    from conftest import TINY_CFG
+
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
+    (snapshot / "open_clip_model.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = load_embedder(parse_model_spec("hf-hub:someone/tiny-clip"), "cpu")
+    local = load_embedder(parse_model_spec(TINY, str(tiny_checkpoint)), "cpu")
+    assert torch.allclose(torch.from_numpy(hub.embed_texts(["a dog"])),
+                          torch.from_numpy(local.embed_texts(["a dog"])), atol=1e-6)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/clipsearch-pwned",))
+
+
+def test_pickled_code_in_a_checkpoint_is_never_executed(tiny_model, tmp_path):
+    marker = "/tmp/clipsearch-pwned"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": _Exploit()}, f)
+    with pytest.raises(ModelLoadError, match="refused for safety; convert it to .safetensors"):
+        load_embedder(parse_model_spec(TINY, str(evil)), "cpu")
+    assert not os.path.exists(marker)
+
+
+def test_a_torch_saved_state_dict_loads(tiny_model, tiny_checkpoint, tmp_path, embedder):
+    from safetensors.torch import load_file
+
+    pt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": load_file(str(tiny_checkpoint))}, pt)
+    other = load_embedder(parse_model_spec(TINY, str(pt)), "cpu")
+    assert torch.allclose(torch.from_numpy(other.embed_texts(["x"])),
+                          torch.from_numpy(embedder.embed_texts(["x"])), atol=1e-6)
+
+
+def test_search_refuses_a_checkpoint_changed_since_indexing(tiny_model, tiny_checkpoint, photos, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(tiny_checkpoint.read_bytes())
+    db = tmp_path / "db"
+    index_folders([photos / "space"], db, model=TINY, pretrained=str(weights), device="cpu")
+    assert open_index(db, device="cpu").search("a rocket", k=1)  # loads from the manifest alone
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    state["logit_scale"] = state["logit_scale"] + 1
+    save_file(state, str(weights))
+    with pytest.raises(ModelMismatchError, match="changed since this index was built"):
+        open_index(db, device="cpu").search("a rocket")
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="model weights are missing"):
+        open_index(db, device="cpu").search("a rocket")
+
+
+def test_model_without_pretrained_weights_is_refused(tiny_model):
+    from clipsearch.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="needs --pretrained"):
+        parse_model_spec("ViT-B-16")
