@@ -7,13 +7,17 @@ module level, so `clipsearch --help` is instant.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from clipsearch.errors import BadInputError, ClipsearchError
+
+if TYPE_CHECKING:
+    from clipsearch.engine import Index
+    from clipsearch.results import Hit
 
 app = typer.Typer(
     help="Search your photos by what is in them. Index a folder once, then search by text or by "
@@ -58,6 +62,21 @@ def _format(as_json: bool, paths: bool) -> str:
     if as_json and paths:
         raise BadInputError("--json and --paths cannot be combined; pick one")
     return "json" if as_json else "paths" if paths else "table"
+
+
+def _folder(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
+                ask: Callable[[Index], list[Hit]]) -> None:
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        fmt = _format(as_json, paths)
+        found = ask(open_index(db, device=device))
+    present.hits(found, fmt)
 
 
 @app.command()
@@ -112,13 +131,7 @@ def search(
 
     Example: clipsearch search "a dog running on a beach" -k 5 --in ~/Photos/2019
     """
-    from clipsearch import present
-    from clipsearch.engine import open_index
-
-    with _errors():
-        fmt = _format(as_json, paths)
-        found = open_index(db, device=device).search(query, k, str(within) if within else None)
-    present.hits(found, fmt)
+    _print_hits(db, device, as_json, paths, lambda index: index.search(query, k, _folder(within)))
 
 
 @app.command()
@@ -135,13 +148,7 @@ def similar(
 
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
-    from clipsearch import present
-    from clipsearch.engine import open_index
-
-    with _errors():
-        fmt = _format(as_json, paths)
-        found = open_index(db, device=device).similar(image, k, str(within) if within else None)
-    present.hits(found, fmt)
+    _print_hits(db, device, as_json, paths, lambda index: index.similar(image, k, _folder(within)))
 
 
 @app.command()

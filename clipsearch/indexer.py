@@ -80,7 +80,11 @@ class Indexer:
         self._saved = 0
         self._next_id = 0
         self._moved_sources: set[str] = set()
-        self.changed = False
+        self._rows: dict[str, _Row] = {}  # the table as it was when the run began, by path
+        self._by_hash: dict[str, _Row] = {}  # one row per content hash, for reusing vectors
+        self._gone: set[str] = set()  # paths in the table whose files are no longer there
+        self._embedder: Embedder | None = None
+        self.changed = False  # whether the run wrote anything
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, roots: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary:
@@ -105,10 +109,8 @@ class Indexer:
         protected = [s.path for s in found.skipped]
         gone = [p for p in rows if any(is_under(p, r) for r in roots) and p not in seen
                 and not any(is_under(p, s) for s in protected)]
-        gone_set = set(gone)
-        self._rows, self._by_hash, self._gone = rows, by_hash, gone_set
+        self._rows, self._by_hash, self._gone = rows, by_hash, set(gone)
 
-        changed = bool(candidates or gone)
         try:
             if candidates:
                 self._process(candidates)
@@ -118,9 +120,9 @@ class Indexer:
             raise IndexInterrupted(self._saved) from None
         if gone:
             self.store.delete_paths(gone)
-            self.summary.removed = len(gone_set - self._moved_sources)
+            self.summary.removed = len(self._gone - self._moved_sources)
         self.summary.seconds = time.monotonic() - started
-        self.changed = changed
+        self.changed = bool(candidates or gone)
         return self.summary
 
     def _existing_rows(self) -> dict[str, _Row]:
