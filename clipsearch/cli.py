@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clipsearch.errors import BadInputError, ClipsearchError
+from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted
 
 if TYPE_CHECKING:
     from clipsearch.engine import Index
@@ -50,6 +50,9 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
+    except IndexInterrupted as exc:  # the user asked for it: not an error
+        present.err.print(str(exc), markup=False)
+        raise typer.Exit(exc.exit_code) from None
     except ClipsearchError as exc:
         present.err.print(f"error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
