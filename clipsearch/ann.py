@@ -79,6 +79,10 @@ class AnnIndex:
                     old.unlink()
 
     @classmethod
+    def saved(cls, db: Path, table_version: int) -> bool:
+        return cls._file(db, table_version).is_file()
+
+    @classmethod
     def load(cls, db: Path, table_version: int, expected_size: int) -> AnnIndex | None:
         """The saved index for this table version, or None when missing, damaged or stale."""
         path = cls._file(db, table_version)

@@ -77,10 +77,9 @@ class Index:
         if not os.path.isfile(path):
             raise BadInputError(f"image not found: {path}")
         st = os.stat(path)
-        quoted = path.replace("'", "''")
-        rows = self.store.read(["size", "mtime_ns", "vector"], f"path = '{quoted}'").to_pylist()
-        if rows and (rows[0]["size"], rows[0]["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
-            return np.asarray(rows[0]["vector"], np.float32)  # indexed and unchanged
+        row = self.store.row(path, ["size", "mtime_ns", "vector"])
+        if row and (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+            return np.asarray(row["vector"], np.float32)  # indexed and unchanged
         decoded = load_image(path, self.embedder.decode_min_side)
         return self.embedder.embed_pil([decoded.image])[0]
 
@@ -92,11 +91,13 @@ class Index:
         return nearest(self.store, self.ann, vector, k, allowed)
 
     def info(self) -> IndexInfo:
+        from clipsearch.ann import AnnIndex
+
         spec, manifest = self.spec, self.store.manifest
         return IndexInfo(
             db=str(self.store.path), images=self.store.count(), roots=list(manifest.roots),
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
-            bytes=self.store.disk_bytes(), ann=self.ann.kind,
+            bytes=self.store.disk_bytes(), ann=AnnIndex.kind,
         )
 
 
@@ -195,5 +196,8 @@ def index_folders(
         store.save_manifest()
         if indexer.changed:
             store.compact()
-        current_ann(store)
+        from clipsearch.ann import AnnIndex
+
+        if indexer.changed or not AnnIndex.saved(store.path, store.version):
+            current_ann(store)
     return summary

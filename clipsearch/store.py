@@ -180,6 +180,11 @@ class Store:
                  for i in range(0, len(ids), _IN_CHUNK)]
         return pa.concat_tables(parts) if parts else self.read(columns, "false")
 
+    def row(self, path: str, columns: Sequence[str]) -> dict | None:
+        """The row stored for `path`, or None."""
+        rows = self.read(columns, f"path = {_sql_list([path])}").to_pylist()
+        return rows[0] if rows else None
+
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every row, for building the search structure."""
         table = self.read(["id", "vector"])

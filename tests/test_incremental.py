@@ -59,8 +59,7 @@ def test_new_modified_moved_deleted_and_touched_files(embedder, photos, tmp_path
         np.stack([after[str(new)], after[str(modified)]]),
         reference_image_vectors(embedder, [new, modified]), atol=1e-5)
     assert not np.allclose(after[str(modified)], before[str(modified)])
-    row = Store.open(db).read(["mtime_ns"], f"path = '{touched}'").to_pylist()[0]
-    assert row["mtime_ns"] == 1_000_000_000
+    assert Store.open(db).row(str(touched), ["mtime_ns"])["mtime_ns"] == 1_000_000_000
     # and search agrees with the table: the deleted file is gone, the moved one found at its new path
     hits = open_index(db, embedder=embedder).similar(moved_to, k=20)
     assert hits[0].path == str(moved_to)

@@ -60,3 +60,12 @@ def test_a_second_writer_is_refused_while_one_indexes(db, embedder, photos):
         index_folders([photos], db, embedder=embedder)
     # and once the first writer is done, indexing works again
     assert index_folders([photos], db, embedder=embedder).unchanged == 13
+
+
+def test_paths_with_quotes_are_found_by_similar(db, embedder, photos):
+    quoted = photos / "misc" / "o'clock \"motion\".gif"
+    (photos / "misc" / "clock_motion.gif").rename(quoted)
+    index_folders([photos], db, embedder=embedder)
+    hits = open_index(db, embedder=embedder).similar(quoted, k=1)
+    assert hits[0].path == str(quoted)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
