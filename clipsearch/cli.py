@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from clipsearch import config
 from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted
 
 if TYPE_CHECKING:
@@ -40,6 +41,14 @@ K = Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")]
 Within = Annotated[
     Path | None, typer.Option("--in", help="Only images under this folder.", file_okay=False)
 ]
+After = Annotated[str | None, typer.Option(
+    "--after", metavar="DATE",
+    help="Only photos taken on or after DATE (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM); "
+         "the EXIF capture time, else the file's modification time.")]
+Before = Annotated[str | None, typer.Option(
+    "--before", metavar="DATE", help="Only photos taken before DATE (same forms as --after).")]
+Ext = Annotated[str | None, typer.Option(
+    "--ext", metavar="EXT,...", help="Only these file types, e.g. jpg,png (jpg includes .jpeg).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Paths = Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")]
 
@@ -72,14 +81,15 @@ def _folder(path: Path | None) -> str | None:
 
 
 def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
-                ask: Callable[[Index], list[Hit]]) -> None:
+                ask: Callable[[Index], list[Hit]], none_found: str = "no matching images",
+                **options) -> None:
     from clipsearch import present
     from clipsearch.engine import open_index
 
     with _errors():
         fmt = _format(as_json, paths)
-        found = ask(open_index(db, device=device))
-    present.hits(found, fmt)
+        found = ask(open_index(db, device=device, **options))
+    present.hits(found, fmt, none_found)
 
 
 @app.command()
@@ -122,19 +132,52 @@ def index(
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    query: Annotated[list[str], typer.Argument(
+        metavar="QUERY", help="What to look for, in words; or terms combined with + and -.")],
     k: K = 10,
     within: Within = None,
+    after: After = None,
+    before: Before = None,
+    ext: Ext = None,
+    rerank: Annotated[bool, typer.Option(
+        "--rerank", help="Re-order the best CLIP candidates with BLIP image-text matching, which "
+                         "reads the query and each photo together: slower, more precise.")] = False,
+    candidates: Annotated[int, typer.Option(
+        "--candidates", min=1, help="How many CLIP candidates --rerank reads.")] = config.DEFAULT_CANDIDATES,
+    min_match: Annotated[float | None, typer.Option(
+        "--min-match", metavar="P",
+        help="Drop hits whose BLIP match probability is below P (implies --rerank); "
+             "a query with no real match then returns nothing.")] = None,
+    rerank_model: Annotated[str | None, typer.Option(
+        "--rerank-model", envvar="CLIPSEARCH_RERANK_MODEL", metavar="NAME_OR_DIR",
+        help="BLIP ITM weights: a hub name, or a folder saved with save_pretrained "
+             "[default: Salesforce/blip-itm-base-coco].")] = None,
+    rerank_precision: Annotated[str, typer.Option(
+        "--rerank-precision", envvar="CLIPSEARCH_RERANK_PRECISION",
+        help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or int8 (CPU).")] = "auto",
     as_json: Json = False,
     paths: Paths = False,
     db: Db = None,
     device: Device = "auto",
 ) -> None:
-    """Find images matching a text description; scores are cosine similarities.
+    """Find images matching a description. Scores are CLIP cosine similarities; with --rerank,
+    score = itm + clip (BLIP match probability plus CLIP cosine).
 
-    Example: clipsearch search "a dog running on a beach" -k 5 --in ~/Photos/2019
+    Combine terms: '"beach" + "sunset" - "people"' adds and subtracts them; 2:"sunset" weighs a
+    term double; a path to an image file (~/ref.jpg) is a term too. A '-' inside a word
+    (black-and-white) is just a hyphen.
+
+    Example: clipsearch search "a dog running on a beach" --rerank --after 2019 --ext jpg
     """
-    _print_hits(db, device, as_json, paths, lambda index: index.search(query, k, _folder(within)))
+    text = " ".join(query)
+    none_found = (f"no image matches {text!r} with a match probability of at least {min_match}"
+                  if min_match is not None else "no matching images")
+    _print_hits(
+        db, device, as_json, paths,
+        lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
+                                   rerank=rerank, candidates=candidates, min_match=min_match),
+        none_found, rerank_model=rerank_model, rerank_precision=rerank_precision,
+    )
 
 
 @app.command()
@@ -142,6 +185,9 @@ def similar(
     image: Annotated[Path, typer.Argument(help="An image file, indexed or not.")],
     k: K = 10,
     within: Within = None,
+    after: After = None,
+    before: Before = None,
+    ext: Ext = None,
     as_json: Json = False,
     paths: Paths = False,
     db: Db = None,
@@ -151,7 +197,8 @@ def similar(
 
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
-    _print_hits(db, device, as_json, paths, lambda index: index.similar(image, k, _folder(within)))
+    _print_hits(db, device, as_json, paths, lambda index: index.similar(
+        image, k, _folder(within), after=after, before=before, ext=ext))
 
 
 @app.command()

@@ -23,20 +23,31 @@ from clipsearch.scan import normalize_root
 from clipsearch.store import Manifest, Store, lock_dir
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import numpy as np
 
     from clipsearch.ann import AnnIndex
+    from clipsearch.featcache import FeatureCache
     from clipsearch.indexer import ProgressCallback
     from clipsearch.models.base import Embedder
+    from clipsearch.models.blip import ItmScorer
+    from clipsearch.query import Term
+    from clipsearch.search import Filters
 
 
 class Index:
     """An index opened for searching. Build one with `open_index`."""
 
-    def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None):
+    def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None,
+                 rerank_model: str | None = None, rerank_precision: str = "auto",
+                 scorer: ItmScorer | None = None):
         self.store = store
         self.device = device
+        self.rerank_model = rerank_model or config.DEFAULT_RERANK_MODEL
+        self.rerank_precision = rerank_precision
         self._embedder = embedder
+        self._scorer = scorer
         self._ann: AnnIndex | None = None
 
     @property
@@ -51,22 +62,80 @@ class Index:
         return self._embedder
 
     @property
+    def scorer(self) -> ItmScorer:
+        """The BLIP re-ranker, loaded on first use."""
+        if self._scorer is None:
+            from clipsearch.models.blip import load_scorer
+
+            self._scorer = load_scorer(self.rerank_model, self.device, self.rerank_precision)
+        return self._scorer
+
+    @property
     def ann(self) -> AnnIndex:
         version = self.store.version
         if self._ann is None or self._ann.table_version != version:
             self._ann = current_ann(self.store)
         return self._ann
 
-    def search(self, query: str, k: int = 10, within: str | None = None) -> list[Hit]:
-        """Images best matching a text description, best first."""
-        if not query or not query.strip():
-            raise BadInputError("the query is empty; describe what to find, e.g. 'a red car'")
-        return self.search_vector(self.embedder.embed_texts([query.strip()])[0], k, within)
+    def search(
+        self, query: str, k: int = 10, within: str | None = None, *,
+        after: str | datetime | None = None, before: str | datetime | None = None,
+        ext: str | Sequence[str] | None = None, rerank: bool = False,
+        candidates: int | None = None, min_match: float | None = None,
+    ) -> list[Hit]:
+        """Images best matching `query`, best first.
 
-    def similar(self, image: str | os.PathLike[str], k: int = 10,
-                within: str | None = None) -> list[Hit]:
+        `query` is a description or a composition of text and image terms (clipsearch.query).
+        Filters: `within` a folder, taken `after`/`before` a date, file extension(s) `ext`.
+        `rerank` re-orders the top `candidates` with BLIP; `min_match` (implies `rerank`) drops
+        hits whose BLIP match probability is below it, so a query without a match returns [].
+        """
+        from clipsearch.query import parse
+        from clipsearch.rerank import check_terms
+        from clipsearch.rerank import rerank as rerank_hits
+        from clipsearch.search import Filters
+
+        terms = parse(query)
+        filters = Filters.make(within, after, before, ext)
+        if min_match is not None:
+            if not 0.0 <= min_match <= 1.0:
+                raise BadInputError(f"--min-match {min_match} is not a probability between 0 and 1")
+            rerank = True
+        if candidates is not None and candidates < 1:
+            raise BadInputError(f"--candidates must be at least 1, not {candidates}")
+        texts = check_terms(terms) if rerank else []
+        vector = self.query_vector(terms, query)
+        if not rerank:
+            return self.search_vector(vector, k, filters)
+        first = self.search_vector(vector, max(k, candidates or config.DEFAULT_CANDIDATES), filters)
+        return rerank_hits(first, texts, self.scorer, self.feature_cache(), k, min_match,
+                           workers=config.default_workers())
+
+    def similar(
+        self, image: str | os.PathLike[str], k: int = 10, within: str | None = None, *,
+        after: str | datetime | None = None, before: str | datetime | None = None,
+        ext: str | Sequence[str] | None = None,
+    ) -> list[Hit]:
         """Images most like `image`, which may be inside the index or anywhere else."""
-        return self.search_vector(self.image_vector(image), k, within)
+        from clipsearch.search import Filters
+
+        filters = Filters.make(within, after, before, ext)
+        return self.search_vector(self.image_vector(image), k, filters)
+
+    def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
+        """The unit vector a parsed query stands for (clipsearch.query.combine)."""
+        import numpy as np
+
+        from clipsearch.query import combine
+
+        vectors = np.zeros((len(terms), self.store.manifest.dim), np.float32)
+        texts = [i for i, t in enumerate(terms) if t.kind == "text"]
+        if texts:
+            vectors[texts] = self.embedder.embed_texts([terms[i].value for i in texts])
+        for i, term in enumerate(terms):
+            if term.kind == "image":
+                vectors[i] = self.image_vector(term.value)
+        return combine(terms, vectors, query)
 
     def image_vector(self, image: str | os.PathLike[str]) -> np.ndarray:
         import numpy as np
@@ -84,11 +153,18 @@ class Index:
         return self.embedder.embed_pil([decoded.image])[0]
 
     def search_vector(self, vector: np.ndarray, k: int = 10,
-                      within: str | None = None) -> list[Hit]:
-        from clipsearch.search import folder_filter, nearest
+                      filters: Filters | None = None) -> list[Hit]:
+        from clipsearch.search import allowed_ids, nearest
 
-        allowed = folder_filter(self.store, within) if within else None
+        allowed = allowed_ids(self.store, filters) if filters else None
         return nearest(self.store, self.ann, vector, k, allowed)
+
+    def feature_cache(self) -> FeatureCache:
+        """Where the re-ranker keeps image features between searches (bounded; LRU)."""
+        from clipsearch.featcache import FeatureCache
+
+        return FeatureCache(config.cache_dir() / "itm-features", self.scorer.identity,
+                            config.feature_cache_bytes())
 
     def info(self) -> IndexInfo:
         from clipsearch.ann import AnnIndex
@@ -120,9 +196,15 @@ def db_path(db: str | os.PathLike[str] | None) -> Path:
 
 
 def open_index(db: str | os.PathLike[str] | None = None, *, device: str = "auto",
-               embedder: Embedder | None = None) -> Index:
-    """Open an existing index for searching (`db` defaults to CLIPSEARCH_DB or the data dir)."""
-    return Index(Store.open(db_path(db)), device=device, embedder=embedder)
+               embedder: Embedder | None = None, rerank_model: str | None = None,
+               rerank_precision: str = "auto", scorer: ItmScorer | None = None) -> Index:
+    """Open an existing index for searching (`db` defaults to CLIPSEARCH_DB or the data dir).
+
+    `rerank_model` (a hub name or a folder saved with save_pretrained) and `rerank_precision`
+    (auto, fp32, bf16, int8) apply to searches with `rerank=True`.
+    """
+    return Index(Store.open(db_path(db)), device=device, embedder=embedder,
+                 rerank_model=rerank_model, rerank_precision=rerank_precision, scorer=scorer)
 
 
 def resolve_spec(model: str | None, pretrained: str | None, recorded: ModelSpec | None) -> ModelSpec:

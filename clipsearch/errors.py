@@ -18,6 +18,10 @@ class BadInputError(ClipsearchError):
     exit_code = 2
 
 
+class QueryError(BadInputError):
+    """A search query does not parse; the message points at the offending part."""
+
+
 class UnknownModelError(BadInputError):
     """The model name or pretrained tag is not one open_clip knows."""
 

@@ -18,7 +18,9 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def hits(found: Sequence[Hit], fmt: str) -> None:
+def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images") -> None:
+    if not found:
+        err.print(none_found, markup=False)
     if fmt == "json":
         print(json.dumps([h.to_dict() for h in found], indent=2, ensure_ascii=False))
     elif fmt == "paths":
@@ -26,14 +28,18 @@ def hits(found: Sequence[Hit], fmt: str) -> None:
             print(h.path)
     else:
         if not found:
-            err.print("no matching images")
             return
+        reranked = any(h.itm is not None for h in found)
         table = Table(show_edge=False, pad_edge=False)
         table.add_column("rank", justify="right", style="dim")
         table.add_column("score", justify="right")
+        if reranked:
+            table.add_column("itm", justify="right")
+            table.add_column("clip", justify="right", style="dim")
         table.add_column("path", overflow="fold")
         for h in found:
-            table.add_row(str(h.rank), f"{h.score:.3f}", escape(h.path))
+            extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else []
+            table.add_row(str(h.rank), f"{h.score:.3f}", *extra, escape(h.path))
         out.print(table)
 
 

@@ -7,14 +7,20 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. `score` is the cosine similarity to the query: higher is better."""
+    """One search result; higher `score` is better. Without re-ranking `score` is the CLIP cosine
+    similarity; re-ranked, it is the fused score `itm + clip` (see clipsearch.rerank)."""
 
     rank: int
     path: str
     score: float
+    itm: float | None = None  # BLIP's probability that image and query match, when re-ranked
+    clip: float | None = None  # the first-stage CLIP cosine, when re-ranked
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "score": self.score, "rank": self.rank}
+        out = {"path": self.path, "score": self.score, "rank": self.rank}
+        if self.itm is not None:
+            out |= {"itm": self.itm, "clip": self.clip}
+        return out
 
 
 @dataclass(frozen=True)

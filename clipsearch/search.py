@@ -1,27 +1,128 @@
-"""Turning a query vector into ranked hits: filters applied inside FAISS, then rows looked up."""
+"""Turning a query vector into ranked hits: filters become an id set applied inside FAISS (so
+top-k is top-k of what the filters allow), then rows are looked up."""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.ann import AnnIndex
+from clipsearch.config import IMAGE_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.results import Hit
 from clipsearch.store import Store
 
+_DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")
+# Spellings of one format count as one: --ext jpg also finds .jpeg and .JPG.
+_SAME_FORMAT = [{"jpg", "jpeg", "jpe", "jfif"}, {"tif", "tiff"}, {"heic", "heif", "hif"}]
 
-def folder_filter(store: Store, folder: str) -> np.ndarray:
-    """Ids of the rows under `folder` (an existing directory; symlinks as the index stored them)."""
+
+@dataclass(frozen=True)
+class Filters:
+    """Which images a search may return. Dates compare with the EXIF capture time, or with the
+    file's modification time (local time) where a photo has none."""
+
+    within: str | None = None  # a folder
+    after: datetime | None = None  # taken at or after
+    before: datetime | None = None  # taken before
+    ext: frozenset[str] = frozenset()  # lower-case extensions without the dot
+
+    @classmethod
+    def make(cls, within: str | os.PathLike[str] | None = None, after: str | datetime | None = None,
+             before: str | datetime | None = None, ext: str | Iterable[str] | None = None) -> Filters:
+        """Validate user-facing values: dates as YYYY[-MM[-DD[THH:MM[:SS]]]], ext as 'jpg,png'."""
+        start, end = parse_date(after, "--after"), parse_date(before, "--before")
+        if start and end and start >= end:
+            raise BadInputError(f"--after {start:%Y-%m-%d %H:%M} is not before --before "
+                                f"{end:%Y-%m-%d %H:%M}; nothing could match")
+        return cls(os.fspath(within) if within else None, start, end, parse_extensions(ext))
+
+    def __bool__(self) -> bool:
+        return bool(self.within or self.after or self.before or self.ext)
+
+
+def parse_date(value: str | datetime | None, flag: str) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    match = _DATE.match(value.strip())
+    try:
+        if not match:
+            raise ValueError
+        y, mo, d, h, mi, s = (int(g) if g else None for g in match.groups())
+        return datetime(y, mo or 1, d or 1, h or 0, mi or 0, s or 0)
+    except ValueError:
+        raise BadInputError(
+            f"{flag} {value!r} is not a date; write YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM"
+        ) from None
+
+
+def parse_extensions(ext: str | Iterable[str] | None) -> frozenset[str]:
+    if not ext:
+        return frozenset()
+    items = ext.split(",") if isinstance(ext, str) else list(ext)
+    known = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    wanted: set[str] = set()
+    for item in (i.strip().lower().lstrip(".") for i in items):
+        if not item:
+            continue
+        if item not in known:
+            raise BadInputError(f"--ext {item!r} is not an image type clipsearch indexes; choose "
+                                f"from: {', '.join(known)}")
+        wanted |= next((group for group in _SAME_FORMAT if item in group), {item})
+    return frozenset(wanted)
+
+
+def allowed_ids(store: Store, filters: Filters) -> np.ndarray | None:
+    """Ids of the rows `filters` allow, or None when nothing is filtered."""
+    if not filters:
+        return None
+    columns = ["id", "path"] + (["taken", "mtime_ns"] if filters.after or filters.before else [])
+    table = store.read(columns)
+    mask = pa.array(np.ones(table.num_rows, bool))
+    paths = table.column("path")
+    if filters.within:
+        mask = pc.and_(mask, pc.starts_with(paths, _folder_prefix(filters.within)))
+    if filters.ext:
+        lowered = pc.utf8_lower(paths)
+        by_ext = [pc.ends_with(lowered, "." + e) for e in sorted(filters.ext)]
+        mask = pc.and_(mask, _any(by_ext))
+    for bound, keep_after in ((filters.after, True), (filters.before, False)):
+        if bound is not None:
+            mask = pc.and_(mask, _date_mask(table, bound, keep_after))
+    return table.column("id").filter(mask).to_numpy()
+
+
+def _folder_prefix(folder: str) -> str:
     path = os.path.abspath(os.path.expanduser(folder))
     if not os.path.isdir(path):
         raise BadInputError(f"--in: folder not found: {path}")
-    table = store.read(["id", "path"])
-    prefix = path.rstrip(os.sep) + os.sep
-    mask = pc.starts_with(table.column("path"), prefix)
-    return table.column("id").filter(mask).to_numpy()
+    return path.rstrip(os.sep) + os.sep
+
+
+def _any(masks: list[pa.ChunkedArray]) -> pa.ChunkedArray:
+    out = masks[0]
+    for m in masks[1:]:
+        out = pc.or_(out, m)
+    return out
+
+
+def _date_mask(table: pa.Table, bound: datetime, keep_after: bool) -> pa.ChunkedArray:
+    taken = table.column("taken")
+    # EXIF times are local wall-clock strings in one ISO shape, so they compare as text;
+    # file times are instants, compared with the bound read as local time.
+    iso, ns = bound.isoformat(timespec="seconds"), int(bound.timestamp() * 1e9)
+    if keep_after:
+        by_taken, by_mtime = pc.greater_equal(taken, iso), pc.greater_equal(table.column("mtime_ns"), ns)
+    else:
+        by_taken, by_mtime = pc.less(taken, iso), pc.less(table.column("mtime_ns"), ns)
+    return pc.if_else(pc.is_null(taken), by_mtime, by_taken)
 
 
 def nearest(

@@ -90,3 +90,61 @@ def sample_index(embedder, tmp_path_factory) -> Path:
 
 def sample_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".md")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """Each test gets its own feature cache, so no test sees another's cached features."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(folder))
+    return folder
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache with nothing in it, and the network allowed (as far as env goes)."""
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+BLIP_WORDS = ["a", "an", "the", "of", "in", "on", "photo", "picture", "dog", "cat", "red", "car",
+              "beach", "sunset", "people", "sky", "rocket", "coffee"]
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory) -> Path:
+    """A tiny random BLIP ITM model, processor and tokenizer saved with save_pretrained: the
+    `--rerank-model FOLDER` path, and the layout of a user's downloaded weights.
+
+    224 px like the real models' draft-decoding regime; weights drawn at std 0.2 so that
+    different images and texts get clearly different match probabilities.
+    """
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(specials + BLIP_WORDS)}
+    config = BlipConfig(
+        vision_config={"image_size": 224, "patch_size": 32, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "initializer_range": 0.2},
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64,
+                     "encoder_hidden_size": 32, "initializer_range": 0.2, "pad_token_id": 0,
+                     "bos_token_id": 2, "sep_token_id": 3},
+        image_text_hidden_size=16,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_blip")
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 224, "width": 224}),
+                              BertTokenizer(vocab=vocab))
+    processor.save_pretrained(folder)
+    return folder

@@ -54,3 +54,19 @@ def row_paths(db: Path) -> list[str]:
     from clipsearch.store import Store
 
     return sorted(Store.open(db).read(["path"]).column("path").to_pylist())
+
+
+def reference_itm(model_dir: Path, images: list[Image.Image], text: str) -> np.ndarray:
+    """transformers directly: BlipProcessor + BlipForImageTextRetrieval, one pair at a time,
+    softmax of the ITM head's logits, probability of 'match'."""
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    model = BlipForImageTextRetrieval.from_pretrained(model_dir).eval()
+    processor = BlipProcessor.from_pretrained(model_dir)
+    out = []
+    with torch.inference_mode():
+        for image in images:
+            logits = model(**processor(images=image, text=text, return_tensors="pt")).itm_score
+            out.append(logits.softmax(dim=-1)[0, 1].item())
+    return np.array(out)

@@ -71,6 +71,19 @@ def test_search_in_folder_and_large_k(photos, db):
     assert len(json.loads(r.stdout)) == 13
 
 
+def test_query_terms_may_come_as_separate_arguments_and_filters_apply(photos, db):
+    """`clipsearch search beach + sunset` as the shell splits it: one query of three words."""
+    joined = cli("search", '"stone" + "wall" - "sky"', "--db", db, "--json")
+    split = cli("search", "stone", "+", "wall", "-", "sky", "--db", db, "--json")
+    assert joined.exit_code == split.exit_code == 0, split.output
+    assert json.loads(joined.stdout) == json.loads(split.stdout)
+
+    r = cli("search", "stone", "--db", db, "--ext", "png", "--after", "2000", "--paths", "-k", 50)
+    assert sorted(r.stdout.splitlines()) == sorted(str(p) for p in photos.rglob("*.png"))
+    r = cli("similar", photos / "travel" / "china.jpg", "--db", db, "--ext", "tif", "--paths")
+    assert r.stdout.splitlines() == [str(photos / "textures" / "coins.tif")]
+
+
 def test_similar_and_info(photos, db, tiny_checkpoint):
     r = cli("similar", photos / "travel" / "china.jpg", "--db", db, "--json", "-k", 3)
     assert r.exit_code == 0, r.output
@@ -110,6 +123,11 @@ def test_errors_are_one_line_with_exit_codes(photos, db, tmp_path, tiny_checkpoi
          "error: unknown pretrained tag 'laion9' for ViT-B-32; choose one of: openai"),
         (("index", photos, "--db", tmp_path / "n", "--pretrained", tmp_path / "none.pt"), 2,
          "checkpoint file not found"),
+        (("search", '"beach" + "sun', "--db", db), 2,
+         "error: bad query '\"beach\" + \"sun': this quote is never closed"),
+        (("search", "cat", "--db", db, "--after", "last week"), 2, "--after 'last week' is not a date"),
+        (("search", "cat", "--db", db, "--min-match", "1.5"), 2,
+         "--min-match 1.5 is not a probability between 0 and 1"),
     ]
     for args, code, message in cases:
         r = cli(*args)

@@ -15,15 +15,7 @@ from conftest import TINY
 from clipsearch import index_folders, open_index
 from clipsearch.errors import ModelLoadError, ModelMismatchError, OfflineError
 from clipsearch.models import load_embedder, parse_model_spec
-from clipsearch.models.openclip import HUB_PROBE_SECONDS
-
-
-@pytest.fixture
-def empty_hub_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hf
-
-    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+from clipsearch.models.hub import HUB_PROBE_SECONDS
 
 
 def _expect_offline_error(spec, seconds):

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import os
-import threading
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 import open_clip
 import torch
 
-from clipsearch.errors import BadInputError, ModelLoadError, OfflineError, UnknownModelError
+from clipsearch.errors import BadInputError, ModelLoadError, UnknownModelError
 from clipsearch.models import (
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,
     ModelSpec,
     closest,
+    hub,
     register_backend,
 )
 from clipsearch.models.base import Embedder
 
-HUB_PROBE_SECONDS = 3.0
 _PREPROCESS_KEYS = {
     "mean": "image_mean", "std": "image_std",
     "interpolation": "image_interpolation", "resize_mode": "image_resize_mode",
@@ -43,54 +39,12 @@ class OpenClipEmbedder(Embedder):
         return self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
 
 
-def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _reachable(url: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether `url`'s server answers within `timeout` seconds, DNS lookup included."""
-    answered: list[bool] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-            answered.append(True)
-        except urllib.error.HTTPError:
-            answered.append(True)  # the server answered, if only with an error status
-        except Exception:
-            answered.append(False)
-
-    # A thread bounds the whole probe: urlopen's timeout does not cover a hanging DNS lookup.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answered and answered[0])
-
-
 def _require_hub(spec: ModelSpec, url: str) -> None:
-    parts = urlsplit(url)
-    endpoint = f"{parts.scheme}://{parts.netloc}"
-    if _offline_env() or not _reachable(endpoint):
-        how = "HF_HUB_OFFLINE is set" if _offline_env() else f"{endpoint} is unreachable"
-        raise OfflineError(
-            f"model {spec.describe()} is not in the local cache and {how}; connect once to "
-            "download it, or pass a local checkpoint with --pretrained /path/to/file "
-            "(or --model local-dir:/path/to/folder)"
-        )
-
-
-def _hf_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def _cached_hf_file(repo: str, filenames: Sequence[str]) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in filenames:
-        found = try_to_load_from_cache(repo, filename)
-        if isinstance(found, str):
-            return found
-    return None
+    hub.require_hub(
+        f"model {spec.describe()}", url,
+        "pass a local checkpoint with --pretrained /path/to/file "
+        "(or --model local-dir:/path/to/folder)",
+    )
 
 
 def _weights_names(filename: str) -> list[str]:
@@ -113,20 +67,20 @@ def _resolve(spec: ModelSpec) -> tuple[str, str | None, dict]:
         return spec.name, spec.pretrained, {}
     if spec.name.startswith(HF_HUB_PREFIX):
         repo = spec.name[len(HF_HUB_PREFIX):]
-        config = _cached_hf_file(repo, ["open_clip_config.json"])
-        weights = _cached_hf_file(repo, _weights_names("open_clip_pytorch_model.bin"))
+        config = hub.cached_hf_file(repo, ["open_clip_config.json"])
+        weights = hub.cached_hf_file(repo, _weights_names("open_clip_pytorch_model.bin"))
         if config and weights and os.path.dirname(config) == os.path.dirname(weights):
             return LOCAL_DIR_PREFIX + os.path.dirname(config), None, {}
-        _require_hub(spec, _hf_endpoint())
+        _require_hub(spec, hub.hf_endpoint())
         return spec.name, None, {}
     cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained or "")
     overrides = {arg: cfg[key] for key, arg in _PREPROCESS_KEYS.items() if cfg.get(key) is not None}
     if cfg.get("hf_hub"):
         repo, _, filename = cfg["hf_hub"].partition("/")
-        local = _cached_hf_file(repo, _weights_names(filename or "open_clip_pytorch_model.bin"))
+        local = hub.cached_hf_file(repo, _weights_names(filename or "open_clip_pytorch_model.bin"))
         if local:
             return spec.name, local, overrides
-        _require_hub(spec, _hf_endpoint())
+        _require_hub(spec, hub.hf_endpoint())
     elif cfg.get("url"):
         local = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
         if os.path.isfile(local):

@@ -1,0 +1,136 @@
+"""BLIP re-rank speed and precision: top-N re-rank cold (no cached features) and warm, per
+precision, plus how far bf16 / int8 ITM probabilities land from fp32.
+
+    python -m benchmarks.rerank                       # BLIP-base architecture, random weights
+    python -m benchmarks.rerank --rerank-model DIR    # real weights saved with save_pretrained
+
+Without --rerank-model the model is BLIP base (ViT-B/16 at 384 px, 12-layer BERT text encoder
+with cross-attention) with random weights drawn at std 0.02, so timings are those of
+Salesforce/blip-itm-base-coco; precision differences are indicative only (real weights differ).
+Targets (issue 3, 2-core CPU): top-20 cold <= 12 s, warm <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERIES = ["a dog running on a beach", "a cup of coffee on a wooden table", "a rocket launch",
+           "a red brick wall", "an astronaut in space"]
+
+
+def blip_base_random(folder: Path) -> Path:
+    """BLIP base with random weights and a processor, saved as a user's download would be."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    torch.manual_seed(0)
+    config = BlipConfig(vision_config={"initializer_range": 0.02})
+    model = BlipForImageTextRetrieval(config)
+    words = sorted({w for q in QUERIES for w in q.split()})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    filler = [f"[unused{i}]" for i in range(config.text_config.vocab_size - len(specials) - len(words))]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(specials + words + filler)})
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def photos(folder: Path, n: int) -> list[str]:
+    """`n` distinct photos (by content) made from sample_images/, at 12 MP like a phone's."""
+    from PIL import Image
+
+    sources = sorted(p for p in (ROOT / "sample_images").rglob("*") if p.suffix.lower() in
+                     (".jpg", ".png", ".webp", ".tif", ".bmp"))
+    out = []
+    for i in range(n):
+        with Image.open(sources[i % len(sources)]) as img:
+            img = img.convert("RGB").resize((4000, 3000)).rotate(i * 3)
+            path = folder / f"photo_{i:02d}.jpg"
+            img.save(path, quality=90)
+            out.append(str(path))
+    return out
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rerank-model", help="a folder saved with save_pretrained")
+    parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    import torch
+
+    from clipsearch.featcache import FeatureCache
+    from clipsearch.models.blip import load_scorer, native_bf16
+    from clipsearch.query import parse
+    from clipsearch.rerank import candidate_features, match_probability, rerank
+    from clipsearch.results import Hit
+
+    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
+    try:
+        model_dir = args.rerank_model or str(blip_base_random(work / "blip"))
+        paths = photos(work, args.candidates)
+        hits = [Hit(i + 1, p, 0.3 - 0.001 * i) for i, p in enumerate(paths)]
+        print(f"# re-rank top-{args.candidates}, {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads, native bf16: {native_bf16()}")
+        print(f"model: {args.rerank_model or 'BLIP base architecture, random weights'}")
+        results, probs = {}, {}
+        for precision in args.precisions.split(","):
+            load_s, scorer = timed(lambda p=precision: load_scorer(model_dir, "cpu", p))
+            cache = FeatureCache(work / "cache", scorer.identity, 1 << 30)
+            texts = parse(QUERIES[0])
+            cold_s, _ = timed(lambda s=scorer, c=cache, t=texts: rerank(hits, t, s, c, 10))
+            warm = [timed(lambda s=scorer, c=cache, q=q: rerank(hits, parse(q), s, c, 10))[0]
+                    for q in QUERIES]
+            feats = candidate_features(scorer, cache, paths)
+            probs[precision] = np.concatenate([
+                match_probability(scorer, parse(q), [feats[p] for p in paths]) for q in QUERIES])
+            results[precision] = {"load_s": load_s, "cold_s": cold_s,
+                                  "warm_s_median": float(np.median(warm))}
+            print(f"{precision:>5}: load {load_s:5.2f} s | top-{args.candidates} cold {cold_s:5.2f} s"
+                  f" | warm {np.median(warm):5.2f} s (median of {len(QUERIES)} queries)")
+        if "fp32" in probs:
+            for precision, p in probs.items():
+                if precision == "fp32":
+                    continue
+                diff = np.abs(p - probs["fp32"])
+                order = [np.argsort(-p[i:i + len(paths)]) for i in range(0, len(p), len(paths))]
+                ref = [np.argsort(-probs["fp32"][i:i + len(paths)]) for i in range(0, len(p), len(paths))]
+                top1 = float(np.mean([a[0] == b[0] for a, b in zip(order, ref, strict=True)]))
+                results[precision] |= {"itm_max_abs_diff": float(diff.max()),
+                                       "itm_mean_abs_diff": float(diff.mean()), "top1_agreement": top1}
+                print(f"{precision:>5} vs fp32: ITM probability max |diff| {diff.max():.4f}, "
+                      f"mean {diff.mean():.4f}; same top-1 in {top1:.0%} of queries")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
