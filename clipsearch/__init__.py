@@ -14,12 +14,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.results import Hit, IndexInfo, IndexSummary, Progress, Skipped
+from clipsearch.results import (
+    Hit,
+    ImageTags,
+    IndexInfo,
+    IndexSummary,
+    Progress,
+    Skipped,
+    TagCount,
+    TagSummary,
+)
 
 __version__ = "0.1.0"
 __all__ = [
-    "ClipsearchError", "Hit", "Index", "IndexInfo", "IndexSummary", "Progress", "Skipped",
-    "index_folders", "open_index",
+    "ClipsearchError", "Hit", "ImageTags", "Index", "IndexInfo", "IndexSummary", "Progress",
+    "Skipped", "TagCount", "TagSummary", "index_folders", "open_index",
 ]
 
 if TYPE_CHECKING:

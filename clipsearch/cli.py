@@ -49,6 +49,8 @@ Before = Annotated[str | None, typer.Option(
     "--before", metavar="DATE", help="Only photos taken before DATE (same forms as --after).")]
 Ext = Annotated[str | None, typer.Option(
     "--ext", metavar="EXT,...", help="Only these file types, e.g. jpg,png (jpg includes .jpeg).")]
+Tag = Annotated[list[str] | None, typer.Option(
+    "--tag", metavar="LABEL", help="Only images tagged LABEL by `clipsearch tag` (repeatable: all of them).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Paths = Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")]
 
@@ -139,6 +141,7 @@ def search(
     after: After = None,
     before: Before = None,
     ext: Ext = None,
+    tag: Tag = None,
     rerank: Annotated[bool, typer.Option(
         "--rerank", help="Re-order the best CLIP candidates with BLIP image-text matching, which "
                          "reads the query and each photo together: slower, more precise.")] = False,
@@ -175,7 +178,8 @@ def search(
     _print_hits(
         db, device, as_json, paths,
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
-                                   rerank=rerank, candidates=candidates, min_match=min_match),
+                                   tags=tag, rerank=rerank, candidates=candidates,
+                                   min_match=min_match),
         none_found, rerank_model=rerank_model, rerank_precision=rerank_precision,
     )
 
@@ -188,6 +192,7 @@ def similar(
     after: After = None,
     before: Before = None,
     ext: Ext = None,
+    tag: Tag = None,
     as_json: Json = False,
     paths: Paths = False,
     db: Db = None,
@@ -198,7 +203,55 @@ def similar(
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
     _print_hits(db, device, as_json, paths, lambda index: index.similar(
-        image, k, _folder(within), after=after, before=before, ext=ext))
+        image, k, _folder(within), after=after, before=before, ext=ext, tags=tag))
+
+
+@app.command("tag")
+def tag_command(
+    labels: Annotated[str | None, typer.Option(
+        "--labels", metavar="A,B,...",
+        help="Comma-separated labels [default: ~50 common photo subjects].")] = None,
+    labels_file: Annotated[Path | None, typer.Option(
+        "--labels-file", dir_okay=False,
+        help="One label per line, or 'label: prompt; prompt' to choose its prompts; # comments.")] = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="Keep a label when its score (0-1: label vs. background) reaches this.")] = 0.5,
+    top: Annotated[int | None, typer.Option("--top", help="At most this many tags per image.")] = None,
+    write_xmp: Annotated[bool, typer.Option(
+        "--write-xmp",
+        help="Also merge the tags into PHOTO.EXT.xmp sidecars (dc:subject), as digiKam and "
+             "darktable read them; existing sidecars keep their content.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each image's tags as JSON.")] = False,
+    db: Db = None,
+    device: Device = "auto",
+) -> None:
+    """Tag every indexed image with the labels that fit, from the stored embeddings (no image is
+    decoded again). Re-tagging replaces the previous tags at once; tags become search filters.
+
+    Example: clipsearch tag --labels "beach,snow,city,food,document,screenshot" --top 3
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+    from clipsearch.tagging import label_set
+
+    with _errors():
+        chosen = label_set(labels, labels_file, threshold, top)
+        summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp)
+    present.tag_summary(summary, as_json)
+
+
+@app.command()
+def tags(db: Db = None, as_json: Json = False) -> None:
+    """List the tags of the last `clipsearch tag` run, each with how many images carry it.
+
+    Example: clipsearch tags --json
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        counts = open_index(db).tags()
+    present.tag_counts(counts, as_json)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from clipsearch.models import (
     parse_model_spec,
     weights_stat,
 )
-from clipsearch.results import Hit, IndexInfo, IndexSummary
+from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, TagSummary
 from clipsearch.scan import normalize_root
 from clipsearch.store import Manifest, Store, lock_dir
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from clipsearch.models.blip import ItmScorer
     from clipsearch.query import Term
     from clipsearch.search import Filters
+    from clipsearch.tagging import LabelSet
 
 
 class Index:
@@ -80,13 +81,14 @@ class Index:
     def search(
         self, query: str, k: int = 10, within: str | None = None, *,
         after: str | datetime | None = None, before: str | datetime | None = None,
-        ext: str | Sequence[str] | None = None, rerank: bool = False,
-        candidates: int | None = None, min_match: float | None = None,
+        ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
+        rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
     ) -> list[Hit]:
         """Images best matching `query`, best first.
 
         `query` is a description or a composition of text and image terms (clipsearch.query).
-        Filters: `within` a folder, taken `after`/`before` a date, file extension(s) `ext`.
+        Filters: `within` a folder, taken `after`/`before` a date, file extension(s) `ext`, and
+        `tags` (every one of them, from `tag`).
         `rerank` re-orders the top `candidates` with BLIP; `min_match` (implies `rerank`) drops
         hits whose BLIP match probability is below it, so a query without a match returns [].
         """
@@ -96,7 +98,7 @@ class Index:
         from clipsearch.search import Filters
 
         terms = parse(query)
-        filters = Filters.make(within, after, before, ext)
+        filters = Filters.make(within, after, before, ext, tags)
         if min_match is not None:
             if not 0.0 <= min_match <= 1.0:
                 raise BadInputError(f"--min-match {min_match} is not a probability between 0 and 1")
@@ -114,12 +116,12 @@ class Index:
     def similar(
         self, image: str | os.PathLike[str], k: int = 10, within: str | None = None, *,
         after: str | datetime | None = None, before: str | datetime | None = None,
-        ext: str | Sequence[str] | None = None,
+        ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
     ) -> list[Hit]:
         """Images most like `image`, which may be inside the index or anywhere else."""
         from clipsearch.search import Filters
 
-        filters = Filters.make(within, after, before, ext)
+        filters = Filters.make(within, after, before, ext, tags)
         return self.search_vector(self.image_vector(image), k, filters)
 
     def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
@@ -166,6 +168,56 @@ class Index:
         return FeatureCache(config.cache_dir() / "itm-features", self.scorer.identity,
                             config.feature_cache_bytes())
 
+    def tag(self, labels: LabelSet | str | Sequence[str] | None = None, *,
+            labels_file: str | os.PathLike[str] | None = None, threshold: float = 0.5,
+            top: int | None = None, write_xmp: bool = False) -> TagSummary:
+        """Tag every indexed image with the labels that fit (clipsearch.tagging), replacing the
+        previous tags in one commit; optionally merge the tags into XMP sidecars.
+
+        `labels` is a LabelSet, or 'a,b,c' / a list (with `labels_file`, `threshold`, `top` as
+        in clipsearch.tagging.label_set); neither means the built-in photo subjects. Later
+        `index_folders` runs tag new images with the same labels, threshold and top.
+        """
+        import time
+
+        from clipsearch.tagging import LabelSet, Tagger, label_set, tag_store
+
+        started = time.perf_counter()
+        if not isinstance(labels, LabelSet):
+            labels = label_set(labels, labels_file, threshold, top)
+        tagger = Tagger.embed(labels, self.embedder.embed_texts)
+        with self.store.writer_lock():
+            self.store.refresh()
+            images = tag_store(self.store, tagger)
+        summary = TagSummary(labels.labels, images)
+        if write_xmp:
+            from clipsearch.errors import SidecarError
+            from clipsearch.xmp import merge_subjects
+
+            for image in images:
+                if image.tags:
+                    try:
+                        summary.sidecars_written += merge_subjects(image.path, [t for t, _ in image.tags])
+                    except SidecarError as exc:
+                        summary.skipped.append(Skipped(exc.path, exc.reason))
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    def tags(self) -> list[TagCount]:
+        """Each label of the last `tag` run with how many indexed images carry it, most first."""
+        import collections
+
+        stored = self.store.read_tags()
+        if stored is None:
+            return []
+        rows, label_set = stored
+        copies = collections.Counter(self.store.read(["hash"]).column("hash").to_pylist())
+        counts = collections.Counter()
+        for h, label in zip(rows.column("hash").to_pylist(), rows.column("label").to_pylist(), strict=True):
+            counts[label] += copies.get(h, 0)
+        return sorted((TagCount(label, counts.get(label, 0)) for label in label_set.get("prompts", {})),
+                      key=lambda t: (-t.images, t.label))
+
     def info(self) -> IndexInfo:
         from clipsearch.ann import AnnIndex
 
@@ -174,6 +226,7 @@ class Index:
             db=str(self.store.path), images=self.store.count(), roots=list(manifest.roots),
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
             bytes=self.store.disk_bytes(), ann=AnnIndex.kind,
+            labels=list((self.store.read_tags(rows=False) or (None, {}))[1].get("prompts", {})),
         )
 
 
@@ -184,7 +237,8 @@ def current_ann(store: Store) -> AnnIndex:
     version, count = store.version, store.count()
     ann = AnnIndex.load(store.path, version, count)
     if ann is None:
-        ids, vectors = store.vectors()
+        rows, vectors = store.vectors()
+        ids = rows.column("id").to_numpy()
         ann = AnnIndex.build(ids, vectors, version)
         with contextlib.suppress(OSError):  # a read-only index still searches, from memory
             ann.save(store.path)
@@ -282,4 +336,17 @@ def index_folders(
 
         if indexer.changed or not AnnIndex.saved(store.path, store.version):
             current_ann(store)
+        _retag(store)
     return summary
+
+
+def _retag(store: Store) -> None:
+    """Bring the tags up to date with the table: tag new content with the labels of the last
+    `tag` run (no model needed, the label vectors are stored with the tags) and forget the tags
+    of content no longer indexed. Checked by table version, so a run killed between its last
+    commit and this step is caught up by the next one."""
+    from clipsearch.tagging import Tagger, tag_store
+
+    stored = store.read_tags(rows=False)
+    if stored is not None and stored[1].get("table_version") != store.version:
+        tag_store(store, Tagger.from_dict(stored[1]))

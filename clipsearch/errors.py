@@ -63,6 +63,15 @@ class UnreadableImageError(ClipsearchError):
         self.reason = reason
 
 
+class SidecarError(ClipsearchError):
+    """An XMP sidecar could not be read or written; it is left as it was and reported."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class IndexInterrupted(ClipsearchError):
     """Indexing was interrupted (Ctrl-C); everything committed so far is kept."""
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clipsearch.results import Hit, IndexInfo, IndexSummary
+from clipsearch.results import Hit, IndexInfo, IndexSummary, TagCount, TagSummary
 from clipsearch.results import Progress as IndexProgress
 
 out = Console(highlight=False, soft_wrap=True)
@@ -56,6 +56,34 @@ def summary(s: IndexSummary, as_json: bool) -> None:
         err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
 
 
+def tag_summary(s: TagSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([i.to_dict() for i in s.images], indent=2, ensure_ascii=False))
+    tagged = len(s.images) - s.untagged
+    line = (f"tagged {tagged} of {len(s.images)} images with {len(s.labels)} labels; "
+            f"{s.untagged} fit no label [dim]({s.seconds:.1f} s)[/dim]")
+    if s.sidecars_written:
+        line += f"; {s.sidecars_written} XMP sidecars written"
+    err.print(line)
+    for skipped in s.skipped:
+        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+
+
+def tag_counts(counts: Sequence[TagCount], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([c.to_dict() for c in counts], indent=2, ensure_ascii=False))
+        return
+    if not counts:
+        err.print("no tags yet; run: clipsearch tag")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("tag")
+    table.add_column("images", justify="right")
+    for c in counts:
+        table.add_row(escape(c.label), str(c.images))
+    out.print(table)
+
+
 def info(i: IndexInfo, as_json: bool) -> None:
     if as_json:
         print(json.dumps(i.to_dict(), indent=2, ensure_ascii=False))
@@ -67,6 +95,7 @@ def info(i: IndexInfo, as_json: bool) -> None:
         ("index", i.db), ("images", str(i.images)), ("roots", "\n".join(i.roots) or "-"),
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
         ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
+        ("tags", f"{len(i.labels)} labels (clipsearch tags lists them)" if i.labels else "-"),
     ):
         table.add_row(key, escape(value))
     out.print(table)

@@ -56,6 +56,8 @@ class IndexInfo:
     dim: int
     bytes: int
     ann: str
+    labels: list[str] = field(default_factory=list)  # those of the last `tag` run
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,3 +70,36 @@ class Progress:
     phase: str
     done: int
     total: int
+
+
+@dataclass(frozen=True)
+class ImageTags:
+    """The tags one image received, best first, as (label, score) pairs."""
+
+    path: str
+    tags: list[tuple[str, float]]
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "tags": [{"label": label, "score": score} for label, score in self.tags]}
+
+
+@dataclass
+class TagSummary:
+    labels: list[str]
+    images: list[ImageTags]
+    sidecars_written: int = 0
+    skipped: list[Skipped] = field(default_factory=list)  # sidecars that could not be merged
+    seconds: float = 0.0
+
+    @property
+    def untagged(self) -> int:
+        return sum(1 for i in self.images if not i.tags)
+
+
+@dataclass(frozen=True)
+class TagCount:
+    label: str
+    images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)

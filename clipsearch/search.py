@@ -33,19 +33,22 @@ class Filters:
     after: datetime | None = None  # taken at or after
     before: datetime | None = None  # taken before
     ext: frozenset[str] = frozenset()  # lower-case extensions without the dot
+    tags: frozenset[str] = frozenset()  # every one of these tags (clipsearch tag)
 
     @classmethod
     def make(cls, within: str | os.PathLike[str] | None = None, after: str | datetime | None = None,
-             before: str | datetime | None = None, ext: str | Iterable[str] | None = None) -> Filters:
+             before: str | datetime | None = None, ext: str | Iterable[str] | None = None,
+             tags: str | Iterable[str] | None = None) -> Filters:
         """Validate user-facing values: dates as YYYY[-MM[-DD[THH:MM[:SS]]]], ext as 'jpg,png'."""
         start, end = parse_date(after, "--after"), parse_date(before, "--before")
         if start and end and start >= end:
             raise BadInputError(f"--after {start:%Y-%m-%d %H:%M} is not before --before "
                                 f"{end:%Y-%m-%d %H:%M}; nothing could match")
-        return cls(os.fspath(within) if within else None, start, end, parse_extensions(ext))
+        wanted = frozenset(t.strip() for t in ([tags] if isinstance(tags, str) else tags or ()) if t.strip())
+        return cls(os.fspath(within) if within else None, start, end, parse_extensions(ext), wanted)
 
     def __bool__(self) -> bool:
-        return bool(self.within or self.after or self.before or self.ext)
+        return bool(self.within or self.after or self.before or self.ext or self.tags)
 
 
 def parse_date(value: str | datetime | None, flag: str) -> datetime | None:
@@ -83,7 +86,8 @@ def allowed_ids(store: Store, filters: Filters) -> np.ndarray | None:
     """Ids of the rows `filters` allow, or None when nothing is filtered."""
     if not filters:
         return None
-    columns = ["id", "path"] + (["taken", "mtime_ns"] if filters.after or filters.before else [])
+    columns = ["id", "path"] + (["taken", "mtime_ns"] if filters.after or filters.before else []) + (
+        ["hash"] if filters.tags else [])
     table = store.read(columns)
     mask = pa.array(np.ones(table.num_rows, bool))
     paths = table.column("path")
@@ -96,7 +100,25 @@ def allowed_ids(store: Store, filters: Filters) -> np.ndarray | None:
     for bound, keep_after in ((filters.after, True), (filters.before, False)):
         if bound is not None:
             mask = pc.and_(mask, _date_mask(table, bound, keep_after))
+    if filters.tags:
+        mask = pc.and_(mask, pc.is_in(table.column("hash"), value_set=tagged_hashes(store, filters.tags)))
     return table.column("id").filter(mask).to_numpy()
+
+
+def tagged_hashes(store: Store, tags: frozenset[str]) -> pa.Array:
+    """Content hashes carrying every tag in `tags`; unknown tags are refused, naming those that exist."""
+    stored = store.read_tags()
+    if stored is None:
+        raise BadInputError("--tag: this index has no tags yet; run: clipsearch tag")
+    rows, label_set = stored
+    known = list(label_set.get("prompts", {}))
+    for tag in sorted(tags):
+        if tag not in known:
+            raise BadInputError(f"--tag {tag!r} is not a tag in this index; tags: {', '.join(known)}")
+    wanted = rows.filter(pc.is_in(rows.column("label"), value_set=pa.array(sorted(tags), pa.string())))
+    counts = wanted.group_by("hash").aggregate([("label", "count_distinct")])
+    every = counts.filter(pc.equal(counts.column("label_count_distinct"), len(tags)))
+    return every.column("hash").combine_chunks()
 
 
 def _folder_prefix(folder: str) -> str:

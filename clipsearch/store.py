@@ -51,6 +51,15 @@ def schema(dim: int) -> pa.Schema:
 META_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "taken"]
 
 
+TAGS_TABLE = "tags"
+TAGS_SCHEMA = pa.schema([
+    pa.field("hash", pa.string()),  # tags follow content: a moved or copied photo keeps them
+    pa.field("label", pa.string()),
+    pa.field("score", pa.float32()),
+])
+LABEL_SET_KEY = "clipsearch.label_set"
+
+
 @dataclass
 class Manifest:
     model: dict
@@ -185,12 +194,12 @@ class Store:
         rows = self.read(columns, f"path = {_sql_list([path])}").to_pylist()
         return rows[0] if rows else None
 
-    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every row, for building the search structure."""
-        table = self.read(["id", "vector"])
-        ids = table.column("id").to_numpy()
+    def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
+        """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
+        table = self.read([*columns, "vector"])
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return ids, np.ascontiguousarray(flat.reshape(len(ids), self.manifest.dim), np.float32)
+        matrix = np.ascontiguousarray(flat.reshape(table.num_rows, self.manifest.dim), np.float32)
+        return table.drop_columns(["vector"]), matrix
 
     def add(self, rows: pa.Table) -> None:
         """Append rows for paths the table does not hold yet."""
@@ -205,6 +214,41 @@ class Store:
         paths = list(paths)
         for i in range(0, len(paths), _IN_CHUNK):
             self._table.delete(f"path IN ({_sql_list(paths[i:i + _IN_CHUNK])})")
+
+    def write_tags(self, rows: pa.Table, label_set: dict) -> None:
+        """Replace every stored tag at once (one LanceDB commit, so readers see the old set or the
+        new one, never a mix); the label set that produced them travels in the same commit."""
+        import lancedb
+
+        schema = TAGS_SCHEMA.with_metadata({LABEL_SET_KEY: json.dumps(label_set)})
+        db = lancedb.connect(self.path)
+        mode = "overwrite" if self._tags_table() is not None else "create"  # "overwrite" warns if new
+        table = db.create_table(TAGS_TABLE, rows.cast(schema), mode=mode)
+        # every re-tag is a new version; drop old ones once no search can still be reading them
+        table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+
+    def _tags_table(self):
+        import lancedb
+
+        try:
+            return lancedb.connect(self.path).open_table(TAGS_TABLE)
+        except ValueError:  # lancedb's "table not found"
+            return None
+
+    def read_tags(self, rows: bool = True) -> tuple[pa.Table | None, dict] | None:
+        """(hash, label, score) rows and the label set of the last `tag` run, from one table
+        version; None before the first `tag`. `rows=False` reads the label set alone."""
+        table = self._tags_table()
+        if table is None:
+            return None
+        try:
+            label_set = json.loads((table.schema.metadata or {}).get(LABEL_SET_KEY.encode(), b"{}"))
+            return (table.to_arrow() if rows else None), label_set
+        except Exception as exc:
+            raise CorruptIndexError(
+                f"the tags in {self.path / (TAGS_TABLE + '.lance')} cannot be read "
+                f"({str(exc).splitlines()[0][:200]}); delete that folder and run clipsearch tag again"
+            ) from None
 
     def compact(self) -> None:
         self._table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
@@ -233,7 +277,7 @@ def lock_dir(path: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?"
             raise IndexBusyError(
-                f"another clipsearch process (pid {holder}) is indexing into {path}; "
+                f"another clipsearch process (pid {holder}) is writing to the index at {path}; "
                 "wait for it to finish, then run this again"
             ) from None
         os.ftruncate(fd, 0)

@@ -70,3 +70,18 @@ def reference_itm(model_dir: Path, images: list[Image.Image], text: str) -> np.n
             logits = model(**processor(images=image, text=text, return_tensors="pt")).itm_score
             out.append(logits.softmax(dim=-1)[0, 1].item())
     return np.array(out)
+
+
+def reference_tag_scores(embedder, images: np.ndarray, labels: list[str]) -> np.ndarray:
+    """The CLIP paper's prompt ensembling, from open_clip directly: each label's templates
+    embedded one at a time, averaged, renormalised; sigmoid(100 * (cos label - cos background))."""
+    from clipsearch.tagging import BACKGROUND, TEMPLATES
+
+    def ensembled(prompts):
+        mean = np.mean([reference_text_vector(embedder, p) for p in prompts], axis=0)
+        return mean / np.linalg.norm(mean)
+
+    background = ensembled(BACKGROUND)
+    label_vecs = np.stack([ensembled([t.format(label) for t in TEMPLATES]) for label in labels])
+    margin = images.astype(np.float64) @ label_vecs.T - (images.astype(np.float64) @ background)[:, None]
+    return 1.0 / (1.0 + np.exp(-100.0 * margin))

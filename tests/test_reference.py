@@ -39,3 +39,56 @@ def test_embedding_texts_in_batches_matches_one_by_one(embedder):
     together = embedder.embed_texts(texts, batch_size=3)
     alone = np.stack([embedder.embed_texts([t])[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_text_vectors_cut_after_end_of_text_equal_the_full_context(embedder):
+    """Texts are encoded without the padding after their end-of-text token; a causal tower
+    pooled at that token must give the very vectors of the full 77-token pass."""
+    import torch
+
+    from clipsearch.models.openclip import encode_text_unpadded
+
+    assert embedder.cuts_padding
+    texts = ["a", "a photo of a dog.", "a close-up photo of a birthday party.",
+             " ".join(["word"] * 100)]  # longer than the context: cut to 77 by the tokenizer
+    tokens = embedder.tokenizer(texts)
+    lengths = []
+    hook = embedder.model.transformer.register_forward_pre_hook(
+        lambda _module, args: lengths.append(args[0].shape[1]))
+    try:
+        with torch.inference_mode():
+            full = embedder.model.encode_text(tokens)
+            cut = encode_text_unpadded(embedder.model, tokens[:3])
+            np.testing.assert_allclose(cut.numpy(), full[:3].numpy(), atol=1e-5)
+            np.testing.assert_allclose(encode_text_unpadded(embedder.model, tokens).numpy(),
+                                       full.numpy(), atol=1e-5)
+    finally:
+        hook.remove()
+    # the longest short text: start + "a close - up photo of a birthday party ." + end = 12 tokens
+    assert lengths == [77, 12, 77]
+    got = embedder.embed_texts(texts)
+    np.testing.assert_allclose(got, torch.nn.functional.normalize(full, dim=-1).numpy(), atol=1e-5)
+
+
+def test_text_towers_pooled_elsewhere_keep_the_full_context(tiny_model, tmp_path):
+    """A tower pooled at the last position would change if cut: it is run at full length."""
+    import json
+
+    import open_clip
+    import torch
+    from conftest import TINY_CFG
+
+    from clipsearch.models.openclip import OpenClipEmbedder
+
+    cfg = json.loads(json.dumps(TINY_CFG))
+    cfg["text_cfg"]["pool_type"] = "last"
+    (tmp_path / "tiny-last-pool.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-last-pool")
+    tokenizer = open_clip.get_tokenizer("tiny-last-pool")
+    embedder = OpenClipEmbedder(None, "cpu", model.eval(), preprocess, tokenizer)
+    assert not embedder.cuts_padding
+
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(model.encode_text(embedder.tokenizer(["a dog"])), dim=-1)
+    np.testing.assert_allclose(embedder.embed_texts(["a dog"]), expected.numpy(), atol=1e-6)

@@ -56,7 +56,7 @@ def test_missing_or_damaged_faiss_file_is_rebuilt_from_the_table(db, embedder, p
 
 
 def test_a_second_writer_is_refused_while_one_indexes(db, embedder, photos):
-    with lock_dir(db), pytest.raises(IndexBusyError, match="is indexing into"):
+    with lock_dir(db), pytest.raises(IndexBusyError, match="is writing to the index at"):
         index_folders([photos], db, embedder=embedder)
     # and once the first writer is done, indexing works again
     assert index_folders([photos], db, embedder=embedder).unchanged == 13

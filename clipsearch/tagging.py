@@ -1,0 +1,210 @@
+"""Zero-shot tagging from the stored image vectors: label sets, prompt ensembles, thresholds.
+
+Each label is embedded through several prompt templates, averaged and renormalised (the CLIP
+paper's prompt ensembling). An image gets a label when the label beats a *background* prompt
+ensemble ("a photo.", "a picture of something." ...):
+
+    score = sigmoid(100 * (cos(image, label) - cos(image, background)))
+
+100 is CLIP's trained logit scale, so this is CLIP's own two-way softmax between "this label" and
+"just some photo". Each label is judged on its own (multi-label), and an image none of whose
+labels beats the background gets no tag, instead of the least bad label that a softmax over the
+labels alone would force on it. No image is decoded or embedded: tagging is one matrix product.
+
+A `Tagger` (the label set with its embedded label and background vectors) is stored with the
+tags, so images indexed later are tagged the same way without loading the text model again.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipsearch.errors import BadInputError, CorruptIndexError
+from clipsearch.results import ImageTags
+
+if TYPE_CHECKING:
+    from clipsearch.store import Store
+
+TEMPLATES = (
+    "a photo of {}.", "a good photo of {}.", "a close-up photo of {}.", "a blurry photo of {}.",
+    "a bright photo of {}.", "a dark photo of {}.", "a cropped photo of {}.", "a picture of {}.",
+)
+BACKGROUND = ("a photo.", "a picture.", "an image.", "a photo of something.", "a snapshot.")
+LOGIT_SCALE = 100.0
+DEFAULT_THRESHOLD = 0.5
+BUILTIN_LABELS = (
+    "people", "portrait", "selfie", "group photo", "baby", "child", "dog", "cat", "bird", "horse",
+    "wildlife", "insect", "flower", "tree", "forest", "garden", "beach", "sea", "lake", "river",
+    "mountain", "snow", "desert", "sunset", "night sky", "city", "street", "building", "interior",
+    "food", "drink", "car", "bicycle", "boat", "airplane", "train", "sports", "concert", "wedding",
+    "birthday party", "document", "receipt", "screenshot", "text", "painting", "map", "space",
+    "texture", "animal", "vehicle",
+)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Labels and the prompts each is embedded through."""
+
+    prompts: dict[str, list[str]]
+    threshold: float = DEFAULT_THRESHOLD
+    top: int | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.prompts)
+
+
+def label_set(labels: str | Sequence[str] | None = None, labels_file: str | os.PathLike[str] | None = None,
+              threshold: float = DEFAULT_THRESHOLD, top: int | None = None) -> LabelSet:
+    """Build a label set from a comma list, a file (one `label` or `label: prompt; prompt` per
+    line, '#' comments; `{}` in a prompt stands for the label), or the built-in photo subjects
+    when neither is given."""
+    if not 0.0 <= threshold <= 1.0:
+        raise BadInputError(f"--threshold {threshold} is not between 0 and 1")
+    if top is not None and top < 1:
+        raise BadInputError(f"--top must be at least 1, not {top}")
+    entries: list[tuple[str, list[str]]] = []
+    if labels_file is not None:
+        entries += _read_labels_file(os.fspath(labels_file))
+    if labels:
+        items = labels.split(",") if isinstance(labels, str) else list(labels)
+        entries += [(item.strip(), []) for item in items if item.strip()]
+    if labels_file is None and not labels:
+        entries = [(label, []) for label in BUILTIN_LABELS]
+    if not entries:
+        raise BadInputError("no labels given; pass --labels 'cat,dog,beach' or a --labels-file")
+    prompts: dict[str, list[str]] = {}
+    for label, custom in entries:
+        if label in prompts:
+            raise BadInputError(f"label {label!r} is given twice; keep one")
+        prompts[label] = [p.replace("{}", label) for p in custom] or [t.format(label) for t in TEMPLATES]
+    return LabelSet(prompts, threshold, top)
+
+
+def _read_labels_file(path: str) -> list[tuple[str, list[str]]]:
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise BadInputError(f"--labels-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"--labels-file {path} is not UTF-8 text; save it as UTF-8") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        label, _, rest = line.partition(":")
+        label = label.strip()
+        prompts = [p.strip() for p in rest.split(";") if p.strip()]
+        if not label or (rest.strip() and not prompts):
+            raise BadInputError(f"--labels-file {path}, line {number}: write 'label' or "
+                                f"'label: prompt; prompt', not {line!r}")
+        entries.append((label, prompts))
+    return entries
+
+
+def ensemble(vectors: np.ndarray) -> np.ndarray:
+    """Mean of unit prompt vectors, renormalised."""
+    mean = vectors.astype(np.float64).mean(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Tagger:
+    """A label set with its embedded label vectors: everything tagging needs but the images."""
+
+    labels: LabelSet
+    vectors: np.ndarray  # (labels, dim) unit prompt ensembles
+    background: np.ndarray  # (dim,) unit background ensemble
+
+    @classmethod
+    def embed(cls, labels: LabelSet, embed_texts: Callable[[Sequence[str]], np.ndarray]) -> Tagger:
+        """Embed every label's prompts and the background prompts in one batch, then ensemble."""
+        texts = [p for prompts in labels.prompts.values() for p in prompts] + list(BACKGROUND)
+        vectors = embed_texts(texts)
+        out, start = [], 0
+        for prompts in labels.prompts.values():
+            out.append(ensemble(vectors[start:start + len(prompts)]))
+            start += len(prompts)
+        return cls(labels, np.stack(out), ensemble(vectors[start:]))
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """(images x labels) probabilities that each label, rather than the background, fits."""
+        margin = images @ self.vectors.T - (images @ self.background)[:, None]
+        return (1.0 / (1.0 + np.exp(-LOGIT_SCALE * margin.astype(np.float64)))).astype(np.float32)
+
+    def choose(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(image rows, label columns) of the kept tags: per image, the labels at or above the
+        threshold, best first (ties in label order), at most `top`."""
+        order = np.argsort(-probs, axis=1, kind="stable")
+        keep = np.take_along_axis(probs, order, axis=1) >= self.labels.threshold
+        if self.labels.top is not None:
+            keep[:, self.labels.top:] = False
+        rows, ranks = np.nonzero(keep)
+        return rows, order[rows, ranks]
+
+    def to_dict(self) -> dict:
+        """JSON-ready, vectors included (float32, base64), so stored tags can be extended later."""
+        return {
+            "prompts": self.labels.prompts, "threshold": self.labels.threshold, "top": self.labels.top,
+            "background": list(BACKGROUND), "logit_scale": LOGIT_SCALE,
+            "dim": int(self.vectors.shape[1]),
+            "vectors": base64.b64encode(self.vectors.astype("<f4").tobytes()).decode("ascii"),
+            "background_vector": base64.b64encode(self.background.astype("<f4").tobytes()).decode("ascii"),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Tagger:
+        try:
+            labels = LabelSet({k: list(v) for k, v in data["prompts"].items()}, float(data["threshold"]),
+                              data.get("top"))
+            dim = int(data["dim"])
+            vectors = _floats(data["vectors"]).reshape(len(labels.prompts), dim)
+            background = _floats(data["background_vector"]).reshape(dim)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptIndexError(f"the stored label set is damaged ({exc!r}); run clipsearch tag "
+                                    "again to rebuild it") from None
+        return cls(labels, vectors.astype(np.float32), background.astype(np.float32))
+
+
+def _floats(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text, validate=True), "<f4")
+
+
+def tag_store(store: Store, tagger: Tagger) -> list[ImageTags]:
+    """Score every image in `store` with `tagger` and replace the stored tags in one commit.
+
+    Tags belong to content, not paths: copies of a photo share a hash (and a vector), so each
+    content is scored once and a moved or copied photo keeps its tags.
+    """
+    import pyarrow as pa
+
+    table, vectors = store.vectors(["path", "hash"])
+    if vectors.shape[1] != tagger.vectors.shape[1]:
+        raise CorruptIndexError(f"the stored label set has {tagger.vectors.shape[1]}-d vectors, the index "
+                                f"{vectors.shape[1]}-d ones; run clipsearch tag again")
+    paths = table.column("path").to_pylist()
+    hashes = np.asarray(table.column("hash").to_pylist(), dtype=object)
+    unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    probs = tagger.scores(vectors[first])
+    rows, cols = tagger.choose(probs)
+    names = np.asarray(tagger.labels.labels, dtype=object)
+    scores = probs[rows, cols]
+    store.write_tags(pa.table({
+        "hash": pa.array(unique[rows].tolist(), pa.string()),
+        "label": pa.array(names[cols].tolist(), pa.string()),
+        "score": pa.array(scores, pa.float32()),
+    }), tagger.to_dict() | {"table_version": store.version})
+    per_content: list[list[tuple[str, float]]] = [[] for _ in unique]
+    for r, label, score in zip(rows.tolist(), names[cols].tolist(), scores.tolist(), strict=True):
+        per_content[r].append((label, score))
+    images = [ImageTags(path, per_content[u]) for path, u in zip(paths, inverse.tolist(), strict=True)]
+    return sorted(images, key=lambda i: i.path)

@@ -1,0 +1,144 @@
+"""XMP sidecars: tags land in dc:subject of PHOTO.EXT.xmp; existing sidecars are merged, never
+clobbered; a sidecar that cannot be read is left alone and reported."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsearch import index_folders
+from clipsearch.cli import app
+from clipsearch.errors import SidecarError
+from clipsearch.xmp import merge_subjects
+
+RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+DC = "{http://purl.org/dc/elements/1.1/}"
+DT = "{http://darktable.sf.net/}"
+XMP = "{http://ns.adobe.com/xap/1.0/}"
+
+DARKTABLE_SIDECAR = """<?xml version="1.0" encoding="UTF-8"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
+    xmlns:darktable="http://darktable.sf.net/"
+   xmp:Rating="3"
+   darktable:xmp_version="5">
+   <!-- edited by hand -->
+   <dc:subject>
+    <rdf:Bag>
+     <rdf:li>family</rdf:li>
+     <rdf:li>beach</rdf:li>
+    </rdf:Bag>
+   </dc:subject>
+   <lr:hierarchicalSubject>
+    <rdf:Bag>
+     <rdf:li>places|home</rdf:li>
+    </rdf:Bag>
+   </lr:hierarchicalSubject>
+   <darktable:history>
+    <rdf:Seq>
+     <rdf:li darktable:operation="exposure" darktable:enabled="1"/>
+    </rdf:Seq>
+   </darktable:history>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""
+
+
+def subjects(sidecar: Path) -> list[str]:
+    root = ET.parse(sidecar).getroot()
+    found = root.findall(f".//{DC}subject")
+    assert len(found) == 1, "exactly one dc:subject"
+    return [li.text for li in found[0].iter(f"{RDF}li")]
+
+
+def test_a_new_sidecar_holds_the_tags(tmp_path):
+    image = tmp_path / "IMG_0001.jpg"
+    assert merge_subjects(str(image), ["beach", "sunset"]) is True
+    sidecar = tmp_path / "IMG_0001.jpg.xmp"
+    assert sidecar.read_text().startswith('<?xpacket begin="\ufeff"')
+    assert subjects(sidecar) == ["beach", "sunset"]
+    about = ET.parse(sidecar).getroot().find(f".//{RDF}Description")
+    assert about.get(f"{RDF}about") == ""
+
+
+def test_an_existing_sidecar_keeps_its_content_and_gains_only_missing_tags(tmp_path):
+    image = tmp_path / "DSC_1.nef"
+    sidecar = tmp_path / "DSC_1.nef.xmp"
+    sidecar.write_text(DARKTABLE_SIDECAR)
+    sidecar.chmod(0o600)
+
+    assert merge_subjects(str(image), ["beach", "dog"]) is True
+    assert subjects(sidecar) == ["family", "beach", "dog"]
+    root = ET.parse(sidecar).getroot()
+    description = root.find(f".//{RDF}Description")
+    assert description.get(f"{XMP}Rating") == "3" and description.get(f"{DT}xmp_version") == "5"
+    history = root.find(f".//{DT}history/{RDF}Seq/{RDF}li")
+    assert history.get(f"{DT}operation") == "exposure" and history.get(f"{DT}enabled") == "1"
+    assert [li.text for li in root.iter(f"{RDF}li") if li.text and "|" in li.text] == ["places|home"]
+    text = sidecar.read_text()
+    assert "<!-- edited by hand -->" in text
+    assert "darktable:history" in text and "lr:hierarchicalSubject" in text  # the writer's prefixes
+    assert sidecar.stat().st_mode & 0o777 == 0o600
+
+    before = sidecar.read_bytes()
+    assert merge_subjects(str(image), ["dog", "beach"]) is False  # nothing missing: not rewritten
+    assert sidecar.read_bytes() == before
+
+
+def test_subjects_in_a_later_description_are_extended_not_doubled(tmp_path):
+    sidecar = tmp_path / "a.jpg.xmp"
+    sidecar.write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="1"/>'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+        "<dc:subject><rdf:Seq><rdf:li>old</rdf:li></rdf:Seq></dc:subject></rdf:Description>"
+        "</rdf:RDF></x:xmpmeta>")
+    merge_subjects(str(tmp_path / "a.jpg"), ["new"])
+    assert subjects(sidecar) == ["old", "new"]
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("<x:xmpmeta xmlns:x='adobe:ns:meta/'><unclosed>", "cannot read the existing sidecar"),
+    ("<html><body>not xmp</body></html>", "no rdf:RDF element, so it is not XMP"),
+])
+def test_an_unreadable_sidecar_is_left_untouched(tmp_path, content, reason):
+    sidecar = tmp_path / "a.jpg.xmp"
+    sidecar.write_text(content)
+    with pytest.raises(SidecarError, match=reason):
+        merge_subjects(str(tmp_path / "a.jpg"), ["beach"])
+    assert sidecar.read_text() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jpg.xmp"]  # no temporary file left behind
+
+
+def test_tag_write_xmp_writes_each_tagged_photo_and_reports_bad_sidecars(photos, tmp_path, embedder):
+    db = tmp_path / "db"
+    index_folders([photos], db, embedder=embedder, workers=0)
+    horse = photos / "animals" / "horse.png"
+    (photos / "animals" / "horse.png.xmp").write_text("not xml at all")
+    runner = CliRunner()
+    r = runner.invoke(app, ["tag", "--db", str(db), "--labels", "dog,cat,beach,space,food,texture",
+                            "--threshold", "0.02", "--write-xmp", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    tagged = {i["path"]: [t["label"] for t in i["tags"]] for i in json.loads(r.stdout)}
+    written = 0
+    for path, labels in tagged.items():
+        sidecar = Path(path + ".xmp")
+        if path == str(horse):
+            assert sidecar.read_text() == "not xml at all"
+        elif labels:
+            assert subjects(sidecar) == labels
+            written += 1
+        else:
+            assert not sidecar.exists()
+    assert 0 < written < len(tagged) - 1
+    assert f"{written} XMP sidecars written" in r.stderr
+    assert f"skipped {horse}.xmp: cannot read the existing sidecar" in r.stderr
