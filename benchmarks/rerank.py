@@ -18,10 +18,11 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import timed
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog running on a beach", "a cup of coffee on a wooden table", "a rocket launch",
@@ -66,12 +67,6 @@ def photos(folder: Path, n: int) -> list[str]:
             img.save(path, quality=90)
             out.append(str(path))
     return out
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def main() -> None:

@@ -19,10 +19,11 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import timed, vit_b_32_embedder
 
 DIM = 512
 CHUNK = 20_000
@@ -50,27 +51,6 @@ def random_index(folder: Path, n: int, dim: int = DIM):
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
         }))
     return store
-
-
-def vit_b_32_embedder(folder: Path):
-    """ViT-B-32 with random weights, saved and loaded the way a user's --pretrained FILE is."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    from clipsearch.models import load_embedder, parse_model_spec
-
-    torch.manual_seed(0)
-    path = folder / "vit-b-32-random.safetensors"
-    state = open_clip.create_model("ViT-B-32").state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return load_embedder(parse_model_spec("ViT-B-32", str(path)), "cpu")
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def main() -> None:
