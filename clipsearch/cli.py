@@ -213,7 +213,8 @@ def tag_command(
         help="Comma-separated labels [default: ~50 common photo subjects].")] = None,
     labels_file: Annotated[Path | None, typer.Option(
         "--labels-file", dir_okay=False,
-        help="One label per line, or 'label: prompt; prompt' to choose its prompts; # comments.")] = None,
+        help="One label per line, or 'label: prompt; prompt' to choose its prompts ({} stands for "
+             "the label); # comments.")] = None,
     threshold: Annotated[float, typer.Option(
         "--threshold", help="Keep a label when its score (0-1: label vs. background) reaches this.")] = 0.5,
     top: Annotated[int | None, typer.Option("--top", help="At most this many tags per image.")] = None,
@@ -226,7 +227,9 @@ def tag_command(
     device: Device = "auto",
 ) -> None:
     """Tag every indexed image with the labels that fit, from the stored embeddings (no image is
-    decoded again). Re-tagging replaces the previous tags at once; tags become search filters.
+    decoded again). Each label is scored against a plain "a photo" background, so an image that
+    fits none gets no tag. Re-tagging replaces the previous tags at once; later `index` runs tag
+    new photos with the same labels; tags become search filters (search --tag LABEL).
 
     Example: clipsearch tag --labels "beach,snow,city,food,document,screenshot" --top 3
     """

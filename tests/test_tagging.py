@@ -250,3 +250,14 @@ def test_an_empty_index_is_tagged_with_nothing_and_the_api_takes_plain_labels(tm
     summary = index.tag("beach, snow", top=1)
     assert (summary.labels, summary.images, summary.untagged) == (["beach", "snow"], [], 0)
     assert [(c.label, c.images) for c in index.tags()] == [("beach", 0), ("snow", 0)]
+
+
+def test_tagging_while_another_process_writes_is_refused_and_keeps_the_old_tags(db, embedder):
+    from clipsearch.errors import IndexBusyError
+    from clipsearch.store import lock_dir
+
+    index = open_index(db, embedder=embedder)
+    index.tag("dog,cat")
+    with lock_dir(db), pytest.raises(IndexBusyError, match="is writing to the index at"):
+        index.tag("beach")
+    assert {c.label for c in index.tags()} == {"dog", "cat"}
