@@ -240,7 +240,8 @@ def current_ann(store: Store) -> AnnIndex:
         rows, vectors = store.vectors()
         ids = rows.column("id").to_numpy()
         ann = AnnIndex.build(ids, vectors, version)
-        with contextlib.suppress(OSError):  # a read-only index still searches, from memory
+        # a read-only or full disk still searches, from memory; the file is only a shortcut
+        with contextlib.suppress(OSError, RuntimeError):
             ann.save(store.path)
     return ann
 

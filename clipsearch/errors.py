@@ -50,6 +50,11 @@ class CorruptIndexError(ClipsearchError):
     """The index's files are damaged in a way clipsearch cannot repair by itself."""
 
 
+class IndexWriteError(ClipsearchError):
+    """The index could not be written (disk full, read-only, no permission); what was committed
+    before is intact."""
+
+
 class IndexBusyError(ClipsearchError):
     """Another process is writing to the same index."""
 

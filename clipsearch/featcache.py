@@ -68,7 +68,7 @@ class FeatureCache:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
             self.trim()
-        except OSError:
+        except Exception:  # full disk, read-only cache, safetensors' own errors: only speed is lost
             return
 
     def trim(self) -> None:

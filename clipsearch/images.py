@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,10 @@ _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 _ORIENTATION = 0x0112
+# Models resize the short side to their input size and keep the central square, so a 20000x2
+# strip would first become a 2,240,000 x 224 image (gigabytes). Beyond this aspect ratio only
+# the centre is kept; no photo, panoramas included, comes near it.
+MAX_ASPECT = 100
 _formats_registered = False
 
 
@@ -94,6 +99,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _central_strip(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    short = max(1, min(w, h))
+    if max(w, h) <= MAX_ASPECT * short:
+        return img
+    keep = MAX_ASPECT * short
+    if w > h:
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
+
+
 def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
     """Decode image bytes; `min_side` lets large JPEGs decode at a reduced scale (draft mode).
 
@@ -115,11 +133,15 @@ def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
                     upright = ImageOps.exif_transpose(img)
                 except Exception:  # a corrupt orientation tag: keep the pixels as stored
                     upright = img
-                rgb = _to_rgb(upright)
+                rgb = _to_rgb(_central_strip(upright))
     except UnreadableImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise UnreadableImageError(path, f"refused: {exc}") from None
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)) / 1e6:,.0f} megapixels" if pixels else "its size"
+        raise UnreadableImageError(
+            path, f"refused as a possible decompression bomb: {size} is over the safety limit of "
+                  f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:,.0f} megapixels") from None
     except UnidentifiedImageError:
         if not data:
             raise UnreadableImageError(path, "empty file (0 bytes)") from None

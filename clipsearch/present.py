@@ -103,7 +103,8 @@ def info(i: IndexInfo, as_json: bool) -> None:
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[callable]:
-    """A callback for the indexer that draws one bar on stderr (nothing when disabled)."""
+    """A callback for the indexer that draws one bar on stderr (nothing when disabled). When
+    stderr is not a terminal (a log, a pipe) only the scan's count is printed, not a bar."""
     if not enabled:
         yield lambda _p: None
         return
@@ -115,10 +116,10 @@ def progress_bar(enabled: bool = True) -> Iterator[callable]:
         nonlocal task
         if p.phase == "scan":
             err.print(f"found {p.total} images")
-        elif p.phase == "embed":
+        elif p.phase == "embed" and err.is_terminal:
             if task is None:
                 task = bar.add_task("indexing", total=p.total)
             bar.update(task, completed=p.done)
 
-    with bar:
+    with bar if err.is_terminal else contextlib.nullcontext():
         yield report

@@ -21,6 +21,7 @@ from clipsearch.errors import (
     CorruptIndexError,
     IndexBusyError,
     IndexNotFoundError,
+    IndexWriteError,
     SchemaVersionError,
 )
 
@@ -100,11 +101,63 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide a shared index from its readers
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# errno values a full, read-only or forbidden index folder raises, and what to tell the user;
+# LanceDB reports them inside its own error text as "(os error N)".
+_WRITE_FAULTS = {
+    28: "the disk is full (no space left on device); free some space",
+    122: "the disk quota is exceeded; free some space",
+    30: "it is on a read-only file system; index into a writable --db",
+    13: "permission denied; make the folder writable, or index into another --db",
+    1: "operation not permitted; make the folder writable, or index into another --db",
+}
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    text = str(exc)
+    for number in _WRITE_FAULTS:
+        if f"(os error {number})" in text:
+            return number
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write under `path` into IndexWriteError saying why and what to do.
+
+    Every write is one atomic commit, so whatever failed left the last committed state intact.
+    """
+    try:
+        yield
+    except IndexWriteError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        number = _os_errno(exc)
+        if number in _WRITE_FAULTS:
+            fix = _WRITE_FAULTS[number]
+        elif isinstance(exc, OSError) or "LanceError(IO)" in str(exc):
+            fix = f"I/O error ({str(exc).splitlines()[0][:200]}); check the disk"
+        else:
+            raise
+        raise IndexWriteError(
+            f"cannot write to the index at {path}: {fix}; everything committed before is intact, "
+            "so run the same command again afterwards"
+        ) from None
 
 
 def _sql_list(values: Sequence) -> str:
@@ -148,17 +201,19 @@ class Store:
     @classmethod
     def create(cls, path: Path, manifest: Manifest) -> Store:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         import lancedb
 
-        db = lancedb.connect(path)
-        table = db.create_table(TABLE, schema=schema(manifest.dim), exist_ok=True)
-        # The manifest goes last: a directory without one is not yet an index.
-        manifest.write(path / MANIFEST)
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
+            db = lancedb.connect(path)
+            table = db.create_table(TABLE, schema=schema(manifest.dim), exist_ok=True)
+            # The manifest goes last: a directory without one is not yet an index.
+            manifest.write(path / MANIFEST)
         return cls(path, manifest, table)
 
     def save_manifest(self) -> None:
-        self.manifest.write(self.path / MANIFEST)
+        with writing(self.path):
+            self.manifest.write(self.path / MANIFEST)
 
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
@@ -180,7 +235,14 @@ class Store:
         query = self._table.search().select(list(columns))
         if where:
             query = query.where(where)
-        return query.limit(None).to_arrow()
+        try:
+            return query.limit(None).to_arrow()
+        except (OSError, RuntimeError) as exc:
+            # the table opened but its data files are missing or damaged
+            raise CorruptIndexError(
+                f"the image table in {self.path} is damaged ({str(exc).splitlines()[0][:200]}); "
+                f"move {self.path} aside and index your folders again (your photos are untouched)"
+            ) from None
 
     def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> pa.Table:
         """Rows with the given ids (in no particular order)."""
@@ -203,17 +265,20 @@ class Store:
 
     def add(self, rows: pa.Table) -> None:
         """Append rows for paths the table does not hold yet."""
-        self._table.add(rows.cast(self._table.schema))
+        with writing(self.path):
+            self._table.add(rows.cast(self._table.schema))
 
     def replace(self, rows: pa.Table) -> None:
         """Insert or overwrite rows by path."""
-        (self._table.merge_insert("path").when_matched_update_all()
-         .when_not_matched_insert_all().execute(rows.cast(self._table.schema)))
+        with writing(self.path):
+            (self._table.merge_insert("path").when_matched_update_all()
+             .when_not_matched_insert_all().execute(rows.cast(self._table.schema)))
 
     def delete_paths(self, paths: Sequence[str]) -> None:
         paths = list(paths)
-        for i in range(0, len(paths), _IN_CHUNK):
-            self._table.delete(f"path IN ({_sql_list(paths[i:i + _IN_CHUNK])})")
+        with writing(self.path):
+            for i in range(0, len(paths), _IN_CHUNK):
+                self._table.delete(f"path IN ({_sql_list(paths[i:i + _IN_CHUNK])})")
 
     def write_tags(self, rows: pa.Table, label_set: dict) -> None:
         """Replace every stored tag at once (one LanceDB commit, so readers see the old set or the
@@ -221,11 +286,11 @@ class Store:
         import lancedb
 
         schema = TAGS_SCHEMA.with_metadata({LABEL_SET_KEY: json.dumps(label_set)})
-        db = lancedb.connect(self.path)
         mode = "overwrite" if self._tags_table() is not None else "create"  # "overwrite" warns if new
-        table = db.create_table(TAGS_TABLE, rows.cast(schema), mode=mode)
-        # every re-tag is a new version; drop old ones once no search can still be reading them
-        table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+        with writing(self.path):
+            table = lancedb.connect(self.path).create_table(TAGS_TABLE, rows.cast(schema), mode=mode)
+            # every re-tag is a new version; drop old ones once no search can still be reading them
+            table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
 
     def _tags_table(self):
         import lancedb
@@ -251,7 +316,8 @@ class Store:
             ) from None
 
     def compact(self) -> None:
-        self._table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+        with writing(self.path):
+            self._table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
 
     def disk_bytes(self) -> int:
         total = 0
@@ -269,8 +335,9 @@ def lock_dir(path: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; a single writer is up to the user there
         yield
         return
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -88,6 +88,19 @@ def sample_index(embedder, tmp_path_factory) -> Path:
     return db
 
 
+@pytest.fixture
+def many_photos(tmp_path) -> Path:
+    """300 small distinct PNGs in six folders: enough for several commits and interruptions."""
+    from PIL import Image
+
+    folder = tmp_path / "many"
+    for i in range(300):
+        sub = folder / f"roll{i // 50}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 64), ((i * 7) % 256, (i * 13) % 256, (i * 29) % 256)).save(sub / f"{i}.png")
+    return folder
+
+
 def sample_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".md")
 

@@ -9,18 +9,7 @@ import signal
 import subprocess
 
 import pytest
-from PIL import Image
 from test_cli import _script
-
-
-@pytest.fixture
-def many_photos(tmp_path):
-    folder = tmp_path / "many"
-    for i in range(300):
-        sub = folder / f"roll{i // 50}"
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (96, 64), ((i * 7) % 256, (i * 13) % 256, (i * 29) % 256)).save(sub / f"{i}.png")
-    return folder
 
 
 def _start(many_photos, db, model_dir):
