@@ -56,7 +56,8 @@ Paths = Annotated[bool, typer.Option("--paths", help="Print one absolute path pe
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
+def _errors(interrupted: str = "interrupted") -> Iterator[None]:
+    """Typed errors become one line on stderr and their exit code; Ctrl-C prints `interrupted`."""
     from clipsearch import present
 
     try:
@@ -68,8 +69,24 @@ def _errors() -> Iterator[None]:
         present.err.print(f"error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        present.err.print("interrupted", markup=False)
+        present.err.print(interrupted, markup=False)
         raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """`kill` (SIGTERM), a logout or a service stop ends an index run like Ctrl-C: the batch in
+    hand is committed and the message says the run can be resumed."""
+    import signal
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _format(as_json: bool, paths: bool) -> str:
@@ -124,7 +141,8 @@ def index(
     from clipsearch import present
     from clipsearch.engine import index_folders
 
-    with _errors(), present.progress_bar(not quiet and not as_json) as report:
+    saved = "interrupted; progress is saved: run the same command again to resume"
+    with _errors(saved), _terminate_as_interrupt(), present.progress_bar(not quiet and not as_json) as report:
         summary = index_folders(
             [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
             batch_size=batch_size, workers=workers, exclude=exclude or (), progress=report,

@@ -29,16 +29,18 @@ def _wait_until_scanned(proc):
     raise AssertionError("index never reported its scan")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_signal_mid_run_then_resume(many_photos, tmp_path, tiny_local_dir, sig):
     db = tmp_path / "db"
     proc = _start(many_photos, db, tiny_local_dir)
     assert _wait_until_scanned(proc).startswith("found 300 images")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):
         assert proc.returncode == 130
-        assert "interrupted" in err and "Traceback" not in err
+        assert err.startswith("interrupted; progress is saved")
+        assert "run the same command again to resume" in err
+        assert "Traceback" not in err
     else:
         assert proc.returncode == -signal.SIGKILL
 
