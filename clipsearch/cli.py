@@ -111,6 +111,16 @@ def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
     present.hits(found, fmt, none_found)
 
 
+def _report(db: Path | None, as_json: bool, ask: Callable[[Index], object], printer: str) -> None:
+    """Open the index, ask it one question, print the answer with present.<printer>."""
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        answer = ask(open_index(db))
+    getattr(present, printer)(answer, as_json)
+
+
 @app.command()
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
@@ -267,12 +277,7 @@ def tags(db: Db = None, as_json: Json = False) -> None:
 
     Example: clipsearch tags --json
     """
-    from clipsearch import present
-    from clipsearch.engine import open_index
-
-    with _errors():
-        counts = open_index(db).tags()
-    present.tag_counts(counts, as_json)
+    _report(db, as_json, lambda index: index.tags(), "tag_counts")
 
 
 @app.command()
@@ -281,12 +286,7 @@ def info(db: Db = None, as_json: Json = False) -> None:
 
     Example: clipsearch info --json
     """
-    from clipsearch import present
-    from clipsearch.engine import open_index
-
-    with _errors():
-        result = open_index(db).info()
-    present.info(result, as_json)
+    _report(db, as_json, lambda index: index.info(), "info")
 
 
 def main() -> None:

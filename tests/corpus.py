@@ -67,7 +67,7 @@ def _jpeg_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def _oriented_png(upright: Image.Image, orientation: int) -> bytes:
+def oriented_png(upright: Image.Image, orientation: int) -> bytes:
     """Pixels stored so that applying EXIF `orientation` gives back `upright`."""
     inverse = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -154,7 +154,7 @@ def make_corpus(root: Path, outside: Path) -> Corpus:
     c.ok.add(str(root / "odd" / "iphone.heic"))
     upright = _photo(15, (90, 60))
     for orientation in range(1, 9):
-        c.same_picture.append(put(f"odd/orientation {orientation}.png", _oriented_png(upright, orientation)))
+        c.same_picture.append(put(f"odd/orientation {orientation}.png", oriented_png(upright, orientation)))
     (outside / "elsewhere.jpg").write_bytes(_jpeg(_photo(16)))
     (root / "odd" / "link to outside.jpg").symlink_to(outside / "elsewhere.jpg")
     c.ok.add(str(root / "odd" / "link to outside.jpg"))

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 from conftest import SAMPLES
+from corpus import oriented_png
 from PIL import Image
 
 from clipsearch.errors import UnreadableImageError
@@ -36,17 +37,7 @@ def test_exif_orientation_is_applied_and_capture_date_read():
 def test_all_eight_orientations_give_the_same_upright_picture(orientation):
     upright = Image.new("RGB", (60, 40), "white")
     upright.paste((255, 0, 0), (0, 0, 20, 10))  # a red mark in the top-left corner
-    # store the pixels so that applying `orientation` restores the upright picture
-    inverse = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-               6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
-               8: Image.Transpose.ROTATE_270}[orientation]
-    stored = upright.transpose(inverse) if inverse is not None else upright
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    stored.save(buf, "PNG", exif=exif.tobytes())
-    d = decode(buf.getvalue(), "x.png")
+    d = decode(oriented_png(upright, orientation), "x.png")
     assert d.image.size == (60, 40) and (d.width, d.height) == (60, 40)
     assert d.image.getpixel((5, 5)) == (255, 0, 0)
     assert d.image.getpixel((55, 35)) == (255, 255, 255)
