@@ -3,7 +3,6 @@ function that builds its parts. The CLI and the Python API both go through here.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,9 +72,11 @@ class Index:
 
     @property
     def ann(self) -> AnnIndex:
+        from clipsearch.ann import current
+
         version = self.store.version
         if self._ann is None or self._ann.table_version != version:
-            self._ann = current_ann(self.store)
+            self._ann = current(self.store)
         return self._ann
 
     def search(
@@ -219,31 +220,15 @@ class Index:
                       key=lambda t: (-t.images, t.label))
 
     def info(self) -> IndexInfo:
-        from clipsearch.ann import AnnIndex
+        from clipsearch.ann import describe
 
-        spec, manifest = self.spec, self.store.manifest
+        spec, manifest, images = self.spec, self.store.manifest, self.store.count()
         return IndexInfo(
-            db=str(self.store.path), images=self.store.count(), roots=list(manifest.roots),
+            db=str(self.store.path), images=images, roots=list(manifest.roots),
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
-            bytes=self.store.disk_bytes(), ann=AnnIndex.kind,
+            bytes=self.store.disk_bytes(), ann=describe(images),
             labels=list((self.store.read_tags(rows=False) or (None, {}))[1].get("prompts", {})),
         )
-
-
-def current_ann(store: Store) -> AnnIndex:
-    """The saved search structure for the table's current version, rebuilt if missing or stale."""
-    from clipsearch.ann import AnnIndex
-
-    version, count = store.version, store.count()
-    ann = AnnIndex.load(store.path, version, count)
-    if ann is None:
-        rows, vectors = store.vectors()
-        ids = rows.column("id").to_numpy()
-        ann = AnnIndex.build(ids, vectors, version)
-        # a read-only or full disk still searches, from memory; the file is only a shortcut
-        with contextlib.suppress(OSError, RuntimeError):
-            ann.save(store.path)
-    return ann
 
 
 def db_path(db: str | os.PathLike[str] | None) -> Path:
@@ -333,10 +318,10 @@ def index_folders(
         store.save_manifest()
         if indexer.changed:
             store.compact()
-        from clipsearch.ann import AnnIndex
+        from clipsearch.ann import AnnIndex, current
 
         if indexer.changed or not AnnIndex.saved(store.path, store.version):
-            current_ann(store)
+            current(store)
         _retag(store)
     return summary
 

@@ -97,7 +97,8 @@ class Indexer:
         by_hash = {}
         for row in rows.values():
             by_hash.setdefault(row.hash, row)
-        self._next_id = max((r.id for r in rows.values()), default=-1) + 1
+        self._next_id = max(max((r.id for r in rows.values()), default=-1) + 1,
+                            self.store.manifest.next_id)
         seen = {e.path for e in found.files}
         candidates = []
         for entry in found.files:
@@ -260,6 +261,10 @@ class Indexer:
     def _table(self, outcomes: list[_Outcome]) -> pa.Table:
         ids = range(self._next_id, self._next_id + len(outcomes))
         self._next_id += len(outcomes)
+        # recorded before the rows are written, so an id is never handed out twice, even after
+        # its row was deleted and the run that deleted it was killed
+        self.store.manifest.next_id = self._next_id
+        self.store.save_manifest()
         dim = len(outcomes[0].vector)
         flat = np.concatenate([o.vector for o in outcomes]).astype(np.float32)
         return pa.table({

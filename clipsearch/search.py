@@ -150,16 +150,24 @@ def _date_mask(table: pa.Table, bound: datetime, keep_after: bool) -> pa.Chunked
 def nearest(
     store: Store, ann: AnnIndex, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
 ) -> list[Hit]:
+    """The k best rows for a query vector, best first, scored by exact cosine."""
     if k < 1:
         raise BadInputError(f"-k must be at least 1, not {k}")
-    scores, ids = ann.search(vector, k, allowed)
+    exact = ann.kind == "flat"
+    # IVF compares 8-bit vectors: take more candidates than asked, re-score them exactly
+    scores, ids = ann.search(vector, k if exact else 2 * k + 10, allowed)
     if not len(ids):
         return []
-    rows = store.fetch(ids.tolist(), ["id", "path"])
+    rows = store.fetch(ids.tolist(), ["id", "path"] if exact else ["id", "path", "vector"])
+    # an id missing from the table means the table moved on since `ann` was built
     path_of = dict(zip(rows.column("id").to_pylist(), rows.column("path").to_pylist(), strict=True))
+    if not exact:
+        ids = rows.column("id").to_numpy()
+        scores = store.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)
+        order = np.lexsort((ids, -scores))  # ties in id order, as FAISS breaks them
+        scores, ids = scores[order], ids[order]
     hits = []
     for score, id_ in zip(scores.tolist(), ids.tolist(), strict=True):
-        # an id missing from the table means the table moved on since `ann` was built
-        if id_ in path_of:
+        if id_ in path_of and len(hits) < k:
             hits.append(Hit(rank=len(hits) + 1, path=path_of[id_], score=float(score)))
     return hits

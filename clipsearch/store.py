@@ -67,6 +67,8 @@ class Manifest:
     dim: int
     weights_stat: list[int] | None = None
     roots: list[str] = field(default_factory=list)
+    # row ids are never reused (the search structure is updated by id): the next one to hand out
+    next_id: int = 0
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
@@ -238,11 +240,14 @@ class Store:
         try:
             return query.limit(None).to_arrow()
         except (OSError, RuntimeError) as exc:
-            # the table opened but its data files are missing or damaged
-            raise CorruptIndexError(
-                f"the image table in {self.path} is damaged ({str(exc).splitlines()[0][:200]}); "
-                f"move {self.path} aside and index your folders again (your photos are untouched)"
-            ) from None
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> CorruptIndexError:
+        """The table opened, but reading it failed: its data files are missing or damaged."""
+        return CorruptIndexError(
+            f"the image table in {self.path} is damaged ({str(exc).splitlines()[0][:200]}); "
+            f"move {self.path} aside and index your folders again (your photos are untouched)"
+        )
 
     def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> pa.Table:
         """Rows with the given ids (in no particular order)."""
@@ -259,9 +264,38 @@ class Store:
     def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
         """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
         table = self.read([*columns, "vector"])
-        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        matrix = np.ascontiguousarray(flat.reshape(table.num_rows, self.manifest.dim), np.float32)
-        return table.drop_columns(["vector"]), matrix
+        return table.drop_columns(["vector"]), self.matrix(table.column("vector"))
+
+    def iter_vectors(self, where: str | None = None, batch_rows: int = 65_536,
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (n, dim) float32 vectors) in batches, so a large table never sits in memory whole."""
+        query = self._table.search().select(["id", "vector"])
+        if where:
+            query = query.where(where)
+        try:
+            for batch in query.limit(None).to_batches(batch_rows):
+                if batch.num_rows:
+                    yield batch.column("id").to_numpy(), self.matrix(batch.column("vector"))
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(exc) from None
+
+    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` vectors drawn uniformly from the table (to train a search structure on)."""
+        total = self.count()
+        rng = np.random.default_rng(seed)
+        chosen = np.zeros(total, bool)
+        chosen[rng.choice(total, min(n, total), replace=False)] = True
+        parts, start = [], 0
+        for ids, vectors in self.iter_vectors():
+            parts.append(vectors[chosen[start:start + len(ids)]])
+            start += len(ids)
+        return np.concatenate(parts) if parts else np.zeros((0, self.manifest.dim), np.float32)
+
+    def matrix(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        return np.ascontiguousarray(flat.reshape(len(column), self.manifest.dim), np.float32)
 
     def add(self, rows: pa.Table) -> None:
         """Append rows for paths the table does not hold yet."""

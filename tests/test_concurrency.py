@@ -113,7 +113,7 @@ def test_kill_9_at_twelve_moments_never_damages_the_index(many_photos, tmp_path,
     expected = _files(many_photos)
     assert sorted(row_paths(db)) == sorted(expected)  # exactly one row per photo
     assert summary.skipped == []
-    from clipsearch.engine import current_ann
+    from clipsearch.ann import current as current_ann
 
     store = Store.open(db)
     ann = current_ann(store)

@@ -141,3 +141,20 @@ def test_interrupted_run_resumes_without_duplicates_or_loss(embedder, photos, tm
     files = sample_files(photos)
     np.testing.assert_allclose(np.stack([vectors[str(p)] for p in files]),
                                reference_image_vectors(embedder, files), atol=1e-5)
+
+
+def test_row_ids_are_never_handed_out_twice(photos, tmp_path, embedder):
+    """The search structure is updated by row id, so a deleted row's id must not come back."""
+    db = tmp_path / "db"
+    index_folders([photos], db, embedder=embedder, workers=0)
+    rows = Store.open(db).read(["id", "path"]).to_pydict()
+    newest = rows["path"][rows["id"].index(max(rows["id"]))]
+    os.unlink(newest)
+    index_folders([photos], db, embedder=embedder, workers=0)  # the highest id is gone now
+    Image.open(photos / "animals" / "horse.png").rotate(45).save(photos / "new.png")
+    Image.open(photos / "space" / "rocket.jpg").rotate(45).save(photos / "rocket again.jpg")
+    index_folders([photos], db, embedder=embedder, workers=0)
+    after = Store.open(db).read(["id", "path"]).to_pydict()
+    new_ids = [i for i, p in zip(after["id"], after["path"], strict=True)
+               if p.endswith(("again.jpg", "new.png"))]
+    assert len(new_ids) == 2 and min(new_ids) > max(rows["id"])

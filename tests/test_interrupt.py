@@ -60,6 +60,6 @@ def test_signal_mid_run_then_resume(many_photos, tmp_path, tiny_local_dir, sig):
     store = Store.open(db)
     paths = store.read(["path"]).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == 300
-    from clipsearch.engine import current_ann
+    from clipsearch.ann import current as current_ann
 
     assert current_ann(store).size == 300  # FAISS in step with the table
