@@ -1,10 +1,18 @@
-"""What the benchmark scripts share: timing, and real-size models with random weights loaded
-through the same path as a user's local checkpoint (weights do not change speed)."""
+"""What the benchmark scripts share: timing, photos and vectors to measure on, and real-size
+models with random weights loaded through the same path as a user's local checkpoint (weights do
+not change speed)."""
 
 from __future__ import annotations
 
+import hashlib
+import resource
 import time
 from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 512  # ViT-B-32's embedding size
 
 
 def timed(fn):
@@ -14,17 +22,103 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
-def vit_b_32_embedder(folder: Path, device: str = "cpu"):
-    """open_clip's ViT-B-32 with random weights, saved to a .safetensors file and loaded the way
-    `--pretrained FILE` is."""
+def percentile_ms(seconds: list[float], q: float = 50) -> float:
+    return float(np.percentile(seconds, q) * 1000)
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its finished children), in MB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def vit_b_32_checkpoint(folder: Path) -> Path:
+    """open_clip's ViT-B-32 with random weights, saved as a .safetensors file (`--pretrained FILE`)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
+    path = Path(folder) / "vit-b-32-random.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        state = open_clip.create_model("ViT-B-32").state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def vit_b_32_embedder(folder: Path, device: str = "cpu", precision: str = "fp32"):
+    """ViT-B-32 with random weights, loaded the way `--pretrained FILE` is."""
     from clipsearch.models import load_embedder, parse_model_spec
 
-    torch.manual_seed(0)
-    path = Path(folder) / "vit-b-32-random.safetensors"
-    state = open_clip.create_model("ViT-B-32").state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return load_embedder(parse_model_spec("ViT-B-32", str(path)), device)
+    return load_embedder(parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(folder))), device, precision)
+
+
+def photos(folder: Path, n: int, size: tuple[int, int] = (4000, 3000), grain: float = 6.0) -> list[str]:
+    """`n` distinct JPEGs (quality 90) made from sample_images/: at the default size 12 MP like a
+    phone's, with sensor-like grain so that they weigh what real photos weigh (~2.5 MB) and cost
+    what they cost to decode (a smooth upscale compresses to half that)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(p for p in (ROOT / "sample_images").rglob("*")
+                     if p.suffix.lower() in (".jpg", ".png", ".webp", ".tif", ".bmp"))
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        with Image.open(sources[i % len(sources)]) as img:
+            base = img.convert("RGB").resize(size, Image.Resampling.BICUBIC).rotate(i * 3)
+        pixels = np.asarray(base, np.int16)
+        if grain:
+            pixels = pixels + rng.normal(0, grain, pixels.shape).astype(np.int16)
+        path = folder / f"photo_{i:04d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+        out.append(str(path))
+    return out
+
+
+class ClusteredVectors:
+    """Unit vectors drawn around topic centres, as photo libraries cluster (trips, pets, screenshots):
+    random isotropic vectors would have no neighbourhoods at all, which no real collection looks
+    like and which no approximate index can search."""
+
+    def __init__(self, dim: int = DIM, topics: int = 2000, spread: float = 0.9, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        centres = self.rng.standard_normal((topics, dim)).astype(np.float32)
+        self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        self.dim, self.spread = dim, spread
+
+    def draw(self, n: int, spread: float | None = None) -> np.ndarray:
+        spread = self.spread if spread is None else spread
+        picked = self.centres[self.rng.integers(0, len(self.centres), n)]
+        x = picked + spread * self.rng.standard_normal((n, self.dim)).astype(np.float32) / np.sqrt(self.dim)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def queries(self, n: int) -> np.ndarray:
+        """Query vectors: near the topics, farther from them than photos are (like text queries)."""
+        return self.draw(n, spread=1.3 * self.spread)
+
+
+def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, chunk: int = 50_000):
+    """A real clipsearch table of `n` fake photos whose vectors come from `vectors`."""
+    import pyarrow as pa
+
+    from clipsearch.store import Manifest, Store
+
+    vectors = vectors or ClusteredVectors()
+    store = Store.create(folder, Manifest(model={"name": "ViT-B-32", "pretrained": "random"},
+                                          dim=vectors.dim))
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        ids = np.arange(start, start + m)
+        store.add(pa.table({
+            "id": ids, "path": [f"/photos/{i // 1000:03d}/IMG_{i:07d}.jpg" for i in ids],
+            "size": np.full(m, 3_000_000), "mtime_ns": np.zeros(m, np.int64),
+            "hash": [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in ids],
+            "width": np.full(m, 4000, np.int32), "height": np.full(m, 3000, np.int32),
+            "taken": pa.nulls(m, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.draw(m).ravel()), vectors.dim),
+        }))
+    store.manifest.next_id = n
+    store.save_manifest()
+    return store

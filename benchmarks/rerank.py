@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import timed
+from benchmarks.common import photos, timed
 
-ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog running on a beach", "a cup of coffee on a wooden table", "a rocket launch",
            "a red brick wall", "an astronaut in space"]
 
@@ -53,20 +52,51 @@ def blip_base_random(folder: Path) -> Path:
     return folder
 
 
-def photos(folder: Path, n: int) -> list[str]:
-    """`n` distinct photos (by content) made from sample_images/, at 12 MP like a phone's."""
-    from PIL import Image
+def measure(work: Path, candidates: int = 20, precisions: tuple[str, ...] = ("fp32", "bf16", "int8"),
+            model_dir: str | None = None) -> dict:
+    from clipsearch.featcache import FeatureCache
+    from clipsearch.models.blip import load_scorer, native_bf16
+    from clipsearch.query import parse
+    from clipsearch.rerank import candidate_features, match_probability, rerank
+    from clipsearch.results import Hit
 
-    sources = sorted(p for p in (ROOT / "sample_images").rglob("*") if p.suffix.lower() in
-                     (".jpg", ".png", ".webp", ".tif", ".bmp"))
-    out = []
-    for i in range(n):
-        with Image.open(sources[i % len(sources)]) as img:
-            img = img.convert("RGB").resize((4000, 3000)).rotate(i * 3)
-            path = folder / f"photo_{i:02d}.jpg"
-            img.save(path, quality=90)
-            out.append(str(path))
-    return out
+    model_dir = model_dir or str(blip_base_random(work / "blip"))
+    paths = photos(work / "photos-rerank", candidates)
+    hits = [Hit(i + 1, p, 0.3 - 0.001 * i) for i, p in enumerate(paths)]
+    results, probs = {"candidates": candidates, "native_bf16": native_bf16()}, {}
+    for precision in precisions:
+        load_s, scorer = timed(lambda p=precision: load_scorer(model_dir, "cpu", p))
+        cache = FeatureCache(work / "cache", scorer.identity, 1 << 30)
+        cold_s, _ = timed(lambda s=scorer, c=cache: rerank(hits, parse(QUERIES[0]), s, c, 10))
+        warm = [timed(lambda s=scorer, c=cache, q=q: rerank(hits, parse(q), s, c, 10))[0] for q in QUERIES]
+        feats = candidate_features(scorer, cache, paths)
+        probs[precision] = np.concatenate([
+            match_probability(scorer, parse(q), [feats[p] for p in paths]) for q in QUERIES])
+        results[precision] = {"load_s": load_s, "cold_s": cold_s, "warm_s_median": float(np.median(warm))}
+    if "fp32" in probs:
+        for precision, p in probs.items():
+            if precision == "fp32":
+                continue
+            diff = np.abs(p - probs["fp32"])
+            top = [np.argmax(p[i:i + len(paths)]) == np.argmax(probs["fp32"][i:i + len(paths)])
+                   for i in range(0, len(p), len(paths))]
+            results[precision] |= {"itm_max_abs_diff": float(diff.max()),
+                                   "itm_mean_abs_diff": float(diff.mean()),
+                                   "top1_agreement": float(np.mean(top))}
+    return results
+
+
+def report(f: dict) -> None:
+    n = f["candidates"]
+    for precision, r in f.items():
+        if not isinstance(r, dict):
+            continue
+        line = (f"  {precision:>4}: load {r['load_s']:5.2f} s | top-{n} cold {r['cold_s']:5.2f} s "
+                f"(target 12 s) | warm {r['warm_s_median']:5.2f} s (target 2 s)")
+        if "itm_max_abs_diff" in r:
+            line += (f" | ITM vs fp32 max {r['itm_max_abs_diff']:.4f}, mean {r['itm_mean_abs_diff']:.4f}, "
+                     f"same top-1 {r['top1_agreement']:.0%}")
+        print(line)
 
 
 def main() -> None:
@@ -79,49 +109,15 @@ def main() -> None:
 
     import torch
 
-    from clipsearch.featcache import FeatureCache
-    from clipsearch.models.blip import load_scorer, native_bf16
-    from clipsearch.query import parse
-    from clipsearch.rerank import candidate_features, match_probability, rerank
-    from clipsearch.results import Hit
-
     work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
     try:
-        model_dir = args.rerank_model or str(blip_base_random(work / "blip"))
-        paths = photos(work, args.candidates)
-        hits = [Hit(i + 1, p, 0.3 - 0.001 * i) for i, p in enumerate(paths)]
+        figures = measure(work, args.candidates, tuple(args.precisions.split(",")), args.rerank_model)
         print(f"# re-rank top-{args.candidates}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads, native bf16: {native_bf16()}")
+              f"{torch.get_num_threads()} threads, native bf16: {figures['native_bf16']}")
         print(f"model: {args.rerank_model or 'BLIP base architecture, random weights'}")
-        results, probs = {}, {}
-        for precision in args.precisions.split(","):
-            load_s, scorer = timed(lambda p=precision: load_scorer(model_dir, "cpu", p))
-            cache = FeatureCache(work / "cache", scorer.identity, 1 << 30)
-            texts = parse(QUERIES[0])
-            cold_s, _ = timed(lambda s=scorer, c=cache, t=texts: rerank(hits, t, s, c, 10))
-            warm = [timed(lambda s=scorer, c=cache, q=q: rerank(hits, parse(q), s, c, 10))[0]
-                    for q in QUERIES]
-            feats = candidate_features(scorer, cache, paths)
-            probs[precision] = np.concatenate([
-                match_probability(scorer, parse(q), [feats[p] for p in paths]) for q in QUERIES])
-            results[precision] = {"load_s": load_s, "cold_s": cold_s,
-                                  "warm_s_median": float(np.median(warm))}
-            print(f"{precision:>5}: load {load_s:5.2f} s | top-{args.candidates} cold {cold_s:5.2f} s"
-                  f" | warm {np.median(warm):5.2f} s (median of {len(QUERIES)} queries)")
-        if "fp32" in probs:
-            for precision, p in probs.items():
-                if precision == "fp32":
-                    continue
-                diff = np.abs(p - probs["fp32"])
-                order = [np.argsort(-p[i:i + len(paths)]) for i in range(0, len(p), len(paths))]
-                ref = [np.argsort(-probs["fp32"][i:i + len(paths)]) for i in range(0, len(p), len(paths))]
-                top1 = float(np.mean([a[0] == b[0] for a, b in zip(order, ref, strict=True)]))
-                results[precision] |= {"itm_max_abs_diff": float(diff.max()),
-                                       "itm_mean_abs_diff": float(diff.mean()), "top1_agreement": top1}
-                print(f"{precision:>5} vs fp32: ITM probability max |diff| {diff.max():.4f}, "
-                      f"mean {diff.mean():.4f}; same top-1 in {top1:.0%} of queries")
+        report(figures)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+            args.json.write_text(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

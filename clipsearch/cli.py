@@ -37,6 +37,10 @@ Db = Annotated[
 Device = Annotated[
     str, typer.Option("--device", envvar="CLIPSEARCH_DEVICE", help="auto, cpu, cuda, cuda:N or mps.")
 ]
+Precision = Annotated[str, typer.Option(
+    "--precision", envvar="CLIPSEARCH_PRECISION",
+    help="CLIP weights: fp32 (exact), bf16 (about 2x faster on CPUs with native bf16), fp16 (GPU) "
+         "or int8 (CPU).")]
 K = Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")]
 Within = Annotated[
     Path | None, typer.Option("--in", help="Only images under this folder.", file_okay=False)
@@ -133,6 +137,7 @@ def index(
         "--pretrained", envvar="CLIPSEARCH_PRETRAINED",
         help="Pretrained tag or local checkpoint file [default: laion2b_s34b_b79k].")] = None,
     device: Device = "auto",
+    precision: Precision = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")] = 32,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=0, help="Decode threads [default: CPU count, at most 8].")] = None,
@@ -155,7 +160,8 @@ def index(
     with _errors(saved), _terminate_as_interrupt(), present.progress_bar(not quiet and not as_json) as report:
         summary = index_folders(
             [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
-            batch_size=batch_size, workers=workers, exclude=exclude or (), progress=report,
+            precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
+            progress=report,
         )
     present.summary(summary, as_json)
 
@@ -190,6 +196,7 @@ def search(
     paths: Paths = False,
     db: Db = None,
     device: Device = "auto",
+    precision: Precision = "fp32",
 ) -> None:
     """Find images matching a description. Scores are CLIP cosine similarities; with --rerank,
     score = itm + clip (BLIP match probability plus CLIP cosine).
@@ -208,7 +215,7 @@ def search(
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
                                    tags=tag, rerank=rerank, candidates=candidates,
                                    min_match=min_match),
-        none_found, rerank_model=rerank_model, rerank_precision=rerank_precision,
+        none_found, rerank_model=rerank_model, rerank_precision=rerank_precision, precision=precision,
     )
 
 
@@ -225,13 +232,14 @@ def similar(
     paths: Paths = False,
     db: Db = None,
     device: Device = "auto",
+    precision: Precision = "fp32",
 ) -> None:
     """Find images that look like IMAGE (which comes first when it is itself indexed).
 
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
     _print_hits(db, device, as_json, paths, lambda index: index.similar(
-        image, k, _folder(within), after=after, before=before, ext=ext, tags=tag))
+        image, k, _folder(within), after=after, before=before, ext=ext, tags=tag), precision=precision)
 
 
 @app.command("tag")

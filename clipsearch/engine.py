@@ -41,9 +41,10 @@ class Index:
 
     def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None,
                  rerank_model: str | None = None, rerank_precision: str = "auto",
-                 scorer: ItmScorer | None = None):
+                 scorer: ItmScorer | None = None, precision: str = "fp32"):
         self.store = store
         self.device = device
+        self.precision = precision
         self.rerank_model = rerank_model or config.DEFAULT_RERANK_MODEL
         self.rerank_precision = rerank_precision
         self._embedder = embedder
@@ -58,7 +59,7 @@ class Index:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             check_weights_unchanged(self.spec, self.store.manifest.weights_stat)
-            self._embedder = load_embedder(self.spec, self.device)
+            self._embedder = load_embedder(self.spec, self.device, self.precision)
         return self._embedder
 
     @property
@@ -237,14 +238,17 @@ def db_path(db: str | os.PathLike[str] | None) -> Path:
 
 def open_index(db: str | os.PathLike[str] | None = None, *, device: str = "auto",
                embedder: Embedder | None = None, rerank_model: str | None = None,
-               rerank_precision: str = "auto", scorer: ItmScorer | None = None) -> Index:
+               rerank_precision: str = "auto", scorer: ItmScorer | None = None,
+               precision: str = "fp32") -> Index:
     """Open an existing index for searching (`db` defaults to CLIPSEARCH_DB or the data dir).
 
+    `precision` (fp32, bf16, fp16 on GPUs, int8 on CPUs) is the CLIP model's, for queries;
     `rerank_model` (a hub name or a folder saved with save_pretrained) and `rerank_precision`
     (auto, fp32, bf16, int8) apply to searches with `rerank=True`.
     """
     return Index(Store.open(db_path(db)), device=device, embedder=embedder,
-                 rerank_model=rerank_model, rerank_precision=rerank_precision, scorer=scorer)
+                 rerank_model=rerank_model, rerank_precision=rerank_precision, scorer=scorer,
+                 precision=precision)
 
 
 def resolve_spec(model: str | None, pretrained: str | None, recorded: ModelSpec | None) -> ModelSpec:
@@ -269,6 +273,7 @@ def index_folders(
     model: str | None = None,
     pretrained: str | None = None,
     device: str = "auto",
+    precision: str = "fp32",
     batch_size: int = config.DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     exclude: Sequence[str] = (),
@@ -276,7 +281,10 @@ def index_folders(
     embedder: Embedder | None = None,
     commit_every: int = config.COMMIT_EVERY,
 ) -> IndexSummary:
-    """Index (or re-index, incrementally) the images under `roots` into the index at `db`."""
+    """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
+
+    `precision`: fp32 (open_clip's own vectors), or bf16 / fp16 (GPU) / int8 (CPU) for speed.
+    """
     from clipsearch.indexer import Indexer
 
     if not roots:
@@ -295,7 +303,7 @@ def index_folders(
                 "drop --model/--pretrained to keep using it, or index into another --db"
             )
         if store is None:
-            embedder = embedder or load_embedder(spec, device)
+            embedder = embedder or load_embedder(spec, device, precision)
             store = Store.create(path, Manifest(model=spec.to_dict(), dim=embedder.dim,
                                                 weights_stat=weights_stat(spec)))
         elif spec != recorded:  # same weights found at a new path: remember where they are now
@@ -305,7 +313,7 @@ def index_folders(
             nonlocal embedder
             if embedder is None:
                 check_weights_unchanged(spec, store.manifest.weights_stat)
-                embedder = load_embedder(spec, device)
+                embedder = load_embedder(spec, device, precision)
             return embedder
 
         indexer = Indexer(

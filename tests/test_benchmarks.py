@@ -1,18 +1,29 @@
-"""The benchmark scripts still run, at their smallest size (correctness only, no timings)."""
+"""The benchmark suite still runs, at its smallest size (correctness only: no timing is judged)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
-from benchmarks import tagging
+from conftest import ROOT
 
 
-def test_the_tagging_benchmark_runs_and_reports_its_figures(tmp_path, monkeypatch, capsys):
+def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     out = tmp_path / "figures.json"
-    monkeypatch.setattr(sys, "argv", ["tagging", "--images", "300", "--labels", "4", "--json", str(out)])
-    tagging.main()
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert (figures["images"], figures["labels"], figures["texts"]) == (300, 4, 4 * 8 + 5)
-    assert figures["tags_kept"] > 0
-    assert "score + choose + commit 300 images" in capsys.readouterr().out
+    assert figures["failed"] == {}
+    sections = figures["sections"]
+    assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision"}
+    assert sections["throughput"]["12 MP"]["images"] == 2 and sections["throughput"]["12 MP"]["ratio"] > 0
+    assert sections["scale"]["2000"]["recall_at_10"] == 1.0  # flat: exact by construction
+    assert sections["tagging"]["tags_kept"] > 0
+    assert set(sections["precision"]) == {"fp32", "bf16", "int8"}
+    assert sections["precision"]["fp32"]["image_cos_min"] > 0.9999
+    for name in sections:
+        assert f"## {name}" in r.stdout
+

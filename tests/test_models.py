@@ -125,3 +125,49 @@ def test_model_without_pretrained_weights_is_refused(tiny_model):
 
     with pytest.raises(UnknownModelError, match="needs --pretrained"):
         parse_model_spec("ViT-B-16")
+
+
+def test_loaded_weights_are_exactly_the_checkpoints(embedder, tiny_checkpoint):
+    """The model is built without random init (it is overwritten anyway); every weight must then
+    come from the file, and the derived buffers must still be right."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tiny_checkpoint))
+    state = embedder.model.state_dict()
+    assert set(state) == set(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(state[name], tensor), name
+    mask = embedder.model.attn_mask
+    assert torch.equal(mask, torch.full_like(mask, float("-inf")).triu_(1))
+    assert torch.nn.init.kaiming_uniform_.__module__ == "torch.nn.init"  # init restored afterwards
+    assert torch.nn.Module.load_state_dict.__qualname__ == "Module.load_state_dict"
+
+
+@pytest.mark.parametrize("precision, closeness", [("bf16", 0.99), ("int8", 0.99)])
+def test_faster_precisions_give_nearly_the_fp32_vectors(tiny_model, tiny_checkpoint, embedder,
+                                                        precision, closeness):
+    import numpy as np
+    from conftest import SAMPLES, sample_files
+    from helpers import reference_image
+
+    fast = load_embedder(parse_model_spec(TINY, str(tiny_checkpoint)), "cpu", precision)
+    images = [reference_image(p) for p in sample_files(SAMPLES)]
+    texts = ["a dog on a beach", "a cup of coffee", "a rocket launch"]
+    for exact, approx in ((embedder.embed_pil(images), fast.embed_pil(images)),
+                          (embedder.embed_texts(texts), fast.embed_texts(texts))):
+        cosines = (exact * approx).sum(axis=1)
+        assert cosines.min() > closeness and not np.array_equal(exact, approx)
+
+
+@pytest.mark.parametrize("precision, device, message", [
+    ("fp16", "cpu", "--precision fp16 is for GPUs; on a CPU use bf16"),
+    ("fp64", "cpu", "--precision 'fp64' is not one of: fp32, bf16, fp16, int8"),
+])
+def test_precisions_a_device_cannot_run_are_refused(precision, device, message):
+    from clipsearch.errors import BadInputError
+    from clipsearch.models import resolve_precision
+
+    with pytest.raises(BadInputError) as err:
+        resolve_precision(precision, device)
+    assert message in str(err.value)

@@ -98,18 +98,10 @@ def native_bf16() -> bool:
 
 def resolve_precision(precision: str, device: str) -> str:
     from clipsearch.config import RERANK_PRECISIONS
+    from clipsearch.models import resolve_precision as check
 
-    precision = (precision or "auto").lower()
-    if precision not in RERANK_PRECISIONS:
-        raise BadInputError(
-            f"--rerank-precision {precision!r} is not one of: {', '.join(RERANK_PRECISIONS)}"
-        )
-    device_type = torch.device(device).type
-    if precision == "auto":
-        return "bf16" if device_type == "cpu" and native_bf16() else "fp32"
-    if precision == "int8" and device_type != "cpu":
-        raise BadInputError("--rerank-precision int8 is for CPUs; use fp32 or bf16 on a GPU")
-    return precision
+    native = torch.device(device).type == "cpu" and native_bf16()
+    return check(precision, device, "--rerank-precision", RERANK_PRECISIONS, "bf16" if native else "fp32")
 
 
 def _source(name: str) -> tuple[str, bool]:

@@ -1,0 +1,121 @@
+"""The benchmark suite: every figure issue 5 asks for, in one run, printed as a table of target
+against measured, and written to benchmarks/results/<timestamp>.json.
+
+    python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
+    python -m benchmarks --quick      # the same measurements at smaller sizes (<= 10 min)
+    python -m benchmarks --smoke      # tiny sizes, correctness only (CI)
+    python -m benchmarks --only query,scale
+
+Model weights do not change speed: ViT-B-32 and BLIP-base architectures run with random weights
+saved to local files and loaded the way a user's checkpoint is. Absolute times depend on the
+machine and its neighbours; the ratios each section prints are measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+
+from benchmarks import memory, precision, query, rerank, scale, tagging, throughput
+from benchmarks.common import vit_b_32_embedder
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+SIZES = {  # mode -> section -> size
+    "full": {"photos": 128, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000, 1_000_000],
+             "rerank": ("fp32", "bf16", "int8"), "candidates": 20, "tag_images": 100_000, "labels": 100,
+             "memory": [250, 500, 1000], "precision_photos": 64},
+    "quick": {"photos": 32, "queries_over": 100_000, "cold_runs": 2, "scale": [100_000],
+              "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
+              "memory": [100, 200], "precision_photos": 32},
+    "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
+              "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
+              "memory": [4], "precision_photos": 4},
+}
+SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision"]
+
+
+def machine() -> dict:
+    import torch
+
+    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
+    if name == "throughput":
+        return throughput.measure(work, size["photos"], shared["embedder"])
+    if name == "query":
+        return {"warm": query.warm(work, size["queries_over"], shared["embedder"]),
+                "cold": query.cold(work, size["cold_runs"])}
+    if name == "scale":
+        return scale.measure(work, size["scale"])
+    if name == "rerank":
+        return rerank.measure(work, size["candidates"], size["rerank"])
+    if name == "tagging":
+        return tagging.measure(work, size["tag_images"], size["labels"], shared["embedder"])
+    if name == "memory":
+        return memory.measure(work, size["memory"])
+    if name == "precision":
+        return precision.measure(work, size["precision_photos"])
+    raise ValueError(name)
+
+
+def show(name: str, figures: dict) -> None:
+    if name == "query":
+        query.report(figures["warm"], figures["cold"])
+    else:
+        {"throughput": throughput.report, "scale": scale.report, "rerank": rerank.report,
+         "tagging": tagging.report, "memory": memory.report, "precision": precision.report}[name](figures)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller sizes, at most 10 minutes")
+    mode.add_argument("--smoke", action="store_true", help="tiny sizes: does everything still run")
+    parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
+    parser.add_argument("--out", type=Path, help="the JSON file [default: benchmarks/results/<time>.json]")
+    args = parser.parse_args()
+    chosen = "smoke" if args.smoke else "quick" if args.quick else "full"
+    sections = args.only.split(",") if args.only else SECTIONS
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+
+    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
+    results = {"mode": chosen, "machine": machine(), "sections": {}, "failed": {}}
+    print(f"# clipsearch benchmarks ({chosen}): {results['machine']['processor']}, "
+          f"{results['machine']['cpus']} CPUs, torch {results['machine']['torch']}, "
+          f"GPU: {results['machine']['gpu'] or 'none'}")
+    try:
+        shared = {"embedder": vit_b_32_embedder(work)}
+        for name in sections:
+            print(f"\n## {name}", flush=True)
+            try:
+                results["sections"][name] = figures = run_section(name, work, SIZES[chosen], shared)
+                show(name, figures)
+            except Exception as exc:  # one broken section must not hide the others' figures
+                results["failed"][name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = args.out or RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{chosen}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten: {out}")
+    if results["failed"]:
+        raise SystemExit(f"failed sections: {', '.join(results['failed'])}")
+
+
+if __name__ == "__main__":
+    main()
