@@ -32,7 +32,7 @@ SIZES = {  # mode -> section -> size
     "full": {"photos": 128, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000, 1_000_000],
              "rerank": ("fp32", "bf16", "int8"), "candidates": 20, "tag_images": 100_000, "labels": 100,
              "memory": [250, 500, 1000], "precision_photos": 64},
-    "quick": {"photos": 32, "queries_over": 100_000, "cold_runs": 2, "scale": [100_000],
+    "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 2, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "memory": [100, 200], "precision_photos": 32},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
