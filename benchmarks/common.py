@@ -121,4 +121,5 @@ def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, 
         }))
     store.manifest.next_id = n
     store.save_manifest()
+    store.compact()  # as every index run ends: merged commits, lookup indexes
     return store
