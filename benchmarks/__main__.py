@@ -71,11 +71,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
 
 
 def show(name: str, figures: dict) -> None:
-    if name == "query":
-        query.report(figures["warm"], figures["cold"])
-    else:
-        {"throughput": throughput.report, "scale": scale.report, "rerank": rerank.report,
-         "tagging": tagging.report, "memory": memory.report, "precision": precision.report}[name](figures)
+    {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
+     "memory": memory, "precision": precision}[name].report(figures)
 
 
 def main() -> None:

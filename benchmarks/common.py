@@ -123,3 +123,27 @@ def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, 
     store.save_manifest()
     store.compact()  # as every index run ends: merged commits, lookup indexes
     return store
+
+
+def script(doc: str, title: str, options: dict[str, dict], measure, report) -> None:
+    """What every section's `python -m benchmarks.<name>` does: parse `options` (flag -> argparse
+    keywords) plus --json, measure in a scratch folder, print `title` and the report."""
+    import argparse
+    import json
+    import shutil
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag, keywords in options.items():
+        parser.add_argument(flag, **keywords)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
+    try:
+        figures = measure(work, args)
+        print(title)
+        report(figures)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -7,16 +7,12 @@ flat, not grow with the library (issue 5, item 7).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import photos, timed, vit_b_32_checkpoint
+from benchmarks.common import photos, script, timed, vit_b_32_checkpoint
 
 # A wrapper process per run, so that its children's peak is that one run's alone.
 PEAK_OF_CHILD = """
@@ -61,20 +57,8 @@ def report(figures: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="250,500,1000")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-mem-"))
-    try:
-        figures = measure(work, [int(s) for s in args.sizes.split(",")])
-        print("# index memory")
-        report(figures)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# index memory", {"--sizes": {"default": "250,500,1000"}},
+           lambda work, a: measure(work, [int(s) for s in a.sizes.split(",")]), report)
 
 if __name__ == "__main__":
     main()

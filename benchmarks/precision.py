@@ -9,15 +9,11 @@ other value ranges, so measure again with --pretrained weights before trusting a
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import photos, timed, vit_b_32_embedder
+from benchmarks.common import photos, script, timed, vit_b_32_embedder
 from benchmarks.query import QUERIES
 
 
@@ -55,21 +51,9 @@ def report(figures: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-prec-"))
-    try:
-        figures = measure(work, args.photos, args.device)
-        print("# embedding precision modes, ViT-B-32 (random weights)")
-        report(figures)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# embedding precision modes, ViT-B-32 (random weights)",
+           {"--photos": {"type": int, "default": 64}, "--device": {"default": "cpu"}},
+           lambda work, a: measure(work, a.photos, a.device), report)
 
 if __name__ == "__main__":
     main()

@@ -8,17 +8,21 @@ as a fresh process (targets, issue 5: warm p50 <= 40 ms over 100k vectors; cold 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import ROOT, percentile_ms, random_index, timed, vit_b_32_checkpoint, vit_b_32_embedder
+from benchmarks.common import (
+    ROOT,
+    percentile_ms,
+    random_index,
+    script,
+    timed,
+    vit_b_32_checkpoint,
+    vit_b_32_embedder,
+)
 
 QUERIES = [
     "a dog running on a beach", "kids building a sandcastle", "a red car at night", "birthday cake",
@@ -73,7 +77,8 @@ def cold(work: Path, runs: int = 3) -> dict:
             "import_torch_s": statistics.median(torch_only), "help_s": statistics.median(helps)}
 
 
-def report(w: dict | None, c: dict | None) -> None:
+def report(figures: dict) -> None:
+    w, c = figures.get("warm"), figures.get("cold")
     if w:
         print(f"  warm text query over {w['images']:,} vectors ({w['structure']}): p50 {w['p50_ms']:.1f} ms, "
               f"p90 {w['p90_ms']:.1f} ms (target p50 <= 40 ms); text encoder {w['text_p50_ms']:.1f} ms, "
@@ -85,21 +90,9 @@ def report(w: dict | None, c: dict | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=100_000)
-    parser.add_argument("--cold-runs", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-query-"))
-    try:
-        figures = {"warm": warm(work, args.images), "cold": cold(work, args.cold_runs)}
-        print("# query latency, ViT-B-32 (random weights)")
-        report(figures["warm"], figures["cold"])
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# query latency, ViT-B-32 (random weights)",
+           {"--images": {"type": int, "default": 100_000}, "--cold-runs": {"type": int, "default": 3}},
+           lambda work, a: {"warm": warm(work, a.images), "cold": cold(work, a.cold_runs)}, report)
 
 if __name__ == "__main__":
     main()

@@ -12,17 +12,12 @@ Targets (issue 3, 2-core CPU): top-20 cold <= 12 s, warm <= 2 s.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import photos, timed
+from benchmarks.common import photos, script, timed
 
 QUERIES = ["a dog running on a beach", "a cup of coffee on a wooden table", "a rocket launch",
            "a red brick wall", "an astronaut in space"]
@@ -100,27 +95,11 @@ def report(f: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rerank-model", help="a folder saved with save_pretrained")
-    parser.add_argument("--candidates", type=int, default=20)
-    parser.add_argument("--precisions", default="fp32,bf16,int8")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-
-    import torch
-
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
-    try:
-        figures = measure(work, args.candidates, tuple(args.precisions.split(",")), args.rerank_model)
-        print(f"# re-rank top-{args.candidates}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads, native bf16: {figures['native_bf16']}")
-        print(f"model: {args.rerank_model or 'BLIP base architecture, random weights'}")
-        report(figures)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# BLIP re-rank (BLIP-base architecture with random weights unless --rerank-model)",
+           {"--rerank-model": {"help": "a folder saved with save_pretrained"},
+            "--candidates": {"type": int, "default": 20}, "--precisions": {"default": "fp32,bf16,int8"}},
+           lambda work, a: measure(work, a.candidates, tuple(a.precisions.split(",")), a.rerank_model),
+           report)
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -13,17 +13,14 @@ returns: candidates re-scored exactly from the table, paths looked up.
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ClusteredVectors, percentile_ms, random_index, timed
+from benchmarks.common import ClusteredVectors, percentile_ms, random_index, script, timed
 
 RSS_PROBE = """
 import sys
@@ -96,20 +93,9 @@ def report(figures: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-scale-"))
-    try:
-        figures = measure(work, [int(s) for s in args.sizes.split(",")])
-        print("# search structure at scale (targets at 1M: p50 <= 10 ms, recall@10 >= 0.95, <= 1.2 GB)")
-        report(figures)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# search structure at scale (targets at 1M: p50 <= 10 ms, recall@10 >= 0.95, <= 1.2 GB)",
+           {"--sizes": {"default": "100000,1000000"}},
+           lambda work, a: measure(work, [int(s) for s in a.sizes.split(",")]), report)
 
 if __name__ == "__main__":
     main()

@@ -12,17 +12,12 @@ image decoded or embedded.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DIM, random_index, timed, vit_b_32_embedder
+from benchmarks.common import DIM, random_index, script, timed, vit_b_32_embedder
 
 
 def measure(work: Path, images: int, labels: int, embedder=None) -> dict:
@@ -60,21 +55,9 @@ def report(f: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=100_000)
-    parser.add_argument("--labels", type=int, default=100)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-tag-"))
-    try:
-        figures = measure(work, args.images, args.labels)
-        print(f"# zero-shot tagging, {os.cpu_count()} CPUs")
-        report(figures)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# zero-shot tagging",
+           {"--images": {"type": int, "default": 100_000}, "--labels": {"type": int, "default": 100}},
+           lambda work, a: measure(work, a.images, a.labels), report)
 
 if __name__ == "__main__":
     main()

@@ -13,16 +13,13 @@ ratio possible is fwd / (fwd + decode) in CPU-seconds per image, printed beside 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import photos, timed, vit_b_32_embedder
+from benchmarks.common import photos, script, timed, vit_b_32_embedder
 
 
 def preprocessed(embedder, paths: list[str], batch_size: int) -> tuple[list, float]:
@@ -103,21 +100,9 @@ def report(figures: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-tput-"))
-    try:
-        figures = measure(work, args.photos, batch_size=args.batch_size)
-        print("# indexing throughput, ViT-B-32 (random weights), fp32")
-        report(figures)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    script(__doc__, "# indexing throughput, ViT-B-32 (random weights), fp32",
+           {"--photos": {"type": int, "default": 64}, "--batch-size": {"type": int, "default": 32}},
+           lambda work, a: measure(work, a.photos, batch_size=a.batch_size), report)
 
 if __name__ == "__main__":
     main()
