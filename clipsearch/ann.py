@@ -75,20 +75,6 @@ class AnnIndex:
         index.nprobe = nprobe_for(nlist)
         return cls(index, -1)
 
-    @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, table_version: int) -> AnnIndex:
-        """An index holding exactly these rows (training IVF on a sample of them)."""
-        rng = np.random.default_rng(0)
-        n = len(ids)
-        sample = None
-        if kind_for(n) == "ivf":
-            take = min(n, TRAIN_PER_LIST * nlist_for(n))
-            sample = vectors[np.sort(rng.choice(n, take, replace=False))]
-        ann = cls.empty(n, vectors.shape[1], sample)
-        ann.add(ids, vectors)
-        ann.table_version = table_version
-        return ann
-
     @property
     def kind(self) -> str:
         return "flat" if isinstance(self._index, faiss.IndexIDMap2) else "ivf"
@@ -211,10 +197,9 @@ def current(store: Store) -> AnnIndex:
     """The search structure for the table's current version: the saved one if it matches, else an
     older one brought up to date, else one built from the table; saved for the next search."""
     version, count = store.version, store.count()
-    ann = AnnIndex.load(store.path, version, count)
-    if ann is not None:
-        return ann
     ann = AnnIndex.load_latest(store.path, version)
+    if ann is not None and ann.table_version == version and ann.size == count:
+        return ann
     if ann is None or ann.outgrown(count):
         ann = _built(store, count)
     else:

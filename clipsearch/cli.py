@@ -67,13 +67,13 @@ def _errors(interrupted: str = "interrupted") -> Iterator[None]:
     try:
         yield
     except IndexInterrupted as exc:  # the user asked for it: not an error
-        present.err.print(str(exc), markup=False)
+        present.message(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except ClipsearchError as exc:
-        present.err.print(f"error: {exc}", markup=False)
+        present.message(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        present.err.print(interrupted, markup=False)
+        present.message(interrupted)
         raise typer.Exit(130) from None
 
 

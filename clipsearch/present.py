@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Sequence
 
 from rich.console import Console
@@ -16,6 +17,13 @@ from clipsearch.results import Progress as IndexProgress
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def message(text: str) -> None:
+    """One line on stderr, written directly: an interrupt can land inside a rich print, whose
+    half-flushed buffer would otherwise be printed again in front of this line."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images") -> None:
