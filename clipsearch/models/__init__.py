@@ -227,7 +227,8 @@ def resolve_precision(precision: str | None, device: str, flag: str = "--precisi
         raise BadInputError(f"{flag} {precision!r} is not one of: {', '.join(choices)}")
     kind = device.split(":")[0]
     if precision == "int8" and kind != "cpu":
-        raise BadInputError(f"{flag} int8 is for CPUs; use fp16 or bf16 on a GPU")
+        gpu = " or ".join(p for p in ("fp16", "bf16") if p in choices)
+        raise BadInputError(f"{flag} int8 is for CPUs; use {gpu} on a GPU")
     if precision == "fp16" and kind == "cpu":
         raise BadInputError(f"{flag} fp16 is for GPUs; on a CPU use bf16 (fast where it has native bf16)")
     return precision
