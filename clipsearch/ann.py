@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+
+from clipsearch.files import replacing
 
 if TYPE_CHECKING:
     from clipsearch.store import Store
@@ -146,14 +146,8 @@ class AnnIndex:
         """Write atomically, then drop files of older table versions."""
         target = self._file(db, self.table_version)
         target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        os.close(fd)
-        try:
+        with replacing(target) as tmp:
             faiss.write_index(self._index, tmp)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
         for old in target.parent.glob("faiss-v*.index"):
             if old != target:
                 with contextlib.suppress(OSError):
@@ -164,16 +158,14 @@ class AnnIndex:
         return cls._file(db, table_version).is_file()
 
     @classmethod
-    def load(cls, db: Path, table_version: int, expected_size: int | None = None) -> AnnIndex | None:
-        """The saved index for this table version, or None when missing, damaged or stale."""
+    def load(cls, db: Path, table_version: int) -> AnnIndex | None:
+        """The saved index for this table version, or None when missing or damaged."""
         path = cls._file(db, table_version)
         if not path.is_file():
             return None
         try:
             index = faiss.read_index(str(path))
         except RuntimeError:
-            return None
-        if expected_size is not None and index.ntotal != expected_size:
             return None
         if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexIVF):
             return None

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from clipsearch.files import replacing
 
 if TYPE_CHECKING:
     import torch
@@ -59,14 +60,8 @@ class FeatureCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             for key, tensor in entries.items():
-                fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-                os.close(fd)
-                try:
+                with replacing(self._file(key)) as tmp:
                     save_file({"features": tensor.contiguous()}, tmp)
-                    os.replace(tmp, self._file(key))
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
             self.trim()
         except Exception:  # full disk, read-only cache, safetensors' own errors: only speed is lost
             return

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,6 +23,7 @@ from clipsearch.errors import (
     IndexWriteError,
     SchemaVersionError,
 )
+from clipsearch.files import replacing
 
 SCHEMA_VERSION = 1
 TABLE = "images"
@@ -96,28 +96,8 @@ class Manifest:
             raise CorruptIndexError(f"index manifest {path} is incomplete ({exc}); re-index") from None
 
     def write(self, path: Path) -> None:
-        _atomic_write(path, json.dumps(asdict(self), indent=2).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide a shared index from its readers
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        with replacing(path, durable=True) as tmp, open(tmp, "wb") as f:
+            f.write(json.dumps(asdict(self), indent=2).encode())
 
 
 # errno values a full, read-only or forbidden index folder raises, and what to tell the user;

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from clipsearch.errors import SidecarError
+from clipsearch.files import replacing
 
 X = "adobe:ns:meta/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -94,20 +94,12 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
 def _atomic_write(path: str, data: bytes) -> None:
     folder = os.path.dirname(path) or "."
     try:
-        mode = os.stat(path).st_mode & 0o777
+        mode = os.stat(path).st_mode & 0o777  # an edited sidecar keeps its permissions
     except FileNotFoundError:
-        mode = 0o644
-    tmp = None
+        mode = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".clipsearch-", suffix=".xmp.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path, mode) as tmp, open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
     except OSError as exc:
         reason = f"cannot write in {folder} ({exc.strerror or exc}); left as it was"
         raise SidecarError(path, reason) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)

@@ -69,3 +69,14 @@ def test_paths_with_quotes_are_found_by_similar(db, embedder, photos):
     hits = open_index(db, embedder=embedder).similar(quoted, k=1)
     assert hits[0].path == str(quoted)
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_files_are_readable_by_whoever_may_read_the_folder(db):
+    """Files are replaced through a private temporary file; the result must not stay private
+    (0600), or other users of a shared index could not search it."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [db / MANIFEST, *_ann_files(db)]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path

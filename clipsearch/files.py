@@ -1,0 +1,41 @@
+"""Replacing a file so that a crash or a concurrent reader sees the old file or the new one,
+never half of one, and with the permissions a new file would get (not mkstemp's private 0600,
+which hid a shared index's files from its other users)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# read once, at import, while nothing else can be creating files in between
+_UMASK = _current_umask()
+
+
+@contextlib.contextmanager
+def replacing(target: str | os.PathLike[str], mode: int | None = None, durable: bool = False,
+              ) -> Iterator[str]:
+    """Yield a temporary path beside `target`. When the block ends without error, whatever was
+    written there replaces `target` in one rename, with `mode` (default: a new file's under the
+    umask), synced to disk first if `durable`; on error it is removed and `target` is untouched."""
+    target = os.fspath(target)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".clipsearch-", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, (0o666 & ~_UMASK) if mode is None else mode)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
