@@ -143,13 +143,14 @@ class AnnIndex:
         return Path(db) / ANN_DIR / f"faiss-v{table_version}.index"
 
     def save(self, db: Path) -> None:
-        """Write atomically, then drop files of older table versions."""
+        """Write atomically, then drop files of older table versions (never newer ones: a server
+        that has not caught up yet must not delete what an index run has just written)."""
         target = self._file(db, self.table_version)
         target.parent.mkdir(exist_ok=True)
         with replacing(target) as tmp:
             faiss.write_index(self._index, tmp)
         for old in target.parent.glob("faiss-v*.index"):
-            if old != target:
+            if (m := _FILE.match(old.name)) and int(m.group(1)) < self.table_version:
                 with contextlib.suppress(OSError):
                     old.unlink()
 

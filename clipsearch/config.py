@@ -19,6 +19,8 @@ DEFAULT_CANDIDATES = 24
 RERANK_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # BLIP image features are ~1.8 MB per photo (fp32, 577 tokens x 768); 1 GiB keeps ~600 photos.
 DEFAULT_FEATURE_CACHE_MB = 1024
+# Server thumbnails are 10-40 kB each (WebP): 2 GiB keeps both grid sizes of ~60,000 photos.
+DEFAULT_THUMBNAIL_CACHE_MB = 2048
 
 DEFAULT_BATCH_SIZE = 32
 # Rows are committed to the table at least this often, so an interrupted run loses at most
@@ -49,6 +51,11 @@ def default_db() -> Path:
     return Path(env).expanduser() if env else data_dir() / "index"
 
 
+def db_path(db: str | os.PathLike[str] | None) -> Path:
+    """The index directory a command means: --db / CLIPSEARCH_DB, else the default, absolute."""
+    return Path(db).expanduser().absolute() if db else default_db().absolute()
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -68,13 +75,22 @@ def cache_dir() -> Path:
 
 def feature_cache_bytes() -> int:
     """The re-rank feature cache's bound (CLIPSEARCH_FEATURE_CACHE_MB; 0 turns the cache off)."""
-    value = os.environ.get("CLIPSEARCH_FEATURE_CACHE_MB", "").strip()
+    return _megabytes("CLIPSEARCH_FEATURE_CACHE_MB", DEFAULT_FEATURE_CACHE_MB)
+
+
+def thumbnail_cache_bytes() -> int:
+    """The server's thumbnail cache's bound (CLIPSEARCH_THUMBNAIL_CACHE_MB; 0 keeps none)."""
+    return _megabytes("CLIPSEARCH_THUMBNAIL_CACHE_MB", DEFAULT_THUMBNAIL_CACHE_MB)
+
+
+def _megabytes(variable: str, default: float) -> int:
+    value = os.environ.get(variable, "").strip()
     try:
-        mb = float(value) if value else DEFAULT_FEATURE_CACHE_MB
+        mb = float(value) if value else default
     except ValueError:
         from clipsearch.errors import BadInputError
 
         raise BadInputError(
-            f"CLIPSEARCH_FEATURE_CACHE_MB={value!r} is not a number of megabytes, e.g. 1024"
+            f"{variable}={value!r} is not a number of megabytes, e.g. {default:g}"
         ) from None
     return max(0, int(mb * 1024 * 1024))

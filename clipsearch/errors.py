@@ -22,6 +22,14 @@ class QueryError(BadInputError):
     """A search query does not parse; the message points at the offending part."""
 
 
+class UnknownImageError(BadInputError):
+    """No indexed image has the id asked for (the server's 404)."""
+
+
+class ImageChangedError(ClipsearchError):
+    """An indexed image's file is gone, unreadable, or holds other content than was indexed."""
+
+
 class UnknownModelError(BadInputError):
     """The model name or pretrained tag is not one open_clip knows."""
 
@@ -57,6 +65,10 @@ class IndexWriteError(ClipsearchError):
 
 class IndexBusyError(ClipsearchError):
     """Another process is writing to the same index."""
+
+
+class ServeError(ClipsearchError):
+    """The server cannot start (its port is taken, its address is not this machine's ...)."""
 
 
 class UnreadableImageError(ClipsearchError):

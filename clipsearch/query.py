@@ -20,11 +20,13 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from clipsearch.config import IMAGE_EXTENSIONS
 from clipsearch.errors import QueryError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 GRAMMAR_HELP = (
     'Combine terms with + and -, weight them with N:, and use image files as terms, e.g. '
@@ -98,8 +100,12 @@ def _split_word(query: str, word: str, start: int) -> list[_Token]:
     return out
 
 
-def parse(query: str) -> list[Term]:
-    """Parse a query into signed, weighted terms; QueryError points at the offending part."""
+def parse(query: str, image_terms: bool = True) -> list[Term]:
+    """Parse a query into signed, weighted terms; QueryError points at the offending part.
+
+    `image_terms=False` refuses terms that name image files before looking for them: a server
+    must not open (or reveal the existence of) paths that its clients send.
+    """
     if not query or not query.strip():
         raise QueryError("the query is empty; describe what to find, e.g. 'a red car'")
     tokens = _tokens(query)
@@ -132,20 +138,23 @@ def parse(query: str) -> list[Term]:
         text = " ".join(p.value.strip() for p in pieces).strip()
         if not text:
             raise _fail(query, pieces[0].start, "this term is empty")
-        terms.append(_term(query, text, sign * weight, pieces))
+        terms.append(_term(query, text, sign * weight, pieces, image_terms))
     if not any(t.weight > 0 for t in terms):
         raise _fail(query, terms[0].start, "every term is subtracted; add at least one term to "
                     "look for")
     return terms
 
 
-def _term(query: str, text: str, weight: float, pieces: Sequence[_Token]) -> Term:
+def _term(query: str, text: str, weight: float, pieces: Sequence[_Token], image_terms: bool) -> Term:
     start = pieces[0].start
     looks_like_path = len(pieces) == 1 and (
         text.startswith(_PATH_START) or os.path.splitext(text)[1].lower() in IMAGE_EXTENSIONS
     )
     if not looks_like_path:
         return Term("text", text, weight, start)
+    if not image_terms:
+        raise _fail(query, start, "image files as query terms work only from the command line; to "
+                    "search by an image here, upload it (POST /api/similar, or drop it on the gallery)")
     path = os.path.abspath(os.path.expanduser(text))
     if not os.path.isfile(path):
         raise _fail(query, start, f"image file not found: {path} (to search for these words "
@@ -155,6 +164,8 @@ def _term(query: str, text: str, weight: float, pieces: Sequence[_Token]) -> Ter
 
 def combine(terms: Sequence[Term], vectors: np.ndarray, query: str = "") -> np.ndarray:
     """The unit query vector: sum of each term's unit vector times its signed weight."""
+    import numpy as np
+
     if len(terms) == 1 and terms[0].weight == 1.0:
         return vectors[0]  # a plain query is its own embedding, bit for bit
     weights = np.array([t.weight for t in terms], np.float32)

@@ -15,12 +15,57 @@ class Hit:
     score: float
     itm: float | None = None  # BLIP's probability that image and query match, when re-ranked
     clip: float | None = None  # the first-stage CLIP cosine, when re-ranked
+    id: int | None = None  # the row's id: stable for this content at this path (see ImageRecord)
+    image: ImageRecord | None = None  # the row itself (without tags; Index.tagged adds them)
 
     def to_dict(self) -> dict:
+        """The CLI's JSON form of a hit."""
         out = {"path": self.path, "score": self.score, "rank": self.rank}
         if self.itm is not None:
             out |= {"itm": self.itm, "clip": self.clip}
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Hit:
+        """A hit from its JSON form (the server's hits carry more fields, which are ignored)."""
+        return cls(rank=int(data["rank"]), path=str(data["path"]), score=float(data["score"]),
+                   itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"))
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a search: the hits from rank `offset + 1` on, how many images the filters let
+    the search rank (`considered`), and where the time went, in milliseconds."""
+
+    hits: list[Hit]
+    considered: int
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What the index knows about one image. A row's id never changes and is never reused: an
+    edited file gets a new row and id, so an id always stands for the same content."""
+
+    id: int
+    path: str
+    bytes: int
+    width: int | None
+    height: int | None
+    taken: str | None  # EXIF capture time as the camera wrote it, or None
+    mtime_ns: int
+    hash: str  # BLAKE2b of the content
+    tags: list[str] = field(default_factory=list)  # best first
+
+    @classmethod
+    def from_row(cls, row: dict, tags: list[str] | None = None) -> ImageRecord:
+        """From a row of the image table (clipsearch.store.META_COLUMNS)."""
+        return cls(id=row["id"], path=row["path"], bytes=row["size"], width=row["width"],
+                   height=row["height"], taken=row["taken"], mtime_ns=row["mtime_ns"], hash=row["hash"],
+                   tags=list(tags or []))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

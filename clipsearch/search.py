@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from clipsearch.ann import AnnIndex
 from clipsearch.config import IMAGE_EXTENSIONS
 from clipsearch.errors import BadInputError
-from clipsearch.results import Hit
-from clipsearch.store import Store
+from clipsearch.results import Hit, ImageRecord
+from clipsearch.store import META_COLUMNS, Store
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")
 # Spellings of one format count as one: --ext jpg also finds .jpeg and .JPG.
@@ -150,7 +150,7 @@ def _date_mask(table: pa.Table, bound: datetime, keep_after: bool) -> pa.Chunked
 def nearest(
     store: Store, ann: AnnIndex, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
 ) -> list[Hit]:
-    """The k best rows for a query vector, best first, scored by exact cosine."""
+    """The k best rows for a query vector, best first, scored by exact cosine, each with its row."""
     if k < 1:
         raise BadInputError(f"-k must be at least 1, not {k}")
     exact = ann.kind == "flat"
@@ -158,9 +158,9 @@ def nearest(
     scores, ids = ann.search(vector, k if exact else 2 * k + 10, allowed)
     if not len(ids):
         return []
-    rows = store.fetch(ids.tolist(), ["id", "path"] if exact else ["id", "path", "vector"])
+    rows = store.fetch(ids.tolist(), META_COLUMNS if exact else [*META_COLUMNS, "vector"])
     # an id missing from the table means the table moved on since `ann` was built
-    path_of = dict(zip(rows.column("id").to_pylist(), rows.column("path").to_pylist(), strict=True))
+    image_of = {r["id"]: ImageRecord.from_row(r) for r in rows.select(META_COLUMNS).to_pylist()}
     if not exact:
         ids = rows.column("id").to_numpy()
         scores = store.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)
@@ -168,6 +168,7 @@ def nearest(
         scores, ids = scores[order], ids[order]
     hits = []
     for score, id_ in zip(scores.tolist(), ids.tolist(), strict=True):
-        if id_ in path_of and len(hits) < k:
-            hits.append(Hit(rank=len(hits) + 1, path=path_of[id_], score=float(score)))
+        if id_ in image_of and len(hits) < k:
+            image = image_of[id_]
+            hits.append(Hit(rank=len(hits) + 1, path=image.path, score=float(score), id=id_, image=image))
     return hits

@@ -158,6 +158,9 @@ class Store:
         self.path = path
         self.manifest = manifest
         self._table = table
+        # the last tags read, by table version: a long-lived reader (the server) reads them once
+        self._tags: tuple[int, pa.Table, dict] | None = None
+        self._manifest_stamp: int | None = None
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -211,7 +214,13 @@ class Store:
         return self._table.version
 
     def refresh(self) -> None:
+        """Move to the newest committed version; the manifest too, if another process rewrote it
+        (an index run adds folders)."""
         self._table.checkout_latest()
+        with contextlib.suppress(OSError):
+            stamp = (self.path / MANIFEST).stat().st_mtime_ns
+            if stamp != self._manifest_stamp:
+                self.manifest, self._manifest_stamp = Manifest.read(self.path / MANIFEST), stamp
 
     def count(self) -> int:
         return self._table.count_rows()
@@ -242,6 +251,11 @@ class Store:
     def row(self, path: str, columns: Sequence[str]) -> dict | None:
         """The row stored for `path`, or None."""
         rows = self.read(columns, f"path = {_sql_list([path])}").to_pylist()
+        return rows[0] if rows else None
+
+    def row_by_hash(self, digest: str, columns: Sequence[str]) -> dict | None:
+        """A row holding content with this hash (copies share their vector), or None."""
+        rows = self.read(columns, f"hash = {_sql_list([digest])}").to_pylist()
         return rows[0] if rows else None
 
     def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
@@ -317,6 +331,11 @@ class Store:
         except ValueError:  # lancedb's "table not found"
             return None
 
+    def tags_version(self) -> int | None:
+        """The tags table's version (each `tag` run makes a new one), or None before the first."""
+        table = self._tags_table()
+        return None if table is None else table.version
+
     def read_tags(self, rows: bool = True) -> tuple[pa.Table | None, dict] | None:
         """(hash, label, score) rows and the label set of the last `tag` run, from one table
         version; None before the first `tag`. `rows=False` reads the label set alone."""
@@ -324,8 +343,15 @@ class Store:
         if table is None:
             return None
         try:
+            cached = self._tags
+            if cached is not None and cached[0] == table.version:
+                return (cached[1] if rows else None), cached[2]
             label_set = json.loads((table.schema.metadata or {}).get(LABEL_SET_KEY.encode(), b"{}"))
-            return (table.to_arrow() if rows else None), label_set
+            if not rows:
+                return None, label_set
+            version, arrow = table.version, table.to_arrow()
+            self._tags = (version, arrow, label_set)
+            return arrow, label_set
         except Exception as exc:
             raise CorruptIndexError(
                 f"the tags in {self.path / (TAGS_TABLE + '.lance')} cannot be read "
