@@ -17,6 +17,7 @@ from clipsearch import config
 from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted
 
 if TYPE_CHECKING:
+    from clipsearch.client import Server
     from clipsearch.engine import Index
     from clipsearch.results import Hit
 
@@ -57,6 +58,15 @@ Tag = Annotated[list[str] | None, typer.Option(
     "--tag", metavar="LABEL", help="Only images tagged LABEL by `clipsearch tag` (repeatable: all of them).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Paths = Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")]
+NoServer = Annotated[bool, typer.Option(
+    "--no-server", help="Search in this process even when `clipsearch serve` runs for this index.")]
+RerankModel = Annotated[str | None, typer.Option(
+    "--rerank-model", envvar="CLIPSEARCH_RERANK_MODEL", metavar="NAME_OR_DIR",
+    help="BLIP ITM weights: a hub name, or a folder saved with save_pretrained "
+         "[default: Salesforce/blip-itm-base-coco].")]
+RerankPrecision = Annotated[str, typer.Option(
+    "--rerank-precision", envvar="CLIPSEARCH_RERANK_PRECISION",
+    help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or int8 (CPU).")]
 
 
 @contextlib.contextmanager
@@ -104,14 +114,24 @@ def _folder(path: Path | None) -> str | None:
 
 
 def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
-                ask: Callable[[Index], list[Hit]], none_found: str = "no matching images",
-                **options) -> None:
+                ask: Callable[[Index], list[Hit]], remote: Callable[[Server], list[Hit] | None] | None,
+                wanted: dict, none_found: str = "no matching images", **options) -> None:
+    """Answer through a running server for this index when there is one (`remote`; it gives the
+    same hits), else in this process (`ask`); print them the same way either way."""
     from clipsearch import present
-    from clipsearch.engine import open_index
 
     with _errors():
         fmt = _format(as_json, paths)
-        found = ask(open_index(db, device=device, **options))
+        found = None
+        if remote is not None:
+            from clipsearch import client
+
+            server = client.find(config.db_path(db), {"device": device, **wanted})
+            found = remote(server) if server is not None else None
+        if found is None:
+            from clipsearch.engine import open_index
+
+            found = ask(open_index(db, device=device, **options))
     present.hits(found, fmt, none_found)
 
 
@@ -185,18 +205,14 @@ def search(
         "--min-match", metavar="P",
         help="Drop hits whose BLIP match probability is below P (implies --rerank); "
              "a query with no real match then returns nothing.")] = None,
-    rerank_model: Annotated[str | None, typer.Option(
-        "--rerank-model", envvar="CLIPSEARCH_RERANK_MODEL", metavar="NAME_OR_DIR",
-        help="BLIP ITM weights: a hub name, or a folder saved with save_pretrained "
-             "[default: Salesforce/blip-itm-base-coco].")] = None,
-    rerank_precision: Annotated[str, typer.Option(
-        "--rerank-precision", envvar="CLIPSEARCH_RERANK_PRECISION",
-        help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or int8 (CPU).")] = "auto",
+    rerank_model: RerankModel = None,
+    rerank_precision: RerankPrecision = "auto",
     as_json: Json = False,
     paths: Paths = False,
     db: Db = None,
     device: Device = "auto",
     precision: Precision = "fp32",
+    no_server: NoServer = False,
 ) -> None:
     """Find images matching a description. Scores are CLIP cosine similarities; with --rerank,
     score = itm + clip (BLIP match probability plus CLIP cosine).
@@ -205,18 +221,36 @@ def search(
     term double; a path to an image file (~/ref.jpg) is a term too. A '-' inside a word
     (black-and-white) is just a hyphen.
 
+    When `clipsearch serve` runs for the same index, the query goes there (instant; same
+    results); --no-server keeps it in this process.
+
     Example: clipsearch search "a dog running on a beach" --rerank --after 2019 --ext jpg
     """
     text = " ".join(query)
     none_found = (f"no image matches {text!r} with a match probability of at least {min_match}"
                   if min_match is not None else "no matching images")
+    reranked = rerank or min_match is not None
+    wanted = {"precision": precision} | ({"rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
+                                         "rerank_precision": rerank_precision} if reranked else {})
     _print_hits(
         db, device, as_json, paths,
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
                                    tags=tag, rerank=rerank, candidates=candidates,
                                    min_match=min_match),
-        none_found, rerank_model=rerank_model, rerank_precision=rerank_precision, precision=precision,
+        None if no_server else lambda server: None if _needs_files(text) else server.search(
+            text, k, _folder(within), after=after, before=before, ext=ext, tags=tag, rerank=rerank,
+            candidates=candidates, min_match=min_match),
+        wanted, none_found, rerank_model=rerank_model, rerank_precision=rerank_precision,
+        precision=precision,
     )
+
+
+def _needs_files(query: str) -> bool:
+    """Whether a query names image files, which only this process may open (a server must not
+    read paths its clients send). A malformed query raises its error here, as a search would."""
+    from clipsearch.query import parse
+
+    return any(term.kind == "image" for term in parse(query))
 
 
 @app.command()
@@ -233,13 +267,53 @@ def similar(
     db: Db = None,
     device: Device = "auto",
     precision: Precision = "fp32",
+    no_server: NoServer = False,
 ) -> None:
     """Find images that look like IMAGE (which comes first when it is itself indexed).
 
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
-    _print_hits(db, device, as_json, paths, lambda index: index.similar(
-        image, k, _folder(within), after=after, before=before, ext=ext, tags=tag), precision=precision)
+    _print_hits(
+        db, device, as_json, paths,
+        lambda index: index.similar(image, k, _folder(within), after=after, before=before, ext=ext, tags=tag),
+        None if no_server else lambda server: server.similar(
+            image, k, _folder(within), after=after, before=before, ext=ext, tags=tag),
+        {"precision": precision}, precision=precision)
+
+
+@app.command()
+def serve(
+    db: Db = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8765,
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="CLIPSEARCH_TOKEN", show_envvar=True,
+        help="Require this token on every request (always required off loopback); the browser "
+             "gets it once through the printed address.")] = None,
+    open_browser: Annotated[bool, typer.Option(
+        "--open", help="Open the gallery in the default browser.")] = False,
+    rerank_model: RerankModel = None,
+    rerank_precision: RerankPrecision = "auto",
+    device: Device = "auto",
+    precision: Precision = "fp32",
+) -> None:
+    """Serve the index over HTTP: a web gallery at /, a JSON API under /api (documented at /docs),
+    with the CLIP model loaded once. `clipsearch search` and `similar` use it when it runs for
+    the same index. Ctrl-C stops it.
+
+    Example: clipsearch serve --db ~/photo-index --open
+    """
+    from clipsearch import present
+    from clipsearch.server.service import serve as run
+
+    with _errors(), _terminate_as_interrupt():
+        try:
+            run(config.db_path(db), host=host, port=port, token=token, device=device, precision=precision,
+                rerank_model=rerank_model, rerank_precision=rerank_precision, open_browser=open_browser,
+                on_start=present.serving)
+        except KeyboardInterrupt:
+            present.message("clipsearch serve stopped")
 
 
 @app.command("tag")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from clipsearch.results import Hit, IndexInfo, IndexSummary, TagCount, TagSummary
 from clipsearch.results import Progress as IndexProgress
+
+if TYPE_CHECKING:
+    from clipsearch.server.service import Started
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,6 +53,22 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images")
             extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else []
             table.add_row(str(h.rank), f"{h.score:.3f}", *extra, escape(h.path))
         out.print(table)
+
+
+def serving(s: Started) -> None:
+    """What `serve` says once it listens: where, what, and how to stop it (stdout, flushed at
+    once: a service's output usually goes to a pipe or a log)."""
+    if s.images is None:
+        what = (f"no index at {s.db} yet; build one with: clipsearch index FOLDER --db {s.db} "
+                "(it is served as soon as it exists)")
+    else:
+        what = f"{s.db}: {s.images} images, {s.model}"
+    base = s.url.split("?", 1)[0]
+    lines = [f"clipsearch is serving {what}", f"  gallery  {s.url}", f"  API      {base}docs"]
+    if not s.discoverable:
+        lines.append(f"  note: {s.db} is not writable, so clipsearch search will not find this server")
+    lines.append("Ctrl-C (or SIGTERM) stops it")
+    print("\n".join(lines), flush=True)
 
 
 def summary(s: IndexSummary, as_json: bool) -> None:

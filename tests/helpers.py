@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +88,27 @@ def reference_tag_scores(embedder, images: np.ndarray, labels: list[str]) -> np.
     label_vecs = np.stack([ensembled([t.format(label) for t in TEMPLATES]) for label in labels])
     margin = images.astype(np.float64) @ label_vecs.T - (images.astype(np.float64) @ background)[:, None]
     return 1.0 / (1.0 + np.exp(-100.0 * margin))
+
+
+# An index run in another process, printing its progress line by line; a per-image pause (test
+# only) stretches the run so that whatever the test does alongside reliably overlaps it.
+WRITER = """
+import sys, time
+import clipsearch
+pause = float(sys.argv[4])
+
+def report(p):
+    print(p.phase, p.done, p.total, flush=True)
+    time.sleep(pause)
+
+clipsearch.index_folders([sys.argv[1]], sys.argv[2], model=sys.argv[3], device="cpu", batch_size=4,
+                         workers=2, commit_every=16, progress=report)
+print("finished", flush=True)
+"""
+
+
+def start_writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(photos), str(db), f"local-dir:{model_dir}", str(pause)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

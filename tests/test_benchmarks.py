@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
@@ -18,12 +21,15 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["failed"] == {}
     sections = figures["sections"]
-    assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision"}
+    assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
+                             "serve"}
     assert sections["throughput"]["12 MP"]["images"] == 2 and sections["throughput"]["12 MP"]["ratio"] > 0
     assert sections["scale"]["2000"]["recall_at_10"] == 1.0  # flat: exact by construction
     assert sections["tagging"]["tags_kept"] > 0
     assert set(sections["precision"]) == {"fp32", "bf16", "int8"}
     assert sections["precision"]["fp32"]["image_cos_min"] > 0.9999
+    load = sections["serve"]["load"]
+    assert load["errors"] == 0 and load["requests"] > 0 and sections["serve"]["search"]["p50_ms"] > 0
     for name in sections:
         assert f"## {name}" in r.stdout
 

@@ -174,3 +174,18 @@ def test_installed_console_script_end_to_end(photos, tmp_path, tiny_local_dir):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1
     assert r.stderr.startswith("error: no index at")
+
+
+def test_a_built_package_holds_the_server_and_the_gallery(tmp_path):
+    """What `pip install` (not -e) gets: every subpackage, and the gallery's files."""
+    import zipfile
+
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path), str(Path(__file__).resolve().parents[1])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = set(zipfile.ZipFile(next(tmp_path.glob("clipsearch-*.whl"))).namelist())
+    for name in ("clipsearch/server/app.py", "clipsearch/server/static/index.html",
+                 "clipsearch/server/static/gallery.js", "clipsearch/server/static/gallery.css",
+                 "clipsearch/models/openclip.py", "clipsearch/client.py", "clipsearch/py.typed"):
+        assert name in names, name

@@ -4,17 +4,14 @@ stays in step with the table; the assertions hold for any moment a signal lands.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import row_paths
+from helpers import row_paths, start_writer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,29 +19,6 @@ from clipsearch import index_folders, open_index
 from clipsearch.cli import app
 from clipsearch.errors import IndexBusyError, IndexNotFoundError
 from clipsearch.store import Store
-
-# The writer: indexes with progress printed line by line; a per-image pause (test only) stretches
-# the run so that the other side reliably overlaps it.
-CHILD = """
-import sys, time
-import clipsearch
-pause = float(sys.argv[4])
-
-def report(p):
-    print(p.phase, p.done, p.total, flush=True)
-    time.sleep(pause)
-
-clipsearch.index_folders([sys.argv[1]], sys.argv[2], model=sys.argv[3], device="cpu", batch_size=4,
-                         workers=2, commit_every=16, progress=report)
-print("finished", flush=True)
-"""
-
-
-def _writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(photos), str(db), f"local-dir:{model_dir}", str(pause)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _files(folder: Path) -> set[str]:
@@ -90,7 +64,7 @@ def test_kill_9_at_twelve_moments_never_damages_the_index(many_photos, tmp_path,
         if trial >= 3:
             _churn(many_photos, trial, rng)
             allowed |= _files(many_photos)
-        proc = _writer(many_photos, db, tiny_local_dir)
+        proc = start_writer(many_photos, db, tiny_local_dir)
         if moment == "startup":
             time.sleep(rng.uniform(0.5, 2.5))
         else:
@@ -124,7 +98,7 @@ def test_kill_9_at_twelve_moments_never_damages_the_index(many_photos, tmp_path,
 
 def test_searches_during_an_index_run_see_committed_states_only(many_photos, tmp_path, tiny_local_dir):
     db = tmp_path / "db"
-    writer = _writer(many_photos, db, tiny_local_dir, pause=0.01)
+    writer = start_writer(many_photos, db, tiny_local_dir, pause=0.01)
     files = _files(many_photos)
     from clipsearch.models import load_embedder, parse_model_spec
 
@@ -154,7 +128,7 @@ def test_searches_during_an_index_run_see_committed_states_only(many_photos, tmp
 
 def test_a_second_index_run_is_refused_while_the_first_writes(many_photos, tmp_path, tiny_local_dir):
     db = tmp_path / "db"
-    first = _writer(many_photos, db, tiny_local_dir, pause=0.01)
+    first = start_writer(many_photos, db, tiny_local_dir, pause=0.01)
     for line in first.stdout:
         if line.startswith("embed"):
             break

@@ -1,0 +1,333 @@
+"""The HTTP API and the gallery, built around one opened index.
+
+Every route calls the engine (clipsearch.engine.Index) exactly as the CLI does: the query
+language, filters, re-ranking and --min-match behave the same whichever door a query comes in by.
+Files are served only by the id of an indexed row, and only while the file still holds the
+content that was indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clipsearch import __version__, limits
+from clipsearch.engine import ImageData, Index, open_index
+from clipsearch.errors import (
+    BadInputError,
+    ClipsearchError,
+    ImageChangedError,
+    IndexNotFoundError,
+    ModelLoadError,
+    UnknownImageError,
+    UnreadableImageError,
+)
+from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
+from clipsearch.results import Hit, ImageRecord, Page
+from clipsearch.server.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
+
+STATIC = Path(__file__).resolve().parent / "static"
+# the gallery's own files only: no inline script, no other origin, no framing
+GALLERY_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+               "form-action 'self'")
+# an id always stands for the same content (an edited file gets a new row), so its thumbnail
+# and bytes never change while the id exists
+IMMUTABLE = "private, max-age=31536000, immutable"
+_MEDIA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".hif": "image/heif", ".avif": "image/avif",
+                ".jfif": "image/jpeg", ".jpe": "image/jpeg", ".webp": "image/webp"}
+# the first match decides: subclasses before their bases
+_STATUS: list[tuple[type[ClipsearchError], int]] = [
+    (UnknownImageError, 404), (ImageChangedError, 404), (BadInputError, 400),
+    (UnreadableImageError, 422), (IndexNotFoundError, 503), (ModelLoadError, 503),
+]
+log = logging.getLogger("clipsearch.server")
+
+
+class ServedIndex:
+    """The index a server serves: opened on first use (so `serve` can start before the first
+    `index` run), and moved to the newest committed version before every request."""
+
+    def __init__(self, db: Path, index: Index | None = None, **options) -> None:
+        self.db = db
+        self.options = options
+        self._index = index
+        self._lock = threading.Lock()
+
+    def get(self) -> Index:
+        with self._lock:
+            if self._index is None:
+                self._index = open_index(self.db, **self.options)
+        self._index.refresh()
+        return self._index
+
+    @property
+    def opened(self) -> Index | None:
+        return self._index
+
+
+# -- response shapes (for /docs; routes build the JSON themselves) -------------------------------
+class HitOut(BaseModel):
+    id: int
+    path: str
+    score: float
+    rank: int
+    width: int | None
+    height: int | None
+    taken: str | None
+    tags: list[str]
+    itm: float | None = None
+    clip: float | None = None
+
+
+class PageOut(BaseModel):
+    query: str | None = None
+    similar_to: dict | None = None
+    offset: int
+    total_considered: int
+    hits: list[HitOut]
+    timing_ms: dict[str, float]
+
+
+class ImageOut(BaseModel):
+    id: int
+    path: str
+    bytes: int
+    width: int | None
+    height: int | None
+    taken: str | None
+    mtime_ns: int
+    hash: str
+    tags: list[str]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The page and the filters, as every search route takes them."""
+
+    k: int
+    offset: int
+    within: str | None
+    after: str | None
+    before: str | None
+    ext: str | None
+    tags: list[str] | None
+
+    def options(self) -> dict:
+        return {"k": self.k, "offset": self.offset, "within": self.within, "after": self.after,
+                "before": self.before, "ext": self.ext, "tags": self.tags}
+
+
+def asked(
+    k: Annotated[int, Query(ge=1, le=MAX_RANK, description="How many hits.")] = 24,
+    offset: Annotated[int, Query(ge=0, lt=MAX_RANK, description="How many best hits to skip.")] = 0,
+    within: Annotated[str | None, Query(alias="in", max_length=4096,
+                                        description="Only images under this folder.")] = None,
+    after: Annotated[str | None, Query(max_length=32, description="Taken on or after: "
+                                       "YYYY[-MM[-DD[THH:MM]]].")] = None,
+    before: Annotated[str | None, Query(max_length=32, description="Taken before (same forms).")] = None,
+    ext: Annotated[str | None, Query(max_length=200, description="File types, e.g. jpg,png.")] = None,
+    tag: Annotated[list[str] | None, Query(description="A tag every hit has (repeatable).")] = None,
+) -> Asked:
+    return Asked(k, offset, within, after, before, ext, tag)
+
+
+def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
+               loopback_only: bool = True, thumbnails: Thumbnails | None = None,
+               settings: dict | None = None) -> FastAPIOffline:
+    from clipsearch.server.security import Guard
+
+    app = FastAPIOffline(
+        title="clipsearch", version=__version__, redoc_url=None, static_url="/docs-static",
+        description="Search a photo library by what is in the pictures. Every search takes the "
+                    "query language and filters of `clipsearch search`.")
+    app.add_middleware(Guard, tokens=tokens, token_required=token_required, loopback_only=loopback_only,
+                       max_body=MAX_UPLOAD)
+    thumbs = thumbnails or Thumbnails()
+    _add_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    def gallery() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={
+            "Content-Security-Policy": GALLERY_CSP, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/health", tags=["service"])
+    def health() -> dict:
+        """Whether the server is up, which process it is and which index it serves."""
+        import os
+
+        index = served.opened
+        return {"status": "ok", "pid": os.getpid(), "index": str(served.db), "version": __version__,
+                "images": index.store.count() if index is not None else None}
+
+    @app.get("/api/info", tags=["service"])
+    def info() -> dict:
+        """The index (images, folders, model, tags) and the server's own settings."""
+        index = served.get()
+        return {**index.info().to_dict(), "models_loaded": index.models_loaded,
+                "settings": settings or {}, "limits": {
+                    "max_query": limits.MAX_QUERY, "max_rank": MAX_RANK, "max_reranked": MAX_RERANKED,
+                    "max_upload_bytes": MAX_UPLOAD, "max_tags": limits.MAX_TAGS, "thumbnail_sizes": SIZES}}
+
+    @app.get("/api/search", response_model=PageOut, tags=["search"])
+    def search(
+        q: Annotated[str, Query(description="What to look for; the query language of `clipsearch "
+                                "search` (\"beach\" + 2:\"sunset\" - \"people\").")],
+        ask: Annotated[Asked, Depends(asked)],
+        rerank: bool = False,
+        candidates: Annotated[int | None, Query(ge=1)] = None,
+        min_match: Annotated[float | None, Query(description="Implies rerank.")] = None,
+    ) -> JSONResponse:
+        """Images matching a description, best first, a page at a time."""
+        started = time.perf_counter()
+        _check_limits(ask, query=q, rerank=rerank or min_match is not None, candidates=candidates)
+        index = served.get()
+        page = index.search_page(q, rerank=rerank, candidates=candidates, min_match=min_match,
+                                 image_terms=False, **ask.options())
+        return _page(index, page, started, ask.offset, query=q)
+
+    @app.get("/api/similar/{id}", response_model=PageOut, tags=["search"])
+    def similar(id: int, ask: Annotated[Asked, Depends(asked)]) -> JSONResponse:
+        """Images that look like the indexed image `id` (which comes first)."""
+        started = time.perf_counter()
+        _check_limits(ask)
+        index = served.get()
+        page = index.similar_page(id, **ask.options())
+        return _page(index, page, started, ask.offset, similar_to={"id": id})
+
+    @app.post("/api/similar", response_model=PageOut, tags=["search"])
+    def similar_upload(
+        image: Annotated[UploadFile, File(description=f"An image file, at most {MAX_UPLOAD >> 20} MB.")],
+        ask: Annotated[Asked, Depends(asked)],
+    ) -> JSONResponse:
+        """Images that look like an uploaded image (multipart form field `image`)."""
+        started = time.perf_counter()
+        _check_limits(ask)
+        name = image.filename or "the uploaded image"
+        data = image.file.read()
+        index = served.get()
+        page = index.similar_page(ImageData(data, name), **ask.options())
+        return _page(index, page, started, ask.offset, similar_to={"upload": name})
+
+    @app.get("/api/images/{id}", response_model=ImageOut, tags=["images"])
+    def image(id: int) -> dict:
+        """What the index knows about one image."""
+        return served.get().record(id).to_dict()
+
+    @app.get("/api/images/{id}/thumbnail", tags=["images"],
+             responses={200: {"content": {MEDIA_TYPE: {}}, "description": "The thumbnail."}})
+    def thumbnail(id: int, request: Request,
+                  size: Annotated[int, Query(description=f"One of {', '.join(map(str, SIZES))}.")] = 256,
+                  ) -> Response:
+        """The image scaled to fit a size x size box, upright (EXIF orientation applied)."""
+        if size not in SIZES:
+            raise BadInputError(f"size={size} is not a thumbnail size; choose one of: "
+                                f"{', '.join(map(str, SIZES))}")
+        index = served.get()
+        record = index.record(id, tags=False)
+        etag = f'"{record.hash}-{size}"'
+        headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        data = thumbs.get(record, size, lambda: index.read_image(id)[1])
+        return Response(data, media_type=MEDIA_TYPE, headers=headers)
+
+    @app.get("/api/images/{id}/file", tags=["images"],
+             responses={200: {"content": {"image/*": {}}, "description": "The original file."}})
+    def original(id: int, request: Request) -> Response:
+        """The original file's bytes, as indexed."""
+        index = served.get()
+        record = index.record(id, tags=False)
+        etag = f'"{record.hash}"'
+        headers = {"ETag": etag, "Cache-Control": IMMUTABLE,
+                   "Content-Disposition": f"inline; filename*=UTF-8''{quote(Path(record.path).name)}"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        _, data = index.read_image(id)
+        return Response(data, media_type=media_type(record.path), headers=headers)
+
+    @app.get("/api/tags", tags=["images"])
+    def tags() -> dict:
+        """The labels of the last `clipsearch tag` run, each with its image count, most first."""
+        return {"tags": [t.to_dict() for t in served.get().tags()]}
+
+    @app.get("/api/folders", tags=["images"])
+    def folders() -> dict:
+        """Every folder that directly holds indexed images, with how many."""
+        return {"folders": [{"path": p, "images": n} for p, n in served.get().folders()]}
+
+    return app
+
+
+def media_type(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def _check_limits(ask: Asked, **more) -> None:
+    if (why := limits.breach(k=ask.k, offset=ask.offset, tags=ask.tags, **more)) is not None:
+        raise BadInputError(why)
+
+
+def hit_dict(hit: Hit, image: ImageRecord | None) -> dict:
+    """A hit as the API shows it: the CLI's JSON fields, the row id and what the gallery shows."""
+    extra = {"width": None, "height": None, "taken": None, "tags": []}
+    if image is not None:
+        extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags}
+    return {"id": hit.id, **hit.to_dict(), **extra}
+
+
+def _page(index: Index, page: Page, started: float, offset: int, **source) -> JSONResponse:
+    tags_started = time.perf_counter()
+    images = index.tagged([h.image for h in page.hits if h.image is not None])
+    by_id = {i.id: i for i in images}
+    timing = {**page.timing_ms, "tags": round((time.perf_counter() - tags_started) * 1000, 2),
+              "total": round((time.perf_counter() - started) * 1000, 2)}
+    return JSONResponse({**source, "offset": offset, "total_considered": page.considered,
+                         "hits": [hit_dict(h, by_id.get(h.id)) for h in page.hits], "timing_ms": timing})
+
+
+def _add_error_handlers(app) -> None:
+    """Every error is JSON {"error": one line that says what to do}; never a stack trace."""
+
+    @app.exception_handler(ClipsearchError)
+    def typed(_request: Request, exc: ClipsearchError) -> JSONResponse:
+        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        got = f" (got {first['input']!r})" if "input" in first and first["input"] is not None else ""
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}{got}"[:500]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no such address: {request.url.path}; the API is listed at /docs",
+                   405: f"{request.method} is not allowed on {request.url.path}; see /docs"}.get(
+            exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server's log has "
+                                      "the details"}, status_code=500)
+

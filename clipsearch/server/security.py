@@ -1,0 +1,174 @@
+"""Who may talk to the server, and how much they may send.
+
+- A server bound to loopback answers only requests whose Host header names loopback, so a web
+  page whose domain has been re-pointed at 127.0.0.1 (DNS rebinding) cannot read the API.
+- A token, when set (and always on any other address), is required on every request: an
+  `Authorization: Bearer` header for programs, a cookie for the browser. The browser gets the
+  cookie by opening the URL `serve` prints once, `/?token=...`; the token is then dropped from
+  the address bar. The discovery file's secret is accepted too, so the CLI finds its way in.
+- Request bodies are bounded (uploads): past the limit the answer is 413, whatever the parser
+  made of the cut-off body.
+- No CORS headers are ever sent, and responses may not be embedded by other sites.
+
+A plain ASGI middleware, so that streaming responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlencode
+
+COOKIE = "clipsearch_token"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+MIN_TOKEN_LENGTH = 16
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """'127.0.0.1:8765' -> '127.0.0.1'; '[::1]:8765' -> '::1'."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class Guard:
+    def __init__(self, app, *, tokens: Iterable[str], token_required: bool, loopback_only: bool,
+                 max_body: int) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens if t]
+        self.token_required = token_required
+        self.loopback_only = loopback_only
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if self.loopback_only and not is_loopback(_host_name(host)):
+            await _error(send, 400, f"Host header {host!r} is not this server's address; open it as "
+                                    "http://127.0.0.1:PORT (requests under other names are refused "
+                                    "against DNS rebinding)")
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        if self.token_required:
+            given = self._token(headers, query)
+            if given is None:
+                await _error(send, 401, "this server needs its token: open the address that clipsearch "
+                                        "serve printed (…/?token=…), or send Authorization: Bearer TOKEN")
+                return
+            if "token" in query and scope["method"] in ("GET", "HEAD"):
+                await _set_cookie_and_strip(scope, query, given, send)
+                return
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            await _error(send, 413, _too_large(self.max_body))
+            return
+        await self._pass(scope, receive, send)
+
+    def _token(self, headers: dict[str, str], query: dict[str, str]) -> str | None:
+        """The valid token this request carries, or None."""
+        candidates = []
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            candidates.append(auth[7:].strip())
+        if "cookie" in headers:
+            cookie = SimpleCookie()
+            try:
+                cookie.load(headers["cookie"])
+            except Exception:  # a malformed cookie header is simply no token
+                cookie = SimpleCookie()
+            if COOKIE in cookie:
+                candidates.append(cookie[COOKIE].value)
+        if "token" in query:
+            candidates.append(query["token"])
+        for given in candidates:
+            if any(hmac.compare_digest(given.encode(), t) for t in self.tokens):
+                return given
+        return None
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the request on with its body bounded and security headers on the response."""
+        received, over, replaced = 0, False, False
+
+        async def bounded() -> dict:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    over = True
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        async def secured(message: dict) -> None:
+            nonlocal replaced
+            if replaced:
+                return
+            if message["type"] == "http.response.start":
+                if over:  # the body was cut off: whatever the app made of that, the answer is 413
+                    replaced = True
+                    await _error(send, 413, _too_large(self.max_body))
+                    return
+                message = {**message, "headers": [*message.get("headers", []), *_HEADERS]}
+            await send(message)
+
+        try:
+            await self.app(scope, bounded, secured)
+        except BodyTooLarge:
+            if not replaced:
+                await _error(send, 413, _too_large(self.max_body))
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(_too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"the upload is larger than {limit // (1024 * 1024)} MB; send a smaller image"
+
+
+async def _error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _set_cookie_and_strip(scope: Scope, query: dict[str, str], token: str, send: Send) -> None:
+    """Keep the token in an HttpOnly cookie and send the browser to the same page without it in
+    the address (where history, screenshots and shared links would carry it)."""
+    rest = urlencode({k: v for k, v in query.items() if k != "token"})
+    location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+    cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+    await send({"type": "http.response.start", "status": 303, "headers": [
+        (b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1")),
+        (b"content-length", b"0"), *_HEADERS]})
+    await send({"type": "http.response.body", "body": b""})

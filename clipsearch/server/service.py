@@ -1,0 +1,129 @@
+"""Running the server as a process: check the address and token, load the index and the CLIP
+model once, bind, publish the discovery file for the CLI, serve until Ctrl-C or SIGTERM, and
+withdraw the file on the way out."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipsearch import client, config
+from clipsearch.errors import BadInputError, IndexNotFoundError, ServeError
+from clipsearch.server.security import MIN_TOKEN_LENGTH, is_loopback
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+@dataclass(frozen=True)
+class Started:
+    """What `serve` tells its caller once it listens."""
+
+    url: str  # the address to open (with the token, when one is needed)
+    db: Path
+    images: int | None  # None: no index there yet
+    model: str | None
+    discoverable: bool  # whether the CLI will find it (the discovery file could be written)
+
+
+def check_address(host: str, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise BadInputError(
+            f"--host {host} would let other machines read your photos; set a token with --token or "
+            "CLIPSEARCH_TOKEN: --token \"$(python3 -c 'import secrets; print(secrets.token_urlsafe())')\"")
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise BadInputError(f"the token is {len(token)} characters long; use at least {MIN_TOKEN_LENGTH} "
+                            "random ones, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise BadInputError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == 98 or "in use" in str(exc):
+            raise ServeError(f"port {port} on {host} is already in use (another clipsearch serve?); "
+                             "choose another with --port, or --port 0 for any free one") from None
+        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another "
+                         "--host or --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def addresses(host: str, sock: socket.socket) -> tuple[str, str]:
+    """(the address this machine's CLI uses, the one to show people) of a bound socket."""
+    bound = sock.getsockname()[0]
+    bound = f"[{bound}]" if ":" in bound else bound
+    if host in ("0.0.0.0", "::", ""):  # every interface: loopback here, the machine's name elsewhere
+        return ("[::1]" if ":" in bound else "127.0.0.1"), socket.gethostname()
+    return bound, bound
+
+
+def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
+          device: str = "auto", precision: str = "fp32", rerank_model: str | None = None,
+          rerank_precision: str = "auto", open_browser: bool = False,
+          on_start: Callable[[Started], None] = lambda _s: None) -> None:
+    """Serve the index at `db` until interrupted (KeyboardInterrupt; SIGTERM should raise it)."""
+    import uvicorn
+
+    from clipsearch.models import resolve_device
+    from clipsearch.server.app import ServedIndex, create_app
+
+    check_address(host, token)
+    sock = bind(host, port)  # first, so that a taken port is said at once, not after loading
+    pid = os.getpid()
+    try:
+        served = ServedIndex(db, device=device, precision=precision, rerank_model=rerank_model,
+                             rerank_precision=rerank_precision, model_thread=True)
+        images = model = None
+        try:
+            index = served.get()
+            _ = index.embedder, index.ann  # the model and search structure, before the first query
+            images, model = index.store.count(), index.spec.describe()
+        except IndexNotFoundError:
+            pass  # served from the moment an `index` run creates it; until then the API says how
+        secret = secrets.token_urlsafe(32)
+        settings = {"precision": precision, "device": device, "resolved_device": resolve_device(device),
+                    "rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
+                    "rerank_precision": rerank_precision}
+        app = create_app(served, tokens=tuple(t for t in (token, secret) if t),
+                         token_required=bool(token) or not is_loopback(host),
+                         loopback_only=is_loopback(host), settings=settings)
+        port = sock.getsockname()[1]
+        local, public = addresses(host, sock)
+        shown = f"http://{public}:{port}/" + (f"?token={token}" if token else "")
+        discoverable = client.publish(db, client.Discovery(
+            url=f"http://{local}:{port}", pid=pid, secret=secret, db=str(db), settings=settings))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                               server_header=False, timeout_graceful_shutdown=5))
+        on_start(Started(shown, db, images, model, discoverable))
+        if open_browser:
+            threading.Thread(target=_open_when_ready, args=(server, shown), daemon=True).start()
+        server.run(sockets=[sock])
+    finally:
+        client.withdraw(db, pid)
+        sock.close()
+
+
+def _open_when_ready(server, url: str) -> None:
+    import time
+    import webbrowser
+
+    for _ in range(200):
+        if server.started:
+            webbrowser.open(url)
+            return
+        time.sleep(0.05)

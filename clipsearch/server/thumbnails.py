@@ -1,0 +1,57 @@
+"""Thumbnails of indexed images: made once from the indexed bytes (EXIF-oriented, JPEGs decoded
+at reduced scale), kept in a bounded disk cache keyed by content hash, so an edited photo never
+shows its old thumbnail and a moved one keeps its thumbnail."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, features
+
+from clipsearch import config
+from clipsearch.images import decode
+from clipsearch.results import ImageRecord
+
+SIZES = (256, 512, 1024)  # grid, high-density grid, viewer
+WEBP = features.check("webp")
+MEDIA_TYPE = "image/webp" if WEBP else "image/jpeg"
+
+
+class Thumbnails:
+    def __init__(self, root: Path | None = None, max_bytes: int | None = None) -> None:
+        from clipsearch.diskcache import DiskCache
+
+        root = Path(root) if root else config.cache_dir() / "thumbnails"
+        bound = config.thumbnail_cache_bytes() if max_bytes is None else max_bytes
+        suffix = ".webp" if WEBP else ".jpg"
+        self._caches = {size: DiskCache(root, str(size), bound, suffix) for size in SIZES}
+
+    def get(self, record: ImageRecord, size: int, read: Callable[[], bytes]) -> bytes:
+        """The thumbnail of `record` fitting a `size` box; `read()` gives the indexed bytes and
+        is called only when the thumbnail is not cached yet."""
+        cache = self._caches[size]
+        cached = cache.read(record.hash, _read_bytes)
+        if cached is not None:
+            return cached
+        data = make(read(), record.path, size)
+        cache.write(record.hash, lambda tmp: Path(tmp).write_bytes(data))
+        return data
+
+
+def make(data: bytes, name: str, size: int) -> bytes:
+    """Encode the upright picture in `data`, scaled to fit a `size` x `size` box (never enlarged)."""
+    image = decode(data, name, min_side=size).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    out = io.BytesIO()
+    if WEBP:
+        image.save(out, "WEBP", quality=80, method=4)
+    else:
+        image.save(out, "JPEG", quality=85, optimize=True)
+    return out.getvalue()
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,168 @@
+"""The web gallery in a real headless Chromium (Debian's chromium and chromium-driver, through
+Selenium): search, thumbnails, the viewer and its keys, "similar", back/forward, tag filters, an
+image upload, the error and empty states, and a phone-sized window. Any script error fails it.
+
+Without the browser installed the test is skipped, unless CLIPSEARCH_REQUIRE_BROWSER=1 (CI sets
+it), which makes a missing browser a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+import serving
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+WAIT = 30  # seconds, for anything the page does
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_local_dir):
+    photos, db = serving.index_samples(tmp_path_factory.mktemp("gallery"), tiny_local_dir, "sky,flower,stone")
+    running = serving.start(db)
+    running.photos = photos
+    yield running
+    code, output = running.stop(signal.SIGTERM)
+    assert code == 0, output
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CLIPSEARCH_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium chromium-driver")
+        pytest.skip("no Chromium here: apt-get install chromium chromium-driver")
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to download a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="clipsearch-chromium-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT)
+    driver.set_script_timeout(WAIT)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, condition, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: condition(d), message=what)
+
+
+def _loaded_tiles(driver) -> int:
+    """Tiles whose thumbnail has really arrived and decoded."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('.tile img'))"
+        ".filter(i => i.complete && i.naturalWidth > 0).length")
+
+
+def _status(driver) -> str:
+    return driver.find_element("id", "status").text
+
+
+def _script_errors(driver) -> list[str]:
+    """Console errors other than the HTTP statuses the test provokes on purpose."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+
+
+def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, base = browser, server.url
+    driver.get(base + "/")
+    _wait(driver, lambda d: "13 photos indexed" in _status(d), "the start page says what is indexed")
+
+    # type a query after pressing /
+    driver.find_element(By.TAG_NAME, "body").send_keys("/")
+    assert driver.switch_to.active_element.get_attribute("id") == "q"
+    driver.switch_to.active_element.send_keys("a photo of a rocket", Keys.ENTER)
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "13 thumbnails load")
+    assert driver.current_url == f"{base}/?q=a+photo+of+a+rocket"
+    assert _status(driver) == "13 best of 13 photos"
+    api = server.get("/api/search", {"q": "a photo of a rocket", "k": 48}).json()["hits"]
+    tiles = driver.find_elements(By.CSS_SELECTOR, ".tile")
+    assert [int(t.get_attribute("data-id")) for t in tiles] == [h["id"] for h in api]
+    first = tiles[0]
+    score = f"{api[0]['score']:.3f}"
+    assert first.find_element(By.CSS_SELECTOR, ".score").get_attribute("textContent") == score
+    assert f"score {score}" in first.find_element(By.CSS_SELECTOR, ".open").get_attribute("title")
+
+    # the viewer: opens on a click, arrows move, Esc closes
+    first.find_element(By.CSS_SELECTOR, ".open").click()
+    viewer = driver.find_element(By.ID, "viewer")
+    _wait(driver, lambda d: viewer.is_displayed(), "the viewer opens")
+    assert driver.find_element(By.ID, "v-path").text == api[0]["path"]
+    large = "const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0"
+    _wait(driver, lambda d: d.execute_script(large), "the large image loads")
+    _wait(driver, lambda d: " kB" in d.find_element(By.ID, "v-meta").text, "the file size is shown")
+    driver.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+    _wait(driver, lambda d: d.find_element(By.ID, "v-path").text == api[1]["path"], "→ shows the next photo")
+    driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+    _wait(driver, lambda d: not viewer.is_displayed(), "Esc closes the viewer")
+
+    # "similar" on a photo, then back
+    target = driver.find_elements(By.CSS_SELECTOR, ".tile")[2]
+    wanted = int(target.get_attribute("data-id"))
+    driver.execute_script("arguments[0].click()", target.find_element(By.CSS_SELECTOR, ".similar"))
+    _wait(driver, lambda d: d.current_url == f"{base}/?similar={wanted}", "the address holds it")
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "similar photos load")
+    assert int(driver.find_elements(By.CSS_SELECTOR, ".tile")[0].get_attribute("data-id")) == wanted
+    driver.back()
+    _wait(driver, lambda d: d.find_element(By.ID, "q").get_attribute("value") == "a photo of a rocket",
+          "back restores the query")
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "and its results")
+
+    # filter by a tag chip
+    driver.find_element(By.ID, "toggle-filters").click()
+    chip = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, '#tags .chip[data-tag="sky"]'), "chips")
+    driver.save_screenshot(str(tmp_path / "gallery.png"))
+    assert (tmp_path / "gallery.png").stat().st_size > 10_000
+    if os.environ.get("CLIPSEARCH_SCREENSHOT"):  # how the README's picture is made
+        shutil.copy(tmp_path / "gallery.png", os.environ["CLIPSEARCH_SCREENSHOT"])
+    chip.click()
+    sky = server.get("/api/search", {"q": "a photo of a rocket", "tag": "sky", "k": 48}).json()["hits"]
+    _wait(driver, lambda d: "tag=sky" in d.current_url
+          and len(d.find_elements(By.CSS_SELECTOR, ".tile")) == len(sky), "the tag filters the results")
+    shown = [int(t.get_attribute("data-id")) for t in driver.find_elements(By.CSS_SELECTOR, ".tile")]
+    assert shown == [h["id"] for h in sky] and sky
+    assert chip.get_attribute("aria-pressed") == "true"
+
+    # search by an image file
+    driver.get(base + "/")
+    _wait(driver, lambda d: "photos indexed" in _status(d), "the start page")
+    driver.find_element(By.ID, "file").send_keys(str(Path(server.photos) / "travel" / "flower.jpg"))
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "photos like the uploaded one load")
+    assert driver.current_url == f"{base}/?upload=flower.jpg"
+    assert driver.find_element(By.CSS_SELECTOR, ".tile .open").get_attribute("title").startswith("flower.jpg")
+
+    # the error and nothing-matches states say what to do
+    driver.get(base + "/?q=%22beach")
+    _wait(driver, lambda d: "Could not search: bad query" in _status(d), "a bad query is explained")
+    driver.get(base + "/?q=cat&tag=sky&ext=avif")
+    _wait(driver, lambda d: "No photos match these filters" in _status(d), "the empty state")
+
+    # at phone width: three columns, nothing wider than the screen
+    driver.set_window_size(390, 844)
+    driver.get(base + "/?q=stone")
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "thumbnails at phone width")
+    columns = driver.execute_script(
+        "return getComputedStyle(document.getElementById('grid')).gridTemplateColumns.split(' ').length")
+    assert columns == 3
+    assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    assert _script_errors(driver) == []
