@@ -5,6 +5,7 @@ not change speed)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import time
 from pathlib import Path
@@ -99,30 +100,54 @@ class ClusteredVectors:
         return self.draw(n, spread=1.3 * self.spread)
 
 
-def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, chunk: int = 50_000):
-    """A real clipsearch table of `n` fake photos whose vectors come from `vectors`."""
+def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, chunk: int = 50_000,
+                 model: dict | None = None, files: list[str] | None = None):
+    """A real clipsearch table of `n` photos whose vectors come from `vectors`: fake paths, or the
+    real `files` (their sizes, times, dimensions and content hashes, so a server serves them).
+    `model` is the manifest's model spec (default: a ViT-B-32 nobody can load)."""
     import pyarrow as pa
 
     from clipsearch.store import Manifest, Store
 
     vectors = vectors or ClusteredVectors()
-    store = Store.create(folder, Manifest(model={"name": "ViT-B-32", "pretrained": "random"},
+    n = len(files) if files is not None else n
+    store = Store.create(folder, Manifest(model=model or {"name": "ViT-B-32", "pretrained": "random"},
                                           dim=vectors.dim))
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         ids = np.arange(start, start + m)
+        if files is None:
+            rows = {"path": [f"/photos/{i // 1000:03d}/IMG_{i:07d}.jpg" for i in ids],
+                    "size": np.full(m, 3_000_000), "mtime_ns": np.zeros(m, np.int64),
+                    "hash": [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in ids],
+                    "width": np.full(m, 4000, np.int32), "height": np.full(m, 3000, np.int32)}
+        else:
+            rows = _file_rows(files[start:start + m])
         store.add(pa.table({
-            "id": ids, "path": [f"/photos/{i // 1000:03d}/IMG_{i:07d}.jpg" for i in ids],
-            "size": np.full(m, 3_000_000), "mtime_ns": np.zeros(m, np.int64),
-            "hash": [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in ids],
-            "width": np.full(m, 4000, np.int32), "height": np.full(m, 3000, np.int32),
-            "taken": pa.nulls(m, pa.string()),
+            "id": ids, **rows, "taken": pa.nulls(m, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.draw(m).ravel()), vectors.dim),
         }))
     store.manifest.next_id = n
     store.save_manifest()
     store.compact()  # as every index run ends: merged commits, lookup indexes
     return store
+
+
+def _file_rows(files: list[str]) -> dict:
+    from PIL import Image
+
+    from clipsearch.images import content_hash
+
+    stats = [os.stat(f) for f in files]
+    sizes = []
+    for f in files:
+        with Image.open(f) as img:
+            sizes.append(img.size)
+    return {"path": list(files), "size": np.array([s.st_size for s in stats]),
+            "mtime_ns": np.array([s.st_mtime_ns for s in stats], np.int64),
+            "hash": [content_hash(Path(f).read_bytes()) for f in files],
+            "width": np.array([w for w, _ in sizes], np.int32),
+            "height": np.array([h for _, h in sizes], np.int32)}
 
 
 def script(doc: str, title: str, options: dict[str, dict], measure, report) -> None:
