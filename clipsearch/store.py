@@ -242,8 +242,8 @@ class Store:
         )
 
     def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> pa.Table:
-        """Rows with the given ids (in no particular order)."""
-        ids = list(ids)
+        """Rows with the given ids (in no particular order); ids no int64 holds match nothing."""
+        ids = [i for i in ids if -(2**63) <= i < 2**63]
         parts = [self.read(columns, f"id IN ({_sql_list(ids[i:i + _IN_CHUNK])})")
                  for i in range(0, len(ids), _IN_CHUNK)]
         return pa.concat_tables(parts) if parts else self.read(columns, "false")

@@ -307,7 +307,8 @@ def test_files_only_by_the_id_of_an_indexed_row(server):
         "/api/images/..%2F..%2Fetc%2Fpasswd/file", "/api/images/%2Fetc%2Fpasswd/file",
         "/api/images//etc/passwd/file", "/api/images/-1/file", "/api/images/1e3/file",
         "/api/images/0x1/thumbnail", "/static/../pyproject.toml", "/static/%2e%2e/app.py",
-        "/api/images/99999/file", "/api/images/99999/thumbnail",
+        "/api/images/99999/file", "/api/images/99999/thumbnail", "/api/images/99999999999999999999999",
+        "/api/similar/-99999999999999999999999",
     ]
     for path in attempts:
         r = server.get(path)
