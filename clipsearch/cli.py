@@ -116,8 +116,9 @@ def _folder(path: Path | None) -> str | None:
 def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
                 ask: Callable[[Index], list[Hit]], remote: Callable[[Server], list[Hit] | None] | None,
                 wanted: dict, none_found: str = "no matching images", **options) -> None:
-    """Answer through a running server for this index when there is one (`remote`; it gives the
-    same hits), else in this process (`ask`); print them the same way either way."""
+    """Answer through a running server for this index when there is one (`remote`), else in this
+    process: on the fast path (no torch, no LanceDB) when the index has what it needs, else the
+    full one. Every way gives the same hits; they are printed the same way."""
     from clipsearch import present
 
     with _errors():
@@ -126,13 +127,35 @@ def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
         if remote is not None:
             from clipsearch import client
 
-            server = client.find(config.db_path(db), {"device": device, **wanted})
+            server = client.find(config.db_path(db), {"device": device, "fast_query": config.fast_query(),
+                                                      **wanted})
             found = remote(server) if server is not None else None
+        if found is None:
+            found = _fast(db, device, ask, options)
         if found is None:
             from clipsearch.engine import open_index
 
-            found = ask(open_index(db, device=device, **options))
+            index = open_index(db, device=device, **options)
+            index.prepare_fast(present.message)  # so that the next search takes the fast path
+            found = ask(index)
     present.hits(found, fmt, none_found)
+
+
+def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], options: dict) -> list[Hit] | None:
+    """The hits on the fast path, or None when the index lacks what it needs. Damaged fast-path
+    files are only a detour: the full path answers, and rewrites them."""
+    from clipsearch import present
+    from clipsearch.fastpath import open_fast
+
+    try:
+        index = open_fast(config.db_path(db), device=device, **options)
+        return ask(index) if index is not None else None
+    except ClipsearchError:
+        raise
+    except Exception as exc:  # anything else is a damaged file: not the user's problem
+        present.message(f"note: the fast search path failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "searching the full way")
+        return None
 
 
 def _report(db: Path | None, as_json: bool, ask: Callable[[Index], object], printer: str) -> None:

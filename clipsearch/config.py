@@ -56,6 +56,12 @@ def db_path(db: str | os.PathLike[str] | None) -> Path:
     return Path(db).expanduser().absolute() if db else default_db().absolute()
 
 
+def fast_query() -> bool:
+    """CLIPSEARCH_FAST_QUERY=0 turns the exported text encoder and the row snapshot off
+    (clipsearch.fastpath): queries then run on torch and LanceDB, as before they existed."""
+    return os.environ.get("CLIPSEARCH_FAST_QUERY", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from clipsearch import config
 from clipsearch.config import db_path
@@ -33,6 +33,7 @@ from clipsearch.results import (
     IndexInfo,
     IndexSummary,
     Page,
+    Progress,
     Skipped,
     TagCount,
     TagSummary,
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
     from clipsearch.query import Term
     from clipsearch.search import Filters
     from clipsearch.tagging import LabelSet
+
+    class TextEncoder(Protocol):
+        def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 T = TypeVar("T")
 
@@ -78,15 +82,17 @@ class Index:
 
     def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None,
                  rerank_model: str | None = None, rerank_precision: str = "auto",
-                 scorer: ItmScorer | None = None, precision: str = "fp32", model_thread: bool = False):
+                 scorer: ItmScorer | None = None, precision: str = "fp32", model_thread: bool = False,
+                 text_encoder: TextEncoder | None = None, ann: AnnIndex | None = None):
         self.store = store
         self.device = device
         self.precision = precision
         self.rerank_model = rerank_model or config.DEFAULT_RERANK_MODEL
         self.rerank_precision = rerank_precision
         self._embedder = embedder
+        self._text_encoder = text_encoder
         self._scorer = scorer
-        self._ann: AnnIndex | None = None
+        self._ann = ann  # brought up to date with the store on first use
         self._features: FeatureCache | None = None
         self._models = threading.RLock()
         self._state = threading.RLock()
@@ -122,6 +128,24 @@ class Index:
         if self._embedder is None:
             check_weights_unchanged(self.spec, self.store.manifest.weights_stat)
             self._embedder = load_embedder(self.spec, self.device, self.precision)
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """What turns query words into vectors: the index's exported text tower when it has one
+        (clipsearch.onnxtext; every path then gives the same results to the bit), else the CLIP
+        model itself."""
+        if self._text_encoder is None:
+            self._model_call(self._open_text_encoder)
+        return self._text_encoder
+
+    def _open_text_encoder(self) -> None:
+        from clipsearch import onnxtext
+
+        if self._text_encoder is None:
+            found = None
+            if config.fast_query() and self.precision == "fp32":
+                found = onnxtext.open_for(self.store.path, self.store.manifest.model)
+            self._text_encoder = found or self.embedder
 
     @property
     def scorer(self) -> ItmScorer:
@@ -260,8 +284,8 @@ class Index:
         vectors = np.zeros((len(terms), self.store.manifest.dim), np.float32)
         texts = [i for i, t in enumerate(terms) if t.kind == "text"]
         if texts:
-            embedder = self.embedder
-            vectors[texts] = self._model_call(lambda: embedder.embed_texts([terms[i].value for i in texts]))
+            encoder = self.text_encoder
+            vectors[texts] = self._model_call(lambda: encoder.embed_texts([terms[i].value for i in texts]))
         for i, term in enumerate(terms):
             if term.kind == "image":
                 vectors[i] = self.image_vector(term.value)
@@ -401,6 +425,7 @@ class Index:
         with self.store.writer_lock():
             self.store.refresh()
             images = tag_store(self.store, tagger)
+            self.prepare_fast()
         summary = TagSummary(labels.labels, images)
         if write_xmp:
             from clipsearch.errors import SidecarError
@@ -414,6 +439,13 @@ class Index:
                         summary.skipped.append(Skipped(exc.path, exc.reason))
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None) -> None:
+        """Make what the torch-free query path needs for this index's current version (the
+        text export once, a row snapshot per version; clipsearch.fastpath)."""
+        from clipsearch.fastpath import prepare
+
+        self._model_call(lambda: prepare(self.store, lambda: self.embedder, note))
 
     def tags(self) -> list[TagCount]:
         """Each label of the last `tag` run with how many indexed images carry it, most first."""
@@ -559,6 +591,9 @@ def index_folders(
         if indexer.changed or not AnnIndex.saved(store.path, store.version):
             current(store)
         _retag(store)
+        from clipsearch.fastpath import prepare
+
+        prepare(store, lazy_embedder, lambda _message: progress and progress(Progress("prepare", 0, 1)))
     return summary
 
 

@@ -144,6 +144,8 @@ def progress_bar(enabled: bool = True) -> Iterator[callable]:
         nonlocal task
         if p.phase == "scan":
             err.print(f"found {p.total} images")
+        elif p.phase == "prepare":
+            err.print("preparing fast searches: exporting the text encoder (once per index, about 10 s)")
         elif p.phase == "embed" and err.is_terminal:
             if task is None:
                 task = bar.add_task("indexing", total=p.total)

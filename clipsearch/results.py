@@ -110,7 +110,8 @@ class IndexInfo:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported through the indexer's callback. `phase` is 'scan', 'embed' or 'finish'."""
+    """Reported through the indexer's callback. `phase` is 'scan', 'embed', 'finish', or
+    'prepare' (the text encoder is being exported for fast searches, once per index)."""
 
     phase: str
     done: int

@@ -162,6 +162,9 @@ def nearest(
     # an id missing from the table means the table moved on since `ann` was built
     image_of = {r["id"]: ImageRecord.from_row(r) for r in rows.select(META_COLUMNS).to_pylist()}
     if not exact:
+        # in id order, so that every row source feeds BLAS the same matrix: a row's dot product
+        # can differ in its last bit with its place in the matrix
+        rows = rows.sort_by("id")
         ids = rows.column("id").to_numpy()
         scores = store.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)
         order = np.lexsort((ids, -scores))  # ties in id order, as FAISS breaks them

@@ -151,7 +151,54 @@ def _sql_list(values: Sequence) -> str:
     return ", ".join(str(int(v)) for v in values)
 
 
-class Store:
+class RowSource:
+    """What a search needs from an index's rows. The LanceDB table (Store) is the truth; a
+    read-only snapshot of it (clipsearch.snapshot) answers the same calls without LanceDB."""
+
+    path: Path
+    manifest: Manifest
+
+    def batches(self, columns: Sequence[str], where: str | None = None, batch_rows: int = 65_536,
+                ) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
+        """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
+        wanted = [*columns, "vector"]
+        full = schema(self.manifest.dim)
+        table = pa.Table.from_batches(list(self.batches(wanted)),
+                                      schema=pa.schema([full.field(c) for c in wanted]))
+        return table.drop_columns(["vector"]), self.matrix(table.column("vector"))
+
+    def iter_vectors(self, where: str | None = None, batch_rows: int = 65_536,
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (n, dim) float32 vectors) in batches, so a large table never sits in memory whole."""
+        for batch in self.batches(["id", "vector"], where, batch_rows):
+            yield batch.column("id").to_numpy(), self.matrix(batch.column("vector"))
+
+    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` vectors drawn uniformly from the table (to train a search structure on)."""
+        total = self.count()
+        rng = np.random.default_rng(seed)
+        chosen = np.zeros(total, bool)
+        chosen[rng.choice(total, min(n, total), replace=False)] = True
+        parts, start = [], 0
+        for ids, vectors in self.iter_vectors():
+            parts.append(vectors[chosen[start:start + len(ids)]])
+            start += len(ids)
+        return np.concatenate(parts) if parts else np.zeros((0, self.manifest.dim), np.float32)
+
+    def matrix(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        return np.ascontiguousarray(flat.reshape(len(column), self.manifest.dim), np.float32)
+
+
+class Store(RowSource):
     """One index directory: the LanceDB table, the manifest, and the writer's lock."""
 
     def __init__(self, path: Path, manifest: Manifest, table) -> None:
@@ -258,41 +305,18 @@ class Store:
         rows = self.read(columns, f"hash = {_sql_list([digest])}").to_pylist()
         return rows[0] if rows else None
 
-    def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
-        """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
-        table = self.read([*columns, "vector"])
-        return table.drop_columns(["vector"]), self.matrix(table.column("vector"))
-
-    def iter_vectors(self, where: str | None = None, batch_rows: int = 65_536,
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, (n, dim) float32 vectors) in batches, so a large table never sits in memory whole."""
-        query = self._table.search().select(["id", "vector"])
+    def batches(self, columns: Sequence[str], where: str | None = None, batch_rows: int = 65_536,
+                ) -> Iterator[pa.RecordBatch]:
+        """`columns` of the rows (matching `where`) in batches, in the table's order."""
+        query = self._table.search().select(list(columns))
         if where:
             query = query.where(where)
         try:
             for batch in query.limit(None).to_batches(batch_rows):
                 if batch.num_rows:
-                    yield batch.column("id").to_numpy(), self.matrix(batch.column("vector"))
+                    yield batch
         except (OSError, RuntimeError) as exc:
             raise self._damaged(exc) from None
-
-    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
-        """`n` vectors drawn uniformly from the table (to train a search structure on)."""
-        total = self.count()
-        rng = np.random.default_rng(seed)
-        chosen = np.zeros(total, bool)
-        chosen[rng.choice(total, min(n, total), replace=False)] = True
-        parts, start = [], 0
-        for ids, vectors in self.iter_vectors():
-            parts.append(vectors[chosen[start:start + len(ids)]])
-            start += len(ids)
-        return np.concatenate(parts) if parts else np.zeros((0, self.manifest.dim), np.float32)
-
-    def matrix(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        return np.ascontiguousarray(flat.reshape(len(column), self.manifest.dim), np.float32)
 
     def add(self, rows: pa.Table) -> None:
         """Append rows for paths the table does not hold yet."""

@@ -4,10 +4,16 @@ arrive (a checkpoint file, an open_clip hub-layout folder), and copies of sample
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# The torch-free query path exports each new index's text tower to ONNX (about 2 s even for the
+# tiny model) and snapshots its rows. Tests of other things run without it, as indexes did before
+# it existed; test_fastpath.py turns it on. Subprocesses inherit the setting.
+os.environ.setdefault("CLIPSEARCH_FAST_QUERY", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"

@@ -19,6 +19,18 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 START_TIMEOUT = 120  # seconds: importing torch and loading the model on a busy 2-core machine
+HEAVY = ("torch", "open_clip", "torchvision", "transformers", "lancedb")
+# The CLI as a new process, reporting afterwards which heavy libraries it imported.
+PROBE = """
+import sys
+from clipsearch.cli import main
+sys.argv = ["clipsearch", *sys.argv[1:]]
+try:
+    main()
+finally:
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+    sys.stderr.write("heavy: " + ",".join(heavy) + "\\n")
+""".replace("HEAVY", repr(HEAVY))
 
 
 @dataclass
@@ -145,3 +157,14 @@ def index_samples(root: Path, model_dir: Path, labels: str, *tag_options: str) -
         r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
         assert r.exit_code == 0, r.output
     return photos, db
+
+
+def run_cli(*args, env: dict | None = None) -> tuple[int, str, str, list[str]]:
+    """(exit code, stdout, stderr without the probe's line, heavy modules imported) of a new
+    `clipsearch` process."""
+    r = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True,
+                       env=env or environment(), timeout=300)
+    lines = r.stderr.splitlines()
+    probe = next(line for line in reversed(lines) if line.startswith("heavy: "))
+    rest = "\n".join(line for line in lines if line != probe and "No pretrained weights" not in line)
+    return r.returncode, r.stdout, rest, [m for m in probe[len("heavy: "):].split(",") if m]

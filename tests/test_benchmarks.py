@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     out = tmp_path / "figures.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                       capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_FAST_QUERY": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["failed"] == {}
@@ -28,6 +29,7 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert sections["tagging"]["tags_kept"] > 0
     assert set(sections["precision"]) == {"fp32", "bf16", "int8"}
     assert sections["precision"]["fp32"]["image_cos_min"] > 0.9999
+    assert sections["query"]["cold"]["same_hits"] and sections["query"]["warm"]["onnx_p50_ms"] > 0
     load = sections["serve"]["load"]
     assert load["errors"] == 0 and load["requests"] > 0 and sections["serve"]["search"]["p50_ms"] > 0
     for name in sections:

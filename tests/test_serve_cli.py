@@ -18,28 +18,7 @@ from typer.testing import CliRunner
 from clipsearch.cli import app
 
 pytestmark = pytest.mark.slow
-HEAVY = ("torch", "open_clip", "torchvision", "transformers", "lancedb")
-# Runs the CLI as a new process, then reports which heavy libraries that process imported.
-PROBE = """
-import sys
-from clipsearch.cli import main
-sys.argv = ["clipsearch", *sys.argv[1:]]
-try:
-    main()
-finally:
-    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
-    sys.stderr.write("heavy: " + ",".join(heavy) + "\\n")
-""".replace("HEAVY", repr(HEAVY))
-
-
-def run_cli(*args, env=None) -> tuple[int, str, str, list[str]]:
-    """(exit code, stdout, stderr without the probe's line, heavy modules imported)."""
-    r = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True,
-                       env=env or serving.environment(), timeout=300)
-    lines = r.stderr.splitlines()
-    probe = next(line for line in reversed(lines) if line.startswith("heavy: "))
-    rest = "\n".join(line for line in lines if line != probe and "No pretrained weights" not in line)
-    return r.returncode, r.stdout, rest, [m for m in probe[len("heavy: "):].split(",") if m]
+run_cli = serving.run_cli
 
 
 def in_process(*args) -> tuple[int, str, str]:

@@ -64,8 +64,13 @@ def encode_text_unpadded(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.T
         ends = tokens.argmax(dim=-1)
     else:
         ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    n = int(ends.max()) + 1
-    text = tokens[:, :n]
+    return encode_tokens(model, tokens[:, :int(ends.max()) + 1])
+
+
+def encode_tokens(model: open_clip.CLIP, text: torch.Tensor) -> torch.Tensor:
+    """encode_text for tokens of any length up to the context (no padding needed): the graph
+    that is exported to ONNX for torch-free queries (clipsearch.models.export)."""
+    n = text.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])

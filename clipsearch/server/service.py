@@ -91,12 +91,14 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
         images = model = None
         try:
             index = served.get()
-            _ = index.embedder, index.ann  # the model and search structure, before the first query
+            index.prepare_fast()  # the text export its queries share with the CLI's fast path
+            _ = index.embedder, index.text_encoder, index.ann  # loaded before the first query
             images, model = index.store.count(), index.spec.describe()
         except IndexNotFoundError:
             pass  # served from the moment an `index` run creates it; until then the API says how
         secret = secrets.token_urlsafe(32)
         settings = {"precision": precision, "device": device, "resolved_device": resolve_device(device),
+                    "fast_query": config.fast_query(),
                     "rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
                     "rerank_precision": rerank_precision}
         app = create_app(served, tokens=tuple(t for t in (token, secret) if t),

@@ -1,0 +1,291 @@
+"""The torch-free query path: CLIP's tokenizer reproduced without open_clip, the text tower
+exported to ONNX, the row snapshot, and `clipsearch search` as a new process that imports neither
+torch, open_clip, torchvision, transformers nor LanceDB, yet prints what the full path prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import serving
+from typer.testing import CliRunner
+
+from clipsearch import index_folders, open_index
+from clipsearch.cli import app
+
+FAST = {"CLIPSEARCH_FAST_QUERY": "1"}
+
+
+def run_cli(*args) -> tuple[int, str, str, list[str]]:
+    return serving.run_cli(*args, env=serving.environment(**FAST))
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    """Plain, odd and hostile texts: accents, scripts, emoji, entities, mojibake, control and
+    zero-width characters, special-token lookalikes, and texts past the context length."""
+    fixed = [
+        "a red car", "", " ", "\t\n", "A Photo Of A DOG!!", "naïve café résumé", "日本語のテキスト", "한국어",
+        "العربية نص", "emoji 🐶🚗✨👨‍👩‍👧", "it's we're they've I'm you'll he'd", "l'été à Paris",
+        "&amp; &lt;tag&gt; &amp;amp; &#x27;", "Ã©tÃ© mojibake", "<start_of_text> <end_of_text>",
+        "3.14159 and 1,000,000", "snake_case kebab-case CamelCase", "ß straße ﬁ ligature",
+        "\u200bzero\u200bwidth\u00a0nbsp", "‘quotes’ “double” «guillemets»", "x" * 600, "word " * 120,
+        "e\u0301 combining", "\x00\x07 control", "🏳️‍🌈 flag", "Ω≈ç√∫˜µ≤≥÷", "  leading and trailing  ",
+    ]
+    rng = random.Random(seed)
+    alphabet = ("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"-_()[]{}<>/\\@#&%"
+                "éèêëüößçñåøæ ÀÉÎÕÜ 日本語中文한국 αβγδ абвгд 🐶🚗✨🎉 \u200b\u00a0\t\n&amp;&lt;")
+    return fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(n)]
+
+
+# -- the tokenizer ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("clean", ["lower", "whitespace", "canonicalize"])
+def test_the_tokenizer_gives_open_clips_token_ids(clean):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from clipsearch.bpe import Tokenizer
+
+    reference = SimpleTokenizer(clean=clean)
+    merges = sorted(reference.bpe_ranks, key=reference.bpe_ranks.__getitem__)
+    specials = [reference.decoder[i] for i in reference.all_special_ids]
+    ours = Tokenizer(merges, specials, reference.context_length, clean)
+    texts = _texts(3000, seed=len(clean))
+    expected = reference(texts).numpy()
+    got = ours(texts)
+    assert got.dtype == np.int64 and got.shape == expected.shape == (len(texts), 77)
+    wrong = [t for t, a, b in zip(texts, got, expected, strict=True) if not np.array_equal(a, b)]
+    assert wrong == []
+
+
+# -- an index on the fast path --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fast_library(tmp_path_factory, tiny_local_dir):
+    """sample_images/ indexed and tagged with the fast path on: export and snapshots made."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPSEARCH_FAST_QUERY", "1")
+        return serving.index_samples(tmp_path_factory.mktemp("fast"), tiny_local_dir, "sky,flower,stone")
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")
+
+
+def _export_dir(db: Path) -> Path:
+    return next(p for p in (db / "fast").glob("text-*") if p.is_dir())
+
+
+def test_an_index_run_leaves_an_export_and_a_snapshot(fast_library):
+    _, db = fast_library
+    files = sorted(p.name for p in (db / "fast").iterdir())
+    version = open_index(db).store.version
+    assert f"rows-v{version}.arrow" in files
+    assert any(name.startswith("tags-v") for name in files)
+    report = json.loads((_export_dir(db) / "export.json").read_text())
+    assert report["max_abs_difference"] <= 1e-5 and report["texts"] >= 15
+
+
+def test_the_export_matches_open_clips_encode_text(fast_library, embedder, fast):
+    """Against open_clip's own encode_text on the full 77-token context, not our torch path."""
+    import torch
+
+    from clipsearch.onnxtext import OnnxTextEncoder
+
+    texts = _texts(300, seed=7)
+    with torch.inference_mode():
+        reference = embedder.model.encode_text(embedder.tokenizer(texts))
+        reference = (reference / reference.norm(dim=-1, keepdim=True)).numpy()
+    exported = OnnxTextEncoder(_export_dir(fast_library[1])).embed_texts(texts)
+    assert np.abs(exported - reference).max() <= 1e-5
+
+
+def test_the_torch_path_ranks_the_same(fast_library, monkeypatch):
+    """With the fast path turned off, queries go through torch again: the same photos in the
+    same order, scores within 1e-5."""
+    _, db = fast_library
+    queries = ["a photo of a rocket", '"stone" + 2:"wall" - "sky"', "a cup of coffee", "grass"]
+    onnx = [open_index(db, device="cpu").search(q, k=13) for q in queries]
+    monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "0")
+    torch_path = open_index(db, device="cpu")
+    assert type(torch_path.text_encoder).__name__ == "OpenClipEmbedder"
+    for query, expected in zip(queries, onnx, strict=True):
+        hits = torch_path.search(query, k=13)
+        assert [h.path for h in hits] == [h.path for h in expected], query
+        assert max(abs(a.score - b.score) for a, b in zip(hits, expected, strict=True)) <= 1e-5
+
+
+def test_a_new_process_searches_without_torch_and_prints_what_the_full_path_prints(fast_library, tmp_path):
+    photos, db = fast_library
+    queries = [
+        ("search", "a photo of a rocket", "--json"),
+        ("search", "a photo of a rocket"),
+        ("search", "stone", "--paths", "-k", 13),
+        ("search", '"stone" + 2:"wall" - "sky"', "--json"),
+        ("search", "stone", "--in", photos / "textures", "--ext", "png", "--json"),
+        ("search", "x", "--tag", "sky", "--after", "2000", "--json"),
+        ("search", "x", "--after", "2015-02", "--before", "2015-03", "--paths"),
+        ("similar", photos / "space" / "rocket.jpg", "--json", "-k", 4),
+    ]
+    for args in queries:
+        stale = tmp_path / f"db{queries.index(args)}"
+        shutil.copytree(db, stale, ignore=shutil.ignore_patterns("rows-v*.arrow"))
+        full = run_cli(*args, "--db", stale)  # no snapshot yet: the full path, which writes one
+        quick = run_cli(*args, "--db", stale)
+        assert full[0] == quick[0] == 0, (args, full, quick)
+        assert quick[1] == full[1] and quick[2] == full[2] == "", args  # byte for byte
+        assert "lancedb" in full[3], args
+        assert quick[3] == [], (args, quick[3])  # neither torch, open_clip nor LanceDB
+
+
+def test_similar_of_an_outside_image_loads_the_model_and_agrees(fast_library, tmp_path):
+    from PIL import Image
+
+    photos, db = fast_library
+    outside = tmp_path / "outside.png"
+    Image.open(photos / "travel" / "flower.jpg").rotate(5).save(outside)
+    quick = run_cli("similar", outside, "--json", "-k", 5, "--db", db)
+    assert quick[0] == 0 and "torch" in quick[3] and "lancedb" not in quick[3]
+    full = open_index(db, device="cpu").similar(outside, k=5)
+    assert json.loads(quick[1]) == [h.to_dict() for h in full]
+
+
+def test_the_fast_index_answers_as_the_full_one(fast_library, fast):
+    from clipsearch.fastpath import open_fast
+
+    photos, db = fast_library
+    quick, full = open_fast(db), open_index(db, device="cpu")
+    assert type(quick.store).__name__ == "Snapshot" and type(full.store).__name__ == "Store"
+    for options in [{}, {"ext": "jpg"}, {"tags": ["sky"]}, {"within": str(photos / "space")},
+                    {"after": "2000", "before": "2030"}]:
+        assert quick.search("a rocket", k=13, **options) == full.search("a rocket", k=13, **options), options
+    horse = photos / "animals" / "horse.png"
+    assert quick.similar(horse, k=5) == full.similar(horse, k=5)
+    assert quick.similar(3, k=5) == full.similar(3, k=5)
+    assert quick.tags() == full.tags() and quick.folders() == full.folders()
+    assert quick.records([0, 5, 12]) == full.records([0, 5, 12])
+
+
+def test_a_stale_snapshot_is_never_read(fast_library, tmp_path, tiny_local_dir):
+    photos, _ = fast_library
+    own_photos, own_db = tmp_path / "photos", tmp_path / "db"
+    shutil.copytree(photos, own_photos)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPSEARCH_FAST_QUERY", "1")
+        index_folders([own_photos], own_db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+    first = run_cli("search", "x", "-k", 100, "--paths", "--db", own_db)
+    assert first[3] == [] and len(first[1].splitlines()) == 13
+    # an index run that leaves no snapshot behind (as one killed after its last commit would)
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (64, 48), (i * 80, 10, 200)).save(own_photos / f"new{i}.png")
+    (own_photos / "misc" / "camera.bmp").unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPSEARCH_FAST_QUERY", "0")
+        index_folders([own_photos], own_db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+    again = run_cli("search", "x", "-k", 100, "--paths", "--db", own_db)
+    paths = set(again[1].splitlines())
+    assert {str(own_photos / f"new{i}.png") for i in range(3)} <= paths
+    assert str(own_photos / "misc" / "camera.bmp") not in paths and len(paths) == 15
+    assert "lancedb" in again[3]  # the old snapshot was not used
+    third = run_cli("search", "x", "-k", 100, "--paths", "--db", own_db)
+    assert third[1] == again[1] and third[3] == []  # and the full path left a current one
+
+
+def test_a_damaged_export_is_made_again_with_a_note(fast_library, tmp_path):
+    _, db = fast_library
+    own = tmp_path / "db"
+    shutil.copytree(db, own)
+    before = run_cli("search", "a rocket", "--json", "--db", own)
+    data = next(_export_dir(own).glob("*.data"))
+    data.write_bytes(data.read_bytes()[:1000])
+    damaged = run_cli("search", "a rocket", "--json", "--db", own)
+    assert damaged[0] == 0 and damaged[1] == before[1]
+    assert "the exported text encoder in" in damaged[2] and "does not load; exporting it again" in damaged[2]
+    assert "torch" in damaged[3]
+    after = run_cli("search", "a rocket", "--json", "--db", own)
+    assert after[1] == before[1] and after[2] == "" and after[3] == []
+
+
+def test_a_model_the_export_cannot_reproduce_stays_on_the_torch_path(photos, tmp_path, tiny_local_dir,
+                                                                      monkeypatch, fast):
+    from clipsearch.fastpath import open_fast
+    from clipsearch.models import export
+
+    def refuse(_embedder):
+        raise export.NotExportable("its tokenizer is not CLIP's plain BPE tokenizer")
+
+    monkeypatch.setattr(export, "_tokenizer_of", refuse)
+    db = tmp_path / "db"
+    index_folders([photos], db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+    marker = next((db / "fast").glob("text-*.unsupported"))
+    assert "not CLIP's plain BPE tokenizer" in marker.read_text()
+    assert open_fast(db) is None
+    assert type(open_index(db, device="cpu").text_encoder).__name__ == "OpenClipEmbedder"
+    monkeypatch.setattr(export, "_tokenizer_of", lambda _e: pytest.fail("tried again"))
+    open_index(db, device="cpu").prepare_fast()
+    r = CliRunner().invoke(app, ["search", "a cat", "--db", str(db), "--json"], catch_exceptions=False)
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 10
+
+
+def test_an_ivf_index_on_the_fast_path(many_photos, tmp_path, tiny_local_dir, monkeypatch, fast):
+    """Above FLAT_MAX candidates are re-scored with vectors from the snapshot."""
+    from clipsearch import ann
+    from clipsearch.fastpath import open_fast
+
+    monkeypatch.setattr(ann, "FLAT_MAX", 100)
+    db = tmp_path / "db"
+    index_folders([many_photos], db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+    quick, full = open_fast(db), open_index(db, device="cpu")
+    assert quick.ann.kind == "ivf"
+    for query in ["a red square", "blue", "a dark photo"]:
+        assert quick.search(query, k=20) == full.search(query, k=20)
+        assert quick.search(query, k=5, within=str(many_photos / "roll2")) == full.search(
+            query, k=5, within=str(many_photos / "roll2"))
+
+
+def test_turned_off_nothing_is_written(photos, tmp_path, tiny_local_dir):
+    assert os.environ["CLIPSEARCH_FAST_QUERY"] == "0"
+    db = tmp_path / "db"
+    index_folders([photos], db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+    assert not (db / "fast").exists()
+
+
+def test_a_server_on_the_same_index_answers_the_same(fast_library):
+    """Three ways in, one answer: the fast path, a running server, and the server's API."""
+    _, db = fast_library
+    args = ("search", '"stone" + 2:"wall" - "sky"', "--json", "-k", 8, "--db", db)
+    quick = run_cli(*args)
+    running = serving.start(db, env=serving.environment(**FAST))
+    try:
+        through = run_cli(*args)
+        api = running.get("/api/search", {"q": '"stone" + 2:"wall" - "sky"', "k": 8}).json()["hits"]
+    finally:
+        code, output = running.stop()
+    assert code == 0, output
+    assert quick[3] == through[3] == [] and quick[1] == through[1]
+    assert [{k: h[k] for k in ("path", "score", "rank")} for h in api] == json.loads(quick[1])
+
+
+def test_a_damaged_snapshot_is_a_detour_not_an_error(fast_library, tmp_path):
+    import pyarrow as pa
+
+    _, db = fast_library
+    own = tmp_path / "db"
+    shutil.copytree(db, own)
+    before = run_cli("search", "a rocket", "--json", "--db", own)
+    rows = next((own / "fast").glob("rows-v*.arrow"))
+    whole = pa.ipc.open_file(pa.OSFile(str(rows))).read_all()  # a copy: the file is rewritten below
+    for damaged in (whole.slice(0, 3), whole.drop_columns(["taken"])):  # cut short; a column lost
+        with pa.OSFile(str(rows), "wb") as sink, pa.ipc.new_file(sink, damaged.schema) as writer:
+            writer.write_table(damaged)
+        detour = run_cli("search", "a rocket", "--json", "--db", own)
+        assert detour[0] == 0 and detour[1] == before[1] and "lancedb" in detour[3]
+        if damaged.num_rows == whole.num_rows:  # it opened, then failed: said so
+            assert detour[2].startswith("note: the fast search path failed")
+        again = run_cli("search", "a rocket", "--json", "--db", own)
+        assert again[1] == before[1] and again[3] == []  # the detour rewrote it
