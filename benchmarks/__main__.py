@@ -29,12 +29,12 @@ from benchmarks.common import vit_b_32_embedder
 RESULTS = Path(__file__).resolve().parent / "results"
 
 SIZES = {  # mode -> section -> size
-    "full": {"photos": 128, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000, 1_000_000],
+    "full": {"photos": 128, "queries_over": 100_000, "cold_runs": 5, "scale": [100_000, 1_000_000],
              "rerank": ("fp32", "bf16", "int8"), "candidates": 20, "tag_images": 100_000, "labels": 100,
              "memory": [250, 500, 1000], "precision_photos": 64,
              "serve": {"images": 100_000, "n_photos": 10_000, "seconds": 30, "cli_runs": 5,
                        "big_photos": 16}},
-    "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 2, "scale": [100_000],
+    "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "memory": [100, 200], "precision_photos": 32,
               "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8}},
@@ -60,7 +60,7 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return throughput.measure(work, size["photos"], shared["embedder"])
     if name == "query":
         return {"warm": query.warm(work, size["queries_over"], shared["embedder"]),
-                "cold": query.cold(work, size["cold_runs"])}
+                "cold": query.cold(work, size["cold_runs"], size["queries_over"])}
     if name == "scale":
         return scale.measure(work, size["scale"])
     if name == "rerank":

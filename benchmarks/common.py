@@ -172,3 +172,29 @@ def script(doc: str, title: str, options: dict[str, dict], measure, report) -> N
             args.json.write_text(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def seed_export(db: Path, model: dict, work: Path) -> None:
+    """Put the exported text tower of the benchmark's ViT-B-32 where an index at `db` keeps it:
+    exported once per benchmark run (about 10 s, a one-off cost of a real index's first run, not
+    of its throughput or memory) and copied to every index after that."""
+    import shutil
+
+    from clipsearch.models.export import export
+    from clipsearch.onnxtext import folder
+
+    target = folder(db, model)
+    kept = Path(work) / "exports" / target.name
+    if not kept.is_dir():
+        export(vit_b_32_embedder(work), kept)
+    if not target.exists():
+        shutil.copytree(kept, target)
+
+
+def prepare_fast(store, work: Path) -> float:
+    """What an index run leaves for the fast path: the text export and the row snapshot; the
+    seconds it took (the export made once per benchmark run, see seed_export)."""
+    from clipsearch.fastpath import prepare
+
+    seconds, _ = timed(lambda: seed_export(store.path, store.manifest.model, work))
+    return seconds + timed(lambda: prepare(store, lambda: vit_b_32_embedder(work)))[0]
