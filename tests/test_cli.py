@@ -147,7 +147,7 @@ def test_same_checkpoint_moved_elsewhere_is_accepted(photos, db, tiny_checkpoint
 
 
 def test_help_has_examples():
-    for command in ("index", "search", "similar", "info"):
+    for command in ("index", "search", "similar", "info", "serve"):
         r = cli(command, "--help")
         assert r.exit_code == 0
         assert "Example: clipsearch" in r.stdout
