@@ -367,11 +367,15 @@ class Index:
         return found
 
     def read_image(self, id: int) -> tuple[ImageRecord, bytes]:
-        """An indexed image's record and its file's bytes, exactly as they were indexed: a file
-        that has since vanished or changed is refused, never read as something else."""
+        """An indexed image's record and its file's bytes, exactly as they were indexed."""
+        record = self.record(id, tags=False)
+        return record, self.indexed_bytes(record)
+
+    def indexed_bytes(self, record: ImageRecord) -> bytes:
+        """The bytes of a record's file, exactly as they were indexed: a file that has since
+        vanished or changed is refused, never read as something else."""
         from clipsearch.images import content_hash, read_file
 
-        record = self.record(id, tags=False)
         refresh = "run clipsearch index on its folder to bring the index up to date"
         try:
             data = read_file(record.path)
@@ -380,7 +384,7 @@ class Index:
             raise ImageChangedError(f"{record.path}: {reason}; {refresh}") from None
         if content_hash(data) != record.hash:
             raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
-        return record, data
+        return data
 
     def folders(self) -> list[tuple[str, int]]:
         """Each folder that directly holds indexed images, with how many, in path order."""
@@ -442,10 +446,16 @@ class Index:
 
     def prepare_fast(self, note: Callable[[str], None] = lambda _m: None) -> None:
         """Make what the torch-free query path needs for this index's current version (the
-        text export once, a row snapshot per version; clipsearch.fastpath)."""
+        text export once, a row snapshot per version; clipsearch.fastpath). The export it opens
+        is this index's text encoder from then on, unless the index already has one."""
         from clipsearch.fastpath import prepare
 
-        self._model_call(lambda: prepare(self.store, lambda: self.embedder, note))
+        def work() -> None:
+            encoder = prepare(self.store, lambda: self.embedder, note)
+            if self._text_encoder is None and encoder is not None and self.precision == "fp32":
+                self._text_encoder = encoder
+
+        self._model_call(work)
 
     def tags(self) -> list[TagCount]:
         """Each label of the last `tag` run with how many indexed images carry it, most first."""

@@ -52,25 +52,29 @@ def needs_export(store: Store) -> bool:
 
 
 def prepare(store: Store, embedder: Callable[[], Embedder], note: Callable[[str], None] = lambda _m: None,
-            ) -> None:
+            ) -> onnxtext.OnnxTextEncoder | None:
     """Make the export (if the index has none yet) and the snapshot of the store's current
-    version. `embedder()` gives the CLIP model the export is made from; `note` hears about the
-    export, which takes a while. An index that cannot be written to is left as it is."""
+    version, and return the export, opened (None if there is none). `embedder()` gives the CLIP
+    model the export is made from; `note` hears about the export, which takes a while. An index
+    that cannot be written to is left as it is."""
     if not config.fast_query():
-        return
+        return None
     db, model = store.path, store.manifest.model
-    if onnxtext.exported(db, model) and onnxtext.open_for(db, model) is None:
+    encoder = onnxtext.open_for(db, model)
+    if encoder is None and onnxtext.exported(db, model):
         note(f"the exported text encoder in {onnxtext.folder(db, model)} does not load; exporting it again")
         shutil.rmtree(onnxtext.folder(db, model), ignore_errors=True)
     if needs_export(store):
         note("preparing fast searches for this index: exporting the text encoder (once, about 10 s)")
         _export(store, embedder)
-    if onnxtext.exported(db, model):
+        encoder = onnxtext.open_for(db, model)
+    if encoder is not None:
         from clipsearch import snapshot
 
         # a read-only or full disk: searches take the full path, as before
         with contextlib.suppress(OSError):
             snapshot.write(store)
+    return encoder
 
 
 def _export(store: Store, embedder: Callable[[], Embedder]) -> None:

@@ -245,7 +245,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        data = thumbs.get(record, size, lambda: index.read_image(id)[1])
+        data = thumbs.get(record, size, lambda: index.indexed_bytes(record))
         return Response(data, media_type=MEDIA_TYPE, headers=headers)
 
     @app.get("/api/images/{id}/file", tags=["images"],
@@ -259,7 +259,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
                    "Content-Disposition": f"inline; filename*=UTF-8''{quote(Path(record.path).name)}"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        _, data = index.read_image(id)
+        data = index.indexed_bytes(record)
         return Response(data, media_type=media_type(record.path), headers=headers)
 
     @app.get("/api/tags", tags=["images"])
