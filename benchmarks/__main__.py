@@ -1,4 +1,4 @@
-"""The benchmark suite: every figure issues 5 and 10 ask for, in one run, printed as a table of target
+"""The benchmark suite: every figure issues 5, 10, 11 and 12 ask for, in one run, printed as a table of target
 against measured, and written to benchmarks/results/<timestamp>.json.
 
     python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
@@ -23,6 +23,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from benchmarks import eval as evaluation
 from benchmarks import memory, precision, query, rerank, scale, serve, tagging, throughput
 from benchmarks.common import vit_b_32_embedder
 
@@ -33,17 +34,19 @@ SIZES = {  # mode -> section -> size
              "rerank": ("fp32", "bf16", "int8"), "candidates": 20, "tag_images": 100_000, "labels": 100,
              "memory": [250, 500, 1000], "precision_photos": 64,
              "serve": {"images": 100_000, "n_photos": 10_000, "seconds": 30, "cli_runs": 5,
-                       "big_photos": 16}},
+                       "big_photos": 16}, "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "memory": [100, 200], "precision_photos": 32,
-              "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8}},
+              "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8},
+              "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "memory": [4], "precision_photos": 4,
-              "serve": {"images": 2_000, "n_photos": 40, "seconds": 2, "cli_runs": 1, "big_photos": 2}},
+              "serve": {"images": 2_000, "n_photos": 40, "seconds": 2, "cli_runs": 1, "big_photos": 2},
+              "eval": {"precisions": ("fp32",), "renderings": 1}},
 }
-SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve"]
+SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval"]
 
 
 def machine() -> dict:
@@ -73,12 +76,14 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return precision.measure(work, size["precision_photos"])
     if name == "serve":
         return serve.measure(work, **size["serve"])
+    if name == "eval":
+        return evaluation.measure(work, **size["eval"])
     raise ValueError(name)
 
 
 def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
-     "memory": memory, "precision": precision, "serve": serve}[name].report(figures)
+     "memory": memory, "precision": precision, "serve": serve, "eval": evaluation}[name].report(figures)
 
 
 def main() -> None:

@@ -39,9 +39,12 @@ Device = Annotated[
     str, typer.Option("--device", envvar="CLIPSEARCH_DEVICE", help="auto, cpu, cuda, cuda:N or mps.")
 ]
 Precision = Annotated[str, typer.Option(
+    "--precision", help="CLIP weights for the query: fp32 (exact, and what the fast search path "
+                        "runs), bf16, fp16 (GPU), int8 (CPU) or auto (as index).")]
+IndexPrecision = Annotated[str, typer.Option(
     "--precision", envvar="CLIPSEARCH_PRECISION",
-    help="CLIP weights: fp32 (exact), bf16 (about 2x faster on CPUs with native bf16), fp16 (GPU) "
-         "or int8 (CPU).")]
+    help="CLIP weights: auto (bf16 on CPUs with native bf16, about 2x faster; fp16 on GPUs; else "
+         "fp32), fp32 (open_clip's vectors exactly), bf16, fp16 (GPU) or int8 (CPU).")]
 K = Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")]
 Within = Annotated[
     Path | None, typer.Option("--in", help="Only images under this folder.", file_okay=False)
@@ -168,26 +171,33 @@ def _report(db: Path | None, as_json: bool, ask: Callable[[Index], object], prin
     getattr(present, printer)(answer, as_json)
 
 
+Model = Annotated[str | None, typer.Option(
+    "--model", envvar="CLIPSEARCH_MODEL",
+    help="open_clip model name, hf-hub:org/repo or local-dir:/folder "
+         "[default: the index's model, else ViT-B-32].")]
+Pretrained = Annotated[str | None, typer.Option(
+    "--pretrained", envvar="CLIPSEARCH_PRETRAINED",
+    help="Pretrained tag or local checkpoint file [default: laion2b_s34b_b79k].")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", min=0, help="Decode threads [default: CPU count, at most 8].")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
 @app.command()
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
     db: Db = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", envvar="CLIPSEARCH_MODEL",
-        help="open_clip model name, hf-hub:org/repo or local-dir:/folder "
-             "[default: the index's model, else ViT-B-32].")] = None,
-    pretrained: Annotated[str | None, typer.Option(
-        "--pretrained", envvar="CLIPSEARCH_PRETRAINED",
-        help="Pretrained tag or local checkpoint file [default: laion2b_s34b_b79k].")] = None,
+    model: Model = None,
+    pretrained: Pretrained = None,
     device: Device = "auto",
-    precision: Precision = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")] = 32,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=0, help="Decode threads [default: CPU count, at most 8].")] = None,
+    precision: IndexPrecision = "auto",
+    batch_size: BatchSize = config.DEFAULT_BATCH_SIZE,
+    workers: Workers = None,
     exclude: Annotated[list[str] | None, typer.Option(
         "--exclude", help="Glob of paths to leave out (repeatable), e.g. '*/thumbs/*'.")] = None,
     as_json: Json = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Index the images in FOLDERS; later runs only embed what changed.
 
@@ -392,6 +402,111 @@ def info(db: Db = None, as_json: Json = False) -> None:
     Example: clipsearch info --json
     """
     _report(db, as_json, lambda index: index.info(), "info")
+
+
+eval_app = typer.Typer(
+    help="Measure how well a model finds the right images, on a dataset with known answers: "
+         "retrieval recall and zero-shot accuracy, through the real indexer and search.",
+    no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(eval_app, name="eval")
+EvalDb = Annotated[Path | None, typer.Option(
+    "--db", file_okay=False,
+    help="Keep the dataset's index here, so that later runs embed nothing again "
+         "[default: a throw-away index].")]
+Candidates = Annotated[int, typer.Option(
+    "--candidates", min=1, help="How many CLIP candidates --rerank reads.")]
+
+
+def _evaluate(db: Path | None, images: list[str], quiet: bool, measure: Callable, printer: str,
+              as_json: bool, **options) -> None:
+    """Index `images` into the eval's own index, then `measure(gallery)` and print it."""
+    from clipsearch import present
+    from clipsearch.eval.runner import gallery
+
+    with _errors(), present.progress_bar(not quiet and not as_json) as report, \
+            gallery(images, db, progress=report, **options) as found:
+        result = measure(found, report)
+    getattr(present, printer)(result, as_json)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Argument(
+        help="captions.jsonl ({\"image\": path, \"captions\": [...]} per line), a CSV with "
+             "columns image,caption, or a Karpathy split .json (COCO, Flickr30k).", dir_okay=False)],
+    images: Annotated[Path | None, typer.Option(
+        "--images", file_okay=False,
+        help="The folder the dataset's image paths are relative to "
+             "[default: the dataset file's folder].")] = None,
+    split: Annotated[str, typer.Option("--split", help="Which split of a Karpathy .json.")] = "test",
+    rerank: Annotated[bool, typer.Option(
+        "--rerank", help="Also measure text-to-image after BLIP re-ranks the CLIP candidates.")] = False,
+    candidates: Candidates = config.DEFAULT_CANDIDATES,
+    rerank_model: RerankModel = None,
+    rerank_precision: RerankPrecision = "auto",
+    model: Model = None,
+    pretrained: Pretrained = None,
+    device: Device = "auto",
+    precision: IndexPrecision = "auto",
+    batch_size: BatchSize = config.DEFAULT_BATCH_SIZE,
+    workers: Workers = None,
+    db: EvalDb = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Text-to-image and image-to-text Recall@1/5/10 (a caption is answered when its own image
+    ranks within K; an image when any of its captions does), median rank and queries per
+    second: the images are indexed, and every caption is a `clipsearch search`.
+
+    Example: clipsearch eval retrieval dataset_flickr30k.json --images flickr30k-images --rerank
+    """
+    from clipsearch.eval.datasets import read_captions
+    from clipsearch.eval.runner import retrieval
+
+    with _errors():
+        data = read_captions(dataset, images, split)
+    _evaluate(db, data.images, quiet,
+              lambda found, report: retrieval(data, found, rerank=rerank, candidates=candidates,
+                                              progress=report),
+              "eval_retrieval", as_json, model=model, pretrained=pretrained, device=device,
+              precision=precision, batch_size=batch_size, workers=workers, rerank_model=rerank_model,
+              rerank_precision=rerank_precision)
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(
+    folder: Annotated[Path, typer.Argument(
+        help="One subfolder of images per class, named for it (ImageFolder); _ reads as a space.",
+        file_okay=False)],
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="The tag threshold whose precision and recall are measured, as in "
+                            "`clipsearch tag`.")] = 0.5,
+    model: Model = None,
+    pretrained: Pretrained = None,
+    device: Device = "auto",
+    precision: IndexPrecision = "auto",
+    batch_size: BatchSize = config.DEFAULT_BATCH_SIZE,
+    workers: Workers = None,
+    db: EvalDb = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Zero-shot classification with the class names as tags: top-1 and top-5 accuracy with
+    the prompt ensembles `clipsearch tag` uses, and the precision and recall of the tags given
+    at --threshold.
+
+    Example: clipsearch eval zeroshot ~/datasets/imagenette/val --json
+    """
+    from clipsearch.eval.datasets import read_classes
+    from clipsearch.eval.runner import zeroshot
+    from clipsearch.tagging import check_threshold
+
+    with _errors():
+        check_threshold(threshold)
+        data = read_classes(folder)
+    _evaluate(db, data.images, quiet, lambda found, _report: zeroshot(data, found, threshold),
+              "eval_zeroshot", as_json, model=model, pretrained=pretrained, device=device,
+              precision=precision, batch_size=batch_size, workers=workers)
 
 
 def main() -> None:

@@ -62,6 +62,12 @@ def fast_query() -> bool:
     return os.environ.get("CLIPSEARCH_FAST_QUERY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def index_precision() -> str:
+    """The precision photos are embedded in unless a caller says (CLIPSEARCH_PRECISION, else
+    auto: bf16 on CPUs with native bf16, fp16 on CUDA, fp32 elsewhere)."""
+    return os.environ.get("CLIPSEARCH_PRECISION", "").strip().lower() or "auto"
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from clipsearch.models.blip import ItmScorer
     from clipsearch.query import Term
     from clipsearch.search import Filters
-    from clipsearch.tagging import LabelSet
+    from clipsearch.tagging import LabelSet, Tagger
 
     class TextEncoder(Protocol):
         def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -212,18 +212,19 @@ class Index:
         after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
-        offset: int = 0, image_terms: bool = True,
+        offset: int = 0, image_terms: bool = True, literal: bool = False,
     ) -> Page:
         """`search`, as the page of `k` hits from rank `offset + 1` on, with how many images the
         filters allowed and the time each stage took. `image_terms=False` refuses terms that
-        name image files (a server must not open paths its clients send)."""
-        from clipsearch.query import parse
+        name image files (a server must not open paths its clients send); `literal=True` takes
+        the whole query as one text, not the query language (a dataset's caption)."""
+        from clipsearch.query import Term, parse
         from clipsearch.rerank import check_terms
         from clipsearch.rerank import rerank as rerank_hits
         from clipsearch.search import Filters
 
         started = time.perf_counter()
-        terms = parse(query, image_terms=image_terms)
+        terms = [Term("text", query, 1.0, 0)] if literal else parse(query, image_terms=image_terms)
         filters = Filters.make(within, after, before, ext, tags)
         if min_match is not None:
             if not 0.0 <= min_match <= 1.0:
@@ -290,6 +291,11 @@ class Index:
             if term.kind == "image":
                 vectors[i] = self.image_vector(term.value)
         return combine(terms, vectors, query)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of plain texts, from the encoder queries use."""
+        encoder = self.text_encoder
+        return self._model_call(lambda: encoder.embed_texts(list(texts)))
 
     def image_vector(self, image: str | os.PathLike[str] | int | ImageData) -> np.ndarray:
         """The vector of an image file, an indexed row (by id) or an image's bytes. Content the
@@ -419,13 +425,12 @@ class Index:
         """
         import time
 
-        from clipsearch.tagging import LabelSet, Tagger, label_set, tag_store
+        from clipsearch.tagging import LabelSet, label_set, tag_store
 
         started = time.perf_counter()
         if not isinstance(labels, LabelSet):
             labels = label_set(labels, labels_file, threshold, top)
-        embedder = self.embedder
-        tagger = self._model_call(lambda: Tagger.embed(labels, embedder.embed_texts))
+        tagger = self.tagger(labels)
         with self.store.writer_lock():
             self.store.refresh()
             images = tag_store(self.store, tagger)
@@ -443,6 +448,13 @@ class Index:
                         summary.skipped.append(Skipped(exc.path, exc.reason))
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def tagger(self, labels: LabelSet) -> Tagger:
+        """`labels` with their prompt ensembles embedded: what scores images for `tag` (and
+        for `eval zeroshot`)."""
+        from clipsearch.tagging import Tagger
+
+        return Tagger.embed(labels, self.embed_texts)
 
     def prepare_fast(self, note: Callable[[str], None] = lambda _m: None) -> None:
         """Make what the torch-free query path needs for this index's current version (the
@@ -543,7 +555,7 @@ def index_folders(
     model: str | None = None,
     pretrained: str | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str | None = None,
     batch_size: int = config.DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     exclude: Sequence[str] = (),
@@ -553,7 +565,9 @@ def index_folders(
 ) -> IndexSummary:
     """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
 
-    `precision`: fp32 (open_clip's own vectors), or bf16 / fp16 (GPU) / int8 (CPU) for speed.
+    `precision`: fp32 (open_clip's own vectors), bf16 / fp16 (GPU) / int8 (CPU) for speed, or
+    auto [default: CLIPSEARCH_PRECISION, else auto]: bf16 on CPUs with native bf16, fp16 on CUDA,
+    fp32 elsewhere.
     """
     from clipsearch.indexer import Indexer
 
@@ -561,6 +575,7 @@ def index_folders(
         raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, not {batch_size}")
+    precision = precision or config.index_precision()
     folders = [normalize_root(r) for r in roots]
     path = db_path(db)
     with lock_dir(path):

@@ -13,10 +13,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clipsearch.results import Hit, IndexInfo, IndexSummary, TagCount, TagSummary
+from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, TagSummary
 from clipsearch.results import Progress as IndexProgress
 
 if TYPE_CHECKING:
+    from clipsearch.eval.runner import RetrievalReport, ZeroShotReport
     from clipsearch.server.service import Started
 
 out = Console(highlight=False, soft_wrap=True)
@@ -80,8 +81,7 @@ def summary(s: IndexSummary, as_json: bool) -> None:
         f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
         f"[dim]({s.embedded} embedded in {s.seconds:.1f} s)[/dim]"
     )
-    for skipped in s.skipped:
-        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+    _skipped(s.skipped)
 
 
 def tag_summary(s: TagSummary, as_json: bool) -> None:
@@ -93,8 +93,7 @@ def tag_summary(s: TagSummary, as_json: bool) -> None:
     if s.sidecars_written:
         line += f"; {s.sidecars_written} XMP sidecars written"
     err.print(line)
-    for skipped in s.skipped:
-        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+    _skipped(s.skipped)
 
 
 def tag_counts(counts: Sequence[TagCount], as_json: bool) -> None:
@@ -129,6 +128,9 @@ def info(i: IndexInfo, as_json: bool) -> None:
     out.print(table)
 
 
+BARS = {"embed": "indexing", "text-to-image": "text queries", "re-rank": "re-ranked queries"}
+
+
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[callable]:
     """A callback for the indexer that draws one bar on stderr (nothing when disabled). When
@@ -138,18 +140,60 @@ def progress_bar(enabled: bool = True) -> Iterator[callable]:
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), console=err, transient=True)
-    task = None
+    tasks: dict[str, object] = {}
 
     def report(p: IndexProgress) -> None:
-        nonlocal task
         if p.phase == "scan":
             err.print(f"found {p.total} images")
         elif p.phase == "prepare":
             err.print("preparing fast searches: exporting the text encoder (once per index, about 10 s)")
-        elif p.phase == "embed" and err.is_terminal:
-            if task is None:
-                task = bar.add_task("indexing", total=p.total)
-            bar.update(task, completed=p.done)
+        elif p.phase in BARS and err.is_terminal:
+            if p.phase not in tasks:
+                tasks[p.phase] = bar.add_task(BARS[p.phase], total=p.total)
+            bar.update(tasks[p.phase], completed=p.done)
 
     with bar if err.is_terminal else contextlib.nullcontext():
         yield report
+
+
+def eval_retrieval(r: RetrievalReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r.to_dict(), indent=2, ensure_ascii=False))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("direction")
+    for column in ("R@1", "R@5", "R@10", "median rank", "queries/s"):
+        table.add_column(column, justify="right")
+    rows = [("text → image", r.text_to_image), ("image → text", r.image_to_text)]
+    if r.rerank:
+        rows.append((f"text → image, BLIP re-rank of {r.candidates}", r.rerank))
+    for name, d in rows:
+        rank = "-" if d.median_rank is None else f"{d.median_rank:g}"
+        table.add_row(name, *(f"{100 * d.recall[k]:.1f}" for k in ("R@1", "R@5", "R@10")), rank,
+                      f"{d.queries / d.seconds:.1f}" if d.seconds else "-")
+    out.print(table)
+    err.print(f"{r.text_to_image.queries} captions, {r.images} images; {escape(r.model)}, {r.precision}"
+              + (f"; re-rank: {escape(r.rerank_model)}" if r.rerank_model else "") + "; recall in %")
+    _skipped(r.skipped)
+    if r.left_out:
+        err.print(f"  {r.left_out} caption{'s' * (r.left_out != 1)} of skipped images left out")
+
+
+def eval_zeroshot(r: ZeroShotReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r.to_dict(), indent=2, ensure_ascii=False))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("top-1", "top-5", f"tag precision @{r.threshold:g}", f"tag recall @{r.threshold:g}"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{100 * v:.1f}" for v in (r.top1, r.top5, r.tag_precision, r.tag_recall)))
+    out.print(table)
+    worst = sorted(r.per_class.items(), key=lambda kv: (kv[1], kv[0]))[:3]
+    err.print(f"{r.images} images, {r.classes} classes; {escape(r.model)}, {r.precision}; accuracy in %; "
+              "hardest: " + ", ".join(f"{escape(name)} {100 * acc:.0f}" for name, acc in worst))
+    _skipped(r.skipped)
+
+
+def _skipped(skipped: Sequence[Skipped]) -> None:
+    for s in skipped:
+        err.print(f"  skipped {escape(s.path)}: {escape(s.reason)}")

@@ -66,8 +66,7 @@ def label_set(labels: str | Sequence[str] | None = None, labels_file: str | os.P
     """Build a label set from a comma list, a file (one `label` or `label: prompt; prompt` per
     line, '#' comments; `{}` in a prompt stands for the label), or the built-in photo subjects
     when neither is given."""
-    if not 0.0 <= threshold <= 1.0:
-        raise BadInputError(f"--threshold {threshold} is not between 0 and 1")
+    check_threshold(threshold)
     if top is not None and top < 1:
         raise BadInputError(f"--top must be at least 1, not {top}")
     entries: list[tuple[str, list[str]]] = []
@@ -86,6 +85,11 @@ def label_set(labels: str | Sequence[str] | None = None, labels_file: str | os.P
             raise BadInputError(f"label {label!r} is given twice; keep one")
         prompts[label] = [p.replace("{}", label) for p in custom] or [t.format(label) for t in TEMPLATES]
     return LabelSet(prompts, threshold, top)
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise BadInputError(f"--threshold {threshold} is not between 0 and 1")
 
 
 def _read_labels_file(path: str) -> list[tuple[str, list[str]]]:

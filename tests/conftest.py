@@ -14,6 +14,9 @@ import pytest
 # tiny model) and snapshots its rows. Tests of other things run without it, as indexes did before
 # it existed; test_fastpath.py turns it on. Subprocesses inherit the setting.
 os.environ.setdefault("CLIPSEARCH_FAST_QUERY", "0")
+# Indexing defaults to auto (bf16 on this project's CPU); the tests that compare stored vectors
+# with open_clip's to 1e-5 need fp32, so that is their default. test_models.py tests auto.
+os.environ.setdefault("CLIPSEARCH_PRECISION", "fp32")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"
@@ -167,3 +170,34 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
                               BertTokenizer(vocab=vocab))
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shapes_models(request, tmp_path_factory):
+    """CLIP and BLIP ITM trained on the shapes task (benchmarks.shapes): a few minutes the first
+    time, then read from pytest's cache folder (keyed by the training recipe)."""
+    from benchmarks import trained
+
+    models = trained.models(Path(request.config.cache.mkdir("clipsearch-trained")))
+    trained.register_clip_config(tmp_path_factory.mktemp("shapes_config"))
+    return models
+
+
+@pytest.fixture(scope="session")
+def shapes_split(tmp_path_factory):
+    """The held-out split as files: captions.jsonl over unseen compositions, class folders of
+    single objects, a blank picture."""
+    from benchmarks import shapes
+
+    return shapes.write_eval_split(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shapes_index(shapes_models, shapes_split, tmp_path_factory) -> Path:
+    """The whole held-out split indexed with the trained CLIP, loaded as a user's local folder."""
+    from clipsearch import index_folders
+
+    db = tmp_path_factory.mktemp("shapes_db") / "db"
+    index_folders([shapes_split.root], db, model=f"local-dir:{shapes_models.clip_dir}", device="cpu",
+                  workers=2)
+    return db

@@ -23,7 +23,7 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert figures["failed"] == {}
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
-                             "serve"}
+                             "serve", "eval"}
     assert sections["throughput"]["12 MP"]["images"] == 2 and sections["throughput"]["12 MP"]["ratio"] > 0
     assert sections["scale"]["2000"]["recall_at_10"] == 1.0  # flat: exact by construction
     assert sections["tagging"]["tags_kept"] > 0
@@ -32,6 +32,9 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert sections["query"]["cold"]["same_hits"] and sections["query"]["warm"]["onnx_p50_ms"] > 0
     load = sections["serve"]["load"]
     assert load["errors"] == 0 and load["requests"] > 0 and sections["serve"]["search"]["p50_ms"] > 0
+    quality, seen = sections["eval"]["fp32"]["retrieval"], sections["eval"]["seen"]
+    assert quality["images"] == 32 and quality["text_to_image"]["R@1"] > 0.5
+    assert seen["rerank"]["R@1"] > seen["text_to_image"]["R@1"]
     for name in sections:
         assert f"## {name}" in r.stdout
 

@@ -7,7 +7,9 @@ import os
 import pickle
 import socket
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
@@ -171,3 +173,27 @@ def test_precisions_a_device_cannot_run_are_refused(precision, device, message):
     with pytest.raises(BadInputError) as err:
         resolve_precision(precision, device)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_indexing_defaults_to_auto_precision(native, expected, tiny_model, tiny_checkpoint, embedder, photos,
+                                             tmp_path, monkeypatch):
+    """Without --precision or CLIPSEARCH_PRECISION photos are embedded in bf16 where the CPU has
+    it natively (eval found no recall lost), else in fp32."""
+    from helpers import reference_image_vectors, stored_vectors
+
+    import clipsearch.models as models
+    from clipsearch import index_folders
+
+    monkeypatch.delenv("CLIPSEARCH_PRECISION")
+    monkeypatch.setattr(models, "native_bf16", lambda: native)
+    assert models.auto_precision("cpu") == expected and models.auto_precision("cuda:1") == "fp16"
+    db = tmp_path / "db"
+    index_folders([photos / "space"], db, model=tiny_model, pretrained=str(tiny_checkpoint), device="cpu")
+    vectors = stored_vectors(db)
+    paths = sorted(vectors)
+    exact = reference_image_vectors(embedder, [Path(p) for p in paths])
+    got = np.stack([vectors[p] for p in paths])
+    cosine = (got * exact).sum(axis=1)
+    assert cosine.min() > 0.99
+    assert (np.abs(got - exact).max() > 1e-5) == (expected == "bf16")

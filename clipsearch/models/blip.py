@@ -89,15 +89,9 @@ class ItmScorer:
         return np.concatenate(probs) if probs else np.zeros(0, np.float32)
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16), which makes it ~3x faster
-    than fp32 here; elsewhere bf16 is emulated and slower."""
-    checks = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check() for check in checks if check is not None)
-
-
 def resolve_precision(precision: str, device: str) -> str:
     from clipsearch.config import RERANK_PRECISIONS
+    from clipsearch.models import native_bf16
     from clipsearch.models import resolve_precision as check
 
     native = torch.device(device).type == "cpu" and native_bf16()

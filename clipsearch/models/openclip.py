@@ -54,6 +54,19 @@ class OpenClipEmbedder(Embedder):
         return encode_text_unpadded(self.model, tokens)
 
 
+def _quantizable(model: torch.nn.Module) -> dict:
+    """The Linear layers int8 can replace: all but a ResNet tower's attention pool, which hands
+    its projections' weights and biases to multi_head_attention_forward itself (a quantised
+    layer has no such tensors)."""
+    from open_clip.modified_resnet import AttentionPool2d
+
+    pooled = {f"{name}.{child}" for name, m in model.named_modules() if isinstance(m, AttentionPool2d)
+              for child, _ in m.named_children()}
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    return {name: qconfig for name, m in model.named_modules()
+            if type(m) is torch.nn.Linear and name not in pooled}  # as the type set {Linear} matches
+
+
 def encode_text_unpadded(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's CLIP.encode_text on tokens cut after the last end-of-text token.
 
@@ -216,7 +229,7 @@ class OpenClipBackend:
         elif precision == "int8":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch points eager quantisation users at torchao
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                model = torch.ao.quantization.quantize_dynamic(model, _quantizable(model), dtype=torch.qint8)
             for module in model.modules():  # open_clip reads the activations' dtype off a weight
                 if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
                     module.int8_original_dtype = torch.float32
