@@ -190,8 +190,7 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
         reranked, _ = text_to_image(candidates, "re-rank", clip_ranks)
 
     started = time.perf_counter()
-    ids = [i for i in item_of if item_of[i] in set(present)]
-    ids.sort(key=lambda i: item_of[i])
+    ids = sorted(item_of, key=item_of.get)
     images = np.stack([index.image_vector(i) for i in ids])
     texts = index.embed_texts([c for _, c in queries])
     owner = np.array([item for item, _ in queries])
