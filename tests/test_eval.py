@@ -167,12 +167,13 @@ def test_the_table_and_progress(dataset, tiny_model, tiny_checkpoint):
 
 def test_a_kept_index_is_reused_and_a_foreign_one_refused(dataset, tiny_model, tiny_checkpoint, sample_index):
     common = ["--model", tiny_model, "--pretrained", tiny_checkpoint, "--device", "cpu", "--json"]
-    db = dataset / "evaldb"
+    db = dataset / "pics" / ".." / "evaldb"  # spelled with '..', as a user may
     first = cli("eval", "retrieval", dataset / "caps.jsonl", "--db", db, *common)
     again = cli("eval", "retrieval", dataset / "caps.jsonl", "--db", db, *common, "-q")
     assert first.exit_code == again.exit_code == 0, first.output + again.output
     first, again = json.loads(first.stdout), json.loads(again.stdout)
     assert (first["embedded"], again["embedded"]) == (3, 0)
+    assert first["images"] == again["images"] == 3 and first["queries"] == 4
     assert first["text_to_image"]["R@1"] == again["text_to_image"]["R@1"]
     foreign = cli("eval", "retrieval", dataset / "caps.jsonl", "--db", sample_index, *common)
     assert foreign.exit_code == 2

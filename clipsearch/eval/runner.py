@@ -119,7 +119,8 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
         wanted = options.get("precision") or config.index_precision()
         options = {**options, "precision": resolve_precision(wanted, device, auto=auto_precision(device))}
     with tempfile.TemporaryDirectory(prefix="clipsearch-eval-") as scratch:
-        path = Path(db).expanduser().absolute() if db else Path(scratch) / "index"
+        # normalised as the indexer normalises its roots, so that row paths fall under `links`
+        path = Path(os.path.abspath(os.path.expanduser(os.fspath(db)))) if db else Path(scratch) / "index"
         links = path / LINKS
         _check_own(path, links)
         _link(images, links)
