@@ -209,6 +209,16 @@ def test_other_bad_input(dataset, tmp_path):
     assert "between 0 and 1" in cli("eval", "zeroshot", tmp_path / "one", "--threshold", "2").stderr
 
 
+def test_a_dataset_of_unreadable_images_measures_nothing(tmp_path, tiny_model, tiny_checkpoint):
+    (tmp_path / "a.jpg").write_bytes(b"not a picture")
+    (tmp_path / "caps.jsonl").write_text('{"image": "a.jpg", "captions": ["x"]}\n')
+    result = cli("eval", "retrieval", tmp_path / "caps.jsonl", "--model", tiny_model,
+                 "--pretrained", tiny_checkpoint, "--device", "cpu")
+    assert result.exit_code == 2
+    assert "none of the dataset's 1 images could be indexed" in result.stderr
+    assert str(tmp_path / "a.jpg") in result.stderr
+
+
 def test_an_unreadable_image_is_skipped_and_its_captions_left_out(dataset, tiny_model, tiny_checkpoint):
     (dataset / "pics" / "sub" / "horse.png").write_bytes(b"not a picture")
     result = cli("eval", "retrieval", dataset / "caps.jsonl", "--model", tiny_model,

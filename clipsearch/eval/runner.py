@@ -133,6 +133,11 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
         item_of = {r["id"]: int(Path(r["path"]).stem) for r in rows if Path(r["path"]).parent == links}
         skipped = {int(Path(s.path).stem): Skipped(images[int(Path(s.path).stem)], s.reason)
                    for s in summary.skipped if Path(s.path).parent == links}
+        if not item_of:
+            first = next(iter(skipped.values()), None)
+            why = f" ({first.path}: {first.reason})" if first else ""
+            raise BadInputError(f"none of the dataset's {len(images)} images could be indexed{why}; "
+                                "nothing to measure")
         yield Gallery(index, item_of, skipped, summary.embedded)
 
 
