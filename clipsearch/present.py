@@ -166,7 +166,7 @@ def eval_retrieval(r: RetrievalReport, as_json: bool) -> None:
         table.add_column(column, justify="right")
     rows = [("text → image", r.text_to_image), ("image → text", r.image_to_text)]
     if r.rerank:
-        rows.append((f"text → image, BLIP re-rank of {r.candidates}", r.rerank))
+        rows.append((f"text → image, re-ranked top {r.candidates}", r.rerank))
     for name, d in rows:
         rank = "-" if d.median_rank is None else f"{d.median_rank:g}"
         table.add_row(name, *(f"{100 * d.recall[k]:.1f}" for k in ("R@1", "R@5", "R@10")), rank,
