@@ -30,6 +30,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,19 +97,25 @@ def _scenes() -> list[shapes.Scene]:
     return list(shapes.training_scenes())
 
 
-def _draw(pool: list, rng: random.Random, n: int) -> list[int]:
-    """Indices of `n` pool pictures: two-object scenes mostly, some single objects and blanks."""
+def _drawer(pool: list) -> Callable[[random.Random, int], list[int]]:
+    """`draw(rng, n)`: indices of `n` pool pictures, two-object scenes mostly, some single objects
+    and blanks (the pool is grouped by scene once, not at every step)."""
     by_scene: dict[shapes.Scene, list[int]] = {}
     for i, (scene, _) in enumerate(pool):
         by_scene.setdefault(scene, []).append(i)
     pairs = [s for s in by_scene if len(s.objects) == 2]
     singles = [s for s in by_scene if len(s.objects) == 1]
     blanks = [s for s in by_scene if not s.objects]
-    out: list[int] = []
-    while len(out) < n:
-        r = rng.random()
-        out.append(rng.choice(by_scene[rng.choice(pairs if r < 0.7 else singles if r < 0.95 else blanks)]))
-    return out
+
+    def draw(rng: random.Random, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            r = rng.random()
+            kind = pairs if r < 0.7 else singles if r < 0.95 else blanks
+            out.append(rng.choice(by_scene[rng.choice(kind)]))
+        return out
+
+    return draw
 
 
 def _caption(scene: shapes.Scene, rng: random.Random) -> shapes.Caption:
@@ -178,10 +185,11 @@ def _train(model, width: int, pool: list, rng: random.Random, loss_of, steps: in
     head = torch.nn.Linear(width, sum(SLOTS))
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=lr, weight_decay=weight_decay)
     model.train()
+    draw = _drawer(pool)
     losses = []
     for step in range(steps):
         _schedule(optimizer, step, steps, lr)
-        picks = _draw(pool, rng, batch_size)
+        picks = draw(rng, batch_size)
         loss = loss_of(step, picks, [pool[i][0] for i in picks], head)
         optimizer.zero_grad()
         loss.backward()

@@ -101,6 +101,12 @@ class Gallery:
     item_of: dict[int, int]  # row id -> the dataset's image number
     skipped: dict[int, Skipped]  # image number -> why it is not in the index
     embedded: int  # images the model embedded for this run (0 when a kept index had them all)
+    vectors: np.ndarray  # the stored vectors of the indexed images, in image-number order
+
+    @property
+    def ids(self) -> list[int]:
+        """Row ids, in image-number order (the order of `vectors`)."""
+        return sorted(self.item_of, key=self.item_of.get)
 
 
 @contextlib.contextmanager
@@ -129,8 +135,11 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
         summary = index_folders([links], path, progress=progress, **indexing)
         index = open_index(path, **{k: options[k] for k in ("device", "precision", "rerank_model",
                                                             "rerank_precision", "embedder") if k in options})
-        rows = index.store.read(["id", "path"]).to_pylist()
-        item_of = {r["id"]: int(Path(r["path"]).stem) for r in rows if Path(r["path"]).parent == links}
+        table, matrix = index.store.vectors(["id", "path"])  # one read, not a lookup per image
+        mine = sorted((int(Path(path).stem), id_, row) for row, (id_, path) in enumerate(
+            zip(table.column("id").to_pylist(), table.column("path").to_pylist(), strict=True))
+            if Path(path).parent == links)
+        item_of = {id_: item for item, id_, _ in mine}
         skipped = {int(Path(s.path).stem): Skipped(images[int(Path(s.path).stem)], s.reason)
                    for s in summary.skipped if Path(s.path).parent == links}
         if not item_of:
@@ -138,7 +147,7 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
             why = f" ({first.path}: {first.reason})" if first else ""
             raise BadInputError(f"none of the dataset's {len(images)} images could be indexed{why}; "
                                 "nothing to measure")
-        yield Gallery(index, item_of, skipped, summary.embedded)
+        yield Gallery(index, item_of, skipped, summary.embedded, matrix[[row for *_, row in mine]])
 
 
 def _check_own(path: Path, links: Path) -> None:
@@ -196,12 +205,11 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
         reranked, _ = text_to_image(candidates, "re-rank", clip_ranks)
 
     started = time.perf_counter()
-    ids = sorted(item_of, key=item_of.get)
-    images = np.stack([index.image_vector(i) for i in ids])
+    ids = g.ids
     texts = index.embed_texts([c for _, c in queries])
     owner = np.array([item for item, _ in queries])
     ranks = []
-    for row, vector in zip(ids, images, strict=True):
+    for row, vector in zip(ids, g.vectors, strict=True):
         order = np.argsort(-(texts @ vector), kind="stable")
         ranks.append(first_rank(owner[order].tolist(), {item_of[row]}))
     image_to_text = Direction(recall(ranks), median_rank(ranks), len(ids), time.perf_counter() - started)
@@ -219,9 +227,9 @@ def zeroshot(data: ClassSet, g: Gallery, threshold: float) -> ZeroShotReport:
 
     index = g.index
     tagger = index.tagger(label_set(data.classes, threshold=threshold))
-    ids = sorted(g.item_of, key=g.item_of.get)
+    ids = g.ids
     truth = np.array([data.labels[g.item_of[i]] for i in ids])
-    probs = tagger.scores(np.stack([index.image_vector(i) for i in ids]))
+    probs = tagger.scores(g.vectors)
     order = np.argsort(-probs, axis=1, kind="stable")
     top1 = float(np.mean(order[:, 0] == truth))
     top5 = float(np.mean((order[:, :5] == truth[:, None]).any(axis=1)))
