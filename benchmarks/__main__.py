@@ -1,5 +1,5 @@
-"""The benchmark suite: every figure issues 5, 10, 11 and 12 ask for, in one run, printed as a table of target
-against measured, and written to benchmarks/results/<timestamp>.json.
+"""The benchmark suite: every figure issues 5, 10, 11, 12 and 13 ask for, in one run, printed as a
+table of target against measured, and written to benchmarks/results/<timestamp>.json.
 
     python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
     python -m benchmarks --quick      # the same measurements at smaller sizes (<= 10 min)
@@ -23,8 +23,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from benchmarks import dupes, memory, precision, query, rerank, scale, serve, tagging, throughput
 from benchmarks import eval as evaluation
-from benchmarks import memory, precision, query, rerank, scale, serve, tagging, throughput
 from benchmarks.common import vit_b_32_embedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,19 +34,23 @@ SIZES = {  # mode -> section -> size
              "rerank": ("fp32", "bf16", "int8"), "candidates": 20, "tag_images": 100_000, "labels": 100,
              "memory": [250, 500, 1000], "precision_photos": 64,
              "serve": {"images": 100_000, "n_photos": 10_000, "seconds": 30, "cli_runs": 5,
-                       "big_photos": 16}, "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8}},
+                       "big_photos": 16}, "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
+             "dupes": {"sizes": [100_000, 1_000_000], "compositions": 32}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "memory": [100, 200], "precision_photos": 32,
               "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8},
-              "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8}},
+              "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
+              "dupes": {"sizes": [100_000], "compositions": 32}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "memory": [4], "precision_photos": 4,
               "serve": {"images": 2_000, "n_photos": 40, "seconds": 2, "cli_runs": 1, "big_photos": 2},
-              "eval": {"precisions": ("fp32",), "renderings": 1}},
+              "eval": {"precisions": ("fp32",), "renderings": 1},
+              "dupes": {"sizes": [2_000], "compositions": 2, "sample_photos": 2}},
 }
-SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval"]
+SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
+            "dupes"]
 
 
 def machine() -> dict:
@@ -78,12 +82,15 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return serve.measure(work, **size["serve"])
     if name == "eval":
         return evaluation.measure(work, **size["eval"])
+    if name == "dupes":
+        return dupes.measure(work, **size["dupes"])
     raise ValueError(name)
 
 
 def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
-     "memory": memory, "precision": precision, "serve": serve, "eval": evaluation}[name].report(figures)
+     "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
+     "dupes": dupes}[name].report(figures)
 
 
 def main() -> None:

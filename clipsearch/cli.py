@@ -240,6 +240,9 @@ def search(
              "a query with no real match then returns nothing.")] = None,
     rerank_model: RerankModel = None,
     rerank_precision: RerankPrecision = "auto",
+    collapse: Annotated[bool, typer.Option(
+        "--collapse", help="One hit per group of duplicate photos: its suggested keeper "
+                           "(see clipsearch dupes).")] = False,
     as_json: Json = False,
     paths: Paths = False,
     db: Db = None,
@@ -269,10 +272,10 @@ def search(
         db, device, as_json, paths,
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
                                    tags=tag, rerank=rerank, candidates=candidates,
-                                   min_match=min_match),
+                                   min_match=min_match, collapse=collapse),
         None if no_server else lambda server: None if _needs_files(text) else server.search(
             text, k, _folder(within), after=after, before=before, ext=ext, tags=tag, rerank=rerank,
-            candidates=candidates, min_match=min_match),
+            candidates=candidates, min_match=min_match, collapse=collapse),
         wanted, none_found, rerank_model=rerank_model, rerank_precision=rerank_precision,
         precision=precision,
     )
@@ -402,6 +405,39 @@ def info(db: Db = None, as_json: Json = False) -> None:
     Example: clipsearch info --json
     """
     _report(db, as_json, lambda index: index.info(), "info")
+
+
+@app.command()
+def dupes(
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", metavar="COSINE",
+        help="How alike (CLIP cosine) near-duplicates are at least [default: 0.95, calibrated; "
+             "see the README].")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Identical content (same bytes) only.")] = False,
+    within: Within = None,
+    extras: Annotated[bool, typer.Option(
+        "--extras", help="With --paths: every member except each group's suggested keeper.")] = False,
+    as_json: Json = False,
+    paths: Paths = False,
+    db: Db = None,
+) -> None:
+    """Find duplicate photos: identical copies, then near-duplicates (resized, re-encoded,
+    cropped, burst shots), largest groups first, each with the one to keep and why.
+
+    Nothing is decoded and nothing is ever deleted or moved: --paths --extras lists the rest for
+    your own tools.
+
+    Example: clipsearch dupes --paths --extras | xargs -d '\\n' gio trash
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        fmt = _format(as_json, paths)
+        if extras and fmt != "paths":
+            raise BadInputError("--extras lists paths: add --paths (or leave --extras out)")
+        groups = open_index(db).dupes(threshold, exact=exact, within=_folder(within))
+    present.dupes(groups, fmt, extras)
 
 
 eval_app = typer.Typer(

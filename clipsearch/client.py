@@ -142,7 +142,7 @@ class Server:
     def search(self, query: str, k: int, within: str | None = None, *, after: str | None = None,
                before: str | None = None, ext: str | None = None, tags: Sequence[str] | None = None,
                rerank: bool = False, candidates: int | None = None,
-               min_match: float | None = None) -> list[Hit] | None:
+               min_match: float | None = None, collapse: bool = False) -> list[Hit] | None:
         """The hits `Index.search` would return, or None when the CLI must search itself."""
         reranked = rerank or min_match is not None
         if limits.breach(k=k, query=query, tags=tags, rerank=reranked, candidates=candidates):
@@ -154,6 +154,8 @@ class Server:
             params["candidates"] = str(candidates)
         if min_match is not None:
             params["min_match"] = repr(float(min_match))
+        if collapse:
+            params["collapse"] = "1"
         return self._hits("GET", "/api/search", params)
 
     def similar(self, image: str | os.PathLike[str], k: int, within: str | None = None, *,

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from clipsearch.ann import AnnIndex
+    from clipsearch.dupes import Group as DupeGroup
     from clipsearch.featcache import FeatureCache
     from clipsearch.indexer import ProgressCallback
     from clipsearch.models.base import Embedder
@@ -195,6 +196,7 @@ class Index:
         after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
+        collapse: bool = False,
     ) -> list[Hit]:
         """Images best matching `query`, best first.
 
@@ -203,21 +205,24 @@ class Index:
         `tags` (every one of them, from `tag`).
         `rerank` re-orders the top `candidates` with BLIP; `min_match` (implies `rerank`) drops
         hits whose BLIP match probability is below it, so a query without a match returns [].
+        `collapse` returns one hit per group of duplicate photos, its keeper (see `dupes`).
         """
         return self.search_page(query, k, within, after=after, before=before, ext=ext, tags=tags,
-                                rerank=rerank, candidates=candidates, min_match=min_match).hits
+                                rerank=rerank, candidates=candidates, min_match=min_match,
+                                collapse=collapse).hits
 
     def search_page(
         self, query: str, k: int = 10, within: str | None = None, *,
         after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
-        offset: int = 0, image_terms: bool = True, literal: bool = False,
+        offset: int = 0, image_terms: bool = True, literal: bool = False, collapse: bool = False,
     ) -> Page:
         """`search`, as the page of `k` hits from rank `offset + 1` on, with how many images the
         filters allowed and the time each stage took. `image_terms=False` refuses terms that
         name image files (a server must not open paths its clients send); `literal=True` takes
-        the whole query as one text, not the query language (a dataset's caption)."""
+        the whole query as one text, not the query language (a dataset's caption). `collapse`
+        returns one hit per duplicate group, its keeper (clipsearch.dupes), before re-ranking."""
         from clipsearch.query import Term, parse
         from clipsearch.rerank import check_terms
         from clipsearch.rerank import rerank as rerank_hits
@@ -239,7 +244,7 @@ class Index:
         wanted = k + offset
         if rerank:
             wanted = max(wanted, candidates or config.DEFAULT_CANDIDATES)
-        hits, considered = self._nearest(vector, wanted, filters)
+        hits, considered = self._nearest(vector, wanted, filters, collapse)
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
         if rerank:
             reranked = time.perf_counter()
@@ -331,14 +336,47 @@ class Index:
                       filters: Filters | None = None) -> list[Hit]:
         return self._nearest(vector, k, filters)[0]
 
-    def _nearest(self, vector: np.ndarray, k: int, filters: Filters | None) -> tuple[list[Hit], int]:
-        """The k best hits among the rows `filters` allow, and how many rows that is."""
+    def _nearest(self, vector: np.ndarray, k: int, filters: Filters | None,
+                 collapse: bool = False) -> tuple[list[Hit], int]:
+        """The k best hits among the rows `filters` allow, and how many rows that is; with
+        `collapse`, one hit per duplicate group (its keeper, clipsearch.dupes)."""
         from clipsearch.search import allowed_ids, nearest
 
         ann = self.ann
         allowed = allowed_ids(self.store, filters) if filters else None
         considered = ann.size if allowed is None else len(allowed)
-        return nearest(self.store, ann, vector, k, allowed), considered
+        if not collapse:
+            return nearest(self.store, ann, vector, k, allowed), considered
+        from clipsearch.dupes import collapse as one_per_group
+
+        wanted = 2 * k + 10
+        while True:  # a page of groups may need more hits than a page
+            hits = nearest(self.store, ann, vector, wanted, allowed)
+            kept = one_per_group(self.store, ann, hits, vector, allowed)
+            if len(kept) >= k or len(hits) < wanted:
+                return kept[:k], considered
+            wanted *= 2
+
+    def dupes(self, threshold: float | None = None, *, exact: bool = False,
+              within: str | os.PathLike[str] | None = None) -> list[DupeGroup]:
+        """Groups of duplicate photos, identical content first, then near-duplicates (CLIP
+        cosine at least `threshold`, default clipsearch.dupes.DEFAULT_THRESHOLD), each kind
+        largest first; `exact` finds identical content only; `within` a folder only. Each group
+        names the photo to keep and why (clipsearch.dupes.preference)."""
+        from clipsearch.ann import FLAT_MAX
+        from clipsearch.dupes import DEFAULT_THRESHOLD, check_threshold, find
+        from clipsearch.search import Filters, allowed_ids
+
+        threshold = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+        filters = Filters.make(within)
+
+        def compute() -> list[DupeGroup]:
+            allowed = allowed_ids(self.store, filters) if filters else None
+            ann = self.ann if not exact and self.store.count() > FLAT_MAX else None
+            return find(self.store, ann, threshold, exact=exact, allowed=allowed)
+
+        key = (self.store.version, threshold, exact, filters.within)
+        return self._memo("dupes", key, compute)
 
     def records(self, ids: Sequence[int], tags: bool = True) -> dict[int, ImageRecord]:
         """What the index knows about each of these rows (ids it does not hold are left out);

@@ -17,6 +17,7 @@ from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, 
 from clipsearch.results import Progress as IndexProgress
 
 if TYPE_CHECKING:
+    from clipsearch.dupes import Group
     from clipsearch.eval.runner import RetrievalReport, ZeroShotReport
     from clipsearch.server.service import Started
 
@@ -54,6 +55,50 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images")
             extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else []
             table.add_row(str(h.rank), f"{h.score:.3f}", *extra, escape(h.path))
         out.print(table)
+
+
+def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
+    """Duplicate groups as JSON, paths (every member, or with `extras` all but the keepers), or
+    one table per group with the keeper first and why it is the keeper."""
+    if fmt == "json":
+        print(json.dumps([g.to_dict() for g in groups], indent=2, ensure_ascii=False))
+        return
+    if fmt == "paths":
+        for g in groups:
+            for m in (g.extras if extras else g.members):
+                print(m.image.path)
+        return
+    if not groups:
+        err.print("no duplicates found")
+        return
+    for g in groups:
+        title = f"group {g.number} ({g.kind}, {len(g.members)} photos): keep the first, {escape(g.reason)}"
+        table = Table(show_edge=False, pad_edge=False, title_justify="left", title=title)
+        table.add_column("", style="bold")
+        table.add_column("similarity", justify="right")
+        table.add_column("size", justify="right")
+        table.add_column("pixels", justify="right")
+        table.add_column("taken")
+        table.add_column("path", overflow="fold")
+        for n, m in enumerate(g.members):
+            i = m.image
+            pixels = f"{i.width}x{i.height}" if i.width and i.height else "?"
+            table.add_row("keep" if n == 0 else "", f"{m.similarity:.3f}", _bytes(i.bytes), pixels,
+                          escape(i.taken or ""), escape(i.path))
+        out.print(table)
+        out.print()
+    extra = sum(len(g.extras) for g in groups)
+    err.print(f"{len(groups)} groups; {extra} photos besides the keepers "
+              "(clipsearch dupes --paths --extras lists them)")
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def serving(s: Started) -> None:

@@ -201,3 +201,26 @@ def shapes_index(shapes_models, shapes_split, tmp_path_factory) -> Path:
     index_folders([shapes_split.root], db, model=f"local-dir:{shapes_models.clip_dir}", device="cpu",
                   workers=2)
     return db
+
+
+PLANTED_KINDS = ["resized", "q40", "png", "webp", "crop2"]
+
+
+@pytest.fixture(scope="session")
+def planted(shapes_models, tmp_path_factory):
+    """sample_images/ and, beside each photo, its copies (benchmarks.variants: resized, re-encoded,
+    another format, cropped 2 %, a byte copy), indexed with the trained CLIP. `groups` maps each
+    photo to its copies."""
+    from types import SimpleNamespace
+
+    from benchmarks import variants
+    from clipsearch import index_folders
+
+    root = tmp_path_factory.mktemp("planted")
+    photos = root / "photos"
+    shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))
+    groups = {str(p): [str(c) for c in variants.write(p, photos / "copies" / p.stem, PLANTED_KINDS)]
+              for p in sample_files(photos)}
+    db = root / "db"
+    index_folders([photos], db, model=f"local-dir:{shapes_models.clip_dir}", device="cpu", workers=2)
+    return SimpleNamespace(photos=photos, db=db, groups=groups, model_dir=shapes_models.clip_dir)

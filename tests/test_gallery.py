@@ -166,3 +166,64 @@ def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
     assert columns == 3
     assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     assert _script_errors(driver) == []
+
+
+@pytest.fixture(scope="module")
+def dupes_server(planted):
+    running = serving.start(planted.db)
+    yield running
+    code, output = running.stop(signal.SIGTERM)
+    assert code == 0, output
+
+
+def test_the_duplicates_view_in_a_real_browser(dupes_server, browser, planted):
+    from selenium.webdriver.common.by import By
+
+    driver, base = browser, dupes_server.url
+    driver.set_window_size(1280, 900)
+    driver.get(base + "/")
+    _wait(driver, lambda d: "photos indexed" in _status(d), "the start page")
+    driver.find_element(By.ID, "dupes-link").click()
+    _wait(driver, lambda d: d.current_url == f"{base}/?view=dupes", "the address holds the view")
+    groups = dupes_server.get("/api/dupes").json()["groups"]
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".dupe-group")) == len(groups) == 13,
+          "one row per group")
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".tile")) == 13 * 7
+    _wait(driver, lambda d: _loaded_tiles(d) >= 7, "the thumbnails in view load (the rest lazily)")
+    assert "13 groups of duplicates; 78 photos besides the ones to keep" in _status(driver)
+    for group, row in zip(groups, driver.find_elements(By.CSS_SELECTOR, ".dupe-group"), strict=True):
+        tiles = row.find_elements(By.CSS_SELECTOR, ".tile")
+        assert [int(t.get_attribute("data-id")) for t in tiles] == [m["id"] for m in group["members"]]
+        assert [t for t in tiles if "keeper" in t.get_attribute("class")] == tiles[:1]
+        caption = tiles[0].find_element(By.CSS_SELECTOR, ".score").get_attribute("textContent")
+        assert caption.startswith("keep")
+        assert group["reason"] in row.find_element(By.TAG_NAME, "h2").text
+    assert "active" in driver.find_element(By.ID, "dupes-link").get_attribute("class")
+
+    # a member opens in the viewer, with its path
+    first_row = driver.find_elements(By.CSS_SELECTOR, ".dupe-group")[0]
+    second = first_row.find_elements(By.CSS_SELECTOR, ".tile")[1]
+    second.find_element(By.CSS_SELECTOR, ".open").click()
+    _wait(driver, lambda d: d.find_element(By.ID, "viewer").is_displayed(), "the viewer opens")
+    assert driver.find_element(By.ID, "v-path").text == groups[0]["members"][1]["path"]
+    assert "similarity" in driver.find_element(By.ID, "v-meta").text
+    driver.find_element(By.CSS_SELECTOR, "#viewer .close").click()
+
+    # a folder's duplicates only
+    folder = str(planted.photos / "copies" / "astronaut")
+    driver.get(f"{base}/?view=dupes&in={folder}")
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".dupe-group")) == 1, "one group in it")
+    driver.get(f"{base}/?view=dupes&in={planted.photos / 'space'}")
+    _wait(driver, lambda d: "No duplicates in this folder" in _status(d), "none in another")
+
+    # a search showing one photo per group: the keepers
+    driver.get(base + "/?q=a+photo&collapse=1")
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "13 keepers load")
+    keepers = {g["keeper"]["id"] for g in groups}
+    shown = {int(t.get_attribute("data-id")) for t in driver.find_elements(By.CSS_SELECTOR, ".tile")}
+    assert shown == keepers
+    box = driver.find_element(By.ID, "f-collapse")
+    assert box.is_displayed() and box.is_selected()  # an active filter opens the filters
+    box.click()
+    _wait(driver, lambda d: "collapse" not in d.current_url and _loaded_tiles(d) == 48, "all photos again")
+    assert _script_errors(driver) == []

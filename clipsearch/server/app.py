@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import __version__, limits
+from clipsearch.dupes import DEFAULT_THRESHOLD
 from clipsearch.engine import ImageData, Index, open_index
 from clipsearch.errors import (
     BadInputError,
@@ -193,13 +194,15 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         rerank: bool = False,
         candidates: Annotated[int | None, Query(ge=1)] = None,
         min_match: Annotated[float | None, Query(description="Implies rerank.")] = None,
+        collapse: Annotated[bool, Query(description="One hit per group of duplicate photos: "
+                                        "its suggested keeper (see /api/dupes).")] = False,
     ) -> JSONResponse:
         """Images matching a description, best first, a page at a time."""
         started = time.perf_counter()
         _check_limits(ask, query=q, rerank=rerank or min_match is not None, candidates=candidates)
         index = served.get()
         page = index.search_page(q, rerank=rerank, candidates=candidates, min_match=min_match,
-                                 image_terms=False, **ask.options())
+                                 image_terms=False, collapse=collapse, **ask.options())
         return _page(index, page, started, ask.offset, query=q)
 
     @app.get("/api/similar/{id}", response_model=PageOut, tags=["search"])
@@ -224,6 +227,21 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         index = served.get()
         page = index.similar_page(ImageData(data, name), **ask.options())
         return _page(index, page, started, ask.offset, similar_to={"upload": name})
+
+    @app.get("/api/dupes", tags=["images"])
+    def dupes(
+        threshold: Annotated[float | None, Query(
+            gt=0, le=1, description=f"How alike (CLIP cosine) near-duplicates are at least "
+                                    f"[default {DEFAULT_THRESHOLD}].")] = None,
+        exact: Annotated[bool, Query(description="Identical content only.")] = False,
+        within: Annotated[str | None, Query(alias="in", max_length=4096,
+                                            description="Only images under this folder.")] = None,
+    ) -> dict:
+        """Groups of duplicate photos (the fields of `clipsearch dupes --json`), identical
+        copies first, then near-duplicates, largest first; each names its keeper and why."""
+        groups = served.get().dupes(threshold, exact=exact, within=within)
+        return {"threshold": DEFAULT_THRESHOLD if threshold is None else threshold, "exact": exact,
+                "groups": [g.to_dict() for g in groups]}
 
     @app.get("/api/images/{id}", response_model=ImageOut, tags=["images"])
     def image(id: int) -> dict:

@@ -5,13 +5,15 @@
 
 const PAGE = 48;
 const $ = (id) => document.getElementById(id);
-const FILTERS = ["in", "after", "before", "ext", "rerank", "min_match"];
+const FILTERS = ["in", "after", "before", "ext", "rerank", "min_match", "collapse"];
+const MAX_GROUPS = 200;  // duplicate groups shown at once; `clipsearch dupes` lists them all
 
 const ui = {
   form: $("search"), q: $("q"), file: $("file"), grid: $("grid"), status: $("status"), more: $("more"),
   filters: $("filters"), toggle: $("toggle-filters"), tags: $("tags"), folders: $("folders"),
   in: $("f-in"), after: $("f-after"), before: $("f-before"), ext: $("f-ext"), rerank: $("f-rerank"),
   min: $("f-min"), clear: $("clear-filters"), viewer: $("viewer"), drop: $("drop"),
+  collapse: $("f-collapse"), dupes: $("dupes-link"),
 };
 
 let info = null;           // /api/info, or null when there is no index yet
@@ -24,8 +26,8 @@ let generation = 0;         // bumped by every new search, so late answers of ol
 let current = -1;           // the hit open in the viewer
 
 function emptyState() {
-  return { q: "", similar: null, upload: null, in: "", after: "", before: "", ext: "", tags: [],
-           rerank: false, min_match: "" };
+  return { q: "", similar: null, upload: null, view: "", in: "", after: "", before: "", ext: "",
+           tags: [], rerank: false, min_match: "", collapse: false };
 }
 
 // -- the page address <-> state ---------------------------------------------------------------
@@ -37,17 +39,21 @@ function readAddress() {
   s.upload = p.get("upload");
   for (const key of ["in", "after", "before", "ext", "min_match"]) s[key] = p.get(key) || "";
   s.rerank = p.get("rerank") === "1";
+  s.collapse = p.get("collapse") === "1";
+  s.view = p.get("view") === "dupes" ? "dupes" : "";
   s.tags = p.getAll("tag");
   return s;
 }
 
 function address(s) {
   const p = new URLSearchParams();
-  if (s.similar) p.set("similar", s.similar);
+  if (s.view) p.set("view", s.view);
+  else if (s.similar) p.set("similar", s.similar);
   else if (s.upload) p.set("upload", s.upload);
   else if (s.q) p.set("q", s.q);
   for (const key of ["in", "after", "before", "ext", "min_match"]) if (s[key]) p.set(key, s[key]);
   if (s.rerank) p.set("rerank", "1");
+  if (s.collapse) p.set("collapse", "1");
   for (const t of s.tags) p.append("tag", t);
   const text = p.toString();
   return text ? `/?${text}` : "/";
@@ -70,13 +76,15 @@ function showState() {
   ui.ext.value = state.ext;
   ui.rerank.checked = state.rerank;
   ui.min.value = state.min_match;
+  ui.collapse.checked = state.collapse;
+  ui.dupes.classList.toggle("active", state.view === "dupes");
   for (const chip of ui.tags.querySelectorAll("button")) {
     chip.setAttribute("aria-pressed", String(state.tags.includes(chip.dataset.tag)));
   }
   const active = FILTERS.some((k) => state[k]) || state.tags.length > 0;
   ui.toggle.classList.toggle("active", active);
   if (active) showFilters(true);
-  document.title = state.q ? `${state.q} · clipsearch` : "clipsearch";
+  document.title = state.view ? "Duplicates · clipsearch" : state.q ? `${state.q} · clipsearch` : "clipsearch";
 }
 
 function showFilters(open) {
@@ -124,6 +132,7 @@ function request(offset) {
   p.set("q", state.q);
   if (state.rerank) p.set("rerank", "1");
   if (state.min_match) p.set("min_match", state.min_match);
+  if (state.collapse) p.set("collapse", "1");
   return api(`/api/search?${p}`);
 }
 
@@ -141,6 +150,11 @@ function run() {
   ui.grid.replaceChildren();
   closeViewer();
   if (!info) return;  // the status already says why
+  if (state.view === "dupes") {
+    done = true;
+    loadDupes();
+    return;
+  }
   if (!state.q && !state.similar && !state.upload) {
     done = true;
     say(info.images
@@ -218,6 +232,7 @@ function thumb(id, size) {
 }
 
 function scoreText(hit) {
+  if (hit.similarity !== undefined) return `similarity ${hit.similarity.toFixed(3)}`;
   return hit.itm === undefined || hit.itm === null
     ? `score ${hit.score.toFixed(3)}`
     : `score ${hit.score.toFixed(3)} · match ${hit.itm.toFixed(3)} · CLIP ${hit.clip.toFixed(3)}`;
@@ -227,42 +242,98 @@ function basename(path) {
   return path.split(/[\\/]/).pop();
 }
 
+function tile(hit, index, caption) {
+  const tile = document.createElement("figure");
+  tile.className = "tile";
+  tile.dataset.index = String(index);
+  tile.dataset.id = String(hit.id);
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "open";
+  open.title = `${basename(hit.path)}\n${scoreText(hit)}`;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.alt = basename(hit.path);
+  img.src = thumb(hit.id, 256);
+  img.srcset = `${thumb(hit.id, 256)} 256w, ${thumb(hit.id, 512)} 512w`;
+  img.sizes = "(max-width: 600px) 34vw, 200px";
+  img.addEventListener("load", () => tile.classList.add("loaded"));
+  img.addEventListener("error", () => tile.classList.add("broken"));
+  open.append(img);
+  const score = document.createElement("figcaption");
+  score.className = "score";
+  score.textContent = caption;
+  const similar = document.createElement("button");
+  similar.type = "button";
+  similar.className = "similar";
+  similar.title = "Find similar photos";
+  similar.setAttribute("aria-label", `Photos similar to ${basename(hit.path)}`);
+  similar.textContent = "≈";
+  tile.append(open, score, similar);
+  return tile;
+}
+
 function render(page, first) {
   const fragment = document.createDocumentFragment();
   page.forEach((hit, i) => {
-    const tile = document.createElement("figure");
-    tile.className = "tile";
-    tile.dataset.index = String(first + i);
-    tile.dataset.id = String(hit.id);
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
-    open.title = `${basename(hit.path)}\n${scoreText(hit)}`;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.decoding = "async";
-    img.alt = basename(hit.path);
-    img.src = thumb(hit.id, 256);
-    img.srcset = `${thumb(hit.id, 256)} 256w, ${thumb(hit.id, 512)} 512w`;
-    img.sizes = "(max-width: 600px) 34vw, 200px";
-    img.addEventListener("load", () => tile.classList.add("loaded"));
-    img.addEventListener("error", () => tile.classList.add("broken"));
-    open.append(img);
-    const score = document.createElement("figcaption");
-    score.className = "score";
-    score.textContent = hit.itm === undefined || hit.itm === null
-      ? hit.score.toFixed(3) : `${hit.itm.toFixed(2)} · ${hit.clip.toFixed(3)}`;
-    const similar = document.createElement("button");
-    similar.type = "button";
-    similar.className = "similar";
-    similar.title = "Find similar photos";
-    similar.setAttribute("aria-label", `Photos similar to ${basename(hit.path)}`);
-    similar.textContent = "≈";
-    tile.append(open, score, similar);
-    fragment.append(tile);
+    fragment.append(tile(hit, first + i, hit.itm === undefined || hit.itm === null
+      ? hit.score.toFixed(3) : `${hit.itm.toFixed(2)} · ${hit.clip.toFixed(3)}`));
   });
   ui.grid.append(fragment);
 }
+
+// -- duplicates ----------------------------------------------------------------------------------
+async function loadDupes() {
+  const mine = generation;
+  say("Looking for duplicate photos…", "loading");
+  const p = new URLSearchParams();
+  if (state.in) p.set("in", state.in);
+  try {
+    const found = await api(`/api/dupes?${p}`);
+    if (mine !== generation) return;
+    const groups = found.groups.slice(0, MAX_GROUPS);
+    const fragment = document.createDocumentFragment();
+    for (const group of groups) {
+      const section = document.createElement("section");
+      section.className = "dupe-group";
+      section.dataset.group = String(group.group);
+      const heading = document.createElement("h2");
+      heading.textContent = `Group ${group.group} · ${group.kind === "exact" ? "identical copies" : "near-duplicates"} · ` +
+        `${group.members.length} photos · keep the first: ${group.reason}`;
+      const row = document.createElement("div");
+      row.className = "dupe-row";
+      group.members.forEach((member, i) => {
+        const hit = { ...member, rank: hits.length + 1, score: member.similarity, tags: [] };
+        const kept = i === 0;
+        const label = `${kept ? "keep · " : ""}${member.width}×${member.height} · ${size(member.size)}` +
+          (kept ? "" : ` · ${member.similarity.toFixed(3)}`);
+        const shown = tile(hit, hits.length, label);
+        if (kept) shown.classList.add("keeper");
+        hits.push(hit);
+        row.append(shown);
+      });
+      section.append(heading, row);
+      fragment.append(section);
+    }
+    ui.grid.append(fragment);
+    const extra = found.groups.reduce((n, g) => n + g.members.length - 1, 0);
+    say(found.groups.length === 0
+      ? `No duplicates${state.in ? " in this folder" : ""} (CLIP similarity ${found.threshold} or more, or identical files).`
+      : `${found.groups.length.toLocaleString()} groups of duplicates; ${extra.toLocaleString()} photos besides the ` +
+        `ones to keep (marked)${found.groups.length > groups.length ? `; showing the first ${groups.length}` : ""}. ` +
+        "clipsearch never deletes anything: clipsearch dupes --paths --extras lists the rest.", "done");
+  } catch (err) {
+    if (mine !== generation) return;
+    say(`Could not look for duplicates: ${err.message}`, "error");
+  }
+}
+
+ui.dupes.addEventListener("click", (event) => {
+  event.preventDefault();
+  upload = null;
+  go({ ...emptyState(), view: "dupes", in: state.in });
+});
 
 ui.grid.addEventListener("click", (event) => {
   const tile = event.target.closest(".tile");
@@ -274,7 +345,7 @@ ui.grid.addEventListener("click", (event) => {
 
 function searchSimilar(id) {
   upload = null;
-  go({ ...state, q: "", similar: String(id), upload: null, rerank: false, min_match: "" });
+  go({ ...state, q: "", similar: String(id), upload: null, view: "", rerank: false, min_match: "" });
   window.scrollTo(0, 0);
 }
 
@@ -395,10 +466,11 @@ async function loadTagsAndFolders() {
 function fromFilters() {
   const min = ui.min.value.trim();
   return { ...state, in: ui.in.value.trim(), after: ui.after.value, before: ui.before.value,
-           ext: ui.ext.value, rerank: ui.rerank.checked || min !== "", min_match: min };
+           ext: ui.ext.value, rerank: ui.rerank.checked || min !== "", min_match: min,
+           collapse: ui.collapse.checked };
 }
 
-for (const input of [ui.after, ui.before, ui.ext, ui.rerank, ui.in, ui.min]) {
+for (const input of [ui.after, ui.before, ui.ext, ui.rerank, ui.in, ui.min, ui.collapse]) {
   input.addEventListener("change", () => go(fromFilters()));
 }
 ui.toggle.addEventListener("click", () => showFilters(ui.filters.hidden));
@@ -410,7 +482,7 @@ ui.form.addEventListener("submit", (event) => {
   const q = ui.q.value.trim();
   if (!q) return;
   upload = null;
-  go({ ...fromFilters(), q, similar: null, upload: null });
+  go({ ...fromFilters(), q, similar: null, upload: null, view: "" });
   ui.q.blur();
 });
 
@@ -422,7 +494,7 @@ function searchUpload(file) {
     return;
   }
   upload = file;
-  go({ ...state, q: "", similar: null, upload: file.name, rerank: false, min_match: "" });
+  go({ ...state, q: "", similar: null, upload: file.name, view: "", rerank: false, min_match: "" });
 }
 
 ui.file.addEventListener("change", () => {
