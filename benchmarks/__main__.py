@@ -32,19 +32,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {  # mode -> section -> size
     "full": {"photos": 128, "queries_over": 100_000, "cold_runs": 5, "scale": [100_000, 1_000_000],
              "rerank": ("fp32", "bf16", "int8"), "candidates": 20, "tag_images": 100_000, "labels": 100,
-             "memory": [250, 500, 1000], "precision_photos": 64,
+             "tag_streamed": 1_000_000, "memory": [250, 500, 1000], "precision_photos": 64,
              "serve": {"images": 100_000, "n_photos": 10_000, "seconds": 30, "cli_runs": 5,
                        "big_photos": 16}, "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
              "dupes": {"sizes": [100_000, 1_000_000], "compositions": 32}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
-              "memory": [100, 200], "precision_photos": 32,
+              "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
               "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8},
               "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
               "dupes": {"sizes": [100_000], "compositions": 32}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
-              "memory": [4], "precision_photos": 4,
+              "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
               "serve": {"images": 2_000, "n_photos": 40, "seconds": 2, "cli_runs": 1, "big_photos": 2},
               "eval": {"precisions": ("fp32",), "renderings": 1},
               "dupes": {"sizes": [2_000], "compositions": 2, "sample_photos": 2}},
@@ -73,7 +73,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
     if name == "rerank":
         return rerank.measure(work, size["candidates"], size["rerank"])
     if name == "tagging":
-        return tagging.measure(work, size["tag_images"], size["labels"], shared["embedder"])
+        return {**tagging.measure(work, size["tag_images"], size["labels"], shared["embedder"]),
+                "streamed": tagging.measure_streamed(work, size["tag_streamed"], size["labels"])}
     if name == "memory":
         return memory.measure(work, size["memory"])
     if name == "precision":

@@ -60,7 +60,14 @@ Ext = Annotated[str | None, typer.Option(
 Tag = Annotated[list[str] | None, typer.Option(
     "--tag", metavar="LABEL", help="Only images tagged LABEL by `clipsearch tag` (repeatable: all of them).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-Paths = Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")]
+Paths = Annotated[bool, typer.Option(
+    "--paths", help="Print one absolute path per line (for names without newlines; see --null).")]
+Preview = Annotated[str | None, typer.Option(
+    "--preview", metavar="[=kitty|iterm]",
+    help="Show thumbnails beside the hits, in a terminal that displays images (kitty, Ghostty, "
+         "Konsole, iTerm2, WezTerm: detected, or forced with --preview=kitty or --preview=iterm).")]
+Null = Annotated[bool, typer.Option(
+    "--null", "-0", help="Print absolute paths each ended by a NUL, for xargs -0 (implies --paths).")]
 NoServer = Annotated[bool, typer.Option(
     "--no-server", help="Search in this process even when `clipsearch serve` runs for this index.")]
 RerankModel = Annotated[str | None, typer.Option(
@@ -106,26 +113,28 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _format(as_json: bool, paths: bool) -> str:
-    if as_json and paths:
-        raise BadInputError("--json and --paths cannot be combined; pick one")
-    return "json" if as_json else "paths" if paths else "table"
+def _format(as_json: bool, paths: bool, null: bool = False) -> str:
+    if as_json and (paths or null):
+        raise BadInputError(f"--json and {'--null' if null else '--paths'} cannot be combined; pick one")
+    return "json" if as_json else "paths0" if null else "paths" if paths else "table"
 
 
 def _folder(path: Path | None) -> str | None:
     return str(path) if path else None
 
 
-def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
+def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
                 ask: Callable[[Index], list[Hit]], remote: Callable[[Server], list[Hit] | None] | None,
-                wanted: dict, none_found: str = "no matching images", **options) -> None:
+                wanted: dict, none_found: str = "no matching images", preview: str | None = None,
+                **options) -> None:
     """Answer through a running server for this index when there is one (`remote`), else in this
     process: on the fast path (no torch, no LanceDB) when the index has what it needs, else the
     full one. Every way gives the same hits; they are printed the same way."""
     from clipsearch import present
 
     with _errors():
-        fmt = _format(as_json, paths)
+        fmt = _format(*fmt)
+        protocol = _preview(preview) if fmt == "table" and preview else None
         found = None
         if remote is not None:
             from clipsearch import client
@@ -141,7 +150,21 @@ def _print_hits(db: Path | None, device: str, as_json: bool, paths: bool,
             index = open_index(db, device=device, **options)
             index.prepare_fast(present.message)  # so that the next search takes the fast path
             found = ask(index)
-    present.hits(found, fmt, none_found)
+    present.hits(found, fmt, none_found, protocol)
+
+
+def _preview(asked: str) -> str | None:
+    """The image protocol for --preview, or None, with a note saying where previews work."""
+    import sys
+
+    from clipsearch import present, preview
+
+    protocol = preview.choose(asked, sys.stdout.isatty())
+    if protocol is None:
+        present.message(f"note: --preview shows thumbnails only in terminals that display images "
+                        f"({preview.SUPPORTED}); this one was not recognised: force one with "
+                        "--preview=kitty or --preview=iterm")
+    return protocol
 
 
 def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], options: dict) -> list[Hit] | None:
@@ -245,6 +268,8 @@ def search(
                            "(see clipsearch dupes).")] = False,
     as_json: Json = False,
     paths: Paths = False,
+    null: Null = False,
+    preview: Preview = None,
     db: Db = None,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -269,14 +294,14 @@ def search(
     wanted = {"precision": precision} | ({"rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
                                          "rerank_precision": rerank_precision} if reranked else {})
     _print_hits(
-        db, device, as_json, paths,
+        db, device, (as_json, paths, null),
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
                                    tags=tag, rerank=rerank, candidates=candidates,
                                    min_match=min_match, collapse=collapse),
         None if no_server else lambda server: None if _needs_files(text) else server.search(
             text, k, _folder(within), after=after, before=before, ext=ext, tags=tag, rerank=rerank,
             candidates=candidates, min_match=min_match, collapse=collapse),
-        wanted, none_found, rerank_model=rerank_model, rerank_precision=rerank_precision,
+        wanted, none_found, preview, rerank_model=rerank_model, rerank_precision=rerank_precision,
         precision=precision,
     )
 
@@ -300,6 +325,8 @@ def similar(
     tag: Tag = None,
     as_json: Json = False,
     paths: Paths = False,
+    null: Null = False,
+    preview: Preview = None,
     db: Db = None,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -310,11 +337,11 @@ def similar(
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
     _print_hits(
-        db, device, as_json, paths,
+        db, device, (as_json, paths, null),
         lambda index: index.similar(image, k, _folder(within), after=after, before=before, ext=ext, tags=tag),
         None if no_server else lambda server: server.similar(
             image, k, _folder(within), after=after, before=before, ext=ext, tags=tag),
-        {"precision": precision}, precision=precision)
+        {"precision": precision}, preview=preview, precision=precision)
 
 
 @app.command()
@@ -364,10 +391,12 @@ def tag_command(
     threshold: Annotated[float, typer.Option(
         "--threshold", help="Keep a label when its score (0-1: label vs. background) reaches this.")] = 0.5,
     top: Annotated[int | None, typer.Option("--top", help="At most this many tags per image.")] = None,
-    write_xmp: Annotated[bool, typer.Option(
-        "--write-xmp",
+    write_xmp: Annotated[bool | None, typer.Option(
+        "--write-xmp/--no-write-xmp",
         help="Also merge the tags into PHOTO.EXT.xmp sidecars (dc:subject), as digiKam and "
-             "darktable read them; existing sidecars keep their content.")] = False,
+             "darktable read them; existing sidecars keep their content. The index remembers the "
+             "choice: later `tag` and `index` runs keep sidecars in step [default: as last time, "
+             "else no].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print each image's tags as JSON.")] = False,
     db: Db = None,
     device: Device = "auto",
@@ -385,7 +414,7 @@ def tag_command(
 
     with _errors():
         chosen = label_set(labels, labels_file, threshold, top)
-        summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp)
+        summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp, per_image=as_json)
     present.tag_summary(summary, as_json)
 
 
@@ -416,9 +445,11 @@ def dupes(
     exact: Annotated[bool, typer.Option("--exact", help="Identical content (same bytes) only.")] = False,
     within: Within = None,
     extras: Annotated[bool, typer.Option(
-        "--extras", help="With --paths: every member except each group's suggested keeper.")] = False,
+        "--extras", help="With --paths or --null: every member except each group's suggested "
+                         "keeper.")] = False,
     as_json: Json = False,
     paths: Paths = False,
+    null: Null = False,
     db: Db = None,
 ) -> None:
     """Find duplicate photos: identical copies, then near-duplicates (resized, re-encoded,
@@ -427,14 +458,14 @@ def dupes(
     Nothing is decoded and nothing is ever deleted or moved: --paths --extras lists the rest for
     your own tools.
 
-    Example: clipsearch dupes --paths --extras | xargs -d '\\n' gio trash
+    Example: clipsearch dupes --extras --null | xargs -0 gio trash
     """
     from clipsearch import present
     from clipsearch.engine import open_index
 
     with _errors():
-        fmt = _format(as_json, paths)
-        if extras and fmt != "paths":
+        fmt = _format(as_json, paths, null)
+        if extras and not fmt.startswith("paths"):
             raise BadInputError("--extras lists paths: add --paths (or leave --extras out)")
         groups = open_index(db).dupes(threshold, exact=exact, within=_folder(within))
     present.dupes(groups, fmt, extras)
@@ -546,4 +577,7 @@ def eval_zeroshot(
 
 
 def main() -> None:
-    app()
+    import sys
+
+    # a bare --preview means --preview=auto (click would take the next word as its value)
+    app([f"{a}=auto" if a == "--preview" else a for a in sys.argv[1:]], prog_name="clipsearch")

@@ -26,6 +26,9 @@ DEFAULT_BATCH_SIZE = 32
 # Rows are committed to the table at least this often, so an interrupted run loses at most
 # one such batch of work and never anything committed before it.
 COMMIT_EVERY = 256
+# ... and at least this often, in seconds: 256 photos are 20-40 s of embedding on a CPU, which a
+# kill, a crash or a power cut would otherwise throw away (a small library would never commit)
+COMMIT_SECONDS = 10.0
 
 IMAGE_EXTENSIONS = frozenset(
     {

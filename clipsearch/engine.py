@@ -30,6 +30,7 @@ from clipsearch.models import (
 from clipsearch.results import (
     Hit,
     ImageRecord,
+    ImageTags,
     IndexInfo,
     IndexSummary,
     Page,
@@ -277,9 +278,32 @@ class Index:
         _check_page(k, offset)
         vector = self.image_vector(image)
         embedded = time.perf_counter()
-        hits, considered = self._nearest(vector, k + offset, filters)
+        own, wanted = self._indexed_id(image), k + offset
+        while True:
+            hits, considered = self._nearest(vector, wanted + (own is not None), filters)
+            # the photo asked about comes first among equal scores (a copy in another format
+            # scores 1.0 too): look past the page while the tie at the top goes on
+            if (own is None or any(h.id == own for h in hits) or len(hits) < wanted + 1
+                    or hits[-1].score < hits[0].score - _TIE):
+                break
+            wanted *= 2
+        hits = _asked_first(hits, own)[:k + offset]
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
         return _page(hits[offset:offset + k], considered, timing, started)
+
+    def _indexed_id(self, image: str | os.PathLike[str] | int | ImageData) -> int | None:
+        """The row id of an image given by id, or by the path of an indexed, unchanged file."""
+        if isinstance(image, int):
+            return image
+        if isinstance(image, ImageData):
+            return None
+        name = os.path.abspath(os.path.expanduser(os.fspath(image)))
+        row = self.store.row(name, ["id", "size", "mtime_ns"])
+        try:
+            st = os.stat(name)
+        except OSError:
+            return None
+        return row["id"] if row and (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns) else None
 
     def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
         """The unit vector a parsed query stands for (clipsearch.query.combine)."""
@@ -453,14 +477,16 @@ class Index:
 
     def tag(self, labels: LabelSet | str | Sequence[str] | None = None, *,
             labels_file: str | os.PathLike[str] | None = None, threshold: float = 0.5,
-            top: int | None = None, write_xmp: bool = False) -> TagSummary:
+            top: int | None = None, write_xmp: bool | None = None, per_image: bool = True) -> TagSummary:
         """Tag every indexed image with the labels that fit (clipsearch.tagging), replacing the
         previous tags in one commit; optionally merge the tags into XMP sidecars.
 
         `labels` is a LabelSet, or 'a,b,c' / a list (with `labels_file`, `threshold`, `top` as
         in clipsearch.tagging.label_set); neither means the built-in photo subjects. Later
-        `index_folders` runs tag new images with the same labels, threshold and top.
-        """
+        `index_folders` runs tag new images with the same labels, threshold and top, and, when
+        `write_xmp` was True (the index remembers it; None keeps the last choice), write their
+        sidecars. `per_image=False` leaves the summary's per-image list empty (a million
+        entries at a million images)."""
         import time
 
         from clipsearch.tagging import LabelSet, label_set, tag_store
@@ -471,19 +497,16 @@ class Index:
         tagger = self.tagger(labels)
         with self.store.writer_lock():
             self.store.refresh()
-            images = tag_store(self.store, tagger)
+            if write_xmp is not None and write_xmp != self.store.manifest.xmp_sidecars:
+                self.store.manifest.xmp_sidecars = write_xmp
+                self.store.save_manifest()
+            sidecars = self.store.manifest.xmp_sidecars
+            tagged = tag_store(self.store, tagger, per_image=per_image or sidecars)
             self.prepare_fast()
-        summary = TagSummary(labels.labels, images)
-        if write_xmp:
-            from clipsearch.errors import SidecarError
-            from clipsearch.xmp import merge_subjects
-
-            for image in images:
-                if image.tags:
-                    try:
-                        summary.sidecars_written += merge_subjects(image.path, [t for t, _ in image.tags])
-                    except SidecarError as exc:
-                        summary.skipped.append(Skipped(exc.path, exc.reason))
+        summary = TagSummary(labels.labels, tagged.per_image if per_image else [], scored=tagged.images,
+                             untagged=tagged.untagged)
+        if sidecars:
+            summary.sidecars_written = write_sidecars(tagged.per_image, summary.skipped)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -541,6 +564,20 @@ class Index:
 def _unknown_image(id: int) -> UnknownImageError:
     return UnknownImageError(f"no image with id {id} in this index; it may have been removed or "
                              "re-indexed: search again for its current id")
+
+
+_TIE = 1e-6  # scores this close are equal: the same vector, scored in another order
+
+
+def _asked_first(hits: list[Hit], own: int | None) -> list[Hit]:
+    """`hits` with the row `own` moved to the front when it ties with the best score."""
+    import dataclasses
+
+    at = next((i for i, h in enumerate(hits) if h.id == own), None)
+    if not at or hits[at].score < hits[0].score - _TIE:
+        return hits
+    moved = [hits[at], *hits[:at], *hits[at + 1:]]
+    return [dataclasses.replace(h, rank=rank) for rank, h in enumerate(moved, 1)]
 
 
 def _check_page(k: int, offset: int) -> None:
@@ -654,10 +691,45 @@ def index_folders(
         if indexer.changed or not AnnIndex.saved(store.path, store.version):
             current(store)
         _retag(store)
+        _sidecars_of_new_rows(store, indexer.written, summary)
         from clipsearch.fastpath import prepare
 
         prepare(store, lazy_embedder, lambda _message: progress and progress(Progress("prepare", 0, 1)))
     return summary
+
+
+def write_sidecars(images: Sequence[ImageTags], skipped: list[Skipped]) -> int:
+    """Merge each image's tags into its XMP sidecar; how many sidecars were written. A sidecar
+    that cannot be read or written is reported in `skipped` and left as it is."""
+    from clipsearch.errors import SidecarError
+    from clipsearch.xmp import merge_subjects
+
+    written = 0
+    for image in images:
+        if image.tags:
+            try:
+                written += merge_subjects(image.path, [t for t, _ in image.tags])
+            except SidecarError as exc:
+                skipped.append(Skipped(exc.path, exc.reason))
+    return written
+
+
+def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexSummary) -> None:
+    """After `tag --write-xmp`, the photos an index run added or changed get their sidecars too
+    (those of photos that are gone stay: other tools may own them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    stored = store.read_tags()
+    if not written or stored is None or not store.manifest.xmp_sidecars:
+        return
+    rows = stored[0]
+    rows = rows.filter(pc.is_in(rows.column("hash"), value_set=pa.array(sorted(set(written.values())))))
+    tags: dict[str, list[tuple[str, float]]] = {}
+    for row in rows.sort_by([("score", "descending")]).to_pylist():
+        tags.setdefault(row["hash"], []).append((row["label"], row["score"]))
+    images = [ImageTags(path, tags.get(digest, [])) for path, digest in sorted(written.items())]
+    summary.sidecars_written += write_sidecars(images, summary.skipped)
 
 
 def _retag(store: Store) -> None:
@@ -669,4 +741,4 @@ def _retag(store: Store) -> None:
 
     stored = store.read_tags(rows=False)
     if stored is not None and stored[1].get("table_version") != store.version:
-        tag_store(store, Tagger.from_dict(stored[1]))
+        tag_store(store, Tagger.from_dict(stored[1]), per_image=False)

@@ -158,3 +158,18 @@ def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
 
 def load_image(path: str, min_side: int | None = None) -> Decoded:
     return decode(read_file(path), path, min_side)
+
+
+def thumbnail(data: bytes, name: str, size: int, fmt: str = "WEBP") -> bytes:
+    """The upright picture in `data`, scaled to fit a `size` x `size` box (never enlarged),
+    encoded as `fmt`: WEBP (quality 80), JPEG (85) or PNG."""
+    image = decode(data, name, min_side=size).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    out = io.BytesIO()
+    if fmt == "WEBP":
+        image.save(out, "WEBP", quality=80, method=4)
+    elif fmt == "JPEG":
+        image.save(out, "JPEG", quality=85, optimize=True)
+    else:
+        image.save(out, fmt)
+    return out.getvalue()

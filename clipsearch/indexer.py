@@ -2,8 +2,9 @@
 
 A file whose size and mtime match its row is not read at all. Any other file is hashed; a hash
 the index already holds (a touched, moved, renamed or copied file) reuses the stored vector, so
-only new content is decoded and embedded. Rows are committed in batches and deleted rows go
-last, so an interrupted run keeps all committed work and the next run resumes where it stopped.
+only new content is decoded and embedded. Rows are committed in batches (256 rows or 10 seconds,
+whichever comes first) and deleted rows go last, so an interrupted run keeps all committed work,
+loses at most seconds of it, and the next run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from clipsearch.config import COMMIT_EVERY
+from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
 from clipsearch.errors import IndexInterrupted, UnreadableImageError
 from clipsearch.images import content_hash, decode, load_image, read_file
 from clipsearch.results import IndexSummary, Progress, Skipped
@@ -68,6 +69,7 @@ class Indexer:
         workers: int,
         progress: ProgressCallback | None = None,
         commit_every: int = COMMIT_EVERY,
+        commit_seconds: float = COMMIT_SECONDS,
     ) -> None:
         self.store = store
         self._load_embedder = embedder
@@ -75,6 +77,8 @@ class Indexer:
         self.workers = max(0, workers)
         self.progress = progress or (lambda _p: None)
         self.commit_every = max(1, commit_every)
+        self.commit_seconds = commit_seconds
+        self._committed_at = time.monotonic()
         self.summary = IndexSummary()
         self._buffer: list[_Outcome] = []
         self._saved = 0
@@ -85,6 +89,7 @@ class Indexer:
         self._gone: set[str] = set()  # paths in the table whose files are no longer there
         self._embedder: Embedder | None = None
         self.changed = False  # whether the run wrote anything
+        self.written: dict[str, str] = {}  # path -> hash of every row this run added or rewrote
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, roots: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary:
@@ -184,7 +189,8 @@ class Indexer:
                 if len(pending) >= self.batch_size:
                     self._embed(pending)
                     pending = []
-            if len(self._buffer) >= self.commit_every:
+            if len(self._buffer) >= self.commit_every or (
+                    self._buffer and time.monotonic() - self._committed_at >= self.commit_seconds):
                 self._flush()
             self.progress(Progress("embed", done, len(entries)))
         if pending:
@@ -203,6 +209,7 @@ class Indexer:
         """Commit the buffered rows: new paths are appended, known paths overwritten."""
         ready = [o for o in self._buffer if o.vector is not None or o.source is not None]
         self._buffer = []
+        self._committed_at = time.monotonic()
         if not ready:
             return
         self._fill_reused_vectors(ready, final)
@@ -215,6 +222,8 @@ class Indexer:
             self.store.replace(self._table(known))
         for o in ready:
             self._count(o)
+            if self._rows.get(o.entry.path) is None or self._rows[o.entry.path].hash != o.hash:
+                self.written[o.entry.path] = o.hash
         self._saved += len(ready)
 
     def _fill_reused_vectors(self, outcomes: list[_Outcome], final: bool) -> None:

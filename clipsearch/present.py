@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -25,21 +26,48 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# C0 and C1 control characters, DEL, and the bidi overrides that reorder what a line shows
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def safe(text: str) -> str:
+    """`text` as a terminal may show it: control characters escaped, as `ls -b` does (a file may
+    be named `evil\\x1b[31m.jpg` or have a newline in its name). Backslashes are doubled only in
+    text that has something escaped, so ordinary names read as they are, and escaped ones are
+    unambiguous."""
+    if not _UNSAFE.search(text):
+        return text
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group()) or (
+        f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"),
+        text.replace("\\", "\\\\"))
+
+
+def shown(text: str) -> str:
+    """`text` for a rich table or line: control characters escaped (`safe`), markup too."""
+    return escape(safe(text))
+
+
 def message(text: str) -> None:
     """One line on stderr, written directly: an interrupt can land inside a rich print, whose
     half-flushed buffer would otherwise be printed again in front of this line."""
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(safe(text) + "\n")
     sys.stderr.flush()
 
 
-def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images") -> None:
+def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
+         preview: str | None = None) -> None:
+    """Hits as JSON, paths, or a table; with `preview` (an image protocol, clipsearch.preview)
+    the table's rows carry thumbnails."""
     if not found:
         err.print(none_found, markup=False)
+    if fmt == "table" and preview and found:
+        _previews(found, preview)
+        return
     if fmt == "json":
         print(json.dumps([h.to_dict() for h in found], indent=2, ensure_ascii=False))
-    elif fmt == "paths":
-        for h in found:
-            print(h.path)
+    elif fmt in ("paths", "paths0"):
+        paths_out([h.path for h in found], fmt == "paths0")
     else:
         if not found:
             return
@@ -53,8 +81,29 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images")
         table.add_column("path", overflow="fold")
         for h in found:
             extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else []
-            table.add_row(str(h.rank), f"{h.score:.3f}", *extra, escape(h.path))
+            table.add_row(str(h.rank), f"{h.score:.3f}", *extra, shown(h.path))
         out.print(table)
+
+
+def _previews(found: Sequence[Hit], protocol: str) -> None:
+    from clipsearch.preview import row, thumbnail_png
+
+    reranked = any(h.itm is not None for h in found)
+    for h in found:
+        scores = f"{h.score:.3f}" + (f"  itm {h.itm:.3f}  clip {h.clip:.3f}" if reranked else "")
+        sys.stdout.write(row(thumbnail_png(h.path), f"{h.rank:>3}  {scores}  {safe(h.path)}", protocol))
+    sys.stdout.flush()
+
+
+def paths_out(paths: Sequence[str], null: bool = False) -> None:
+    """Paths exactly as they are, for other programs: one per line, or each ended by a NUL
+    (`xargs -0`), the one separator no path can contain."""
+    if null:
+        sys.stdout.write("".join(f"{p}\0" for p in paths))
+        sys.stdout.flush()
+    else:
+        for p in paths:
+            print(p)
 
 
 def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
@@ -63,16 +112,15 @@ def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
     if fmt == "json":
         print(json.dumps([g.to_dict() for g in groups], indent=2, ensure_ascii=False))
         return
-    if fmt == "paths":
-        for g in groups:
-            for m in (g.extras if extras else g.members):
-                print(m.image.path)
+    if fmt in ("paths", "paths0"):
+        paths_out([m.image.path for g in groups for m in (g.extras if extras else g.members)],
+                  fmt == "paths0")
         return
     if not groups:
         err.print("no duplicates found")
         return
     for g in groups:
-        title = f"group {g.number} ({g.kind}, {len(g.members)} photos): keep the first, {escape(g.reason)}"
+        title = f"group {g.number} ({g.kind}, {len(g.members)} photos): keep the first, {shown(g.reason)}"
         table = Table(show_edge=False, pad_edge=False, title_justify="left", title=title)
         table.add_column("", style="bold")
         table.add_column("similarity", justify="right")
@@ -84,7 +132,7 @@ def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
             i = m.image
             pixels = f"{i.width}x{i.height}" if i.width and i.height else "?"
             table.add_row("keep" if n == 0 else "", f"{m.similarity:.3f}", _bytes(i.bytes), pixels,
-                          escape(i.taken or ""), escape(i.path))
+                          shown(i.taken or ""), shown(i.path))
         out.print(table)
         out.print()
     extra = sum(len(g.extras) for g in groups)
@@ -114,7 +162,7 @@ def serving(s: Started) -> None:
     if not s.discoverable:
         lines.append(f"  note: {s.db} is not writable, so clipsearch search will not find this server")
     lines.append("Ctrl-C (or SIGTERM) stops it")
-    print("\n".join(lines), flush=True)
+    print("\n".join(safe(line) for line in lines), flush=True)
 
 
 def summary(s: IndexSummary, as_json: bool) -> None:
@@ -125,6 +173,7 @@ def summary(s: IndexSummary, as_json: bool) -> None:
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
         f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
         f"[dim]({s.embedded} embedded in {s.seconds:.1f} s)[/dim]"
+        + (f"; {s.sidecars_written} XMP sidecars written" if s.sidecars_written else "")
     )
     _skipped(s.skipped)
 
@@ -132,8 +181,8 @@ def summary(s: IndexSummary, as_json: bool) -> None:
 def tag_summary(s: TagSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps([i.to_dict() for i in s.images], indent=2, ensure_ascii=False))
-    tagged = len(s.images) - s.untagged
-    line = (f"tagged {tagged} of {len(s.images)} images with {len(s.labels)} labels; "
+    tagged = s.scored - s.untagged
+    line = (f"tagged {tagged} of {s.scored} images with {len(s.labels)} labels; "
             f"{s.untagged} fit no label [dim]({s.seconds:.1f} s)[/dim]")
     if s.sidecars_written:
         line += f"; {s.sidecars_written} XMP sidecars written"
@@ -152,7 +201,7 @@ def tag_counts(counts: Sequence[TagCount], as_json: bool) -> None:
     table.add_column("tag")
     table.add_column("images", justify="right")
     for c in counts:
-        table.add_row(escape(c.label), str(c.images))
+        table.add_row(shown(c.label), str(c.images))
     out.print(table)
 
 
@@ -169,7 +218,7 @@ def info(i: IndexInfo, as_json: bool) -> None:
         ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
         ("tags", f"{len(i.labels)} labels (clipsearch tags lists them)" if i.labels else "-"),
     ):
-        table.add_row(key, escape(value))
+        table.add_row(key, shown(value))
     out.print(table)
 
 
@@ -217,8 +266,8 @@ def eval_retrieval(r: RetrievalReport, as_json: bool) -> None:
         table.add_row(name, *(f"{100 * d.recall[k]:.1f}" for k in ("R@1", "R@5", "R@10")), rank,
                       f"{d.queries / d.seconds:.1f}" if d.seconds else "-")
     out.print(table)
-    err.print(f"{r.text_to_image.queries} captions, {r.images} images; {escape(r.model)}, {r.precision}"
-              + (f"; re-rank: {escape(r.rerank_model)}" if r.rerank_model else "") + "; recall in %")
+    err.print(f"{r.text_to_image.queries} captions, {r.images} images; {shown(r.model)}, {r.precision}"
+              + (f"; re-rank: {shown(r.rerank_model)}" if r.rerank_model else "") + "; recall in %")
     _skipped(r.skipped)
     if r.left_out:
         err.print(f"  {r.left_out} caption{'s' * (r.left_out != 1)} of skipped images left out")
@@ -234,11 +283,11 @@ def eval_zeroshot(r: ZeroShotReport, as_json: bool) -> None:
     table.add_row(*(f"{100 * v:.1f}" for v in (r.top1, r.top5, r.tag_precision, r.tag_recall)))
     out.print(table)
     worst = sorted(r.per_class.items(), key=lambda kv: (kv[1], kv[0]))[:3]
-    err.print(f"{r.images} images, {r.classes} classes; {escape(r.model)}, {r.precision}; accuracy in %; "
-              "hardest: " + ", ".join(f"{escape(name)} {100 * acc:.0f}" for name, acc in worst))
+    err.print(f"{r.images} images, {r.classes} classes; {shown(r.model)}, {r.precision}; accuracy in %; "
+              "hardest: " + ", ".join(f"{shown(name)} {100 * acc:.0f}" for name, acc in worst))
     _skipped(r.skipped)
 
 
 def _skipped(skipped: Sequence[Skipped]) -> None:
     for s in skipped:
-        err.print(f"  skipped {escape(s.path)}: {escape(s.reason)}")
+        err.print(f"  skipped {shown(s.path)}: {shown(s.reason)}")

@@ -86,6 +86,7 @@ class IndexSummary:
     embedded: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    sidecars_written: int = 0  # XMP sidecars of new photos, after `tag --write-xmp`
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,14 +133,12 @@ class ImageTags:
 @dataclass
 class TagSummary:
     labels: list[str]
-    images: list[ImageTags]
+    images: list[ImageTags]  # each image's tags; empty when not asked for (Index.tag per_image)
     sidecars_written: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # sidecars that could not be merged
     seconds: float = 0.0
-
-    @property
-    def untagged(self) -> int:
-        return sum(1 for i in self.images if not i.tags)
+    scored: int = 0  # images tagged, whether or not `images` lists them
+    untagged: int = 0  # of those, how many fit no label
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from clipsearch.errors import BadInputError, CorruptIndexError
 from clipsearch.results import ImageTags
+from clipsearch.store import TAGS_SCHEMA
 
 if TYPE_CHECKING:
     from clipsearch.store import Store
@@ -183,32 +184,59 @@ def _floats(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text, validate=True), "<f4")
 
 
-def tag_store(store: Store, tagger: Tagger) -> list[ImageTags]:
+@dataclass
+class Tagged:
+    """What `tag_store` did: how many images it scored, how many fit no label, and each image's
+    tags (sorted by path) when asked for."""
+
+    images: int
+    untagged: int
+    per_image: list[ImageTags]
+
+
+def tag_store(store: Store, tagger: Tagger, per_image: bool = True, batch_rows: int = 8_192) -> Tagged:
     """Score every image in `store` with `tagger` and replace the stored tags in one commit.
 
     Tags belong to content, not paths: copies of a photo share a hash (and a vector), so each
-    content is scored once and a moved or copied photo keeps its tags.
+    content is scored once and a moved or copied photo keeps its tags. The vectors stream through
+    in batches of `batch_rows`, so a million of them (2 GB) never sit in memory at once; only
+    the hashes seen and the tags kept do.
     """
     import pyarrow as pa
 
-    table, vectors = store.vectors(["path", "hash"])
-    if vectors.shape[1] != tagger.vectors.shape[1]:
-        raise CorruptIndexError(f"the stored label set has {tagger.vectors.shape[1]}-d vectors, the index "
-                                f"{vectors.shape[1]}-d ones; run clipsearch tag again")
-    paths = table.column("path").to_pylist()
-    hashes = np.asarray(table.column("hash").to_pylist(), dtype=object)
-    unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    probs = tagger.scores(vectors[first])
-    rows, cols = tagger.choose(probs)
     names = np.asarray(tagger.labels.labels, dtype=object)
-    scores = probs[rows, cols]
-    store.write_tags(pa.table({
-        "hash": pa.array(unique[rows].tolist(), pa.string()),
-        "label": pa.array(names[cols].tolist(), pa.string()),
-        "score": pa.array(scores, pa.float32()),
-    }), tagger.to_dict() | {"table_version": store.version})
-    per_content: list[list[tuple[str, float]]] = [[] for _ in unique]
-    for r, label, score in zip(rows.tolist(), names[cols].tolist(), scores.tolist(), strict=True):
-        per_content[r].append((label, score))
-    images = [ImageTags(path, per_content[u]) for path, u in zip(paths, inverse.tolist(), strict=True)]
-    return sorted(images, key=lambda i: i.path)
+    seen: set[str] = set()
+    tags_of: dict[str, list[tuple[str, float]]] = {}  # each tagged content's tags, for per_image
+    paths: list[tuple[str, str]] = []
+    counts = {"images": 0, "untagged": 0}
+    columns = ["hash", "vector", *(["path"] if per_image else [])]
+
+    def scored() -> Iterator[pa.RecordBatch]:
+        for batch in store.batches(columns, batch_rows=batch_rows):
+            vectors = store.matrix(batch.column("vector"))
+            if vectors.shape[1] != tagger.vectors.shape[1]:
+                raise CorruptIndexError(f"the stored label set has {tagger.vectors.shape[1]}-d vectors, "
+                                        f"the index {vectors.shape[1]}-d ones; run clipsearch tag again")
+            hashes = np.asarray(batch.column("hash").to_pylist(), dtype=object)
+            # every row is scored (a copy scores as its original), each content's tags kept once
+            rows, cols = tagger.choose(probs := tagger.scores(vectors))
+            counts["images"] += len(hashes)
+            counts["untagged"] += len(hashes) - len(np.unique(rows))
+            _, first = np.unique(hashes, return_index=True)
+            new = np.zeros(len(hashes), bool)
+            new[[i for i in first.tolist() if hashes[i] not in seen]] = True
+            seen.update(hashes[new].tolist())
+            keep = new[rows]
+            rows, cols = rows[keep], cols[keep]
+            if per_image:
+                for r, label, score in zip(rows.tolist(), names[cols].tolist(), probs[rows, cols].tolist(),
+                                           strict=True):
+                    tags_of.setdefault(hashes[r], []).append((label, score))
+                paths.extend(zip(batch.column("path").to_pylist(), hashes.tolist(), strict=True))
+            yield pa.record_batch([pa.array(hashes[rows].tolist(), pa.string()),
+                                   pa.array(names[cols].tolist(), pa.string()),
+                                   pa.array(probs[rows, cols], pa.float32())], schema=TAGS_SCHEMA)
+
+    store.write_tags(scored(), tagger.to_dict() | {"table_version": store.version})
+    each = sorted((ImageTags(path, tags_of.get(h, [])) for path, h in paths), key=lambda i: i.path)
+    return Tagged(counts["images"], counts["untagged"], each)

@@ -98,17 +98,19 @@ import clipsearch
 pause = float(sys.argv[4])
 
 def report(p):
-    print(p.phase, p.done, p.total, flush=True)
+    print(p.phase, p.done, p.total, time.monotonic(), flush=True)
     time.sleep(pause)
 
 clipsearch.index_folders([sys.argv[1]], sys.argv[2], model=sys.argv[3], device="cpu", batch_size=4,
-                         workers=2, commit_every=16, progress=report)
+                         workers=2, commit_every=int(sys.argv[5]), progress=report)
 print("finished", flush=True)
 """
 
 
-def start_writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0) -> subprocess.Popen:
+def start_writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0,
+                 commit_every: int = 16) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(photos), str(db), f"local-dir:{model_dir}", str(pause)],
+        [sys.executable, "-c", WRITER, str(photos), str(db), f"local-dir:{model_dir}", str(pause),
+         str(commit_every)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -189,3 +189,110 @@ def test_a_built_package_holds_the_server_and_the_gallery(tmp_path):
                  "clipsearch/server/static/gallery.js", "clipsearch/server/static/gallery.css",
                  "clipsearch/models/openclip.py", "clipsearch/client.py", "clipsearch/py.typed"):
         assert name in names, name
+
+
+def test_control_characters_in_file_names_never_reach_the_terminal_raw(tmp_path, tiny_checkpoint):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    evil, split, plain = "evil\x1b[31mRED\x1b[0m.png", "two\nlines.png", "plain.png"
+    for i, name in enumerate((evil, split, plain)):
+        Image.new("RGB", (40, 30), (80 * i, 60, 200 - 50 * i)).save(folder / name)
+    (folder / "bad\x1b]0;pwned\x07.jpg").write_bytes(b"not an image")
+    db = tmp_path / "db"
+    r = cli("index", folder, "--db", db, "--model", TINY, "--pretrained", tiny_checkpoint, "-q")
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr
+    assert f"skipped {folder}/bad\\x1b]0;pwned\\x07.jpg: " in r.stderr
+
+    table = cli("search", "x", "--db", db, "--no-server")
+    assert table.exit_code == 0, table.output
+    assert "\x1b" not in table.stdout
+    assert "evil\\x1b[31mRED\\x1b[0m.png" in table.stdout and "two\\nlines.png" in table.stdout
+    rows = [line for line in table.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 3  # the newline did not split a row
+
+    hits = json.loads(cli("search", "x", "--db", db, "--json", "--no-server").stdout)
+    assert {Path(h["path"]).name for h in hits} == {evil, split, plain}  # JSON stays exact
+    null = cli("search", "x", "--db", db, "-0", "--no-server").stdout
+    assert null.endswith("\0")
+    assert set(null.split("\0")[:-1]) == {str(folder / n) for n in (evil, split, plain)}
+    assert cli("search", "x", "--db", db, "--paths", "--null", "--no-server").stdout == null
+    bad = cli("search", "x", "--db", db, "--json", "-0")
+    assert bad.exit_code == 2 and "--json and --null cannot be combined" in bad.stderr
+
+    missing = cli("similar", folder / "gone\x1b[2J.png", "--db", db)
+    assert missing.exit_code == 2
+    assert "gone\\x1b[2J.png" in missing.stderr and "\x1b" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def _kitty_images(text: str) -> list[bytes]:
+    """The PNGs a kitty-protocol stream shows: each image's chunks joined and decoded."""
+    import base64
+    import re
+
+    images, current = [], ""
+    for keys, payload in re.findall(r"\x1b_G([^;]*);([^\x1b]*)\x1b\\", text):
+        current += payload
+        if "m=0" in keys.split(","):
+            images.append(base64.b64decode(current))
+            current = ""
+    return images
+
+
+def test_preview_draws_thumbnails_beside_the_hits(photos, db):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from clipsearch.preview import detect
+
+    hits = json.loads(cli("search", "a photo", "--db", db, "-k", 3, "--json", "--no-server").stdout)
+    kitty = cli("search", "a photo", "--db", db, "-k", 3, "--preview=kitty", "--no-server")
+    assert kitty.exit_code == 0, kitty.output
+    assert kitty.stdout.startswith("\x1b_Ga=T,f=100,c=10,r=5,C=1,q=2,m=")
+    shown = _kitty_images(kitty.stdout)
+    assert len(shown) == 3
+    for png, hit in zip(shown, hits, strict=True):
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.format == "PNG" and max(img.size) == 128
+        with Image.open(hit["path"]) as original:
+            assert abs(img.size[0] / img.size[1] - original.size[0] / original.size[1]) < 0.05
+    # beside each picture: the cursor moves right past it, then rank, score and path
+    texts = re.findall(r"\x1b\[11C([^\n]*)\n{5}", kitty.stdout)
+    assert texts == [f"{h['rank']:>3}  {h['score']:.3f}  {h['path']}" for h in hits]
+
+    iterm = cli("search", "a photo", "--db", db, "-k", 3, "--preview=iterm", "--no-server").stdout
+    found = re.findall(r"\x1b\]1337;File=inline=1;size=(\d+);width=10;height=5;preserveAspectRatio=1:"
+                       r"([A-Za-z0-9+/=]+)\x07 ([^\n]*)\n", iterm)
+    assert [text for *_, text in found] == [f"{h['rank']:>3}  {h['score']:.3f}  {h['path']}" for h in hits]
+    assert all(int(size) == len(base64.b64decode(data)) for size, data, _ in found)
+
+    for args in (["--json"], ["--paths"], ["-0"]):  # what programs read never carries pictures
+        out = cli("search", "a photo", "--db", db, "-k", 3, "--preview=kitty", "--no-server", *args).stdout
+        assert "\x1b" not in out
+    plain = cli("similar", photos / "space" / "rocket.jpg", "--db", db, "-k", 3, "--preview", "auto",
+                "--no-server")
+    assert plain.exit_code == 0 and "\x1b" not in plain.stdout and "rocket.jpg" in plain.stdout
+    assert "--preview shows thumbnails only in terminals that display images (kitty" in plain.stderr
+    bad = cli("search", "a photo", "--db", db, "--preview=sixel")
+    assert bad.exit_code == 2 and "--preview=sixel is not an image protocol" in bad.stderr
+
+    assert detect({"TERM": "xterm-kitty"}) == detect({"KITTY_WINDOW_ID": "1"}) == "kitty"
+    assert detect({"TERM_PROGRAM": "iTerm.app"}) == detect({"TERM_PROGRAM": "WezTerm"}) == "iterm"
+    assert detect({"TERM": "xterm-256color"}) is None
+
+
+def test_a_bare_preview_means_auto(photos, tmp_path, tiny_local_dir):
+    import serving
+
+    db = tmp_path / "db"  # a model a new process can load without the test's registered config
+    assert cli("index", photos, "--db", db, "--model", f"local-dir:{tiny_local_dir}", "-q").exit_code == 0
+    code, out, err, _ = serving.run_cli("search", "a photo", "--preview", "--db", db, "-k", 2, "--no-server")
+    assert code == 0, err
+    assert "rank" in out and "\x1b" not in out  # stdout is a pipe: no terminal to draw in
+    assert "force one with --preview=kitty or --preview=iterm" in err

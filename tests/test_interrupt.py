@@ -11,6 +11,9 @@ import subprocess
 import pytest
 from test_cli import _script
 
+from clipsearch.errors import IndexNotFoundError
+from clipsearch.store import Store
+
 
 def _start(many_photos, db, model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -63,3 +66,66 @@ def test_signal_mid_run_then_resume(many_photos, tmp_path, tiny_local_dir, sig):
     from clipsearch.ann import current as current_ann
 
     assert current_ann(store).size == 300  # FAISS in step with the table
+
+
+def _killed_run(many_photos, db, model_dir, pause: float, wait: float) -> tuple[int, int, float]:
+    """An index run killed with SIGKILL `wait` seconds after its first commit (or after 15 s of
+    embedding without one): (images it had embedded, rows it left committed, images per second)."""
+    import queue
+    import threading
+    import time
+
+    from helpers import start_writer
+
+    def rows() -> int:
+        try:
+            return Store.open(db).count()
+        except IndexNotFoundError:
+            return 0
+
+    before = rows()
+    proc = start_writer(many_photos, db, model_dir, pause=pause, commit_every=256)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    progress: list[tuple[int, float]] = []  # (images done, when) of this run's embedding
+
+    def drain() -> None:
+        while not lines.empty():
+            phase, *rest = lines.get().split()
+            if phase == "embed" and int(rest[0]) > 0:
+                progress.append((int(rest[0]), float(rest[2])))
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        drain()
+        if rows() > before or (progress and time.monotonic() - progress[0][1] > 15):
+            break
+        time.sleep(0.25)
+    time.sleep(wait)
+    drain()
+    done, at = progress[-1]
+    proc.kill()
+    proc.wait(timeout=60)
+    return done, rows() - before, done / max(at - progress[0][1], 1e-3)
+
+
+@pytest.mark.slow
+def test_a_kill_loses_seconds_of_work_not_minutes(many_photos, tmp_path, tiny_local_dir):
+    """Runs of about 45 s (a pause per image), each killed with SIGKILL at a random moment after
+    its first commit: what the run had embedded by then, less what the table holds, is never
+    more than about the 10 s between timed commits, and every run moves the index forward."""
+    import random
+
+    from helpers import start_writer
+
+    rng, db = random.Random(5), tmp_path / "db"
+    for run in range(3):
+        done, kept, rate = _killed_run(many_photos, db, tiny_local_dir, 0.15, rng.uniform(0.5, 10))
+        lost = (done - kept) / rate
+        assert kept > 0, f"run {run}: nothing committed after {done} images"
+        assert lost <= 12, f"run {run}: {done} images embedded, {kept} committed: {lost:.1f} s of work lost"
+    proc = start_writer(many_photos, db, tiny_local_dir, commit_every=256)
+    out, _ = proc.communicate(timeout=300)
+    assert "finished" in out
+    paths = Store.open(db).read(["path"]).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 300

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import SAMPLES
 from helpers import stored_vectors
 
 from clipsearch import open_index
@@ -94,3 +97,31 @@ def test_scores_are_cosines(index, sample_index, embedder):
     q = embedder.embed_texts(["a rocket launch"])[0]
     for h in index.search("a rocket launch", k=13):
         assert h.score == pytest.approx(float(np.dot(stored[h.path], q)), abs=1e-5)
+
+
+def test_similar_puts_the_photo_asked_about_first_among_equal_scores(tmp_path, embedder):
+    """A PNG and a BMP of the same pixels score 1.0 both; whichever is asked about comes first,
+    by path, by id, on the fast path's snapshot too."""
+    from PIL import Image
+
+    from clipsearch import index_folders, open_index
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with Image.open(SAMPLES / "space" / "astronaut.jpg") as img:
+        pixels = img.convert("RGB")
+    for name in ("a.png", "b.bmp", "c.tif"):
+        pixels.save(folder / name)
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(folder / "other.png")
+    db = tmp_path / "db"
+    index_folders([folder], db, embedder=embedder, workers=0)
+    index = open_index(db, embedder=embedder)
+    ids = {Path(r.path).name: r.id for r in index.records(range(10), tags=False).values()}
+    for name in ("a.png", "b.bmp", "c.tif"):
+        hits = index.similar(folder / name, k=2)
+        assert hits[0].path == str(folder / name), name
+        assert hits[0].rank == 1 and hits[1].rank == 2
+        assert hits[0].score == pytest.approx(hits[1].score, abs=1e-6)
+        assert index.similar(ids[name], k=1)[0].path == str(folder / name)
+        page = index.similar_page(ids[name], k=1, offset=1)
+        assert page.hits[0].path != str(folder / name) and page.hits[0].rank == 2

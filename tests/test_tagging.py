@@ -261,3 +261,39 @@ def test_tagging_while_another_process_writes_is_refused_and_keeps_the_old_tags(
     with lock_dir(db), pytest.raises(IndexBusyError, match="is writing to the index at"):
         index.tag("beach")
     assert {c.label for c in index.tags()} == {"dog", "cat"}
+
+
+def test_tagging_streams_the_vectors_in_bounded_batches(many_photos, tmp_path, embedder, monkeypatch):
+    """A million vectors are 2 GB: tagging must never ask for them all at once. In batches of
+    64 rows it writes exactly the tags one batch of everything would."""
+    from clipsearch.tagging import tag_store
+
+    copies = many_photos / "copies"
+    copies.mkdir()
+    for name in ("roll0/0.png", "roll5/299.png"):  # copies in other batches share their tags
+        shutil.copy(many_photos / name, copies / name.replace("/", "-"))
+    db = tmp_path / "db"
+    index_folders([many_photos], db, embedder=embedder, workers=0)
+    embed = open_index(db, embedder=embedder).embed_texts
+    tagger = Tagger.embed(label_set("red,green,blue,dark", threshold=0.3), embed)
+
+    store = Store.open(db)
+    whole = tag_store(store, tagger, batch_rows=1_000_000)
+    whole_rows = store.read_tags()[0].sort_by([("hash", "ascending"), ("label", "ascending")])
+
+    asked: list[int] = []
+    original = Store.batches
+
+    def bounded(self, columns, where=None, batch_rows=16_384):
+        for batch in original(self, columns, where, batch_rows):
+            asked.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(Store, "batches", bounded)
+    monkeypatch.setattr(Store, "vectors", lambda *a, **k: pytest.fail("every vector read at once"))
+    streamed = tag_store(store, tagger, batch_rows=64)
+    assert max(asked) <= 64 and sum(asked) == 302
+    rows = Store.open(db).read_tags()[0].sort_by([("hash", "ascending"), ("label", "ascending")])
+    assert rows.to_pylist() == whole_rows.to_pylist() and rows.num_rows > 0
+    assert (streamed.images, streamed.untagged) == (whole.images, whole.untagged) == (302, whole.untagged)
+    assert streamed.per_image == whole.per_image

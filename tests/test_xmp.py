@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from clipsearch import index_folders
@@ -142,3 +143,46 @@ def test_tag_write_xmp_writes_each_tagged_photo_and_reports_bad_sidecars(photos,
     assert 0 < written < len(tagged) - 1
     assert f"{written} XMP sidecars written" in r.stderr
     assert f"skipped {horse}.xmp: cannot read the existing sidecar" in r.stderr
+
+
+def test_sidecars_stay_in_step_with_later_index_runs(photos, tmp_path, tiny_checkpoint):
+    """`tag --write-xmp` is remembered: an index run that adds photos writes their sidecars (with
+    the tags it gives them), a moved photo gets one at its new path, a deleted photo's sidecar
+    is left alone, and `--no-write-xmp` stops it."""
+    import shutil
+
+    from conftest import TINY
+
+    runner = CliRunner()
+
+    def cli(*args):
+        r = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+
+    db, later = tmp_path / "db", tmp_path / "later"
+    shutil.move(photos / "travel", later)  # added by the second run
+    cli("index", photos, "--db", db, "--model", TINY, "--pretrained", tiny_checkpoint, "-q")
+    labels = ("--labels", "dog,cat,beach,space,food,texture", "--threshold", "0", "--top", "2")
+    cli("tag", "--db", db, *labels, "--write-xmp")
+    rocket = photos / "space" / "rocket.jpg"
+    assert Path(f"{rocket}.xmp").exists()
+
+    shutil.move(later, photos / "travel")
+    moved = photos / "moved-rocket.jpg"
+    shutil.move(rocket, moved)
+    r = cli("index", photos, "--db", db, "--json")
+    summary = json.loads(r.stdout)
+    assert summary["added"] == 2 and summary["moved"] == 1
+    tags = {i["path"]: [t["label"] for t in i["tags"]]
+            for i in json.loads(cli("tag", "--db", db, *labels, "--json").stdout)}
+    for new in (photos / "travel" / "china.jpg", photos / "travel" / "flower.jpg", moved):
+        assert tags[str(new)], new
+        assert subjects(Path(f"{new}.xmp")) == tags[str(new)]
+    assert summary["sidecars_written"] == 3
+    assert Path(f"{rocket}.xmp").exists()  # the old path's sidecar: other tools may own it
+
+    cli("tag", "--db", db, "--labels", "dog,cat", "--threshold", "0.02", "--no-write-xmp")
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(photos / "newest.png")
+    assert json.loads(cli("index", photos, "--db", db, "--json").stdout)["sidecars_written"] == 0
+    assert not (photos / "newest.png.xmp").exists()

@@ -4,14 +4,13 @@ shows its old thumbnail and a moved one keeps its thumbnail."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, features
+from PIL import features
 
 from clipsearch import config
-from clipsearch.images import decode
+from clipsearch.images import thumbnail
 from clipsearch.results import ImageRecord
 
 SIZES = (256, 512, 1024)  # grid, high-density grid, viewer
@@ -42,14 +41,7 @@ class Thumbnails:
 
 def make(data: bytes, name: str, size: int) -> bytes:
     """Encode the upright picture in `data`, scaled to fit a `size` x `size` box (never enlarged)."""
-    image = decode(data, name, min_side=size).image
-    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    out = io.BytesIO()
-    if WEBP:
-        image.save(out, "WEBP", quality=80, method=4)
-    else:
-        image.save(out, "JPEG", quality=85, optimize=True)
-    return out.getvalue()
+    return thumbnail(data, name, size, "WEBP" if WEBP else "JPEG")
 
 
 def _read_bytes(path: str) -> bytes:
