@@ -203,7 +203,8 @@ Pretrained = Annotated[str | None, typer.Option(
     help="Pretrained tag or local checkpoint file [default: laion2b_s34b_b79k].")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
 Workers = Annotated[int | None, typer.Option(
-    "--workers", min=0, help="Decode threads [default: CPU count, at most 8].")]
+    "--workers", min=0, help="Decode threads; with --ray, Ray workers, each a copy of the model "
+                             "[default: CPU count, at most 8; with --ray, one per GPU, or per 8 CPUs].")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -221,6 +222,20 @@ def index(
         "--exclude", help="Glob of paths to leave out (repeatable), e.g. '*/thumbs/*'.")] = None,
     as_json: Json = False,
     quiet: Quiet = False,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help='Read, decode and embed on a Ray cluster (pip install "clipsearch[ray]"): '
+                      "RAY_ADDRESS or --ray-address if given, else a local runtime. The photos must "
+                      "be at the same path on every worker.", rich_help_panel="Ray")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="The Ray cluster, e.g. ray://head:10001 or auto (implies --ray).",
+        rich_help_panel="Ray")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        "--gpus-per-worker", min=0, help="GPUs each Ray worker holds [default: 1 if the cluster has "
+                                         "GPUs, else 0].", rich_help_panel="Ray")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(
+        "--cpus-per-worker", min=0.1, help="CPUs each Ray worker holds, for decoding [default: the "
+                                           "cluster's CPUs shared out, at most 8].",
+        rich_help_panel="Ray")] = None,
 ) -> None:
     """Index the images in FOLDERS; later runs only embed what changed.
 
@@ -232,12 +247,18 @@ def index(
     from clipsearch import present
     from clipsearch.engine import index_folders
 
+    fanout = None
+    if ray or ray_address:
+        from clipsearch.distributed import RayOptions
+
+        fanout = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                            cpus_per_worker=cpus_per_worker)
     saved = "interrupted; progress is saved: run the same command again to resume"
     with _errors(saved), _terminate_as_interrupt(), present.progress_bar(not quiet and not as_json) as report:
         summary = index_folders(
             [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
             precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
-            progress=report,
+            progress=report, ray=fanout,
         )
     present.summary(summary, as_json)
 

@@ -3,6 +3,8 @@ function that builds its parts. The CLI and the Python API both go through here.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 import time
@@ -48,9 +50,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from clipsearch.ann import AnnIndex
+    from clipsearch.distributed import RayOptions
     from clipsearch.dupes import Group as DupeGroup
     from clipsearch.featcache import FeatureCache
-    from clipsearch.indexer import ProgressCallback
+    from clipsearch.indexer import Fanout, ProgressCallback
     from clipsearch.models.base import Embedder
     from clipsearch.models.blip import ItmScorer
     from clipsearch.query import Term
@@ -637,12 +640,18 @@ def index_folders(
     progress: ProgressCallback | None = None,
     embedder: Embedder | None = None,
     commit_every: int = config.COMMIT_EVERY,
+    ray: RayOptions | None = None,
+    fanout: Fanout | None = None,
 ) -> IndexSummary:
     """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
 
     `precision`: fp32 (open_clip's own vectors), bf16 / fp16 (GPU) / int8 (CPU) for speed, or
     auto [default: CLIPSEARCH_PRECISION, else auto]: bf16 on CPUs with native bf16, fp16 on CUDA,
     fp32 elsewhere.
+    `ray`: read, decode and embed on a Ray cluster (the extra clipsearch[ray]); `device` and
+    `precision` are then the workers'. Scanning, the diff and every commit stay here, as in a
+    local run. `fanout`: any other way to read, decode and embed the photos a run needs (what
+    `ray` sets up; the benchmarks stub it to time the driver alone).
     """
     from clipsearch.indexer import Indexer
 
@@ -653,7 +662,14 @@ def index_folders(
     precision = precision or config.index_precision()
     folders = [normalize_root(r) for r in roots]
     path = db_path(db)
-    with lock_dir(path):
+    with contextlib.ExitStack() as held:
+        if ray is not None:
+            from clipsearch.distributed import session
+
+            # at once: a missing extra or an unreachable cluster is told before any work
+            held.enter_context(session(ray))
+            worker_device, device = device, "cpu"  # the driver's own loads leave GPUs to the workers
+        held.enter_context(lock_dir(path))
         store = Store.open(path) if Store.exists(path) else None
         recorded = ModelSpec.from_dict(store.manifest.model) if store else None
         spec = embedder.spec if embedder is not None else resolve_spec(model, pretrained, recorded)
@@ -676,10 +692,15 @@ def index_folders(
                 embedder = load_embedder(spec, device, precision)
             return embedder
 
+        if ray is not None:
+            from clipsearch.distributed import embed
+
+            fanout = functools.partial(embed, options=ray, spec=spec.to_dict(), device=worker_device,
+                                       precision=precision, batch_size=batch_size)
         indexer = Indexer(
             store, lazy_embedder, batch_size=batch_size,
             workers=config.default_workers() if workers is None else workers,
-            progress=progress, commit_every=commit_every,
+            progress=progress, commit_every=commit_every, fanout=fanout,
         )
         summary = indexer.run(folders, exclude)
         store.manifest.roots = sorted(set(store.manifest.roots) | set(folders))

@@ -71,6 +71,20 @@ class ServeError(ClipsearchError):
     """The server cannot start (its port is taken, its address is not this machine's ...)."""
 
 
+class RayUnavailableError(BadInputError):
+    """--ray was asked for, but Ray is not installed or its cluster cannot be reached."""
+
+
+class RayWorkerError(ClipsearchError):
+    """The Ray job failed on its workers (a model they cannot load, a cluster that went away);
+    what was committed before is kept."""
+
+
+class WorkerCannotReadError(ClipsearchError):
+    """A Ray worker could not read a photo that the driver can: the photos are not at the same
+    path on every machine."""
+
+
 class UnreadableImageError(ClipsearchError):
     """One file could not be decoded as an image. The indexer skips it and reports the reason."""
 

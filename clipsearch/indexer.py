@@ -21,16 +21,19 @@ import numpy as np
 import pyarrow as pa
 
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
-from clipsearch.errors import IndexInterrupted, UnreadableImageError
+from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import content_hash, decode, load_image, read_file
 from clipsearch.results import IndexSummary, Progress, Skipped
 from clipsearch.scan import FileEntry, is_under, scan
 from clipsearch.store import META_COLUMNS, Store
 
 if TYPE_CHECKING:
+    from clipsearch.distributed import Embedded
     from clipsearch.models.base import Embedder
 
 ProgressCallback = Callable[[Progress], None]
+# Embeds elsewhere (a Ray cluster): (paths, hashes the index holds) -> each photo as it comes back
+Fanout = Callable[[list[str], list[str]], Iterator["Embedded"]]
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Indexer:
         progress: ProgressCallback | None = None,
         commit_every: int = COMMIT_EVERY,
         commit_seconds: float = COMMIT_SECONDS,
+        fanout: Fanout | None = None,
     ) -> None:
         self.store = store
         self._load_embedder = embedder
@@ -78,6 +82,7 @@ class Indexer:
         self.progress = progress or (lambda _p: None)
         self.commit_every = max(1, commit_every)
         self.commit_seconds = commit_seconds
+        self.fanout = fanout
         self._committed_at = time.monotonic()
         self.summary = IndexSummary()
         self._buffer: list[_Outcome] = []
@@ -124,6 +129,9 @@ class Indexer:
         except KeyboardInterrupt:
             self._flush(final=True)
             raise IndexInterrupted(self._saved) from None
+        except (WorkerCannotReadError, RayWorkerError):
+            self._flush(final=True)
+            raise
         if gone:
             self.store.delete_paths(gone)
             self.summary.removed = len(self._gone - self._moved_sources)
@@ -175,11 +183,34 @@ class Indexer:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    # -- or read, hashed, decoded and embedded on a cluster ------------------------------------
+    def _fanned_out(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
+        by_path = {e.path: e for e in entries}
+        for e in self.fanout(list(by_path), list(self._by_hash)):
+            entry = by_path.pop(e.path, None)
+            if entry is None:  # a second answer for one photo (a retried batch) must not add a row
+                continue
+            if e.reason is not None:
+                if e.unread:
+                    _readable_here(e)
+                yield Skipped(e.path, e.reason)
+            elif e.vector is not None:
+                self.summary.embedded += 1
+                yield _Outcome(entry, e.hash, width=e.width, height=e.height, taken=e.taken, vector=e.vector)
+            elif e.hash in self._by_hash:
+                yield _Outcome(entry, e.hash, source=self._by_hash[e.hash])
+            else:  # its hash shares its first 64 bits with indexed content: embed it here
+                outcome = _Outcome(entry, e.hash)
+                self._embed_one(outcome)
+                if outcome.vector is not None:
+                    yield outcome
+
     # -- embedding and committing, in the calling thread --------------------------------------
     def _process(self, entries: list[FileEntry]) -> None:
         pending: list[_Outcome] = []
         self.progress(Progress("embed", 0, len(entries)))
-        for done, result in enumerate(self._outcomes(entries), start=1):
+        results = self._outcomes(entries) if self.fanout is None else self._fanned_out(entries)
+        for done, result in enumerate(results, start=1):
             if isinstance(result, Skipped):
                 self.summary.skipped.append(result)
             elif result.pixels is None:
@@ -245,6 +276,7 @@ class Indexer:
                 self._embed_one(o)
 
     def _embed_one(self, o: _Outcome) -> None:
+        self._embedder = self._embedder or self._load_embedder()
         try:
             decoded = load_image(o.entry.path, self._embedder.decode_min_side)
         except UnreadableImageError as exc:
@@ -288,3 +320,15 @@ class Indexer:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
         })
 
+
+
+def _readable_here(e: Embedded) -> None:
+    """A file a worker could not read, which this machine can: the photos are not shared."""
+    try:
+        read_file(e.path)
+    except UnreadableImageError:
+        return  # unreadable here too: skipped, as a local run skips it
+    raise WorkerCannotReadError(
+        f"a Ray worker on {e.host} cannot read {e.path} ({e.reason}), which this machine can; "
+        "--ray needs the photos at the same path on every worker (a shared filesystem): mount them "
+        "there, or index without --ray")

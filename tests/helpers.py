@@ -93,24 +93,27 @@ def reference_tag_scores(embedder, images: np.ndarray, labels: list[str]) -> np.
 # An index run in another process, printing its progress line by line; a per-image pause (test
 # only) stretches the run so that whatever the test does alongside reliably overlaps it.
 WRITER = """
-import sys, time
+import json, sys, time
 import clipsearch
+from clipsearch.distributed import RayOptions
 pause = float(sys.argv[4])
 
 def report(p):
     print(p.phase, p.done, p.total, time.monotonic(), flush=True)
     time.sleep(pause)
 
-clipsearch.index_folders([sys.argv[1]], sys.argv[2], model=sys.argv[3], device="cpu", batch_size=4,
-                         workers=2, commit_every=int(sys.argv[5]), progress=report)
-print("finished", flush=True)
+summary = clipsearch.index_folders(
+    [sys.argv[1]], sys.argv[2], model=sys.argv[3], device="cpu", batch_size=4, workers=2,
+    commit_every=int(sys.argv[5]), progress=report, ray=RayOptions(sys.argv[6]) if sys.argv[6] else None)
+print("finished", json.dumps(summary.to_dict()), flush=True)
 """
 
 
 def start_writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0,
-                 commit_every: int = 16) -> subprocess.Popen:
+                 commit_every: int = 16, ray: str = "") -> subprocess.Popen:
+    """`ray`: the address of a Ray cluster to index through."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(photos), str(db), f"local-dir:{model_dir}", str(pause),
-         str(commit_every)],
+         str(commit_every), ray],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -23,7 +23,7 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert figures["failed"] == {}
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
-                             "serve", "eval", "dupes"}
+                             "serve", "eval", "dupes", "ray"}
     assert sections["throughput"]["12 MP"]["images"] == 2 and sections["throughput"]["12 MP"]["ratio"] > 0
     assert sections["scale"]["2000"]["recall_at_10"] == 1.0  # flat: exact by construction
     assert sections["tagging"]["tags_kept"] > 0
@@ -39,6 +39,9 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert found["recall"] == 1.0 and found["false_merges"] == 0 and found["planted_groups"] > 0
     calibrated = sections["dupes"]["calibration"]["trained"]
     assert calibrated["thresholds"]["0.95"]["recall"] == 1.0 and calibrated["default"]["false_merges"] == 0
+    ray = sections["ray"]
+    assert ray["same_rows"] and ray["rows"] == 4 and ray["max_vector_delta"] <= 1e-5
+    assert ray["commit"]["rows_s"] > 0
     for name in sections:
         assert f"## {name}" in r.stdout
 
