@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -182,6 +184,8 @@ def connect(options: RayOptions) -> Any:
     if ray.is_initialized():
         return ray
     address = options.address or os.environ.get("RAY_ADDRESS") or None
+    main = threading.current_thread() is threading.main_thread()
+    on_term = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
@@ -189,6 +193,10 @@ def connect(options: RayOptions) -> Any:
         raise RayUnavailableError(
             f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}; "
             "check --ray-address (e.g. ray://head:10001) or RAY_ADDRESS") from None
+    if main and on_term is not None:
+        # Ray's core replaces the process's SIGTERM handler with one that dumps a stack and dies;
+        # `kill` must end a run as Ctrl-C does, committing what was embedded
+        signal.signal(signal.SIGTERM, on_term)
     return ray
 
 

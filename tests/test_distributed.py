@@ -181,6 +181,29 @@ def test_a_killed_ray_run_resumes_with_exact_counts(many_photos, tmp_path, tiny_
     assert summary["embedded"] == sum(r["hash"] not in before.values() for r in new)
 
 
+def test_kill_ends_a_ray_run_as_ctrl_c_does(many_photos, tmp_path, tiny_local_dir, head):
+    """SIGTERM once the run is under way: the embedded rows are committed and the run says it
+    can be resumed (Ray replaces the process's SIGTERM handler with one that just exits)."""
+    import serving
+
+    db = tmp_path / "db"
+    args = ("index", many_photos, "--db", db, "--model", f"local-dir:{tiny_local_dir}", "--device", "cpu",
+            "--batch-size", 2, "--ray-address", head)
+    proc = subprocess.Popen(serving.command(*args), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=serving.environment())
+    assert proc.stderr.readline().startswith("found 300 images")
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; progress is saved (" in err and "run the same command again to resume" in err
+    kept = _count(db)
+    r = cli(*args, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert (summary["added"], summary["unchanged"]) == (300 - kept, kept) and _count(db) == 300
+
+
 def test_without_the_extra_ray_is_refused_at_once(photos, tmp_path):
     import serving
 
