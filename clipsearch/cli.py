@@ -7,6 +7,7 @@ module level, so `clipsearch --help` is instant.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -98,19 +99,41 @@ def _errors(interrupted: str = "interrupted") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def _terminate_as_interrupt(stop: threading.Event | None = None) -> Iterator[None]:
     """`kill` (SIGTERM), a logout or a service stop ends an index run like Ctrl-C: the batch in
-    hand is committed and the message says the run can be resumed."""
+    hand is committed and the message says the run can be resumed.
+
+    With `stop`, the first SIGTERM or Ctrl-C only sets it, and the run stops at its next safe
+    point (`_stopping`, between two images); a second one interrupts at once. An interrupt raised
+    wherever the main thread happens to be can land inside native code (LanceDB's writer, torch)
+    and abort the process instead of committing."""
     import signal
 
     def interrupt(_signum, _frame):
+        if stop is not None and not stop.is_set():
+            stop.set()
+            return
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt)
+                for sig in ((signal.SIGTERM, signal.SIGINT) if stop is not None else (signal.SIGTERM,))}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopping(stop: threading.Event, report: Callable) -> Callable:
+    """The indexer's progress callback, which is also where a requested stop takes effect: the
+    indexer calls it between images, in the main thread, where an interrupt is safe."""
+
+    def progress(p) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        report(p)
+
+    return progress
 
 
 def _format(as_json: bool, paths: bool, null: bool = False) -> str:
@@ -254,11 +277,13 @@ def index(
         fanout = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
                             cpus_per_worker=cpus_per_worker)
     saved = "interrupted; progress is saved: run the same command again to resume"
-    with _errors(saved), _terminate_as_interrupt(), present.progress_bar(not quiet and not as_json) as report:
+    stop = threading.Event()
+    with _errors(saved), _terminate_as_interrupt(stop), \
+            present.progress_bar(not quiet and not as_json) as report:
         summary = index_folders(
             [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
             precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
-            progress=report, ray=fanout,
+            progress=_stopping(stop, report), ray=fanout,
         )
     present.summary(summary, as_json)
 
