@@ -66,7 +66,7 @@ class Embedded:
 
 def hash_keys(hashes: Sequence[str]) -> np.ndarray:
     """The first 64 bits of each content hash, sorted: what workers test a file's hash against
-    to skip decoding content the index holds (8 bytes a photo, not the hash's 64 characters).
+    to skip decoding content the index holds (8 bytes a photo, not the hash's 32 characters).
     A prefix shared by two contents is caught by the driver, which checks the whole hash."""
     return np.unique(np.fromiter((int(h[:16], 16) for h in hashes), np.uint64, len(hashes)))
 
