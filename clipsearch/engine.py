@@ -279,9 +279,9 @@ class Index:
         started = time.perf_counter()
         filters = Filters.make(within, after, before, ext, tags)
         _check_page(k, offset)
-        vector = self.image_vector(image)
+        vector, own = self._image(image)
         embedded = time.perf_counter()
-        own, wanted = self._indexed_id(image), k + offset
+        wanted = k + offset
         while True:
             hits, considered = self._nearest(vector, wanted + (own is not None), filters)
             # the photo asked about comes first among equal scores (a copy in another format
@@ -293,20 +293,6 @@ class Index:
         hits = _asked_first(hits, own)[:k + offset]
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
         return _page(hits[offset:offset + k], considered, timing, started)
-
-    def _indexed_id(self, image: str | os.PathLike[str] | int | ImageData) -> int | None:
-        """The row id of an image given by id, or by the path of an indexed, unchanged file."""
-        if isinstance(image, int):
-            return image
-        if isinstance(image, ImageData):
-            return None
-        name = os.path.abspath(os.path.expanduser(os.fspath(image)))
-        row = self.store.row(name, ["id", "size", "mtime_ns"])
-        try:
-            st = os.stat(name)
-        except OSError:
-            return None
-        return row["id"] if row and (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns) else None
 
     def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
         """The unit vector a parsed query stands for (clipsearch.query.combine)."""
@@ -332,6 +318,11 @@ class Index:
     def image_vector(self, image: str | os.PathLike[str] | int | ImageData) -> np.ndarray:
         """The vector of an image file, an indexed row (by id) or an image's bytes. Content the
         index holds is never embedded again: its stored vector is the one indexing computed."""
+        return self._image(image)[0]
+
+    def _image(self, image: str | os.PathLike[str] | int | ImageData) -> tuple[np.ndarray, int | None]:
+        """`image_vector`, and the row id of the image when it is an indexed row: given by id, or
+        the path of an indexed, unchanged file."""
         import numpy as np
 
         from clipsearch.images import content_hash, decode, read_file
@@ -340,7 +331,7 @@ class Index:
             rows = self.store.fetch([image], ["vector"])
             if not rows.num_rows:
                 raise _unknown_image(image)
-            return np.asarray(rows.column("vector")[0].as_py(), np.float32)
+            return np.asarray(rows.column("vector")[0].as_py(), np.float32), image
         if isinstance(image, ImageData):
             data, name = image.data, image.name
         else:
@@ -348,16 +339,17 @@ class Index:
             if not os.path.isfile(name):
                 raise BadInputError(f"image not found: {name}")
             st = os.stat(name)
-            row = self.store.row(name, ["size", "mtime_ns", "vector"])
+            row = self.store.row(name, ["id", "size", "mtime_ns", "vector"])
             if row and (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
-                return np.asarray(row["vector"], np.float32)  # indexed and unchanged: not even read
+                # indexed and unchanged: not even read
+                return np.asarray(row["vector"], np.float32), row["id"]
             data = read_file(name)
         row = self.store.row_by_hash(content_hash(data), ["vector"])
         if row:
-            return np.asarray(row["vector"], np.float32)  # the same content is indexed elsewhere
+            return np.asarray(row["vector"], np.float32), None  # the same content is indexed elsewhere
         embedder = self.embedder
         decoded = decode(data, name, embedder.decode_min_side)
-        return self._model_call(lambda: embedder.embed_pil([decoded.image])[0])
+        return self._model_call(lambda: embedder.embed_pil([decoded.image])[0]), None
 
     def search_vector(self, vector: np.ndarray, k: int = 10,
                       filters: Filters | None = None) -> list[Hit]:
@@ -741,8 +733,10 @@ def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexS
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if not written or not store.manifest.xmp_sidecars:
+        return
     stored = store.read_tags()
-    if not written or stored is None or not store.manifest.xmp_sidecars:
+    if stored is None:
         return
     rows = stored[0]
     rows = rows.filter(pc.is_in(rows.column("hash"), value_set=pa.array(sorted(set(written.values())))))
