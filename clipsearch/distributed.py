@@ -28,9 +28,8 @@ from clipsearch.errors import (
     ModelLoadError,
     RayUnavailableError,
     RayWorkerError,
-    UnreadableImageError,
 )
-from clipsearch.images import content_hash, decode, read_file
+from clipsearch.images import prepare_photo
 
 INSTALL = 'pip install "clipsearch[ray]"'
 # how our errors read in the remote tracebacks Ray wraps them in
@@ -93,23 +92,10 @@ class EmbedWorker:
         self.host = socket.gethostname()
 
     def _read(self, path: str) -> tuple[Embedded, Any]:
-        try:
-            data = read_file(path)
-        except UnreadableImageError as exc:
-            return Embedded(path, reason=exc.reason, unread=True, host=self.host), None
-        digest = content_hash(data)
-        if _known(self.keys, digest):
-            return Embedded(path, digest, host=self.host), None
-        try:
-            decoded = decode(data, path, self.embedder.decode_min_side)
-            pixels = self.embedder.preprocess(decoded.image)
-        except UnreadableImageError as exc:
-            return Embedded(path, digest, reason=exc.reason, host=self.host), None
-        except Exception as exc:  # one bad file must never end the run
-            reason = f"unexpected error ({type(exc).__name__}: {exc})"
-            return Embedded(path, digest, reason=reason, host=self.host), None
-        return Embedded(path, digest, width=decoded.width, height=decoded.height, taken=decoded.taken,
-                        host=self.host), pixels
+        p = prepare_photo(path, lambda digest: _known(self.keys, digest), self.embedder.decode_min_side,
+                          self.embedder.preprocess)
+        return Embedded(path, p.hash, width=p.width, height=p.height, taken=p.taken, reason=p.reason,
+                        unread=p.unread, host=self.host), p.pixels
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch

@@ -6,6 +6,7 @@ import hashlib
 import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -158,6 +159,42 @@ def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
 
 def load_image(path: str, min_side: int | None = None) -> Decoded:
     return decode(read_file(path), path, min_side)
+
+
+@dataclass
+class Prepared:
+    """A photo file as the indexer needs it: its content hash and, unless that content is
+    already indexed, its preprocessed pixels; or why it was skipped (`unread`: the file could
+    not be read at all, as opposed to decoded)."""
+
+    hash: str | None = None
+    pixels: object | None = None
+    width: int | None = None
+    height: int | None = None
+    taken: str | None = None
+    reason: str | None = None
+    unread: bool = False
+
+
+def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
+                  preprocess: Callable[[Image.Image], object]) -> Prepared:
+    """Read, hash and, when `known(hash)` is false, decode and preprocess the photo at `path`:
+    the work of an index run for each new or changed file, here or on a Ray worker. A bad file
+    never raises: its reason comes back."""
+    try:
+        try:
+            data = read_file(path)
+        except UnreadableImageError as exc:
+            return Prepared(reason=exc.reason, unread=True)
+        digest = content_hash(data)
+        if known(digest):
+            return Prepared(digest)
+        decoded = decode(data, path, min_side)
+        return Prepared(digest, preprocess(decoded.image), decoded.width, decoded.height, decoded.taken)
+    except UnreadableImageError as exc:
+        return Prepared(reason=exc.reason)
+    except Exception as exc:  # one bad file must never end the run
+        return Prepared(reason=f"unexpected error ({type(exc).__name__}: {exc})")
 
 
 def thumbnail(data: bytes, name: str, size: int, fmt: str = "WEBP") -> bytes:

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
-from clipsearch.images import content_hash, decode, load_image, read_file
+from clipsearch.images import load_image, prepare_photo, read_file
 from clipsearch.results import IndexSummary, Progress, Skipped
 from clipsearch.scan import FileEntry, is_under, scan
 from clipsearch.store import META_COLUMNS, Store
@@ -145,19 +145,12 @@ class Indexer:
 
     # -- hashing and decoding, in worker threads ------------------------------------------------
     def _work(self, entry: FileEntry, min_side: int, preprocess) -> _Outcome | Skipped:
-        try:
-            data = read_file(entry.path)
-            digest = content_hash(data)
-            source = self._by_hash.get(digest)
-            if source is not None:
-                return _Outcome(entry, digest, source=source)
-            decoded = decode(data, entry.path, min_side)
-            return _Outcome(entry, digest, pixels=preprocess(decoded.image), width=decoded.width,
-                            height=decoded.height, taken=decoded.taken)
-        except UnreadableImageError as exc:
-            return Skipped(exc.path, exc.reason)
-        except Exception as exc:  # one bad file must never end the run
-            return Skipped(entry.path, f"unexpected error ({type(exc).__name__}: {exc})")
+        p = prepare_photo(entry.path, self._by_hash.__contains__, min_side, preprocess)
+        if p.reason is not None:
+            return Skipped(entry.path, p.reason)
+        if p.pixels is None:
+            return _Outcome(entry, p.hash, source=self._by_hash[p.hash])
+        return _Outcome(entry, p.hash, pixels=p.pixels, width=p.width, height=p.height, taken=p.taken)
 
     def _outcomes(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
         # The model loads only when some file needs reading: an unchanged folder never pays for it.
