@@ -7,7 +7,9 @@ module level, so `clipsearch --help` is instant.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -22,11 +24,52 @@ if TYPE_CHECKING:
     from clipsearch.engine import Index
     from clipsearch.results import Hit
 
+
+class _Group(typer.core.TyperGroup):
+    """The `clipsearch` command, with help that names values as click and most CLIs do
+    (QUERY..., INTEGER, DIRECTORY) where typer would print Python types (<list[str]>)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        pending: list = [self]
+        while pending:
+            cmd = pending.pop()
+            pending.extend(getattr(cmd, "commands", {}).values())
+            for param in cmd.params:
+                if param.param_type_name == "argument" or (
+                        param.metavar is None and not getattr(param, "is_flag", False)):
+                    param.metavar = _metavar(param)
+
+
+_TYPE_NAMES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bool: "BOOLEAN"}
+_PATH_NAMES = {"dir": "DIRECTORY", "file": "FILE"}
+
+
+def _metavar(param) -> str:
+    described = getattr(param, "type_descriptor", None)
+    if param.param_type_name == "argument":
+        name = param.metavar or param.name.upper()
+        if described is not None:  # typer's own click: QUERY... alone, as click itself prints it
+            shown = name + ("..." if param.nargs != 1 else "")
+            param.display_type_rich = lambda ctx=None: None
+            param.get_usage_pieces = lambda ctx=None: [shown if param.required else f"[{shown}]"]
+        return name
+    if described is None:  # typer before 0.20: click's own types, named as click names them
+        return param.type.name.upper().removesuffix(" RANGE")
+    if described.is_path:
+        return _PATH_NAMES.get(described.path_type, "PATH")
+    kind = described.annotation
+    if typing.get_origin(kind) is list:
+        kind = typing.get_args(kind)[0]
+    return _TYPE_NAMES.get(kind, "VALUE")
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Search your photos by what is in them. Index a folder once, then search by text or by "
     "example image.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -417,12 +460,13 @@ def serve(
     from clipsearch.server.service import serve as run
 
     with _errors(), _terminate_as_interrupt():
-        try:
+        # uvicorn stops on SIGINT and SIGTERM by itself; whether it then re-raises the signal
+        # (a KeyboardInterrupt here) or simply returns differs between its releases
+        with contextlib.suppress(KeyboardInterrupt):
             run(config.db_path(db), host=host, port=port, token=token, device=device, precision=precision,
                 rerank_model=rerank_model, rerank_precision=rerank_precision, open_browser=open_browser,
                 on_start=present.serving)
-        except KeyboardInterrupt:
-            present.message("clipsearch serve stopped")
+        present.message("clipsearch serve stopped")
 
 
 @app.command("tag")
@@ -518,6 +562,7 @@ def dupes(
 
 
 eval_app = typer.Typer(
+    cls=_Group,
     help="Measure how well a model finds the right images, on a dataset with known answers: "
          "retrieval recall and zero-shot accuracy, through the real indexer and search.",
     no_args_is_help=True, rich_markup_mode=None)
@@ -620,6 +665,37 @@ def eval_zeroshot(
     _evaluate(db, data.images, quiet, lambda found, _report: zeroshot(data, found, threshold),
               "eval_zeroshot", as_json, model=model, pretrained=pretrained, device=device,
               precision=precision, batch_size=batch_size, workers=workers)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"clipsearch {version('clipsearch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+             ) -> None:
+    _notes_to_stderr()
+
+
+class _Notes(logging.Handler):
+    """What the library notes on its logger (a manifest restored from its copy ...), one line each
+    on stderr, as the CLI's own notes are printed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from clipsearch import present
+
+        present.message(record.getMessage())
+
+
+def _notes_to_stderr() -> None:
+    log = logging.getLogger("clipsearch")
+    if not any(isinstance(h, _Notes) for h in log.handlers):
+        log.addHandler(_Notes(logging.WARNING))
 
 
 def main() -> None:

@@ -629,7 +629,7 @@ def index_folders(
     batch_size: int = config.DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     exclude: Sequence[str] = (),
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | bool | None = None,
     embedder: Embedder | None = None,
     commit_every: int = config.COMMIT_EVERY,
     ray: RayOptions | None = None,
@@ -644,6 +644,8 @@ def index_folders(
     `precision` are then the workers'. Scanning, the diff and every commit stay here, as in a
     local run. `fanout`: any other way to read, decode and embed the photos a run needs (what
     `ray` sets up; the benchmarks stub it to time the driver alone).
+    `progress`: a callback hearing clipsearch.results.Progress events, or True for tqdm bars
+    (a widget in a notebook, a text bar in a terminal).
     """
     from clipsearch.indexer import Indexer
 
@@ -655,6 +657,11 @@ def index_folders(
     folders = [normalize_root(r) for r in roots]
     path = db_path(db)
     with contextlib.ExitStack() as held:
+        if progress is True:
+            from clipsearch import progress as shown
+
+            progress = held.enter_context(shown.bars())
+        progress = progress or None
         if ray is not None:
             from clipsearch.distributed import session
 

@@ -25,7 +25,8 @@ def replacing(target: str | os.PathLike[str], mode: int | None = None, durable: 
               ) -> Iterator[str]:
     """Yield a temporary path beside `target`. When the block ends without error, whatever was
     written there replaces `target` in one rename, with `mode` (default: a new file's under the
-    umask), synced to disk first if `durable`; on error it is removed and `target` is untouched."""
+    umask), synced to disk if `durable` (the file, then the folder holding the rename); on error
+    it is removed and `target` is untouched."""
     target = os.fspath(target)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".clipsearch-", suffix=".tmp")
     os.close(fd)
@@ -36,6 +37,23 @@ def replacing(target: str | os.PathLike[str], mode: int | None = None, durable: 
                 os.fsync(f.fileno())
         os.chmod(tmp, (0o666 & ~_UMASK) if mode is None else mode)
         os.replace(tmp, target)
+        if durable:
+            sync_folder(os.path.dirname(target) or ".")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (a rename into it) to disk: a power cut after os.replace can
+    otherwise bring back the old name. Windows opens no folders this way; it needs no such step."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and platforms) refuse to sync a folder: nothing to gain
+        pass
+    finally:
+        os.close(fd)

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from clipsearch.progress import PHASES
 from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, TagSummary
 from clipsearch.results import Progress as IndexProgress
 
@@ -222,7 +223,7 @@ def info(i: IndexInfo, as_json: bool) -> None:
     out.print(table)
 
 
-BARS = {"embed": "indexing", "text-to-image": "text queries", "re-rank": "re-ranked queries"}
+BARS = PHASES
 
 
 @contextlib.contextmanager

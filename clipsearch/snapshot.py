@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 from clipsearch.files import replacing
 from clipsearch.store import (
     LABEL_SET_KEY,
-    MANIFEST,
     META_COLUMNS,
     TABLE,
     TAGS_TABLE,
@@ -130,7 +129,7 @@ class Snapshot(RowSource):
         """The snapshot of the index at `db` as last committed, or None (none yet, or stale)."""
         db = Path(db)
         version = committed_version(db / f"{TABLE}.lance")
-        if version is None or not (db / MANIFEST).is_file():
+        if version is None or not Store.exists(db):
             return None
         rows = _read(_file(db, "rows", version))
         if rows is None:
@@ -141,7 +140,9 @@ class Snapshot(RowSource):
             tags = _read(_file(db, "tags", tags_version))
             if tags is None:
                 return None
-        return cls(db, Manifest.read(db / MANIFEST), version, rows, tags, tags_version)
+        ids = rows.column("id")
+        manifest = Manifest.load(db, lambda: int(ids[-1].as_py()) if len(ids) else -1)  # rows in id order
+        return cls(db, manifest, version, rows, tags, tags_version)
 
     # -- what a search asks of a Store -------------------------------------------------------
     def refresh(self) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,9 +26,13 @@ from clipsearch.errors import (
 )
 from clipsearch.files import replacing
 
+log = logging.getLogger("clipsearch")
 SCHEMA_VERSION = 1
 TABLE = "images"
 MANIFEST = "manifest.json"
+# A second copy of the manifest, written by the same atomic rule right after it: a manifest lost
+# to a bad disk or a hand edit is restored from it instead of costing a re-index.
+MANIFEST_COPY = "manifest.copy.json"
 LOCK = ".lock"
 _IN_CHUNK = 512
 # From this many rows, lookups by id (every search's result rows) and by path (similar, deletes)
@@ -78,6 +83,30 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     @classmethod
+    def load(cls, db: Path, highest_id: Callable[[], int] | None = None) -> Manifest:
+        """The manifest of the index at `db`. A damaged or missing manifest.json is restored from
+        its copy (noted once, on the `clipsearch` logger); `highest_id()` then gives the largest
+        row id stored, since the copy may be one write behind and ids are never handed out twice."""
+        db = Path(db)
+        try:
+            return cls.read(db / MANIFEST)
+        except CorruptIndexError as damaged:
+            try:
+                manifest = cls.read(db / MANIFEST_COPY)
+            except CorruptIndexError:
+                raise damaged from None
+        if highest_id is not None:
+            manifest.next_id = max(manifest.next_id, highest_id() + 1)
+        try:
+            manifest.write(db / MANIFEST, copy=False)
+            restored = "restored it"
+        except OSError:
+            restored = "using it (the index folder is read-only, so it stays damaged on disk)"
+        log.warning(f"note: the index manifest {db / MANIFEST} was damaged or missing; {restored} from "
+                    f"its copy {MANIFEST_COPY}")
+        return manifest
+
+    @classmethod
     def read(cls, path: Path) -> Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -97,9 +126,13 @@ class Manifest:
         except TypeError as exc:
             raise CorruptIndexError(f"index manifest {path} is incomplete ({exc}); re-index") from None
 
-    def write(self, path: Path) -> None:
-        with replacing(path, durable=True) as tmp, open(tmp, "wb") as f:
-            f.write(json.dumps(asdict(self), indent=2).encode())
+    def write(self, path: Path, copy: bool = True) -> None:
+        """Replace the manifest at `path` durably, then its copy beside it (so that at any moment
+        at least one of the two is whole)."""
+        data = json.dumps(asdict(self), indent=2).encode()
+        for target in (path, path.with_name(MANIFEST_COPY)) if copy else (path,):
+            with replacing(target, durable=True) as tmp, open(tmp, "wb") as f:
+                f.write(data)
 
 
 # errno values a full, read-only or forbidden index folder raises, and what to tell the user;
@@ -213,7 +246,7 @@ class Store(RowSource):
 
     @staticmethod
     def exists(path: Path) -> bool:
-        return (Path(path) / MANIFEST).is_file()
+        return any((Path(path) / name).is_file() for name in (MANIFEST, MANIFEST_COPY))
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -223,17 +256,24 @@ class Store(RowSource):
                 f"no index at {path}; build one first with: clipsearch index FOLDER "
                 "(and the same --db, if you gave one)"
             )
-        manifest = Manifest.read(path / MANIFEST)
         import lancedb
 
         try:
             table = lancedb.connect(path).open_table(TABLE)
         except Exception as exc:
+            Manifest.load(path)  # a damaged manifest is the first thing to say
             raise CorruptIndexError(
                 f"the image table in {path} cannot be opened ({str(exc).splitlines()[0][:200]}); "
                 f"move {path} aside and re-index"
             ) from None
-        return cls(path, manifest, table)
+        store = cls(path, None, table)  # type: ignore[arg-type]
+        store.manifest = Manifest.load(path, store.highest_id)
+        return store
+
+    def highest_id(self) -> int:
+        """The largest row id stored (-1 for none)."""
+        ids = self.read(["id"]).column("id")
+        return int(max(ids.to_numpy(), default=-1))
 
     @classmethod
     def create(cls, path: Path, manifest: Manifest) -> Store:
@@ -269,7 +309,7 @@ class Store(RowSource):
         with contextlib.suppress(OSError):
             stamp = (self.path / MANIFEST).stat().st_mtime_ns
             if stamp != self._manifest_stamp:
-                self.manifest, self._manifest_stamp = Manifest.read(self.path / MANIFEST), stamp
+                self.manifest, self._manifest_stamp = Manifest.load(self.path, self.highest_id), stamp
 
     def count(self) -> int:
         return self._table.count_rows()

@@ -28,15 +28,55 @@ def sidecar_path(image: str) -> str:
     return image + ".xmp"
 
 
-def _register(data: bytes) -> None:
-    ET.register_namespace("x", X)
-    ET.register_namespace("rdf", RDF)
-    ET.register_namespace("dc", DC)
+_XML = "http://www.w3.org/XML/1998/namespace"
+_DEFAULT_PREFIXES = {X: "x", RDF: "rdf", DC: "dc"}
+
+
+def _prefixes(data: bytes) -> dict[str, str]:
+    """Namespace URI -> prefix for one document: the writer's own prefixes (darktable:, digiKam:,
+    lr: ...) kept, x/rdf/dc for ours. Per document: ElementTree's register_namespace is one map
+    for the whole process, which threads writing other sidecars would read and change."""
+    found: dict[str, str] = {}
     with contextlib.suppress(ET.ParseError):
         for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
-            if prefix:  # keep the writer's prefixes (darktable:, digiKam:, lr: ...)
-                with contextlib.suppress(ValueError):
-                    ET.register_namespace(prefix, uri)
+            if prefix and uri not in found and prefix not in found.values():
+                found[uri] = prefix
+    for uri, prefix in _DEFAULT_PREFIXES.items():
+        if uri not in found and prefix not in found.values():
+            found[uri] = prefix
+    return found
+
+
+def _serialize(root: ET.Element, prefixes: dict[str, str]) -> str:
+    """The tree as text with `prefixes`, declared on the root element. Names are written out as
+    prefix:local in a copy, so ElementTree's process-wide prefix map is neither read nor changed."""
+    prefixes = dict(prefixes)
+
+    def qualified(name: str) -> str:
+        if not name.startswith("{"):
+            return name
+        uri, local = name[1:].split("}", 1)
+        if uri == _XML:
+            return f"xml:{local}"
+        if uri not in prefixes:
+            taken = set(prefixes.values())
+            prefixes[uri] = next(f"ns{i}" for i in range(len(taken) + 1) if f"ns{i}" not in taken)
+        return f"{prefixes[uri]}:{local}"
+
+    def copy(element: ET.Element) -> ET.Element:
+        if not isinstance(element.tag, str):  # a comment or processing instruction
+            made = element.makeelement(element.tag, {})
+            made.text = element.text
+        else:
+            made = ET.Element(qualified(element.tag), {qualified(k): v for k, v in element.attrib.items()})
+            made.text = element.text
+            made.extend(copy(child) for child in element)
+        made.tail = element.tail
+        return made
+
+    out = copy(root)  # names every prefix it needs in `prefixes` first
+    out.attrib = {**{f"xmlns:{prefix}": uri for uri, prefix in prefixes.items()}, **out.attrib}
+    return ET.tostring(out, encoding="unicode")
 
 
 def _skeleton() -> ET.Element:
@@ -60,7 +100,6 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
             raise SidecarError(path, f"cannot read the existing sidecar ({exc}); left untouched") from None
     else:
         root = _skeleton()
-    _register(data)
     rdf = root if root.tag == f"{{{RDF}}}RDF" else root.find(f".//{{{RDF}}}RDF")
     if rdf is None:
         raise SidecarError(path, "no rdf:RDF element, so it is not XMP; left untouched")
@@ -82,7 +121,7 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
         return False
     for tag in missing:
         ET.SubElement(bag, f"{{{RDF}}}li").text = tag
-    body = ET.tostring(root, encoding="unicode")
+    body = _serialize(root, _prefixes(data))
     if b"<?xpacket" in data or not data:
         text = _XPACKET_BEGIN + body + _XPACKET_END
     else:

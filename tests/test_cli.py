@@ -153,6 +153,53 @@ def test_help_has_examples():
         assert "Example: clipsearch" in r.stdout
 
 
+def test_help_names_values_as_clis_do():
+    import re
+
+    for command_args in (["index"], ["search"], ["similar"], ["serve"], ["tag"], ["dupes"], ["info"],
+                         ["eval", "retrieval"], ["eval", "zeroshot"]):
+        r = cli(*command_args, "--help")
+        assert r.exit_code == 0
+        assert not re.search(r"<[a-z]", r.stdout), r.stdout  # no <int range>, <list[str]>, <dir>
+    assert " search [OPTIONS] QUERY...\n" in cli("search", "--help").stdout
+    assert " index [OPTIONS] FOLDERS...\n" in cli("index", "--help").stdout
+    text = cli("search", "--help").stdout
+    assert re.search(r"-k, --top INTEGER\s", text) and re.search(r"--in DIRECTORY\s", text)
+    assert re.search(r"--device TEXT\s", text)
+
+
+def test_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    r = subprocess.run([_script(), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"clipsearch {version('clipsearch')}\n"
+    assert cli("--version").stdout == r.stdout
+
+
+def test_shell_completion_script_and_answers():
+    def shown(shell: str) -> str:
+        # typer's own switch from detecting the calling shell to taking its name
+        env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+        r = subprocess.run([_script(), "--show-completion", shell], capture_output=True, text=True,
+                           env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    bash = shown("bash")
+    assert "_CLIPSEARCH_COMPLETE=complete_bash" in bash
+    assert "complete -o default -F _clipsearch_completion clipsearch" in bash
+    assert "#compdef clipsearch" in shown("zsh")
+    assert "complete --command clipsearch" in shown("fish")
+    # what bash asks the installed script while someone types `clipsearch se<TAB>`
+    env = {**os.environ, "_CLIPSEARCH_COMPLETE": "complete_bash", "COMP_WORDS": "clipsearch se",
+           "COMP_CWORD": "1"}
+    r = subprocess.run([_script()], capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout.split() == ["search", "serve"], (r.stdout, r.stderr)
+    env.update(COMP_WORDS="clipsearch search --re", COMP_CWORD="2")
+    r = subprocess.run([_script()], capture_output=True, text=True, env=env, timeout=60)
+    assert {"--rerank", "--rerank-model", "--rerank-precision"} <= set(r.stdout.split()), r.stdout
+
+
 def _script() -> str:
     found = shutil.which("clipsearch") or str(Path(sys.executable).parent / "clipsearch")
     assert os.access(found, os.X_OK), "the clipsearch console script is not installed"

@@ -143,8 +143,45 @@ def test_a_token_protects_the_server_and_the_cli_still_finds_it(library, tmp_pat
         jar = cookie.split(";", 1)[0]
         assert running.get("/api/images/0/thumbnail", headers={"Cookie": jar}).status == 200
         assert running.get("/", headers={"Cookie": "clipsearch_token=nope"}).status == 401
+        # browsers send every cookie of the host, whatever the port: another app's odd ones too
+        for others in ("ga=GA1.1 2", 'j={"x":1}', "broken", 'q="unclosed', "x=1;;;"):
+            for header in (f"{others}; {jar}", f"{jar}; {others}"):
+                assert running.get("/api/info", headers={"Cookie": header}).status == 200, header
         remote = run_cli("search", "a cat", "--json", "--db", copy)
         assert remote[0] == 0 and remote[3] == []  # through the server, by the discovery secret
     finally:
+        code, output = running.stop()  # SIGTERM (the fixture above stops its server with Ctrl-C)
+    assert code == 0, output
+    assert "clipsearch serve stopped" in output and "Traceback" not in output
+
+
+def test_any_printable_token_logs_in_from_the_printed_address(library, tmp_path):
+    from urllib.parse import urlsplit
+
+    _, db = library
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy, ignore=shutil.ignore_patterns("server.json"))
+    token = 'a;b,c"d\\e+f&g=h%20i€ü-0123456789'  # cookie separators, URL syntax, non-Latin-1
+    running = serving.start(copy, "--token", token)
+    try:
+        printed = next(line.split()[-1] for line in running.output if line.strip().startswith("gallery"))
+        login = urlsplit(printed)
+        assert login.query.startswith("token=") and " " not in printed and "€" not in printed
+        landing = running.request("GET", f"/?{login.query}")  # the address exactly as printed
+        assert landing.status == 303, landing.body
+        cookie = landing.headers["set-cookie"]
+        assert cookie.isascii() and "HttpOnly" in cookie
+        jar = cookie.split(";", 1)[0]
+        assert running.get("/api/info", headers={"Cookie": f"ga=GA1.1 2; {jar}"}).status == 200
+        assert running.get("/api/info", headers={"Cookie": jar.replace("%20", "+")}).status == 401
+        bearer = f"Bearer {token}".encode()  # what a client sends for a non-ASCII token: UTF-8
+        assert running.get("/api/info", headers={"Authorization": bearer}).status == 200
+        almost = b"Bearer " + token[:-1].encode()
+        assert running.get("/api/info", headers={"Authorization": almost}).status == 401
+    finally:
         code, output = running.stop()
     assert code == 0, output
+    for bad in ("spaces in the middle of it", "tab\tin-the-token-here"):
+        r = CliRunner().invoke(app, ["serve", "--db", str(copy), "--token", bad])
+        assert r.exit_code == 2, r.output
+        assert "the token holds a space or a control character; use printable characters only" in r.stderr

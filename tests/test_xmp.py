@@ -186,3 +186,47 @@ def test_sidecars_stay_in_step_with_later_index_runs(photos, tmp_path, tiny_chec
     Image.new("RGB", (32, 32), (1, 2, 3)).save(photos / "newest.png")
     assert json.loads(cli("index", photos, "--db", db, "--json").stdout)["sidecars_written"] == 0
     assert not (photos / "newest.png.xmp").exists()
+
+
+def _sidecar_declaring(prefix_of: dict[str, str]) -> str:
+    declared = " ".join(f'xmlns:{p}="{uri}"' for uri, p in prefix_of.items())
+    marks = " ".join(f'{p}:mark="{i}"' for i, p in enumerate(prefix_of.values()))
+    return (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" {declared} {marks}/></rdf:RDF></x:xmpmeta>')
+
+
+def test_threads_writing_sidecars_with_conflicting_prefixes_keep_their_own(tmp_path):
+    """Each sidecar keeps its writer's prefixes while another thread writes a sidecar that binds
+    the same prefixes to other namespaces: the prefix map is the document's, not the process's."""
+    import threading
+
+    documents = {
+        "a.jpg": {"http://one.example/": "foo", "http://two.example/": "bar"},
+        "b.jpg": {"http://two.example/": "foo", "http://one.example/": "bar"},  # swapped
+    }
+    errors: list[str] = []
+    start = threading.Barrier(len(documents))
+
+    def write(name: str, prefix_of: dict[str, str]) -> None:
+        start.wait()
+        for i in range(150):
+            sidecar = tmp_path / f"{name}.xmp"
+            sidecar.write_text(_sidecar_declaring(prefix_of))
+            merge_subjects(str(tmp_path / name), [f"tag{i}"])
+            text = sidecar.read_text()
+            for uri, prefix in prefix_of.items():
+                if f'xmlns:{prefix}="{uri}"' not in text:
+                    errors.append(f"{name} round {i}: {prefix}: lost in {text}")
+                    return
+
+    threads = [threading.Thread(target=write, args=item) for item in documents.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[0]
+    assert "foo" not in ET.register_namespace.__globals__["_namespace_map"].values()  # never global
+    root = ET.parse(tmp_path / "b.jpg.xmp").getroot()
+    description = root.find(f".//{RDF}Description")
+    assert description.get("{http://two.example/}mark") == "0"
+    assert [li.text for li in root.iter(f"{RDF}li")] == ["tag149"]

@@ -6,6 +6,9 @@
   `Authorization: Bearer` header for programs, a cookie for the browser. The browser gets the
   cookie by opening the URL `serve` prints once, `/?token=...`; the token is then dropped from
   the address bar. The discovery file's secret is accepted too, so the CLI finds its way in.
+  The token travels percent-encoded in that address and in the cookie, so any printable token
+  (`;`, `+`, `&`, non-Latin-1 letters) survives both; cookies are parsed as browsers send them
+  (Starlette's parser), so another local web app's odd cookie cannot lock the gallery out.
 - Request bodies are bounded (uploads): past the limit the answer is 413, whatever the parser
   made of the cut-off body.
 - No CORS headers are ever sent, and responses may not be embedded by other sites.
@@ -19,8 +22,9 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from starlette.requests import cookie_parser
 
 COOKIE = "clipsearch_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -36,6 +40,21 @@ _HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot serve as one (None when it can): it must survive an Authorization
+    header, which trims spaces and cannot hold control characters."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"the token is {len(token)} characters long; use at least {MIN_TOKEN_LENGTH} random ones"
+    if any(c.isspace() or not c.isprintable() for c in token):
+        return "the token holds a space or a control character; use printable characters only"
+    return None
+
+
+def login_url(base: str, token: str) -> str:
+    """`base` with the token in its query, encoded so that `+`, `&` or `%` arrive as typed."""
+    return f"{base}?token={quote(token, safe='')}"
 
 
 def is_loopback(host: str) -> bool:
@@ -59,7 +78,7 @@ class Guard:
     def __init__(self, app, *, tokens: Iterable[str], token_required: bool, loopback_only: bool,
                  max_body: int) -> None:
         self.app = app
-        self.tokens = [t.encode() for t in tokens if t]
+        self.tokens = [t.encode("utf-8") for t in tokens if t]
         self.token_required = token_required
         self.loopback_only = loopback_only
         self.max_body = max_body
@@ -75,7 +94,8 @@ class Guard:
                                     "http://127.0.0.1:PORT (requests under other names are refused "
                                     "against DNS rebinding)")
             return
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True,
+                               errors="replace"))
         if self.token_required:
             given = self._token(headers, query)
             if given is None:
@@ -93,23 +113,20 @@ class Guard:
 
     def _token(self, headers: dict[str, str], query: dict[str, str]) -> str | None:
         """The valid token this request carries, or None."""
-        candidates = []
+        candidates: list[bytes] = []
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
-            candidates.append(auth[7:].strip())
+            # the header's own bytes: a client sends a non-ASCII token as UTF-8
+            candidates.append(auth[7:].strip().encode("latin-1"))
         if "cookie" in headers:
-            cookie = SimpleCookie()
-            try:
-                cookie.load(headers["cookie"])
-            except Exception:  # a malformed cookie header is simply no token
-                cookie = SimpleCookie()
+            cookie = cookie_parser(headers["cookie"].encode("latin-1").decode("utf-8", "replace"))
             if COOKIE in cookie:
-                candidates.append(cookie[COOKIE].value)
+                candidates.append(unquote(cookie[COOKIE]).encode("utf-8"))
         if "token" in query:
-            candidates.append(query["token"])
+            candidates.append(query["token"].encode("utf-8"))
         for given in candidates:
-            if any(hmac.compare_digest(given.encode(), t) for t in self.tokens):
-                return given
+            if any(hmac.compare_digest(given, t) for t in self.tokens):
+                return given.decode("utf-8")
         return None
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,8 +183,9 @@ async def _set_cookie_and_strip(scope: Scope, query: dict[str, str], token: str,
     """Keep the token in an HttpOnly cookie and send the browser to the same page without it in
     the address (where history, screenshots and shared links would carry it)."""
     rest = urlencode({k: v for k, v in query.items() if k != "token"})
-    location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
-    cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+    location = quote(scope.get("root_path", "") + scope["path"]) + (f"?{rest}" if rest else "")
+    # percent-encoding leaves only characters a cookie value may hold (RFC 6265 cookie-octets)
+    cookie = f"{COOKIE}={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/"
     await send({"type": "http.response.start", "status": 303, "headers": [
         (b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1")),
         (b"content-length", b"0"), *_HEADERS]})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clipsearch import client, config
 from clipsearch.errors import BadInputError, IndexNotFoundError, ServeError
-from clipsearch.server.security import MIN_TOKEN_LENGTH, is_loopback
+from clipsearch.server.security import is_loopback, login_url, token_problem
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -36,9 +36,8 @@ def check_address(host: str, token: str | None) -> None:
         raise BadInputError(
             f"--host {host} would let other machines read your photos; set a token with --token or "
             "CLIPSEARCH_TOKEN: --token \"$(python3 -c 'import secrets; print(secrets.token_urlsafe())')\"")
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise BadInputError(f"the token is {len(token)} characters long; use at least {MIN_TOKEN_LENGTH} "
-                            "random ones, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'")
+    if token is not None and (problem := token_problem(token)):
+        raise BadInputError(f"{problem}, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())'")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -106,7 +105,7 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
                          loopback_only=is_loopback(host), settings=settings)
         port = sock.getsockname()[1]
         local, public = addresses(host, sock)
-        shown = f"http://{public}:{port}/" + (f"?token={token}" if token else "")
+        shown = login_url(f"http://{public}:{port}/", token) if token else f"http://{public}:{port}/"
         discoverable = client.publish(db, client.Discovery(
             url=f"http://{local}:{port}", pid=pid, secret=secret, db=str(db), settings=settings))
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
