@@ -1,4 +1,4 @@
-"""The benchmark suite: every figure issues 5, 10, 11, 12, 13, 14 and 15 ask for, in one run, printed as a
+"""The benchmark suite: every figure issues 5, 10, 11, 12, 13, 14, 15 and 20 ask for, in one run, printed as a
 table of target against measured, and written to benchmarks/results/<timestamp>.json.
 
     python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
@@ -23,7 +23,19 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from benchmarks import cluster, dupes, memory, precision, query, rerank, scale, serve, tagging, throughput
+from benchmarks import (
+    cluster,
+    diskcache,
+    dupes,
+    memory,
+    precision,
+    query,
+    rerank,
+    scale,
+    serve,
+    tagging,
+    throughput,
+)
 from benchmarks import eval as evaluation
 from benchmarks.common import vit_b_32_embedder
 
@@ -36,23 +48,26 @@ SIZES = {  # mode -> section -> size
              "serve": {"images": 100_000, "n_photos": 10_000, "seconds": 30, "cli_runs": 5,
                        "big_photos": 16}, "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
              "dupes": {"sizes": [100_000, 1_000_000], "compositions": 32},
-             "ray": {"n": 1000, "rows": 20_000}},
+             "ray": {"n": 1000, "rows": 20_000},
+             "diskcache": {"entries": 80_000, "writes": 4000, "writes_before": 100}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
               "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8},
               "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
-              "dupes": {"sizes": [100_000], "compositions": 32}, "ray": {"n": 200, "rows": 5_000}},
+              "dupes": {"sizes": [100_000], "compositions": 32}, "ray": {"n": 200, "rows": 5_000},
+              "diskcache": {"entries": 80_000, "writes": 2000, "writes_before": 50}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
               "serve": {"images": 2_000, "n_photos": 40, "seconds": 2, "cli_runs": 1, "big_photos": 2},
               "eval": {"precisions": ("fp32",), "renderings": 1},
               "dupes": {"sizes": [2_000], "compositions": 2, "sample_photos": 2},
-              "ray": {"n": 4, "rows": 200}},
+              "ray": {"n": 4, "rows": 200},
+              "diskcache": {"entries": 500, "writes": 100, "writes_before": 20}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
-            "dupes", "ray"]
+            "dupes", "ray", "diskcache"]
 
 
 def machine() -> dict:
@@ -89,13 +104,15 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return dupes.measure(work, **size["dupes"])
     if name == "ray":
         return cluster.measure(work, **size["ray"])
+    if name == "diskcache":
+        return diskcache.measure(work, **size["diskcache"])
     raise ValueError(name)
 
 
 def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
      "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
-     "dupes": dupes, "ray": cluster}[name].report(figures)
+     "dupes": dupes, "ray": cluster, "diskcache": diskcache}[name].report(figures)
 
 
 def main() -> None:

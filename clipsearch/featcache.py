@@ -23,13 +23,13 @@ class FeatureCache(DiskCache):
         super().__init__(root, namespace, max_bytes, SUFFIX)  # one namespace per model identity
 
     def get(self, key: str) -> torch.Tensor | None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        return self.read(key, lambda path: load_file(path)["features"])
+        return self.read(key, lambda data: load(data)["features"])
 
     def put(self, entries: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         for key, tensor in entries.items():
-            if not self.write(key, lambda tmp, t=tensor: save_file({"features": t.contiguous()}, tmp)):
+            if not self.write(key, save({"features": tensor.contiguous()})):
                 return

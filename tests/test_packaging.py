@@ -5,10 +5,9 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
-from pathlib import Path
 
+import tomllib
 from conftest import ROOT
 
 

@@ -31,19 +31,19 @@ class Thumbnails:
         """The thumbnail of `record` fitting a `size` box; `read()` gives the indexed bytes and
         is called only when the thumbnail is not cached yet."""
         cache = self._caches[size]
-        cached = cache.read(record.hash, _read_bytes)
+        cached = cache.read(record.hash)
         if cached is not None:
             return cached
         data = make(read(), record.path, size)
-        cache.write(record.hash, lambda tmp: Path(tmp).write_bytes(data))
+        cache.write(record.hash, data)
         return data
+
+    def verify(self) -> tuple[int, int]:
+        """Check every cached thumbnail: (checked, deleted as damaged; they are made again)."""
+        return next(iter(self._caches.values())).verify()  # one folder holds every size
 
 
 def make(data: bytes, name: str, size: int) -> bytes:
     """Encode the upright picture in `data`, scaled to fit a `size` x `size` box (never enlarged)."""
     return thumbnail(data, name, size, "WEBP" if WEBP else "JPEG")
 
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
