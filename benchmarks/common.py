@@ -197,4 +197,4 @@ def prepare_fast(store, work: Path) -> float:
     from clipsearch.fastpath import prepare
 
     seconds, _ = timed(lambda: seed_export(store.path, store.manifest.model, work))
-    return seconds + timed(lambda: prepare(store, lambda: vit_b_32_embedder(work)))[0]
+    return seconds + timed(lambda: prepare(store, lambda: vit_b_32_embedder(work), retry=True))[0]

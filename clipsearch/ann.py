@@ -25,6 +25,7 @@ import numpy as np
 from clipsearch.files import replacing
 
 if TYPE_CHECKING:
+    from clipsearch.results import Unwritten
     from clipsearch.store import Store
 
 ANN_DIR = "ann"
@@ -153,14 +154,27 @@ class AnnIndex:
     def save(self, db: Path) -> None:
         """Write atomically, then drop files of older table versions (never newer ones: a server
         that has not caught up yet must not delete what an index run has just written)."""
+        from clipsearch import derived
+
         target = self._file(db, self.table_version)
         target.parent.mkdir(exist_ok=True)
-        with replacing(target) as tmp:
-            faiss.write_index(self._index, tmp)
+        # through a Python file: a write error is an OSError here, where FAISS's own file writer
+        # raises a long RuntimeError and prints "close error" on the terminal by itself
+        with replacing(target) as tmp, open(tmp, "wb") as f:
+            written = derived.Hashing(f)
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(written.write))
+        derived.record_sum(target, written)
         for old in target.parent.glob("faiss-v*.index"):
             if (m := _FILE.match(old.name)) and int(m.group(1)) < self.table_version:
                 with contextlib.suppress(OSError):
-                    old.unlink()
+                    derived.remove(old)
+
+    def file_bytes(self) -> int:
+        """About what its file takes on disk."""
+        n, dim = self.size, self._index.d
+        if self.kind == "flat":
+            return n * (4 * dim + 8) + 4096
+        return n * (dim + 8) + self.nlist * (4 * dim + 64) + 4096
 
     @classmethod
     def saved(cls, db: Path, table_version: int) -> bool:
@@ -194,9 +208,11 @@ class AnnIndex:
         return None
 
 
-def current(store: Store) -> AnnIndex:
+def current(store: Store, retry: bool = False, unwritten: list[Unwritten] | None = None) -> AnnIndex:
     """The search structure for the table's current version: the saved one if it matches, else an
-    older one brought up to date, else one built from the table; saved for the next search."""
+    older one brought up to date, else one built from the table; saved for the next search when
+    it can be (clipsearch.derived: a failed save is added to `unwritten`, and tried again only
+    with `retry` or once the disk has the space it lacked)."""
     version, count = store.version, store.count()
     ann = AnnIndex.load_latest(store.path, version)
     if ann is not None and ann.table_version == version and ann.size == count:
@@ -206,10 +222,25 @@ def current(store: Store) -> AnnIndex:
     else:
         _update(ann, store)
     ann.table_version = version
-    # a read-only or full disk still searches, from memory; the file is only a shortcut
-    with contextlib.suppress(OSError, RuntimeError):
-        ann.save(store.path)
+    _save(ann, store, retry, unwritten)
     return ann
+
+
+def _save(ann: AnnIndex, store: Store, retry: bool, unwritten: list[Unwritten] | None) -> None:
+    """A read-only or full disk still searches, from memory: the file is only a shortcut."""
+    from clipsearch import derived
+
+    if not derived.may_write(store.path, derived.SEARCH, retry):
+        return
+    try:
+        ann.save(store.path)
+    except OSError as exc:
+        failure = derived.failed(store.path, derived.SEARCH, AnnIndex._file(store.path, ann.table_version),
+                                 ann.file_bytes(), exc)
+        if unwritten is not None:
+            unwritten.append(failure)
+    else:
+        derived.succeeded(store.path, derived.SEARCH)
 
 
 def _built(store: Store, count: int) -> AnnIndex:

@@ -519,7 +519,7 @@ class Index:
         from clipsearch.fastpath import prepare
 
         def work() -> None:
-            encoder = prepare(self.store, lambda: self.embedder, note)
+            encoder, _unwritten = prepare(self.store, lambda: self.embedder, note)
             if self._text_encoder is None and encoder is not None and self.precision == "fp32":
                 self._text_encoder = encoder
 
@@ -709,12 +709,16 @@ def index_folders(
         from clipsearch.ann import AnnIndex, current
 
         if indexer.changed or not AnnIndex.saved(store.path, store.version):
-            current(store)
+            current(store, retry=True, unwritten=summary.unwritten)
         _retag(store)
         _sidecars_of_new_rows(store, indexer.written, summary)
         from clipsearch.fastpath import prepare
 
-        prepare(store, lazy_embedder, lambda _message: progress and progress(Progress("prepare", 0, 1)))
+        def exporting(_message: str) -> None:
+            if progress:
+                progress(Progress("prepare", 0, 1))
+
+        summary.unwritten += prepare(store, lazy_embedder, exporting, retry=True)[1]
     return summary
 
 

@@ -10,17 +10,17 @@ to take the full path, for indexes built before this existed.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipsearch import config, onnxtext
+from clipsearch import config, derived, onnxtext
 
 if TYPE_CHECKING:
     from clipsearch.engine import Index
     from clipsearch.models.base import Embedder
+    from clipsearch.results import Unwritten
     from clipsearch.store import Store
 
 
@@ -52,41 +52,53 @@ def needs_export(store: Store) -> bool:
 
 
 def prepare(store: Store, embedder: Callable[[], Embedder], note: Callable[[str], None] = lambda _m: None,
-            ) -> onnxtext.OnnxTextEncoder | None:
+            retry: bool = False) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
     """Make the export (if the index has none yet) and the snapshot of the store's current
-    version, and return the export, opened (None if there is none). `embedder()` gives the CLIP
-    model the export is made from; `note` hears about the export, which takes a while. An index
-    that cannot be written to is left as it is."""
+    version; return the export, opened (None if there is none), and what could not be written
+    (clipsearch.derived: a write that failed is tried again only with `retry`, which index runs
+    pass, or once the disk has the space it lacked). `embedder()` gives the CLIP model the export
+    is made from; `note` hears about the export, which takes a while."""
     if not config.fast_query():
-        return None
+        return None, []
     db, model = store.path, store.manifest.model
+    unwritten: list[Unwritten] = []
     encoder = onnxtext.open_for(db, model)
     if encoder is None and onnxtext.exported(db, model):
         note(f"the exported text encoder in {onnxtext.folder(db, model)} does not load; exporting it again")
         shutil.rmtree(onnxtext.folder(db, model), ignore_errors=True)
-    if needs_export(store):
+    if needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
         note("preparing fast searches for this index: exporting the text encoder (once, about 10 s)")
-        _export(store, embedder)
+        _export(store, embedder, unwritten)
         encoder = onnxtext.open_for(db, model)
-    if encoder is not None:
+    if encoder is not None and derived.may_write(db, derived.SNAPSHOT, retry):
         from clipsearch import snapshot
 
-        # a read-only or full disk: searches take the full path, as before
-        with contextlib.suppress(OSError):
+        try:
             snapshot.write(store)
-    return encoder
+        except OSError as exc:
+            unwritten.append(derived.failed(db, derived.SNAPSHOT, db / snapshot.FOLDER,
+                                            snapshot.size_estimate(store), exc))
+        else:
+            derived.succeeded(db, derived.SNAPSHOT)
+    return encoder, unwritten
 
 
-def _export(store: Store, embedder: Callable[[], Embedder]) -> None:
+def _export(store: Store, embedder: Callable[[], Embedder], unwritten: list[Unwritten]) -> None:
     from clipsearch.models import load_embedder
-    from clipsearch.models.export import NotExportable, export
+    from clipsearch.models.export import NotExportable, export, size_estimate
 
     model = embedder()
     if getattr(model, "precision", None) != "fp32" or model.device != "cpu":
         model = load_embedder(model.spec, "cpu", "fp32")
+    folder = onnxtext.folder(store.path, store.manifest.model)
     try:
-        export(model, onnxtext.folder(store.path, store.manifest.model))
+        export(model, folder)
     except NotExportable as exc:
         onnxtext.mark_unsupported(store.path, store.manifest.model, str(exc))
-    except OSError:
-        pass  # a read-only index: the full path answers
+    except (OSError, RuntimeError) as exc:
+        if not isinstance(exc, OSError) and not derived.space_fault(exc):
+            raise
+        # a full or read-only index: the full path answers, and the failure is remembered
+        unwritten.append(derived.failed(store.path, derived.EXPORT, folder, size_estimate(model), exc))
+    else:
+        derived.succeeded(store.path, derived.EXPORT)

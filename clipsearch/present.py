@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clipsearch.progress import PHASES
-from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, TagSummary
+from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, TagSummary, Unwritten
 from clipsearch.results import Progress as IndexProgress
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ def serving(s: Started) -> None:
 def summary(s: IndexSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
+        _unwritten(s.unwritten)  # on stderr, as a person running it for a script still needs to know
         return
     err.print(
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
@@ -177,6 +178,23 @@ def summary(s: IndexSummary, as_json: bool) -> None:
         + (f"; {s.sidecars_written} XMP sidecars written" if s.sidecars_written else "")
     )
     _skipped(s.skipped)
+    _unwritten(s.unwritten)
+
+
+def _unwritten(missing: Sequence[Unwritten]) -> None:
+    """One line for the files that make searches fast but could not be written."""
+    if not missing:
+        return
+    from clipsearch.derived import human
+
+    needs = sum(u.needs_bytes for u in missing)
+    what = "; ".join(f"the {u.what}, about {human(u.needs_bytes)}" for u in missing)
+    reasons = sorted({u.reason.split(";")[0] for u in missing})  # the fix is said once, below
+    space = any("free some space" in u.reason for u in missing)
+    fix = (f"free about {human(needs)} there and run clipsearch index again" if space
+           else "run clipsearch index again once the folder can be written")
+    message(f"warning: could not write what makes searches fast ({what}) next to the index: "
+            f"{'; '.join(reasons)}. The index is intact and searches work, only slower; {fix}")
 
 
 def tag_summary(s: TagSummary, as_json: bool) -> None:

@@ -76,6 +76,18 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Unwritten:
+    """A file that makes searches fast (`what`: the text encoder export, the row snapshot, the
+    search structure) that could not be written; the index is intact and searches work without
+    it, only slower. `needs_bytes`: about how much free space writing it takes."""
+
+    what: str
+    path: str
+    needs_bytes: int
+    reason: str
+
+
 @dataclass
 class IndexSummary:
     added: int = 0
@@ -87,6 +99,7 @@ class IndexSummary:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     sidecars_written: int = 0  # XMP sidecars of new photos, after `tag --write-xmp`
+    unwritten: list[Unwritten] = field(default_factory=list)  # fast-search files it could not write
 
     def to_dict(self) -> dict:
         return asdict(self)

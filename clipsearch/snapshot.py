@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipsearch import derived
 from clipsearch.files import replacing
 from clipsearch.store import (
     LABEL_SET_KEY,
@@ -60,16 +61,35 @@ def _file(db: Path, kind: str, version: int) -> Path:
 
 
 def _write(target: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> None:
-    """Write atomically, then drop the files of older versions of the same kind."""
+    """Write atomically (with its checksum), then drop the files of older versions of the same
+    kind."""
     target.parent.mkdir(exist_ok=True)
-    with replacing(target) as tmp, pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
+    with replacing(target) as tmp, open(tmp, "wb") as f:
+        written = derived.Hashing(f)
+        with pa.PythonFile(written, mode="w") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+    derived.record_sum(target, written)
     kind, version = target.name.split("-v")[0], int(target.stem.split("-v")[1])
     for old in target.parent.glob(f"{kind}-v*.arrow"):
         with contextlib.suppress(ValueError, OSError):
             if int(old.stem.split("-v")[1]) < version:
-                old.unlink()
+                derived.remove(old)
+
+
+def files(db: Path) -> list[Path]:
+    """The snapshot files of the index's last committed versions (those a search would read)."""
+    db = Path(db)
+    found = []
+    for kind, table in (("rows", TABLE), ("tags", TAGS_TABLE)):
+        version = committed_version(db / f"{table}.lance")
+        if version is not None:
+            found.append(_file(db, kind, version))
+    return found
+
+
+def size_estimate(store: Store) -> int:
+    return store.count() * (4 * store.manifest.dim + 256) + 65_536
 
 
 class _Unsorted(Exception):

@@ -146,7 +146,7 @@ _WRITE_FAULTS = {
 }
 
 
-def _os_errno(exc: BaseException) -> int | None:
+def os_errno(exc: BaseException) -> int | None:
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno
     text = str(exc)
@@ -154,6 +154,19 @@ def _os_errno(exc: BaseException) -> int | None:
         if f"(os error {number})" in text:
             return number
     return None
+
+
+def describe_write_fault(exc: BaseException) -> str:
+    """What went wrong with a write, and what to do, in words; raises `exc` again when it is not
+    a write fault."""
+    number = os_errno(exc)
+    if number in _WRITE_FAULTS:
+        return _WRITE_FAULTS[number]
+    if isinstance(exc, OSError) or "LanceError(IO)" in str(exc):
+        return f"I/O error ({str(exc).splitlines()[0][:200]}); check the disk"
+    if "No space left on device" in str(exc):
+        return _WRITE_FAULTS[28]
+    raise exc
 
 
 @contextlib.contextmanager
@@ -167,13 +180,7 @@ def writing(path: Path) -> Iterator[None]:
     except IndexWriteError:
         raise
     except (OSError, RuntimeError) as exc:
-        number = _os_errno(exc)
-        if number in _WRITE_FAULTS:
-            fix = _WRITE_FAULTS[number]
-        elif isinstance(exc, OSError) or "LanceError(IO)" in str(exc):
-            fix = f"I/O error ({str(exc).splitlines()[0][:200]}); check the disk"
-        else:
-            raise
+        fix = describe_write_fault(exc)
         raise IndexWriteError(
             f"cannot write to the index at {path}: {fix}; everything committed before is intact, "
             "so run the same command again afterwards"

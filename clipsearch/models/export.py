@@ -86,6 +86,10 @@ def export(embedder: OpenClipEmbedder, folder: Path) -> dict:
         (work / REPORT).write_text(json.dumps({"pool": embedder.model.text_pool_type}))
         report = {"pool": embedder.model.text_pool_type, **_check(embedder, tokenizer, OnnxTextEncoder(work))}
         (work / REPORT).write_text(json.dumps(report, indent=2))
+        from clipsearch import derived
+
+        for path in sorted(work.iterdir()):  # checksums of what was checked, for `clipsearch check`
+            derived.record_sum(path)
         try:
             work.rename(folder)
         except OSError:  # another process finished the same export first: keep theirs
@@ -94,6 +98,13 @@ def export(embedder: OpenClipEmbedder, folder: Path) -> dict:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def size_estimate(embedder: OpenClipEmbedder) -> int:
+    """About the bytes an export of this model's text tower takes: its fp32 weights, the
+    tokenizer and a margin."""
+    text = sum(p.numel() for name, p in embedder.model.named_parameters() if not name.startswith("visual."))
+    return int(text * 4 * 1.02) + 4_000_000
 
 
 def _check(embedder: OpenClipEmbedder, tokenizer: Tokenizer, encoder) -> dict:

@@ -1,0 +1,104 @@
+"""The files that make searches fast (text encoder export, row snapshot, FAISS file) on a disk
+too full for them: said in one line, never retried by every search, made once there is room."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                reason="a small private volume (tmpfs in a mount namespace) needs root")
+
+
+def _on_small_volume(tmp_path, size: str, script: str) -> dict[str, tuple[int, str, str]]:
+    """Run `script` (bash; `cs` is the clipsearch CLI, $VOL a fresh tmpfs of `size`) in a private
+    mount namespace; each `step NAME cs ...` line's (exit code, stdout, stderr)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    head = textwrap.dedent(f"""\
+        set -u
+        mount -t tmpfs -o size={size} tmpfs {vol} || exit 99
+        VOL={vol}
+        cs() {{ {sys.executable} -c 'from clipsearch.cli import main; main()' "$@"; }}
+        step() {{ name=$1; shift; "$@" >{out}/$name.out 2>{out}/$name.err; echo $? >{out}/$name.rc; }}
+        """)
+    env = {**os.environ, "CLIPSEARCH_FAST_QUERY": "1", "HF_HUB_OFFLINE": "1", "CLIPSEARCH_PRECISION": "fp32"}
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", head + script],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return {p.stem: (int(p.read_text()), p.with_suffix(".out").read_text(), p.with_suffix(".err").read_text())
+            for p in out.glob("*.rc")}
+
+
+@needs_root
+def test_an_export_that_does_not_fit_is_said_remembered_and_made_once_there_is_room(
+        photos, tmp_path, tiny_local_dir):
+    # the tiny model's text export is about 13 MB: the table, FAISS and manifest fit in 6 MB, it does not
+    steps = _on_small_volume(tmp_path, "6m", f"""
+        step index cs index {photos} --db $VOL/db --model local-dir:{tiny_local_dir} --json -q
+        step search1 cs search "a horse" --db $VOL/db --json -k 3
+        step search2 cs search "a horse" --db $VOL/db --json -k 3
+        ls -A $VOL/db/fast > {tmp_path}/out/fast-before.txt
+        mount -o remount,size=64m $VOL
+        step search3 cs search "a horse" --db $VOL/db --json -k 3
+        step search4 cs search "a horse" --db $VOL/db --json -k 3
+        ls -A $VOL/db/fast > {tmp_path}/out/fast-after.txt
+        """)
+    code, out, err = steps["index"]
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["added"] == 13
+    [missing] = summary["unwritten"]
+    assert missing["what"] == "text encoder export" and 13_000_000 < missing["needs_bytes"] < 30_000_000
+    assert missing["reason"].startswith("the disk is full (no space left on device)")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "warning: could not write what makes searches fast (the text encoder export, about 1")
+    assert ("The index is intact and searches work, only slower; free about 1" in lines[0]
+            and lines[0].endswith("MB there and run clipsearch index again"))
+    assert "close error" not in err and "Traceback" not in err
+    hits = json.loads(steps["search1"][1])
+    assert len(hits) == 3
+    for name in ("search1", "search2"):  # answered the full way, without trying the export again
+        code, out, err = steps[name]
+        assert code == 0 and json.loads(out) == hits and err == "", (name, err)
+    assert (tmp_path / "out" / "fast-before.txt").read_text() == ""
+    code, out, err = steps["search3"]  # the volume grew past what the export needs: made now
+    assert code == 0
+    found = json.loads(out)  # the export's vectors are the torch tower's within 1e-5
+    assert [h["path"] for h in found] == [h["path"] for h in hits]
+    assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(found, hits, strict=True))
+    assert "exporting the text encoder" in err
+    assert steps["search4"] == (0, steps["search3"][1], "")  # and from then on the fast path
+    made = (tmp_path / "out" / "fast-after.txt").read_text().split()
+    assert any(n.startswith("text-") for n in made) and any(n.startswith("rows-v") for n in made)
+
+
+@needs_root
+def test_a_search_structure_that_does_not_fit_is_an_oserror_not_faiss_noise(tmp_path):
+    script = f"""
+        step save {sys.executable} -c '
+import numpy as np, sys
+from clipsearch.ann import AnnIndex
+ann = AnnIndex.empty(20_000, 128)
+ann.add(np.arange(20_000), np.random.default_rng(0).random((20_000, 128), dtype=np.float32))
+ann.table_version = 3
+try:
+    ann.save(sys.argv[1])
+except OSError as exc:
+    print("OSError", exc.errno)
+print(sorted(p.name for p in __import__("pathlib").Path(sys.argv[1], "ann").iterdir()))
+' $VOL
+        """
+    code, out, err = _on_small_volume(tmp_path, "4m", script)["save"]
+    assert code == 0, err
+    assert out.splitlines() == ["OSError 28", "[]"]  # nothing half-written is left behind
+    assert err == ""  # FAISS's own writer printed "close error: No space left on device" here
