@@ -527,6 +527,30 @@ def info(db: Db = None, as_json: Json = False) -> None:
 
 
 @app.command()
+def check(
+    db: Db = None,
+    as_json: Json = False,
+    thumbnails: Annotated[bool, typer.Option(
+        "--thumbnails/--no-thumbnails", help="Also check the gallery's cached thumbnails.")] = True,
+) -> None:
+    """Verify the files that make searches fast (the text encoder export, the row snapshot, the
+    search structure, cached thumbnails) against the checksums recorded when each was written,
+    and rebuild whatever is damaged or missing. The table of photos and vectors is only read.
+    Exit code 1 when something could not be repaired.
+
+    Example: clipsearch check --db ~/photo-index
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        report = open_index(db).check(thumbnails, present.message)
+    present.check_report(report, as_json)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def dupes(
     threshold: Annotated[float | None, typer.Option(
         "--threshold", metavar="COSINE",

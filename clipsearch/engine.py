@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from clipsearch.ann import AnnIndex
+    from clipsearch.check import CheckReport
     from clipsearch.distributed import RayOptions
     from clipsearch.dupes import Group as DupeGroup
     from clipsearch.featcache import FeatureCache
@@ -107,6 +108,7 @@ class Index:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model",
                                                     initializer=self._claim_model_thread)
         self._memos: dict[str, tuple[object, object]] = {}
+        self._export_damaged = False  # found giving invalid vectors: the CLIP model answers
 
     @property
     def spec(self) -> ModelSpec:
@@ -148,7 +150,7 @@ class Index:
 
         if self._text_encoder is None:
             found = None
-            if config.fast_query() and self.precision == "fp32":
+            if config.fast_query() and self.precision == "fp32" and not self._export_damaged:
                 found = onnxtext.open_for(self.store.path, self.store.manifest.model)
             self._text_encoder = found or self.embedder
 
@@ -303,17 +305,39 @@ class Index:
         vectors = np.zeros((len(terms), self.store.manifest.dim), np.float32)
         texts = [i for i, t in enumerate(terms) if t.kind == "text"]
         if texts:
-            encoder = self.text_encoder
-            vectors[texts] = self._model_call(lambda: encoder.embed_texts([terms[i].value for i in texts]))
+            vectors[texts] = self.embed_texts([terms[i].value for i in texts])
         for i, term in enumerate(terms):
             if term.kind == "image":
                 vectors[i] = self.image_vector(term.value)
         return combine(terms, vectors, query)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit vectors of plain texts, from the encoder queries use."""
+        """Unit vectors of plain texts, from the encoder queries use. An export found damaged is
+        set aside (and deleted, so that the next search or index run makes it again): the CLIP
+        model answers instead, and the logger says so once."""
+        from clipsearch.onnxtext import DamagedExport
+
+        encoder = self.text_encoder
+        try:
+            return self._model_call(lambda: encoder.embed_texts(list(texts)))
+        except DamagedExport as exc:
+            self._set_aside(encoder, exc)
         encoder = self.text_encoder
         return self._model_call(lambda: encoder.embed_texts(list(texts)))
+
+    def _set_aside(self, encoder: TextEncoder, exc: Exception) -> None:
+        import logging
+        import shutil
+
+        with self._state:
+            if self._text_encoder is not encoder:
+                return  # another thread did it
+            self._text_encoder = self.embedder
+            self._export_damaged = True
+        shutil.rmtree(encoder.folder, ignore_errors=True)
+        logging.getLogger("clipsearch").warning(
+            f"note: {exc} (its files are damaged); searching with the CLIP model instead, and the "
+            "next search or index run exports it again")
 
     def image_vector(self, image: str | os.PathLike[str] | int | ImageData) -> np.ndarray:
         """The vector of an image file, an indexed row (by id) or an image's bytes. Content the
@@ -520,7 +544,8 @@ class Index:
 
         def work() -> None:
             encoder, _unwritten = prepare(self.store, lambda: self.embedder, note)
-            if self._text_encoder is None and encoder is not None and self.precision == "fp32":
+            if (self._text_encoder is None and encoder is not None and self.precision == "fp32"
+                    and not self._export_damaged):
                 self._text_encoder = encoder
 
         self._model_call(work)
@@ -543,6 +568,17 @@ class Index:
                           key=lambda t: (-t.images, t.label))
 
         return self._memo("tags", (self.store.version, self.store.tags_version()), count)
+
+    def check(self, thumbnails: bool = True, note: Callable[[str], None] = lambda _m: None) -> CheckReport:
+        """Verify the files made from the table (export, snapshot, search structure, cached
+        thumbnails) against their recorded checksums and rebuild what is damaged or missing
+        (clipsearch.check); `note` hears about a re-export, which takes a while."""
+        from clipsearch.check import check
+
+        report = check(self, thumbnails, note)
+        with self._state:
+            self._ann = None  # the next search takes the search structure as rebuilt
+        return report
 
     def info(self) -> IndexInfo:
         from clipsearch.ann import describe

@@ -68,6 +68,7 @@ class OnnxTextEncoder:
         # (9 -> 4.5 ms). It also changes the last bits of the vectors, so every process must do
         # the same: none does, and a search prints the same whichever process answers it.
         options.add_session_config_entry("session.disable_prepacking", "1")
+        self.folder = Path(path)
         self.session = ort.InferenceSession(str(Path(path) / MODEL), options,
                                             providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.load(path)
@@ -82,13 +83,24 @@ class OnnxTextEncoder:
             ends = (tokens.argmax(axis=1) if self.pool == "argmax"
                     else (tokens == self.tokenizer.eot).argmax(axis=1))
             features = self.session.run(None, {"tokens": tokens[:, :int(ends.max()) + 1]})[0]
-            out.append(normalized(features))
+            vectors = normalized(features)
+            # damaged weights (bit rot, a bad copy) give NaN, inf or zero vectors: never search
+            # with those, which would answer "no matching images" as if that were true
+            lengths = np.linalg.norm(vectors, axis=-1)
+            if not (np.isfinite(vectors).all() and np.allclose(lengths, 1, atol=1e-3)):
+                raise DamagedExport(f"the exported text encoder in {self.folder} gives invalid vectors")
+            out.append(vectors)
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
+class DamagedExport(RuntimeError):
+    """The export loads but computes garbage: its files are damaged."""
+
+
 def normalized(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features.astype(np.float32), axis=-1, keepdims=True)
-    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+    with np.errstate(all="ignore"):  # garbage in is caught by the caller, without numpy's warnings
+        norms = np.linalg.norm(features.astype(np.float32), axis=-1, keepdims=True)
+        return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def open_for(db: Path, model: dict) -> OnnxTextEncoder | None:

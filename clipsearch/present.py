@@ -19,6 +19,7 @@ from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, 
 from clipsearch.results import Progress as IndexProgress
 
 if TYPE_CHECKING:
+    from clipsearch.check import CheckReport
     from clipsearch.dupes import Group
     from clipsearch.eval.runner import RetrievalReport, ZeroShotReport
     from clipsearch.server.service import Started
@@ -239,6 +240,23 @@ def info(i: IndexInfo, as_json: bool) -> None:
     ):
         table.add_row(key, shown(value))
     out.print(table)
+
+
+def check_report(r: CheckReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r.to_dict(), indent=2, ensure_ascii=False))
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("what", "file", "found", "done"):
+        table.add_column(column, overflow="fold")
+    for item in r.items:
+        table.add_row(item.what, shown(item.path), item.status, item.action)
+    out.print(table)
+    repaired = sum(i.action not in ("none", "recorded") and i.healthy for i in r.items)
+    failed = sum(not i.healthy for i in r.items)
+    err.print(f"checked {len(r.items)} kinds of derived files in {shown(r.db)}: "
+              + (f"{failed} could not be repaired" if failed else
+                 f"{repaired} repaired" if repaired else "all intact"))
 
 
 BARS = PHASES

@@ -102,3 +102,100 @@ print(sorted(p.name for p in __import__("pathlib").Path(sys.argv[1], "ann").iter
     assert code == 0, err
     assert out.splitlines() == ["OSError 28", "[]"]  # nothing half-written is left behind
     assert err == ""  # FAISS's own writer printed "close error: No space left on device" here
+
+
+@pytest.fixture
+def fast_index(photos, tmp_path, tiny_local_dir, monkeypatch):
+    """sample_images indexed with the fast query path on: an export, a snapshot, a FAISS file."""
+    from typer.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")
+    db = tmp_path / "db"
+    r = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--model",
+                                 f"local-dir:{tiny_local_dir}", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return db
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _damage(path, at: float = 0.5, data: bytes = b"\xff" * 4096) -> None:
+    """Overwrite bytes in the middle of a file, keeping its size (bit rot, a bad copy)."""
+    size = path.stat().st_size
+    start = min(int(size * at), max(size - len(data), 0))
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(data[:size - start])
+
+
+def _same_hits(a: list[dict], b: list[dict]) -> bool:
+    return ([h["path"] for h in a] == [h["path"] for h in b]
+            and all(abs(x["score"] - y["score"]) < 1e-5 for x, y in zip(a, b, strict=True)))
+
+
+def test_an_export_giving_invalid_vectors_is_never_searched_with(fast_index):
+    db = fast_index
+    [export] = (db / "fast").glob("text-*")
+    code, out, err = _cli("search", "a red car", "--db", db, "--json", "-k", 5)
+    assert code == 0 and err == ""
+    before = json.loads(out)
+    data = export / "text.onnx.data"
+    _damage(data, 0.05, b"\xff" * data.stat().st_size)  # NaN weights: all but the first 5%
+    code, out, err = _cli("search", "a red car", "--db", db, "--json", "-k", 5)
+    assert code == 0 and _same_hits(json.loads(out), before)  # the CLIP model answered
+    assert err == (f"note: the exported text encoder in {export} gives invalid vectors (its files are "
+                   "damaged); searching with the CLIP model instead, and the next search or index run "
+                   "exports it again\n")
+    assert "RuntimeWarning" not in err
+    code, out, err = _cli("search", "a red car", "--db", db, "--json", "-k", 5)
+    assert code == 0 and _same_hits(json.loads(out), before)
+    assert "exporting the text encoder" in err  # made again, once
+    assert _cli("search", "a red car", "--db", db, "--json", "-k", 5) == (0, out, "")
+
+
+def test_check_finds_and_rebuilds_every_damaged_derived_file(fast_index, private_cache):
+    from clipsearch.server.thumbnails import Thumbnails
+
+    db = fast_index
+    code, out, _ = _cli("search", "a red car", "--db", db, "--json", "-k", 5)
+    before = json.loads(out)
+    code, out, err = _cli("check", "--db", db, "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["ok"] and {i["action"] for i in first["items"]} == {"none"}, first
+    assert {i["what"].split(" (")[0] for i in first["items"]} == {
+        "manifest copy", "search structure", "text encoder export", "row snapshot", "thumbnails"}
+
+    [export] = (db / "fast").glob("text-*")
+    [rows] = (db / "fast").glob("rows-v*.arrow")
+    [faiss_file] = (db / "ann").glob("faiss-v*.index")
+    _damage(export / "text.onnx.data", data=bytes(range(256)) * 4)  # finite garbage: no cheap check sees it
+    _damage(rows, 0.6, b"\x01\x02\x03\x04")
+    _damage(faiss_file, 0.7, b"\x00\x00\x80\x7f")
+    thumbs = Thumbnails()._caches[256]
+    thumbs.write("0123abcd", b"thumbnail bytes")
+    _damage(thumbs.file("0123abcd"), 0.0, b"T")
+    (db / "manifest.copy.json").unlink()
+
+    code, out, err = _cli("check", "--db", db, "--json")
+    assert code == 0, err
+    report = {i["what"].split(" (")[0]: i for i in json.loads(out)["items"]}
+    for what in ("text encoder export", "row snapshot", "search structure"):
+        assert (report[what]["status"], report[what]["action"]) == ("damaged", "rebuilt"), report[what]
+    assert report["manifest copy"]["status"] == "missing" and (db / "manifest.copy.json").is_file()
+    assert report["thumbnails"]["status"] == "damaged (1)" and not thumbs.file("0123abcd").exists()
+    assert "exporting the text encoder" in err
+
+    code, out, err = _cli("check", "--db", db)
+    assert code == 0 and err.strip().endswith("all intact"), err
+    code, out, _ = _cli("search", "a red car", "--db", db, "--json", "-k", 5)
+    assert _same_hits(json.loads(out), before)
