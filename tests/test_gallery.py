@@ -227,3 +227,60 @@ def test_the_duplicates_view_in_a_real_browser(dupes_server, browser, planted):
     box.click()
     _wait(driver, lambda d: "collapse" not in d.current_url and _loaded_tiles(d) == 48, "all photos again")
     assert _script_errors(driver) == []
+
+
+@pytest.fixture(scope="module")
+def sizes_server(tmp_path_factory, tiny_local_dir):
+    """A 64-px stamp and a 3000 x 2000 photo: the two ends of what a viewer must fit."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    root = tmp_path_factory.mktemp("sizes")
+    photos, db = root / "photos", root / "db"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(photos / "stamp.png")
+    Image.radial_gradient("L").resize((3000, 2000)).convert("RGB").save(photos / "large.jpg", quality=80)
+    r = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--model",
+                                 f"local-dir:{tiny_local_dir}", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    running = serving.start(db)
+    yield running
+    running.stop(signal.SIGTERM)
+
+
+def test_the_viewer_fits_every_photo_and_loads_what_the_screen_can_show(sizes_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, base = browser, sizes_server.url
+    shown = """const i = document.getElementById('v-img'), box = i.getBoundingClientRect();
+        const scale = Math.min(box.width / i.naturalWidth, box.height / i.naturalHeight);
+        return {box: [box.width, box.height], natural: [i.naturalWidth, i.naturalHeight],
+                drawn: [i.naturalWidth * scale, i.naturalHeight * scale], src: i.currentSrc,
+                dpr: window.devicePixelRatio}"""
+    for width, height, dpr in ((1600, 1000, 1), (1280, 900, 2)):
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": dpr, "mobile": False})
+        try:
+            for name in ("stamp.png", "large.jpg"):
+                driver.get(f"{base}/?q=a+photo")
+                _wait(driver, lambda d: _loaded_tiles(d) == 2, "two tiles")
+                opens = driver.find_elements(By.CSS_SELECTOR, ".tile .open")
+                next(o for o in opens if o.get_attribute("title").startswith(name)).click()
+                # the stamp's first rendition has all its pixels; the photo's is the smallest with as
+                # many as the screen shows: 1245 px, then 2 x 730 x 1.5
+                want = "size=512" if name == "stamp.png" else "size=2048" if dpr == 1 else "size=4096"
+                _wait(driver, lambda d, want=want: want in d.execute_script(shown)["src"]
+                      and d.execute_script(shown)["natural"][0] > 0, f"{name}: the {want} rendition loads")
+                s = driver.execute_script(shown)
+                fills = max(s["drawn"][0] / s["box"][0], s["drawn"][1] / s["box"][1])
+                assert fills > 0.99, s  # fitted to the viewer, the stamp scaled up too
+                assert s["box"][0] > 0.8 * width and s["box"][1] > 0.7 * height, s
+                if name == "large.jpg":  # as many pixels as the screen shows
+                    assert s["natural"][0] >= s["drawn"][0] * dpr, s
+                driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        finally:
+            driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert _script_errors(driver) == []

@@ -13,7 +13,8 @@ from clipsearch import config
 from clipsearch.images import thumbnail
 from clipsearch.results import ImageRecord
 
-SIZES = (256, 512, 1024)  # grid, high-density grid, viewer
+# grid, high-density grid; then the viewer's, chosen by the screen: up to a 4K screen's longest side
+SIZES = (256, 512, 1024, 2048, 4096)
 WEBP = features.check("webp")
 MEDIA_TYPE = "image/webp" if WEBP else "image/jpeg"
 

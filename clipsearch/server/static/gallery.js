@@ -350,15 +350,34 @@ function searchSimilar(id) {
 }
 
 // -- the viewer ----------------------------------------------------------------------------------
+// The picture is fitted to the viewer, small photos scaled up as photo viewers do (CSS); the
+// thumbnail asked for is the smallest that has as many pixels as the screen shows, or the whole
+// photo when the screen shows more than it has: sharp on a 4K or high-density screen.
+function rendition(hit, box) {
+  const sizes = (info && info.limits && info.limits.thumbnail_sizes) || [256, 512, 1024];
+  const dpr = window.devicePixelRatio || 1;
+  const longest = Math.max(hit.width || 0, hit.height || 0);
+  let need = Math.max(box.width, box.height) * dpr;
+  if (hit.width && hit.height) {
+    const fit = Math.min(box.width / hit.width, box.height / hit.height) * dpr;
+    need = longest * Math.min(fit, 1);  // never more pixels than the photo has
+  }
+  return sizes.find((s) => s >= need) || sizes[sizes.length - 1];
+}
+
 function openViewer(index) {
   if (index < 0 || index >= hits.length) return;
   current = index;
   const hit = hits[index];
   const img = $("v-img");
   img.src = thumb(hit.id, 512);  // at once from the cache, then sharper
-  const large = new Image();
-  large.onload = () => { if (current === index) img.src = large.src; };
-  large.src = thumb(hit.id, 1024);
+  ui.viewer.hidden = false;  // laid out first: the rendition depends on the viewer's size
+  const sharp = rendition(hit, img.getBoundingClientRect());
+  if (sharp > 512) {
+    const large = new Image();
+    large.onload = () => { if (current === index) img.src = large.src; };
+    large.src = thumb(hit.id, sharp);
+  }
   img.alt = basename(hit.path);
   $("v-path").textContent = hit.path;
   const parts = [`#${hit.rank}`, scoreText(hit)];
