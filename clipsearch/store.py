@@ -99,11 +99,10 @@ class Manifest:
             manifest.next_id = max(manifest.next_id, highest_id() + 1)
         try:
             manifest.write(db / MANIFEST, copy=False)
-            restored = "restored it"
+            done = f"restored it from its copy {MANIFEST_COPY}"
         except OSError:
-            restored = "using it (the index folder is read-only, so it stays damaged on disk)"
-        log.warning(f"note: the index manifest {db / MANIFEST} was damaged or missing; {restored} from "
-                    f"its copy {MANIFEST_COPY}")
+            done = f"read its copy {MANIFEST_COPY} instead (the folder cannot be written to restore it)"
+        log.warning(f"note: the index manifest {db / MANIFEST} was damaged or missing; {done}")
         return manifest
 
     @classmethod

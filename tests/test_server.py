@@ -273,7 +273,7 @@ def test_thumbnails_are_upright_cached_by_content_and_revalidated(server, librar
     assert Image.open(io.BytesIO(small.body)).size == (400, 300)  # never enlarged
     r = server.get(f"/api/images/{rocket}/thumbnail", {"size": 300})
     assert r.status == 400 and r.json() == {"error": "size=300 is not a thumbnail size; choose one of: "
-                                                     "256, 512, 1024"}
+                                                     "256, 512, 1024, 2048, 4096"}
 
 
 def test_originals_are_served_byte_for_byte_with_their_type(server, library):
