@@ -70,10 +70,8 @@ class DiskCache:
         if not self.enabled:
             return None
         path = self.file(key)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError:
+        raw = _bytes(path)
+        if raw is None:
             return None
         payload = unframed(raw)
         try:
@@ -96,16 +94,15 @@ class DiskCache:
             return False
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with replacing(self.file(key)) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(framed(data))
-                written = os.path.getsize(tmp)
+            entry = framed(data)
+            with replacing(self.file(key)) as tmp, open(tmp, "wb") as f:
+                f.write(entry)
         except OSError:  # full disk, read-only cache: only speed is lost
             return False
         with self._lock:
             self._writes += 1
             stale = self._total is None or self._writes % _RESCAN_EVERY == 0
-            self._total = None if stale else self._total + written
+            self._total = None if stale else self._total + len(entry)
             over = stale or self._total > self.max_bytes
         if over:
             self.trim()
@@ -139,10 +136,8 @@ class DiskCache:
         """Check every entry's checksum, deleting damaged ones: (entries checked, deleted)."""
         checked = deleted = 0
         for _, _, path in self._entries():
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read()
-            except OSError:
+            raw = _bytes(path)
+            if raw is None:
                 continue
             checked += 1
             if unframed(raw) is None:
@@ -153,3 +148,12 @@ class DiskCache:
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob(f"*/*{self.suffix}"))
+
+
+def _bytes(path: Path) -> bytes | None:
+    """An entry's whole file, or None when it cannot be read now (missing, no handles, I/O)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None

@@ -108,7 +108,6 @@ class Index:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model",
                                                     initializer=self._claim_model_thread)
         self._memos: dict[str, tuple[object, object]] = {}
-        self._export_damaged = False  # found giving invalid vectors: the CLIP model answers
 
     @property
     def spec(self) -> ModelSpec:
@@ -150,7 +149,7 @@ class Index:
 
         if self._text_encoder is None:
             found = None
-            if config.fast_query() and self.precision == "fp32" and not self._export_damaged:
+            if config.fast_query() and self.precision == "fp32":
                 found = onnxtext.open_for(self.store.path, self.store.manifest.model)
             self._text_encoder = found or self.embedder
 
@@ -332,8 +331,7 @@ class Index:
         with self._state:
             if self._text_encoder is not encoder:
                 return  # another thread did it
-            self._text_encoder = self.embedder
-            self._export_damaged = True
+            self._text_encoder = self.embedder  # from now on: neither reopened nor replaced
         shutil.rmtree(encoder.folder, ignore_errors=True)
         logging.getLogger("clipsearch").warning(
             f"note: {exc} (its files are damaged); searching with the CLIP model instead, and the "
@@ -544,8 +542,7 @@ class Index:
 
         def work() -> None:
             encoder, _unwritten = prepare(self.store, lambda: self.embedder, note)
-            if (self._text_encoder is None and encoder is not None and self.precision == "fp32"
-                    and not self._export_damaged):
+            if self._text_encoder is None and encoder is not None and self.precision == "fp32":
                 self._text_encoder = encoder
 
         self._model_call(work)

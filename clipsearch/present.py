@@ -259,9 +259,6 @@ def check_report(r: CheckReport, as_json: bool) -> None:
                  f"{repaired} repaired" if repaired else "all intact"))
 
 
-BARS = PHASES
-
-
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[callable]:
     """A callback for the indexer that draws one bar on stderr (nothing when disabled). When
@@ -278,9 +275,9 @@ def progress_bar(enabled: bool = True) -> Iterator[callable]:
             err.print(f"found {p.total} images")
         elif p.phase == "prepare":
             err.print("preparing fast searches: exporting the text encoder (once per index, about 10 s)")
-        elif p.phase in BARS and err.is_terminal:
+        elif p.phase in PHASES and err.is_terminal:
             if p.phase not in tasks:
-                tasks[p.phase] = bar.add_task(BARS[p.phase], total=p.total)
+                tasks[p.phase] = bar.add_task(PHASES[p.phase], total=p.total)
             bar.update(tasks[p.phase], completed=p.done)
 
     with bar if err.is_terminal else contextlib.nullcontext():
