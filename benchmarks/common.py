@@ -194,7 +194,7 @@ def seed_export(db: Path, model: dict, work: Path) -> None:
 def prepare_fast(store, work: Path) -> float:
     """What an index run leaves for the fast path: the text export and the row snapshot; the
     seconds it took (the export made once per benchmark run, see seed_export)."""
-    from clipsearch.fastpath import prepare
+    from clipsearch.build import prepare_fast as prepare
 
     seconds, _ = timed(lambda: seed_export(store.path, store.manifest.model, work))
     return seconds + timed(lambda: prepare(store, lambda: vit_b_32_embedder(work), retry=True))[0]

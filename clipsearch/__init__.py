@@ -32,11 +32,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from clipsearch.engine import Index, index_folders, open_index
+    from clipsearch.build import index_folders
+    from clipsearch.engine import Index, open_index
 
 
 def __getattr__(name: str):
-    if name in ("Index", "index_folders", "open_index"):
+    if name == "index_folders":
+        from clipsearch import build
+
+        return build.index_folders
+    if name in ("Index", "open_index"):
         from clipsearch import engine
 
         return getattr(engine, name)

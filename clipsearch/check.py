@@ -92,7 +92,7 @@ def _search_structure(store: Store, ann) -> Checked:
 
 
 def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], None]) -> list[Checked]:
-    from clipsearch.fastpath import needs_export, prepare
+    from clipsearch.build import needs_export, prepare_fast
 
     if not config.fast_query():
         return []
@@ -120,7 +120,7 @@ def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], No
         if status in ("damaged", "missing"):
             derived.remove(path)
         rows.append((path, status))
-    _encoder, unwritten = prepare(store, lambda: index.embedder, note, retry=True)
+    _encoder, unwritten = prepare_fast(store, lambda: index.embedder, note, retry=True)
     if export is not None:
         if export.action == "rebuilt":
             export = Checked(export.what, export.path, export.status, _outcome(unwritten, folder))

@@ -288,6 +288,10 @@ def index(
         "--exclude", help="Glob of paths to leave out (repeatable), e.g. '*/thumbs/*'.")] = None,
     as_json: Json = False,
     quiet: Quiet = False,
+    compact: Annotated[bool, typer.Option(
+        "--compact", help="Also merge the table's files and the search structures' recent changes "
+                          "(as `clipsearch optimize`); a run does it by itself when enough small "
+                          "commits piled up.")] = False,
     ray: Annotated[bool, typer.Option(
         "--ray", help='Read, decode and embed on a Ray cluster (pip install "clipsearch[ray]"): '
                       "RAY_ADDRESS or --ray-address if given, else a local runtime. The photos must "
@@ -311,7 +315,7 @@ def index(
     Example: clipsearch index ~/Photos --exclude '*/Screenshots/*'
     """
     from clipsearch import present
-    from clipsearch.engine import index_folders
+    from clipsearch.build import index_folders
 
     fanout = None
     if ray or ray_address:
@@ -326,7 +330,7 @@ def index(
         summary = index_folders(
             [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
             precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
-            progress=_stopping(stop, report), ray=fanout,
+            progress=_stopping(stop, report), ray=fanout, compact=compact,
         )
     present.summary(summary, as_json)
 
@@ -524,6 +528,21 @@ def info(db: Db = None, as_json: Json = False) -> None:
     Example: clipsearch info --json
     """
     _report(db, as_json, lambda index: index.info(), "info")
+
+
+@app.command()
+def optimize(db: Db = None) -> None:
+    """Merge the index's table files and fold the search structures' recent changes into their
+    bases. Index runs do this by themselves once enough small commits piled up; it costs about
+    a rewrite of the table (seconds per 100,000 photos), and searches go on meanwhile.
+
+    Example: clipsearch optimize --db ~/photo-index
+    """
+    from clipsearch import present
+    from clipsearch.build import compact
+
+    with _errors():
+        present.compacted(compact(db))
 
 
 @app.command()

@@ -63,13 +63,6 @@ class Embedded:
     host: str = ""
 
 
-def hash_keys(hashes: Sequence[str]) -> np.ndarray:
-    """The first 64 bits of each content hash, sorted: what workers test a file's hash against
-    to skip decoding content the index holds (8 bytes a photo, not the hash's 32 characters).
-    A prefix shared by two contents is caught by the driver, which checks the whole hash."""
-    return np.unique(np.fromiter((int(h[:16], 16) for h in hashes), np.uint64, len(hashes)))
-
-
 def _known(keys: np.ndarray, digest: str) -> bool:
     key = np.uint64(int(digest[:16], 16))
     i = int(np.searchsorted(keys, key))
@@ -218,13 +211,16 @@ def _quiet(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
-def embed(paths: Sequence[str], known: Sequence[str], *, options: RayOptions, spec: dict, device: str,
+def embed(paths: Sequence[str], known: np.ndarray, *, options: RayOptions, spec: dict, device: str,
           precision: str, batch_size: int) -> Iterator[Embedded]:
     """Each photo of `paths`, read, hashed, decoded and embedded on the cluster, as results come
-    back (in no particular order). Content whose hash is in `known` is hashed, not embedded."""
+    back (in no particular order). Content whose hash begins with one of the 64-bit keys `known`
+    (sorted; indexer.Hashes.keys64) is hashed, not embedded: 8 bytes a photo to ship, not the
+    hash's 32 characters; a prefix shared by two contents is caught by the driver, which checks
+    the whole hash."""
     ray = connect(options)
     workers, cpus, gpus = _layout(ray, options)
-    keys = [ray.put(hash_keys(known))]  # in a list: fetched by each worker, not copied into its spec
+    keys = [ray.put(known)]  # in a list: fetched by each worker, not copied into its spec
     _quiet(ray)
     # blocks of a few batches, made here (no shuffle task): every worker gets work and results
     # stream back as they are made

@@ -3,8 +3,6 @@ function that builds its parts. The CLI and the Python API both go through here.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import threading
 import time
@@ -18,7 +16,6 @@ from clipsearch.config import db_path
 from clipsearch.errors import (
     BadInputError,
     ImageChangedError,
-    ModelMismatchError,
     UnknownImageError,
     UnreadableImageError,
 )
@@ -26,23 +23,16 @@ from clipsearch.models import (
     ModelSpec,
     check_weights_unchanged,
     load_embedder,
-    parse_model_spec,
-    weights_stat,
 )
 from clipsearch.results import (
     Hit,
     ImageRecord,
-    ImageTags,
     IndexInfo,
-    IndexSummary,
     Page,
-    Progress,
-    Skipped,
     TagCount,
     TagSummary,
 )
-from clipsearch.scan import normalize_root
-from clipsearch.store import Manifest, Store, lock_dir
+from clipsearch.store import Store
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -51,10 +41,8 @@ if TYPE_CHECKING:
 
     from clipsearch.ann import AnnIndex
     from clipsearch.check import CheckReport
-    from clipsearch.distributed import RayOptions
     from clipsearch.dupes import Group as DupeGroup
     from clipsearch.featcache import FeatureCache
-    from clipsearch.indexer import Fanout, ProgressCallback
     from clipsearch.models.base import Embedder
     from clipsearch.models.blip import ItmScorer
     from clipsearch.query import Term
@@ -177,7 +165,7 @@ class Index:
         with self._state:
             version = self.store.version
             if self._ann is None or self._ann.table_version != version:
-                self._ann = current(self.store)
+                self._ann = current(self.store, have=self._ann)
             return self._ann
 
     def refresh(self) -> None:
@@ -523,6 +511,8 @@ class Index:
         summary = TagSummary(labels.labels, tagged.per_image if per_image else [], scored=tagged.images,
                              untagged=tagged.untagged)
         if sidecars:
+            from clipsearch.xmp import write_sidecars
+
             summary.sidecars_written = write_sidecars(tagged.per_image, summary.skipped)
         summary.seconds = time.perf_counter() - started
         return summary
@@ -538,10 +528,10 @@ class Index:
         """Make what the torch-free query path needs for this index's current version (the
         text export once, a row snapshot per version; clipsearch.fastpath). The export it opens
         is this index's text encoder from then on, unless the index already has one."""
-        from clipsearch.fastpath import prepare
+        from clipsearch.build import prepare_fast
 
         def work() -> None:
-            encoder, _unwritten = prepare(self.store, lambda: self.embedder, note)
+            encoder, _unwritten = prepare_fast(self.store, lambda: self.embedder, note)
             if self._text_encoder is None and encoder is not None and self.precision == "fp32":
                 self._text_encoder = encoder
 
@@ -634,170 +624,3 @@ def open_index(db: str | os.PathLike[str] | None = None, *, device: str = "auto"
     return Index(Store.open(db_path(db)), device=device, embedder=embedder,
                  rerank_model=rerank_model, rerank_precision=rerank_precision, scorer=scorer,
                  precision=precision, model_thread=model_thread)
-
-
-def resolve_spec(model: str | None, pretrained: str | None, recorded: ModelSpec | None) -> ModelSpec:
-    """flag > index manifest > default."""
-    if model is None and pretrained is None:
-        if recorded is not None:
-            return recorded
-        return parse_model_spec(config.DEFAULT_MODEL, config.DEFAULT_PRETRAINED)
-    name = model or (recorded.name if recorded else config.DEFAULT_MODEL)
-    if pretrained is None:
-        if recorded is not None and recorded.name == name:
-            pretrained = recorded.pretrained
-        elif name == config.DEFAULT_MODEL:
-            pretrained = config.DEFAULT_PRETRAINED
-    return parse_model_spec(name, pretrained)
-
-
-def index_folders(
-    roots: Sequence[str | os.PathLike[str]],
-    db: str | os.PathLike[str] | None = None,
-    *,
-    model: str | None = None,
-    pretrained: str | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    batch_size: int = config.DEFAULT_BATCH_SIZE,
-    workers: int | None = None,
-    exclude: Sequence[str] = (),
-    progress: ProgressCallback | bool | None = None,
-    embedder: Embedder | None = None,
-    commit_every: int = config.COMMIT_EVERY,
-    ray: RayOptions | None = None,
-    fanout: Fanout | None = None,
-) -> IndexSummary:
-    """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
-
-    `precision`: fp32 (open_clip's own vectors), bf16 / fp16 (GPU) / int8 (CPU) for speed, or
-    auto [default: CLIPSEARCH_PRECISION, else auto]: bf16 on CPUs with native bf16, fp16 on CUDA,
-    fp32 elsewhere.
-    `ray`: read, decode and embed on a Ray cluster (the extra clipsearch[ray]); `device` and
-    `precision` are then the workers'. Scanning, the diff and every commit stay here, as in a
-    local run. `fanout`: any other way to read, decode and embed the photos a run needs (what
-    `ray` sets up; the benchmarks stub it to time the driver alone).
-    `progress`: a callback hearing clipsearch.results.Progress events, or True for tqdm bars
-    (a widget in a notebook, a text bar in a terminal).
-    """
-    from clipsearch.indexer import Indexer
-
-    if not roots:
-        raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
-    if batch_size < 1:
-        raise BadInputError(f"--batch-size must be at least 1, not {batch_size}")
-    precision = precision or config.index_precision()
-    folders = [normalize_root(r) for r in roots]
-    path = db_path(db)
-    with contextlib.ExitStack() as held:
-        if progress is True:
-            from clipsearch import progress as shown
-
-            progress = held.enter_context(shown.bars())
-        progress = progress or None
-        if ray is not None:
-            from clipsearch.distributed import session
-
-            # at once: a missing extra or an unreachable cluster is told before any work
-            held.enter_context(session(ray))
-            worker_device, device = device, "cpu"  # the driver's own loads leave GPUs to the workers
-        held.enter_context(lock_dir(path))
-        store = Store.open(path) if Store.exists(path) else None
-        recorded = ModelSpec.from_dict(store.manifest.model) if store else None
-        spec = embedder.spec if embedder is not None else resolve_spec(model, pretrained, recorded)
-        if recorded is not None and not spec.same_model(recorded):
-            raise ModelMismatchError(
-                f"the index at {path} was built with {recorded.describe()}, not {spec.describe()}; "
-                "drop --model/--pretrained to keep using it, or index into another --db"
-            )
-        if store is None:
-            embedder = embedder or load_embedder(spec, device, precision)
-            store = Store.create(path, Manifest(model=spec.to_dict(), dim=embedder.dim,
-                                                weights_stat=weights_stat(spec)))
-        elif spec != recorded:  # same weights found at a new path: remember where they are now
-            store.manifest.model, store.manifest.weights_stat = spec.to_dict(), weights_stat(spec)
-
-        def lazy_embedder() -> Embedder:
-            nonlocal embedder
-            if embedder is None:
-                check_weights_unchanged(spec, store.manifest.weights_stat)
-                embedder = load_embedder(spec, device, precision)
-            return embedder
-
-        if ray is not None:
-            from clipsearch.distributed import embed
-
-            fanout = functools.partial(embed, options=ray, spec=spec.to_dict(), device=worker_device,
-                                       precision=precision, batch_size=batch_size)
-        indexer = Indexer(
-            store, lazy_embedder, batch_size=batch_size,
-            workers=config.default_workers() if workers is None else workers,
-            progress=progress, commit_every=commit_every, fanout=fanout,
-        )
-        summary = indexer.run(folders, exclude)
-        store.manifest.roots = sorted(set(store.manifest.roots) | set(folders))
-        store.save_manifest()
-        if indexer.changed:
-            store.compact()
-        from clipsearch.ann import AnnIndex, current
-
-        if indexer.changed or not AnnIndex.saved(store.path, store.version):
-            current(store, retry=True, unwritten=summary.unwritten)
-        _retag(store)
-        _sidecars_of_new_rows(store, indexer.written, summary)
-        from clipsearch.fastpath import prepare
-
-        def exporting(_message: str) -> None:
-            if progress:
-                progress(Progress("prepare", 0, 1))
-
-        summary.unwritten += prepare(store, lazy_embedder, exporting, retry=True)[1]
-    return summary
-
-
-def write_sidecars(images: Sequence[ImageTags], skipped: list[Skipped]) -> int:
-    """Merge each image's tags into its XMP sidecar; how many sidecars were written. A sidecar
-    that cannot be read or written is reported in `skipped` and left as it is."""
-    from clipsearch.errors import SidecarError
-    from clipsearch.xmp import merge_subjects
-
-    written = 0
-    for image in images:
-        if image.tags:
-            try:
-                written += merge_subjects(image.path, [t for t, _ in image.tags])
-            except SidecarError as exc:
-                skipped.append(Skipped(exc.path, exc.reason))
-    return written
-
-
-def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexSummary) -> None:
-    """After `tag --write-xmp`, the photos an index run added or changed get their sidecars too
-    (those of photos that are gone stay: other tools may own them)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not written or not store.manifest.xmp_sidecars:
-        return
-    stored = store.read_tags()
-    if stored is None:
-        return
-    rows = stored[0]
-    rows = rows.filter(pc.is_in(rows.column("hash"), value_set=pa.array(sorted(set(written.values())))))
-    tags: dict[str, list[tuple[str, float]]] = {}
-    for row in rows.sort_by([("score", "descending")]).to_pylist():
-        tags.setdefault(row["hash"], []).append((row["label"], row["score"]))
-    images = [ImageTags(path, tags.get(digest, [])) for path, digest in sorted(written.items())]
-    summary.sidecars_written += write_sidecars(images, summary.skipped)
-
-
-def _retag(store: Store) -> None:
-    """Bring the tags up to date with the table: tag new content with the labels of the last
-    `tag` run (no model needed, the label vectors are stored with the tags) and forget the tags
-    of content no longer indexed. Checked by table version, so a run killed between its last
-    commit and this step is caught up by the next one."""
-    from clipsearch.tagging import Tagger, tag_store
-
-    stored = store.read_tags(rows=False)
-    if stored is not None and stored[1].get("table_version") != store.version:
-        tag_store(store, Tagger.from_dict(stored[1]), per_image=False)

@@ -15,7 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clipsearch.progress import PHASES
-from clipsearch.results import Hit, IndexInfo, IndexSummary, Skipped, TagCount, TagSummary, Unwritten
+from clipsearch.results import (
+    CompactSummary,
+    Hit,
+    IndexInfo,
+    IndexSummary,
+    Skipped,
+    TagCount,
+    TagSummary,
+    Unwritten,
+)
 from clipsearch.results import Progress as IndexProgress
 
 if TYPE_CHECKING:
@@ -140,6 +149,11 @@ def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
     extra = sum(len(g.extras) for g in groups)
     err.print(f"{len(groups)} groups; {extra} photos besides the keepers "
               "(clipsearch dupes --paths --extras lists them)")
+
+
+def compacted(done: CompactSummary) -> None:
+    err.print(f"compacted the index at {done.db} in {done.seconds:.1f} s: {_bytes(done.bytes_before)} "
+              f"-> {_bytes(done.bytes_after)} on disk", highlight=False)
 
 
 def _bytes(n: int) -> str:

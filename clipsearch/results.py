@@ -106,6 +106,16 @@ class IndexSummary:
 
 
 @dataclass(frozen=True)
+class CompactSummary:
+    """What `clipsearch optimize` did: the index folder's size before and after, and the time."""
+
+    db: str
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class IndexInfo:
     db: str
     images: int

@@ -38,6 +38,10 @@ _IN_CHUNK = 512
 # From this many rows, lookups by id (every search's result rows) and by path (similar, deletes)
 # go through B-tree indexes instead of scanning: at 1M rows a search's row lookup took 20 ms.
 INDEXED_LOOKUPS_FROM = 50_000
+# Compaction thresholds (Store.compaction_due), chosen by benchmarks/change.py
+SMALL_FILES_MAX = 32
+DELETED_SHARE_MAX = 0.1
+VERSIONS_MAX = 256
 # Old table versions are kept this long after compaction so that a search running alongside an
 # index run never finds the files of the version it is reading deleted under it.
 _KEEP_OLD_VERSIONS = timedelta(minutes=10)
@@ -357,7 +361,9 @@ class Store(RowSource):
                 ) -> Iterator[pa.RecordBatch]:
         """`columns` of the rows (matching `where`) in batches of at most `batch_rows`.
 
-        The whole table is read a range of row ids at a time, in id order. LanceDB's scanner
+        The whole table is read a range of row ids at a time, in id order (so that a structure
+        built from it holds rows in the order a structure updated since held them: the same
+        answers to the bit, ties included). LanceDB's scanner
         reads ahead: streaming a million 512-d rows held 700 MB; ranges of 16k rows hold 300 MB
         and take no longer (a range is a B-tree lookup from INDEXED_LOOKUPS_FROM rows on)."""
         if where:
@@ -373,6 +379,8 @@ class Store(RowSource):
         for start in range(0, len(ids), batch_rows):
             low, high = int(ids[start]), int(ids[min(start + batch_rows, len(ids)) - 1])
             table = self.read(columns, f"id >= {low} AND id <= {high}")
+            if "id" in table.column_names:  # rows rewritten in place (a merge) are out of id order
+                table = table.sort_by("id")
             for batch in table.combine_chunks().to_batches():
                 if batch.num_rows:
                     yield batch
@@ -448,6 +456,25 @@ class Store(RowSource):
                 f"the tags in {self.path / (TAGS_TABLE + '.lance')} cannot be read "
                 f"({str(exc).splitlines()[0][:200]}); delete that folder and run clipsearch tag again"
             ) from None
+
+    def compaction_due(self) -> bool:
+        """Whether merging the table's files pays now: every commit that adds rows leaves a small
+        file, and deleted rows stay in their files until the next merge. Merging rewrites every
+        file under Lance's target size (1M rows), so below that it costs the table's size, while
+        each small file makes every scan open one more: it runs once SMALL_FILES_MAX of them
+        piled up, or a tenth of the rows read are deleted ones (Lance's own threshold for
+        rewriting a file), or VERSIONS_MAX commits left their old versions (deletions add no
+        file; the merge also drops old versions). Lookup indexes are brought up to date then."""
+        try:
+            stats = self._table.stats()
+        except Exception:  # a table LanceDB cannot describe: merging is what mends it
+            return True
+        fragments = stats["fragment_stats"]
+        stored = fragments["lengths"]["mean"] * fragments["num_fragments"]  # deleted rows included
+        return (fragments["num_small_fragments"] > SMALL_FILES_MAX
+                or stored - stats["num_rows"] > DELETED_SHARE_MAX * max(stored, 1)
+                or (stats["num_rows"] >= INDEXED_LOOKUPS_FROM and stats["num_indices"] < 2)
+                or len(os.listdir(self.path / f"{TABLE}.lance" / "_versions")) > VERSIONS_MAX)
 
     def compact(self) -> None:
         """Merge small commits, drop old versions, bring the lookup indexes up to date."""

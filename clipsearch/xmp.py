@@ -13,9 +13,14 @@ import io
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from clipsearch.errors import SidecarError
 from clipsearch.files import replacing
+from clipsearch.results import Skipped
+
+if TYPE_CHECKING:
+    from clipsearch.results import ImageTags
 
 X = "adobe:ns:meta/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -142,3 +147,16 @@ def _atomic_write(path: str, data: bytes) -> None:
     except OSError as exc:
         reason = f"cannot write in {folder} ({exc.strerror or exc}); left as it was"
         raise SidecarError(path, reason) from None
+
+
+def write_sidecars(images: Sequence[ImageTags], skipped: list[Skipped]) -> int:
+    """Merge each image's tags into its XMP sidecar; how many sidecars were written. A sidecar
+    that cannot be read or written is reported in `skipped` and left as it is."""
+    written = 0
+    for image in images:
+        if image.tags:
+            try:
+                written += merge_subjects(image.path, [t for t, _ in image.tags])
+            except SidecarError as exc:
+                skipped.append(Skipped(exc.path, exc.reason))
+    return written

@@ -37,7 +37,14 @@ def test_faiss_file_is_saved_once_per_table_version(db, embedder, photos):
     assert _ann_files(db) == files
     (photos / "travel" / "china.jpg").unlink()
     index_folders([photos], db, embedder=embedder)
-    assert len(_ann_files(db)) == 1 and _ann_files(db) != files  # replaced, old one dropped
+    # the base stays; the change is a delta named after the new version, the one a search reads
+    assert _ann_files(db) == files
+    (delta,) = (db / "ann").glob("delta-v*.npz")
+    assert delta.stat().st_size < 4096
+    index_folders([photos], db, embedder=embedder, compact=True)  # folded into a new base
+    assert len(_ann_files(db)) == 1 and _ann_files(db) != files and not list((db / "ann").glob("delta-v*"))
+    hits = open_index(db, embedder=embedder).search("a cat", k=20)
+    assert len(hits) == 12 and "china.jpg" not in {h.path.rsplit("/", 1)[1] for h in hits}
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])

@@ -179,7 +179,7 @@ def test_later_index_runs_tag_new_content_without_the_text_model(photos, tmp_pat
 
 
 def test_a_run_stopped_before_tagging_is_caught_up_by_the_next(photos, tmp_path, embedder, monkeypatch):
-    import clipsearch.engine
+    import clipsearch.build
 
     db = tmp_path / "db"
     index_folders([photos], db, embedder=embedder, workers=0)
@@ -187,7 +187,7 @@ def test_a_run_stopped_before_tagging_is_caught_up_by_the_next(photos, tmp_path,
     from PIL import Image
 
     Image.open(photos / "space" / "rocket.jpg").rotate(90).save(photos / "again.jpg")  # new content
-    monkeypatch.setattr(clipsearch.engine, "_retag", lambda store: None)  # as if killed right there
+    monkeypatch.setattr(clipsearch.build, "_retag", lambda store: None)  # as if killed right there
     index_folders([photos], db, embedder=embedder, workers=0)
     monkeypatch.undo()
     assert str(photos / "again.jpg") not in search_paths(db, "--tag", "dog")

@@ -117,7 +117,8 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
     and open_index (device, precision, rerank_model, rerank_precision); the precision, `auto`
     resolved for the device, is the images' and the queries' both."""
     from clipsearch import config
-    from clipsearch.engine import index_folders, open_index
+    from clipsearch.build import index_folders
+    from clipsearch.engine import open_index
     from clipsearch.models import auto_precision, resolve_device, resolve_precision
 
     if "embedder" not in options:  # images and queries in the same precision, auto resolved once

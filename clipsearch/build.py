@@ -1,0 +1,330 @@
+"""The build side: the one pipeline that writes an index. Plan (a full scan of folders, or a set
+of paths known to have changed, into a diff) -> compute (read, hash, decode, embed; here or
+through the Ray fan-out) -> commit (rows, then what searches read besides them: the search
+structure's delta, the row snapshot's delta, tags, XMP sidecars).
+
+A Builder is long-lived: `index` runs it once over folders; a watcher runs `update` for each
+batch of changed paths, and each commit costs what it changed, not the library's size
+(clipsearch.layers). The table's own files are merged only when that pays (Store.compaction_due)
+or when asked (`compact`). The query side (clipsearch.engine) imports nothing from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from clipsearch import config, derived, onnxtext
+from clipsearch.config import db_path
+from clipsearch.errors import BadInputError, ModelMismatchError
+from clipsearch.models import (
+    ModelSpec,
+    check_weights_unchanged,
+    load_embedder,
+    parse_model_spec,
+    weights_stat,
+)
+from clipsearch.results import CompactSummary, ImageTags, IndexSummary, Progress
+from clipsearch.scan import normalize_root
+from clipsearch.store import Manifest, Store, lock_dir
+
+if TYPE_CHECKING:
+    from clipsearch.distributed import RayOptions
+    from clipsearch.indexer import Fanout, Indexer, ProgressCallback
+    from clipsearch.models.base import Embedder
+    from clipsearch.results import Unwritten
+
+
+def resolve_spec(model: str | None, pretrained: str | None, recorded: ModelSpec | None) -> ModelSpec:
+    """flag > index manifest > default."""
+    if model is None and pretrained is None:
+        if recorded is not None:
+            return recorded
+        return parse_model_spec(config.DEFAULT_MODEL, config.DEFAULT_PRETRAINED)
+    name = model or (recorded.name if recorded else config.DEFAULT_MODEL)
+    if pretrained is None:
+        if recorded is not None and recorded.name == name:
+            pretrained = recorded.pretrained
+        elif name == config.DEFAULT_MODEL:
+            pretrained = config.DEFAULT_PRETRAINED
+    return parse_model_spec(name, pretrained)
+
+
+class Builder:
+    """The writer of one index, opened by `open_builder` (which holds the writer's lock)."""
+
+    def __init__(self, store: Store, spec: ModelSpec, *, device: str = "auto", precision: str = "fp32",
+                 batch_size: int = config.DEFAULT_BATCH_SIZE, workers: int | None = None,
+                 progress: ProgressCallback | None = None, embedder: Embedder | None = None,
+                 commit_every: int = config.COMMIT_EVERY, fanout: Fanout | None = None) -> None:
+        self.store = store
+        self.spec = spec
+        self.device, self.precision, self.batch_size = device, precision, batch_size
+        self.workers = config.default_workers() if workers is None else workers
+        self.progress = progress
+        self.commit_every = commit_every
+        self.fanout = fanout
+        self._embedder = embedder
+
+    def embedder(self) -> Embedder:
+        """The CLIP model, loaded the first time something needs it (an unchanged folder never
+        does)."""
+        if self._embedder is None:
+            check_weights_unchanged(self.spec, self.store.manifest.weights_stat)
+            self._embedder = load_embedder(self.spec, self.device, self.precision)
+        return self._embedder
+
+    # -- plan, compute, commit ------------------------------------------------------------------
+    def index(self, folders: Sequence[str], exclude: Sequence[str] = (), compact: bool = False,
+              ) -> IndexSummary:
+        """Scan `folders` (normalised roots) and bring their rows up to date; they become roots
+        of the index. `compact` merges the table's files and the structures' deltas whatever
+        they cost (otherwise only when it pays)."""
+        indexer = self._indexer()
+        summary = indexer.run(folders, exclude)
+        self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
+        self.store.save_manifest()
+        return self._commit(indexer, summary, compact)
+
+    def update(self, paths: Sequence[str]) -> IndexSummary:
+        """Bring the rows of these paths up to date: files or folders added, changed or removed
+        (absolute paths; what a watcher saw), without walking anything else."""
+        indexer = self._indexer()
+        summary = indexer.run_paths([os.path.abspath(p) for p in paths])
+        return self._commit(indexer, summary, False)
+
+    def compact(self) -> None:
+        """Merge the table's files and fold the structures' deltas into their bases, now."""
+        self._commit(None, IndexSummary(), True)
+
+    def _indexer(self) -> Indexer:
+        from clipsearch.indexer import Indexer
+
+        return Indexer(self.store, self.embedder, batch_size=self.batch_size, workers=self.workers,
+                       progress=self.progress, commit_every=self.commit_every, fanout=self.fanout)
+
+    def _commit(self, indexer: Indexer | None, summary: IndexSummary, compact: bool) -> IndexSummary:
+        """After the rows: what searches read besides them, each written as a delta when the
+        rows changed, and merged when due or asked."""
+        from clipsearch import ann
+
+        store = self.store
+        changed = indexer is not None and indexer.changed
+        if compact or (changed and store.compaction_due()):
+            store.compact()
+        ann.commit(store, retry=True, unwritten=summary.unwritten, fold=compact)
+        _retag(store)
+        if indexer is not None:
+            _sidecars_of_new_rows(store, indexer.written, summary)
+
+        def exporting(_message: str) -> None:
+            if self.progress:
+                self.progress(Progress("prepare", 0, 1))
+
+        summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact)[1]
+        return summary
+
+
+@contextlib.contextmanager
+def open_builder(
+    db: str | os.PathLike[str] | None = None, *, model: str | None = None, pretrained: str | None = None,
+    device: str = "auto", precision: str | None = None, batch_size: int = config.DEFAULT_BATCH_SIZE,
+    workers: int | None = None, progress: ProgressCallback | None = None, embedder: Embedder | None = None,
+    commit_every: int = config.COMMIT_EVERY, ray: RayOptions | None = None, fanout: Fanout | None = None,
+) -> Iterator[Builder]:
+    """The index at `db` (created with this model if there is none), opened for writing: the
+    writer's lock is held until the block ends. Arguments as in `index_folders`."""
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, not {batch_size}")
+    precision = precision or config.index_precision()
+    path = db_path(db)
+    with contextlib.ExitStack() as held:
+        if ray is not None:
+            from clipsearch.distributed import session
+
+            # at once: a missing extra or an unreachable cluster is told before any work
+            held.enter_context(session(ray))
+            worker_device, device = device, "cpu"  # the driver's own loads leave GPUs to the workers
+        held.enter_context(lock_dir(path))
+        store = Store.open(path) if Store.exists(path) else None
+        recorded = ModelSpec.from_dict(store.manifest.model) if store else None
+        spec = embedder.spec if embedder is not None else resolve_spec(model, pretrained, recorded)
+        if recorded is not None and not spec.same_model(recorded):
+            raise ModelMismatchError(
+                f"the index at {path} was built with {recorded.describe()}, not {spec.describe()}; "
+                "drop --model/--pretrained to keep using it, or index into another --db"
+            )
+        if store is None:
+            embedder = embedder or load_embedder(spec, device, precision)
+            store = Store.create(path, Manifest(model=spec.to_dict(), dim=embedder.dim,
+                                                weights_stat=weights_stat(spec)))
+        elif spec != recorded:  # same weights found at a new path: remember where they are now
+            store.manifest.model, store.manifest.weights_stat = spec.to_dict(), weights_stat(spec)
+        if ray is not None:
+            from clipsearch.distributed import embed
+
+            fanout = functools.partial(embed, options=ray, spec=spec.to_dict(), device=worker_device,
+                                       precision=precision, batch_size=batch_size)
+        yield Builder(store, spec, device=device, precision=precision, batch_size=batch_size,
+                      workers=workers, progress=progress, embedder=embedder, commit_every=commit_every,
+                      fanout=fanout)
+
+
+def index_folders(
+    roots: Sequence[str | os.PathLike[str]],
+    db: str | os.PathLike[str] | None = None,
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    batch_size: int = config.DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    exclude: Sequence[str] = (),
+    progress: ProgressCallback | bool | None = None,
+    embedder: Embedder | None = None,
+    commit_every: int = config.COMMIT_EVERY,
+    ray: RayOptions | None = None,
+    fanout: Fanout | None = None,
+    compact: bool = False,
+) -> IndexSummary:
+    """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
+
+    `precision`: fp32 (open_clip's own vectors), bf16 / fp16 (GPU) / int8 (CPU) for speed, or
+    auto [default: CLIPSEARCH_PRECISION, else auto]: bf16 on CPUs with native bf16, fp16 on CUDA,
+    fp32 elsewhere.
+    `ray`: read, decode and embed on a Ray cluster (the extra clipsearch[ray]); `device` and
+    `precision` are then the workers'. Scanning, the diff and every commit stay here, as in a
+    local run. `fanout`: any other way to read, decode and embed the photos a run needs (what
+    `ray` sets up; the benchmarks stub it to time the driver alone).
+    `progress`: a callback hearing clipsearch.results.Progress events, or True for tqdm bars
+    (a widget in a notebook, a text bar in a terminal).
+    `compact`: merge the table's files and the search structures' deltas now, whatever it costs
+    (a run otherwise merges them only when enough small commits piled up).
+    """
+    if not roots:
+        raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
+    folders = [normalize_root(r) for r in roots]
+    with contextlib.ExitStack() as held:
+        if progress is True:
+            from clipsearch import progress as shown
+
+            progress = held.enter_context(shown.bars())
+        builder = held.enter_context(open_builder(
+            db, model=model, pretrained=pretrained, device=device, precision=precision,
+            batch_size=batch_size, workers=workers, progress=progress or None, embedder=embedder,
+            commit_every=commit_every, ray=ray, fanout=fanout))
+        return builder.index(folders, exclude, compact)
+
+
+def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:
+    """Merge the index's table files and fold the search structures' deltas into their bases
+    (`clipsearch optimize`); a run does it by itself when enough small commits piled up."""
+    import time
+
+    started, path = time.perf_counter(), db_path(db)
+    store = Store.open(path)
+    with lock_dir(path):
+        before = store.disk_bytes()
+        Builder(store, ModelSpec.from_dict(store.manifest.model), device="cpu").compact()
+    return CompactSummary(str(path), before, store.disk_bytes(), time.perf_counter() - started)
+
+
+# -- what the torch-free query reads ---------------------------------------------------------------
+def needs_export(store: Store) -> bool:
+    db, model = store.path, store.manifest.model
+    return (config.fast_query() and model.get("backend", "open_clip") == "open_clip"
+            and not onnxtext.exported(db, model) and onnxtext.unsupported(db, model) is None)
+
+
+def prepare_fast(store: Store, embedder: Callable[[], Embedder],
+                 note: Callable[[str], None] = lambda _m: None, retry: bool = False, whole: bool = False,
+                 ) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
+    """Make the export (if the index has none yet) and the snapshot of the store's current
+    version; return the export, opened (None if there is none), and what could not be written
+    (clipsearch.derived: a write that failed is tried again only with `retry`, which index runs
+    pass, or once the disk has the space it lacked). `embedder()` gives the CLIP model the export
+    is made from; `note` hears about the export, which takes a while. The snapshot is written as
+    a delta over the last one when it can be (clipsearch.snapshot), or `whole`."""
+    if not config.fast_query():
+        return None, []
+    db, model = store.path, store.manifest.model
+    unwritten: list[Unwritten] = []
+    encoder = onnxtext.open_for(db, model)
+    if encoder is None and onnxtext.exported(db, model):
+        note(f"the exported text encoder in {onnxtext.folder(db, model)} does not load; exporting it again")
+        shutil.rmtree(onnxtext.folder(db, model), ignore_errors=True)
+    if needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
+        note("preparing fast searches for this index: exporting the text encoder (once, about 10 s)")
+        _export(store, embedder, unwritten)
+        encoder = onnxtext.open_for(db, model)
+    if encoder is not None and derived.may_write(db, derived.SNAPSHOT, retry):
+        from clipsearch import snapshot
+
+        try:
+            snapshot.write(store, whole)
+        except OSError as exc:
+            unwritten.append(derived.failed(db, derived.SNAPSHOT, db / snapshot.FOLDER,
+                                            snapshot.size_estimate(store), exc))
+        else:
+            derived.succeeded(db, derived.SNAPSHOT)
+    return encoder, unwritten
+
+
+def _export(store: Store, embedder: Callable[[], Embedder], unwritten: list[Unwritten]) -> None:
+    from clipsearch.models import load_embedder
+    from clipsearch.models.export import NotExportable, export, size_estimate
+
+    model = embedder()
+    if getattr(model, "precision", None) != "fp32" or model.device != "cpu":
+        model = load_embedder(model.spec, "cpu", "fp32")
+    folder = onnxtext.folder(store.path, store.manifest.model)
+    try:
+        export(model, folder)
+    except NotExportable as exc:
+        onnxtext.mark_unsupported(store.path, store.manifest.model, str(exc))
+    except (OSError, RuntimeError) as exc:
+        if not isinstance(exc, OSError) and not derived.space_fault(exc):
+            raise
+        # a full or read-only index: the full path answers, and the failure is remembered
+        unwritten.append(derived.failed(store.path, derived.EXPORT, folder, size_estimate(model), exc))
+    else:
+        derived.succeeded(store.path, derived.EXPORT)
+
+
+def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexSummary) -> None:
+    """After `tag --write-xmp`, the photos an index run added or changed get their sidecars too
+    (those of photos that are gone stay: other tools may own them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not written or not store.manifest.xmp_sidecars:
+        return
+    stored = store.read_tags()
+    if stored is None:
+        return
+    rows = stored[0]
+    rows = rows.filter(pc.is_in(rows.column("hash"), value_set=pa.array(sorted(set(written.values())))))
+    tags: dict[str, list[tuple[str, float]]] = {}
+    for row in rows.sort_by([("score", "descending")]).to_pylist():
+        tags.setdefault(row["hash"], []).append((row["label"], row["score"]))
+    images = [ImageTags(path, tags.get(digest, [])) for path, digest in sorted(written.items())]
+    from clipsearch.xmp import write_sidecars
+
+    summary.sidecars_written += write_sidecars(images, summary.skipped)
+
+
+def _retag(store: Store) -> None:
+    """Bring the tags up to date with the table: tag new content with the labels of the last
+    `tag` run (no model needed, the label vectors are stored with the tags) and forget the tags
+    of content no longer indexed. Checked by table version, so a run killed between its last
+    commit and this step is caught up by the next one."""
+    from clipsearch.tagging import Tagger, tag_store
+
+    stored = store.read_tags(rows=False)
+    if stored is not None and stored[1].get("table_version") != store.version:
+        tag_store(store, Tagger.from_dict(stored[1]), per_image=False)
