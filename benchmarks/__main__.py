@@ -1,4 +1,4 @@
-"""The benchmark suite: every figure issues 5, 10, 11, 12, 13, 14, 15 and 20 ask for, in one run, printed as a
+"""The benchmark suite: every figure issues 5, 10-15, 20 and 21 ask for, in one run, printed as a
 table of target against measured, and written to benchmarks/results/<timestamp>.json.
 
     python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import (
+    change,
     cluster,
     diskcache,
     dupes,
@@ -49,14 +50,18 @@ SIZES = {  # mode -> section -> size
                        "big_photos": 16}, "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
              "dupes": {"sizes": [100_000, 1_000_000], "compositions": 32},
              "ray": {"n": 1000, "rows": 20_000},
-             "diskcache": {"entries": 80_000, "writes": 4000, "writes_before": 100}},
+             "diskcache": {"entries": 80_000, "writes": 4000, "writes_before": 100},
+             "change": {"sizes": [10_000, 100_000, 1_000_000], "scan_sizes": [1_000_000], "churn": 6000,
+                        "fragments": 100_000}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
               "serve": {"images": 100_000, "n_photos": 2_000, "seconds": 15, "cli_runs": 3, "big_photos": 8},
               "eval": {"precisions": ("fp32", "bf16", "int8"), "renderings": 8},
               "dupes": {"sizes": [100_000], "compositions": 32}, "ray": {"n": 200, "rows": 5_000},
-              "diskcache": {"entries": 80_000, "writes": 2000, "writes_before": 50}},
+              "diskcache": {"entries": 80_000, "writes": 2000, "writes_before": 50},
+              "change": {"sizes": [10_000, 100_000], "scan_sizes": [100_000], "churn": 6000,
+                         "fragments": 100_000}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
@@ -64,10 +69,11 @@ SIZES = {  # mode -> section -> size
               "eval": {"precisions": ("fp32",), "renderings": 1},
               "dupes": {"sizes": [2_000], "compositions": 2, "sample_photos": 2},
               "ray": {"n": 4, "rows": 200},
-              "diskcache": {"entries": 500, "writes": 100, "writes_before": 20}},
+              "diskcache": {"entries": 500, "writes": 100, "writes_before": 20},
+              "change": {"sizes": [300], "scan_sizes": [], "churn": 0}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
-            "dupes", "ray", "diskcache"]
+            "dupes", "ray", "diskcache", "change"]
 
 
 def machine() -> dict:
@@ -106,13 +112,15 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return cluster.measure(work, **size["ray"])
     if name == "diskcache":
         return diskcache.measure(work, **size["diskcache"])
+    if name == "change":
+        return change.measure(work, **size["change"])
     raise ValueError(name)
 
 
 def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
      "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
-     "dupes": dupes, "ray": cluster, "diskcache": diskcache}[name].report(figures)
+     "dupes": dupes, "ray": cluster, "diskcache": diskcache, "change": change}[name].report(figures)
 
 
 def main() -> None:

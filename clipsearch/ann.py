@@ -283,8 +283,8 @@ class AnnIndex:
             if found is None:
                 return None
             delta, vectors = found
-            base = have if have is not None and have.delta.base == have.table_version == delta.base \
-                else cls._load_base(db, delta.base)
+            same = have is not None and have.delta.base == delta.base  # its base is in memory already
+            base = AnnIndex(have._index, delta.base) if same else cls._load_base(db, delta.base)
             return None if base is None else base.with_delta(delta, vectors, table_version)
         if have is not None and have.table_version == table_version and not have.delta.size():
             return have

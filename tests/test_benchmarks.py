@@ -23,7 +23,7 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert figures["failed"] == {}
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
-                             "serve", "eval", "dupes", "ray", "diskcache"}
+                             "serve", "eval", "dupes", "ray", "diskcache", "change"}
     assert sections["throughput"]["12 MP"]["images"] == 2 and sections["throughput"]["12 MP"]["ratio"] > 0
     assert sections["scale"]["2000"]["recall_at_10"] == 1.0  # flat: exact by construction
     assert sections["tagging"]["tags_kept"] > 0
@@ -44,6 +44,9 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert ray["commit"]["rows_s"] > 0
     cache = sections["diskcache"]
     assert cache["after"]["writes"] == 100 and 0.85 * 500 <= cache["after"]["entries_after"] <= 500
+    (changed,) = sections["change"]["sizes"]
+    assert changed["rows"] == 300 and changed["add"]["added"] == changed["remove"]["removed"] == 10
+    assert changed["add"]["written_mb"] < 5 and changed["during_compaction"]["queries"] > 0
     for name in sections:
         assert f"## {name}" in r.stdout
 

@@ -145,6 +145,8 @@ def test_every_search_path_answers_as_a_fresh_build_after_each_change(library, e
 
 def test_a_commit_writes_deltas_not_the_library(library, embedder):
     folder, db = library
+    held = open_index(db, embedder=embedder)  # as a server holds it
+    base = held.ann._index
     before = {p.name: p.stat().st_mtime_ns for p in (db / "ann").iterdir()}
     bases = sorted(p.name for p in (db / "ann").glob("faiss-v*.index")) + sorted(
         p.name for p in (db / "fast").glob("rows-v*.arrow"))
@@ -162,6 +164,10 @@ def test_a_commit_writes_deltas_not_the_library(library, embedder):
     assert ann_delta.stat().st_size < 8 * 1024 and rows_delta.stat().st_size < 8 * 1024  # ... a delta was
     version = Store.open(db).version
     assert ann_delta.name == f"delta-v{version}.npz" and rows_delta.name == f"delta-v{version}.arrow"
+    held.refresh()
+    assert held.ann.table_version == version and held.ann._index is base  # the delta read, not the base
+    queries = [_vector(bytes([i]), embedder.dim) for i in range(3)]
+    assert _answers(held, queries) == _fresh(db, queries)
 
 
 # a commit killed (os._exit: no clean-up, as kill -9) right before or after one of its renames

@@ -61,3 +61,38 @@ def test_check_brings_an_earlier_index_up_to_date_without_re_embedding(legacy):
     _same(_answers(db), expected)
     (db / "manifest.json").write_text("{")  # and now it survives a broken manifest, as new ones do
     _same(_answers(db), expected)
+
+
+def test_the_first_write_upgrades_it_in_place_without_re_embedding(legacy, tmp_path):
+    """A commit by today's code keeps the earlier base of the search structure and writes a delta
+    beside it (with the base's ids, read from it once); nothing indexed is embedded again."""
+    import numpy as np
+    from test_change import stub
+
+    from clipsearch.build import open_builder
+    from clipsearch.store import Store
+
+    db, expected = legacy
+    base = (db / "ann" / "faiss-v2.index").read_bytes()
+    dim = Store.open(db).manifest.dim
+    new = tmp_path / "new"
+    new.mkdir()
+    for i in range(2):
+        (new / f"{i}.jpg").write_bytes(bytes([i]) * 64)
+    asked: list[str] = []
+
+    def fanout(paths, known):
+        asked.extend(paths)
+        return stub(dim)(paths, known)
+
+    with open_builder(db, fanout=fanout, workers=0) as builder:
+        assert builder.index([str(new)]).added == 2
+        for f in new.iterdir():
+            f.unlink()
+        assert builder.index([str(new)]).removed == 2
+    assert sorted(asked) == [str(new / "0.jpg"), str(new / "1.jpg")]  # the new photos only
+    assert (db / "ann" / "faiss-v2.index").read_bytes() == base
+    assert np.load(db / "ann" / "faiss-v2.ids.npy").tolist() == sorted(
+        Store.open(db).read(["id"]).column("id").to_pylist())
+    assert len(list((db / "ann").glob("delta-v*.npz"))) == 1
+    _same(_answers(db), expected)
