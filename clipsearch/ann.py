@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import math
 import re
 from collections.abc import Callable
@@ -339,10 +340,12 @@ def _write_delta(db: Path, version: int, delta: Delta, vectors: np.ndarray) -> N
 
     target = AnnIndex._delta_file(db, version)
     target.parent.mkdir(exist_ok=True)
+    data = io.BytesIO()  # made whole first: a zip writer seeks back, the checksum reads forward
+    np.savez(data, base=np.int64(delta.base), added=delta.added, removed=delta.removed,
+             vectors=np.ascontiguousarray(vectors, np.float32))
     with replacing(target) as tmp, open(tmp, "wb") as f:
         written = derived.Hashing(f)
-        np.savez(written, base=np.int64(delta.base), added=delta.added, removed=delta.removed,
-                 vectors=np.ascontiguousarray(vectors, np.float32))
+        written.write(data.getbuffer())
     derived.record_sum(target, written)
     _drop_older(db, delta.base, version)
 
@@ -444,7 +447,7 @@ def _commit(store: Store, retry: bool, unwritten: list[Unwritten] | None, have: 
     base = None if state is None else _saved_base_ids(store.path, state[1].base)
     if base is None or _outgrown(base[1], base[2], count):
         return _rebuilt(store, count, retry, unwritten)
-    table_ids = np.sort(store.read(["id"]).column("id").to_numpy())
+    table_ids = store.sorted_ids()
     delta, new = state[1].advance(base[0], table_ids)
     fold = (fold and delta.size() > 0) or merge_due(len(base[0]), len(delta.added), len(delta.removed))
     previous = AnnIndex.load(store.path, state[0], have) if load or fold else None

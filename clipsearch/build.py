@@ -116,6 +116,8 @@ class Builder:
         changed = indexer is not None and indexer.changed
         if compact or (changed and store.compaction_due()):
             store.compact()
+        elif changed:
+            store.ensure_lookups()
         ann.commit(store, retry=True, unwritten=summary.unwritten, fold=compact)
         _retag(store)
         if indexer is not None:

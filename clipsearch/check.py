@@ -59,7 +59,7 @@ def check(index, thumbnails: bool = True, note: Callable[[str], None] = lambda _
     with store.writer_lock():
         store.refresh()
         report.items.append(_manifest_copy(store))
-        report.items.append(_search_structure(store, ann))
+        report.items.extend(_search_structure(store, ann))
         report.items.extend(_export_and_snapshot(index, store, snapshot, note))
     if thumbnails:
         report.items.append(_thumbnails())
@@ -74,21 +74,25 @@ def _manifest_copy(store: Store) -> Checked:
     return Checked("manifest copy", str(copy), "missing", "rebuilt")
 
 
-def _search_structure(store: Store, ann) -> Checked:
-    path = ann.AnnIndex._file(store.path, store.version)
-    status = derived.verify_sum(path)
-    if status == "unrecorded":
+def _search_structure(store: Store, ann) -> list[Checked]:
+    """The files a search of the current version reads: a base, or a base and its delta."""
+    found = [(path, derived.verify_sum(path)) for path in ann.AnnIndex.files(store.path, store.version)]
+    if any(status == "unrecorded" for _, status in found):
         loaded = ann.AnnIndex.load(store.path, store.version)
-        if loaded is not None and loaded.size == store.count():
-            derived.record_sum(path)
-            return Checked(derived.SEARCH, str(path), status, "recorded")
-        status = "damaged"
-    if status == "ok":
-        return Checked(derived.SEARCH, str(path), status)
-    derived.remove(path)
+        whole = loaded is not None and loaded.size == store.count()
+        for path, status in found:
+            if status == "unrecorded" and whole:
+                derived.record_sum(path)
+        found = [(p, "damaged" if s == "unrecorded" and not whole else s) for p, s in found]
+    bad = [path for path, status in found if status in ("damaged", "missing")]
+    for path in bad:
+        derived.remove(path)
     unwritten: list = []
-    ann.current(store, retry=True, unwritten=unwritten)
-    return Checked(derived.SEARCH, str(path), status, _outcome(unwritten, path))
+    if bad:
+        ann.current(store, retry=True, unwritten=unwritten)
+    done = {"unrecorded": "recorded", "ok": "none"}
+    return [Checked(derived.SEARCH, str(path), status,
+                    _outcome(unwritten, path) if path in bad else done[status]) for path, status in found]
 
 
 def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], None]) -> list[Checked]:

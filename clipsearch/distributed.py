@@ -15,7 +15,7 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -211,16 +211,16 @@ def _quiet(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
-def embed(paths: Sequence[str], known: np.ndarray, *, options: RayOptions, spec: dict, device: str,
-          precision: str, batch_size: int) -> Iterator[Embedded]:
+def embed(paths: Sequence[str], known: Callable[[], np.ndarray], *, options: RayOptions, spec: dict,
+          device: str, precision: str, batch_size: int) -> Iterator[Embedded]:
     """Each photo of `paths`, read, hashed, decoded and embedded on the cluster, as results come
-    back (in no particular order). Content whose hash begins with one of the 64-bit keys `known`
-    (sorted; indexer.Hashes.keys64) is hashed, not embedded: 8 bytes a photo to ship, not the
+    back (in no particular order). Content whose hash begins with one of the 64-bit keys `known()`
+    gives (sorted; indexer.Hashes.keys64) is hashed, not embedded: 8 bytes a photo to ship, not the
     hash's 32 characters; a prefix shared by two contents is caught by the driver, which checks
     the whole hash."""
     ray = connect(options)
     workers, cpus, gpus = _layout(ray, options)
-    keys = [ray.put(known)]  # in a list: fetched by each worker, not copied into its spec
+    keys = [ray.put(known())]  # in a list: fetched by each worker, not copied into its spec
     _quiet(ray)
     # blocks of a few batches, made here (no shuffle task): every worker gets work and results
     # stream back as they are made

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.errors import BadInputError
+from clipsearch.layers import within
 from clipsearch.results import Hit, ImageRecord
 from clipsearch.store import META_COLUMNS, RowSource
 
@@ -127,7 +128,7 @@ def groups_around(source: RowSource, ann: AnnIndex, ids: Sequence[int], threshol
         _, near, _ = ann.within(matrix, threshold - margin, NPROBE)
         near = np.unique(near)
         if allowed is not None:
-            near = near[_isin_sorted(near, allowed)]
+            near = near[within(near, allowed)]
         frontier = sorted(set(near.tolist()) - seen)[:AROUND_MAX - len(seen)]
         seen.update(frontier)
     rows = source.fetch(sorted(seen), ["id", "hash"])
@@ -209,12 +210,12 @@ def _pairs_ivf(source: RowSource, ann: AnnIndex, reps: np.ndarray, threshold: fl
     find candidate pairs, then to re-score them exactly), so a million never sit in memory."""
     candidates: list[tuple[np.ndarray, np.ndarray]] = []
     for ids, matrix in source.iter_vectors(batch_rows=_BATCH):
-        mine = _isin_sorted(ids, reps)
+        mine = within(ids, reps)
         if not mine.any():
             continue
         a, b, _ = ann.within(matrix[mine], threshold - _SQ8_MARGIN, nprobe)
         a = ids[mine][a]
-        keep = (b > a) & _isin_sorted(b, reps)
+        keep = (b > a) & within(b, reps)
         candidates.append((a[keep], b[keep]))
     if not candidates:
         return {}, {}
@@ -236,20 +237,13 @@ def _load(source: RowSource, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray
         return rows.column("id").to_numpy(), source.matrix(rows.column("vector"))
     parts_ids, parts = [], []
     for ids, matrix in source.iter_vectors(batch_rows=_BATCH):
-        mine = _isin_sorted(ids, wanted)
+        mine = within(ids, wanted)
         parts_ids.append(ids[mine])
         parts.append(matrix[mine])
     ids = np.concatenate(parts_ids) if parts_ids else np.zeros(0, np.int64)
     matrix = np.concatenate(parts) if parts else np.zeros((0, source.manifest.dim), np.float32)
     order = np.argsort(ids, kind="stable")
     return ids[order], np.ascontiguousarray(matrix[order])
-
-
-def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    if not len(sorted_set):
-        return np.zeros(len(values), bool)
-    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-    return sorted_set[at] == values
 
 
 # -- grouping --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
     from clipsearch.models.base import Embedder
 
 ProgressCallback = Callable[[Progress], None]
-# Embeds elsewhere (a Ray cluster): (paths, the first 64 bits of each hash the index holds, sorted)
-# -> each photo as it comes back
-Fanout = Callable[[list[str], np.ndarray], Iterator["Embedded"]]
+# Embeds elsewhere (a Ray cluster): (paths, what gives the first 64 bits of each hash the index
+# holds, sorted and unique; called only by a fan-out that ships them) -> each photo as it comes back
+Fanout = Callable[[list[str], Callable[[], np.ndarray]], Iterator["Embedded"]]
 
 
 @dataclass
@@ -53,25 +54,35 @@ KNOWN_COLUMNS = ["id", "path", "size", "mtime_ns", "hash"]
 
 
 class Hashes:
-    """The content hashes the index holds, for finding content it has already embedded: their
-    first 64 bits, sorted (8 MB at a million rows, searched by bisection; the whole hash is
-    compared on a match), not a Python object per row. Read from the table on first use, so a
-    run that finds nothing new never reads them."""
+    """The content hashes the index holds, for finding content it has already embedded. The
+    first few files are looked up one by one (a B-tree lookup in the table: a commit of ten
+    photos never reads a million hashes); past that, the hashes' first 64 bits are read once and
+    sorted (8 MB at a million rows, searched by bisection; the whole hash is compared on a
+    match), never a Python object per row."""
+
+    ONE_BY_ONE = 64
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._keys: np.ndarray | None = None
+        self._asked = 0
+        self._lock = threading.Lock()
 
     def _load(self) -> None:
-        if self._keys is None:
-            table = self._store.read(["id", "hash"])
-            self._hashes, self._ids = table.column("hash").combine_chunks(), table.column("id").to_numpy()
-            keys = _keys64(self._hashes)
-            self._order = np.argsort(keys, kind="stable")
-            self._keys = keys[self._order]
+        with self._lock:
+            if self._keys is None:
+                table = self._store.read(["id", "hash"])
+                self._hashes, self._ids = table.column("hash").combine_chunks(), table.column("id").to_numpy()
+                keys = _keys64(self._hashes)
+                self._order = np.argsort(keys, kind="stable")
+                self._keys = keys[self._order]
 
     def find(self, digest: str) -> int | None:
         """The id of a row holding this content, or None."""
+        if self._keys is None and self._asked < self.ONE_BY_ONE:
+            self._asked += 1  # threads may race past the count: a lookup or two more, no harm
+            row = self._store.row_by_hash(digest, ["id"])
+            return None if row is None else int(row["id"])
         self._load()
         key = np.uint64(int(digest[:16], 16))
         low, high = np.searchsorted(self._keys, key, "left"), np.searchsorted(self._keys, key, "right")
@@ -86,7 +97,8 @@ class Hashes:
     def keys64(self) -> np.ndarray:
         """The first 64 bits of each hash, sorted and unique (what Ray workers test against)."""
         self._load()
-        return np.unique(self._keys)
+        keys = self._keys
+        return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
 
 
 def _keys64(hashes: pa.Array) -> np.ndarray:
@@ -196,7 +208,9 @@ class Indexer:
         """The files to read (new, or changed since their row), column by column: no Python
         object per stored row. Sets the rows of those files and the paths gone from `scope`."""
         stored = self.store.read(KNOWN_COLUMNS, under_sql(scope))
-        self._next_id = max(self.store.highest_id() + 1, self.store.manifest.next_id)
+        # the manifest records the next id before any row gets it (an index from before it did
+        # says 0, and is asked its highest id once)
+        self._next_id = self.store.manifest.next_id or self.store.highest_id() + 1
         paths = stored.column("path").combine_chunks()
         at = pc.index_in(pa.array([e.path for e in files], pa.string()), value_set=paths)
         at = at.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -258,7 +272,7 @@ class Indexer:
     # -- or read, hashed, decoded and embedded on a cluster ------------------------------------
     def _fanned_out(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
         by_path = {e.path: e for e in entries}
-        for e in self.fanout(list(by_path), self._hashes.keys64()):
+        for e in self.fanout(list(by_path), self._hashes.keys64):
             entry = by_path.pop(e.path, None)
             if entry is None:  # a second answer for one photo (a retried batch) must not add a row
                 continue

@@ -44,15 +44,20 @@ class Delta:
         return len(self.added) + len(self.removed)
 
     def advance(self, base_ids: np.ndarray, table_ids: np.ndarray) -> tuple[Delta, np.ndarray]:
-        """The delta that brings the base to `table_ids` (sorted), and the ids it adds now (rows
-        to read from the table)."""
-        held = np.union1d(np.setdiff1d(base_ids, self.removed, assume_unique=True), self.added)
-        new = np.setdiff1d(table_ids, held, assume_unique=True)
-        gone = np.setdiff1d(held, table_ids, assume_unique=True)
-        added = np.union1d(np.setdiff1d(self.added, gone, assume_unique=True), new)
-        removed = np.union1d(self.removed, np.intersect1d(gone, base_ids, assume_unique=True))
+        """The delta that brings the base to `table_ids` (both sorted), and the ids it adds now
+        (rows to read from the table). Set operations by bisection of sorted arrays: numpy's
+        own (union1d, setdiff1d) hash or sort a million ids each time, 0.2 s apiece."""
+        held = np.sort(np.concatenate([base_ids[~np.isin(base_ids, self.removed)], self.added]))
+        new = table_ids[~within(table_ids, held)]
+        gone = held[~within(held, table_ids)]
+        added = np.sort(np.concatenate([self.added[~np.isin(self.added, gone)], new]))
+        removed = np.sort(np.concatenate([self.removed, gone[within(gone, base_ids)]]))
         return Delta(self.base, added.astype(np.int64), removed.astype(np.int64)), new.astype(np.int64)
 
 
-def sorted_ids(ids) -> np.ndarray:
-    return np.sort(np.asarray(ids, np.int64))
+def within(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `sorted_set` (sorted, unique)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values

@@ -189,7 +189,7 @@ def _write_delta(store: Store, held: tuple[pa.Table, Delta, pa.Table | None], co
     if base.schema.names != columns or old.base == store.version:  # a base of this version is stale
         return False
     base_ids = base.column("id").to_numpy()
-    delta, new = old.advance(base_ids, np.sort(store.read(["id"]).column("id").to_numpy()))
+    delta, new = old.advance(base_ids, store.sorted_ids())
     if merge_due(len(base_ids), len(delta.added), len(delta.removed)):
         return False
     parts = []

@@ -38,8 +38,12 @@ _IN_CHUNK = 512
 # From this many rows, lookups by id (every search's result rows) and by path (similar, deletes)
 # go through B-tree indexes instead of scanning: at 1M rows a search's row lookup took 20 ms.
 INDEXED_LOOKUPS_FROM = 50_000
-# Compaction thresholds (Store.compaction_due), chosen by benchmarks/change.py
-SMALL_FILES_MAX = 32
+LOOKUP_COLUMNS = ("id", "path", "hash")
+# Compaction thresholds (Store.compaction_due), chosen by benchmarks/change.py: each small file
+# adds about 0.3 ms to every search (the rows' lookup scans the files no index covers yet), so
+# 16 of them keep a search within 1.7x of a merged table's, while a merge below 1M rows
+# rewrites the table (20 s and 2.7 GB at 1M rows here)
+SMALL_FILES_MAX = 16
 DELETED_SHARE_MAX = 0.1
 VERSIONS_MAX = 256
 # Old table versions are kept this long after compaction so that a search running alongside an
@@ -253,6 +257,7 @@ class Store(RowSource):
         # the last tags read, by table version: a long-lived reader (the server) reads them once
         self._tags: tuple[int, pa.Table, dict] | None = None
         self._manifest_stamp: int | None = None
+        self._ids: tuple[int, np.ndarray] | None = None  # the sorted ids of one table version
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -282,8 +287,8 @@ class Store(RowSource):
 
     def highest_id(self) -> int:
         """The largest row id stored (-1 for none)."""
-        ids = self.read(["id"]).column("id")
-        return int(max(ids.to_numpy(), default=-1))
+        ids = self.sorted_ids()
+        return int(ids[-1]) if len(ids) else -1
 
     @classmethod
     def create(cls, path: Path, manifest: Manifest) -> Store:
@@ -325,13 +330,25 @@ class Store(RowSource):
         return self._table.count_rows()
 
     def read(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
-        query = self._table.search().select(list(columns))
+        query = self._table.search().select(list(columns)).limit(None)
         if where:
             query = query.where(where)
         try:
-            return query.limit(None).to_arrow()
+            if "vector" in columns:
+                return query.to_arrow()
+            # narrow columns in large batches: LanceDB's default of 1,024 rows a batch made reading
+            # a million ids take 0.23 s, against 0.01 s (vectors are read faster the default way)
+            return query.to_batches(1 << 20).read_all()
         except (OSError, RuntimeError) as exc:
             raise self._damaged(exc) from None
+
+    def sorted_ids(self) -> np.ndarray:
+        """Every row id, sorted: what a commit compares the derived structures with (read once
+        per table version, however many structures follow it)."""
+        version = self.version
+        if self._ids is None or self._ids[0] != version:
+            self._ids = (version, np.sort(self.read(["id"]).column("id").to_numpy()))
+        return self._ids[1]
 
     def _damaged(self, exc: Exception) -> CorruptIndexError:
         """The table opened, but reading it failed: its data files are missing or damaged."""
@@ -464,29 +481,38 @@ class Store(RowSource):
         each small file makes every scan open one more: it runs once SMALL_FILES_MAX of them
         piled up, or a tenth of the rows read are deleted ones (Lance's own threshold for
         rewriting a file), or VERSIONS_MAX commits left their old versions (deletions add no
-        file; the merge also drops old versions). Lookup indexes are brought up to date then."""
+        file; the merge also drops old versions). Lookup indexes are brought up to date then
+        (rows committed since are looked up by a scan of their small files)."""
         try:
             stats = self._table.stats()
-        except Exception:  # a table LanceDB cannot describe: merging is what mends it
+            fragments = stats["fragment_stats"]
+            stored = fragments["lengths"]["mean"] * fragments["num_fragments"]  # deleted rows included
+            return (fragments["num_small_fragments"] > SMALL_FILES_MAX
+                    or stored - stats["num_rows"] > DELETED_SHARE_MAX * max(stored, 1)
+                    or len(os.listdir(self.path / f"{TABLE}.lance" / "_versions")) > VERSIONS_MAX)
+        except Exception:  # a LanceDB that describes its tables otherwise: merge, as every run once did
             return True
-        fragments = stats["fragment_stats"]
-        stored = fragments["lengths"]["mean"] * fragments["num_fragments"]  # deleted rows included
-        return (fragments["num_small_fragments"] > SMALL_FILES_MAX
-                or stored - stats["num_rows"] > DELETED_SHARE_MAX * max(stored, 1)
-                or (stats["num_rows"] >= INDEXED_LOOKUPS_FROM and stats["num_indices"] < 2)
-                or len(os.listdir(self.path / f"{TABLE}.lance" / "_versions")) > VERSIONS_MAX)
 
     def compact(self) -> None:
         """Merge small commits, drop old versions, bring the lookup indexes up to date."""
         with writing(self.path):
             self._table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
-            if self.count() >= INDEXED_LOOKUPS_FROM:
+        self.ensure_lookups()
+
+    def ensure_lookups(self) -> None:
+        """From INDEXED_LOOKUPS_FROM rows on, B-tree indexes on the columns rows are looked up by:
+        id (every search's rows), path (deletes, similar) and hash (a run's known content).
+        Made once each (a second or two at a million rows, reading one column)."""
+        if self.count() < INDEXED_LOOKUPS_FROM:
+            return
+        with writing(self.path):
+            have = {tuple(i.columns) for i in self._table.list_indices()}
+            missing = [c for c in LOOKUP_COLUMNS if (c,) not in have]
+            if missing:
                 from lancedb.index import BTree
 
-                have = {tuple(i.columns) for i in self._table.list_indices()}
-                for column in ("id", "path"):
-                    if (column,) not in have:
-                        self._table.create_index(column, config=BTree())
+                for column in missing:
+                    self._table.create_index(column, config=BTree())
 
     def disk_bytes(self) -> int:
         total = 0

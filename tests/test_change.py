@@ -39,7 +39,7 @@ def stub(dim: int):
             with open(path, "rb") as f:
                 data = f.read()
             digest = content_hash(data)
-            if np.isin(np.uint64(int(digest[:16], 16)), known):  # indexed content: hashed, not embedded
+            if np.isin(np.uint64(int(digest[:16], 16)), known()):  # indexed content: hashed, not embedded
                 yield Embedded(path, digest)
             else:
                 yield Embedded(path, digest, _vector(data, dim), 64, 48)
@@ -266,3 +266,25 @@ def test_update_takes_files_and_folders_added_changed_or_removed(library, embedd
         assert summary.removed == 40 and summary.unchanged == 0
     paths = sorted(Store.open(db).read(["path"]).column("path").to_pylist())
     assert paths == sorted(str(p) for p in folder.rglob("*.jpg"))
+
+
+def test_check_verifies_and_rebuilds_deltas_as_it_does_bases(library, embedder):
+    folder, db = library
+    with open_builder(db, embedder=embedder, fanout=stub(embedder.dim), workers=0) as builder:
+        builder.update([_write(folder, "new/x.jpg"), _write(folder, "new/y.jpg")])
+    queries = [_vector(bytes([i]), embedder.dim) for i in range(3)]
+    expected = _fresh(db, queries)
+    report = open_index(db, embedder=embedder).check(thumbnails=False)
+    paths = {os.path.basename(i.path): (i.status, i.action) for i in report.items}
+    (ann_delta,) = (db / "ann").glob("delta-v*.npz")
+    (rows_delta,) = (db / "fast").glob("delta-v*.arrow")
+    assert paths[ann_delta.name] == paths[rows_delta.name] == ("ok", "none") and report.ok
+    for damaged in (ann_delta, rows_delta):
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped bit's worth: same size, other bytes
+        damaged.write_bytes(bytes(data))
+    report = open_index(db, embedder=embedder).check(thumbnails=False)
+    paths = {os.path.basename(i.path): (i.status, i.action) for i in report.items}
+    assert paths[ann_delta.name] == paths[rows_delta.name] == ("damaged", "rebuilt") and report.ok
+    assert _answers(open_fast(db), queries) == expected
+    assert _answers(open_index(db, embedder=embedder), queries) == expected
