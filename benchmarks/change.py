@@ -140,7 +140,7 @@ def recall_after_churn(db: Path, churn: int, queries: int = 100, k: int = 10) ->
     from clipsearch.store import Store
 
     store = Store.open(db)
-    vectors = ClusteredVectors(seed=7)
+    vectors = ClusteredVectors()  # the base's topics (random_index's), drawn afresh
     first = store.manifest.next_id
     for start in range(0, churn, 1000):
         m = min(1000, churn - start)
@@ -219,7 +219,7 @@ def fragment_cost(work: Path, n: int, piles: tuple[int, ...] = (0, 32, 128)) -> 
 
     from benchmarks.common import ClusteredVectors, percentile_ms
     from clipsearch.engine import open_index
-    from clipsearch.indexer import KNOWN_COLUMNS
+    from clipsearch.indexer import DIFF_COLUMNS
 
     db = work / f"fragments-{n}"
     store = random_index(db, n)
@@ -242,7 +242,7 @@ def fragment_cost(work: Path, n: int, piles: tuple[int, ...] = (0, 32, 128)) -> 
             times.append(time.perf_counter() - began)
         began = time.perf_counter()
         for _ in range(3):
-            store.read(KNOWN_COLUMNS)
+            store.read(DIFF_COLUMNS)
         out.append({"small_files": pile, "query_p50_ms": percentile_ms(times),
                     "diff_read_s": (time.perf_counter() - began) / 3})
     del np
@@ -309,10 +309,10 @@ def scan_one(work: Path, n: int) -> dict:
 
 
 def measure(work: Path, sizes: list[int], scan_sizes: list[int] | None = None, churn: int = 6000,
-            fragments: int = 0) -> dict:
+            fragments: int = 0, compaction: bool = True) -> dict:
     base = measure_one(work, CHANGED, compaction=False)
-    figures = {"baseline": base,
-               "sizes": [measure_one(work, n, churn=churn if n > FLAT_MAX else 0) for n in sizes]}
+    figures = {"baseline": base, "sizes": [measure_one(work, n, compaction, churn if n > FLAT_MAX else 0)
+                                           for n in sizes]}
     figures["scan"] = [scan_one(work, n) for n in (scan_sizes or [])]
     if fragments:
         figures["fragments"] = {"rows": fragments, "piles": fragment_cost(work, fragments)}
@@ -357,9 +357,11 @@ def report(f: dict) -> None:
 def main() -> None:
     script(__doc__, "# change cost: a 10-photo add and remove, outside the model",
            {"--sizes": {"default": "10000,100000,1000000"}, "--scan": {"default": "1000000"},
-            "--churn": {"type": int, "default": 6000}, "--fragments": {"type": int, "default": 100_000}},
+            "--churn": {"type": int, "default": 6000}, "--fragments": {"type": int, "default": 100_000},
+            "--no-compact": {"action": "store_true"}},
            lambda work, a: measure(work, [int(s) for s in a.sizes.split(",") if s],
-                                   [int(s) for s in a.scan.split(",") if s], a.churn, a.fragments), report)
+                                   [int(s) for s in a.scan.split(",") if s], a.churn, a.fragments,
+                                   not a.no_compact), report)
 
 
 if __name__ == "__main__":

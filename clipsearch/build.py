@@ -127,7 +127,8 @@ class Builder:
             if self.progress:
                 self.progress(Progress("prepare", 0, 1))
 
-        summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact)[1]
+        summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact,
+                                          open_export=False)[1]
         return summary
 
 
@@ -245,9 +246,10 @@ def needs_export(store: Store) -> bool:
 
 def prepare_fast(store: Store, embedder: Callable[[], Embedder],
                  note: Callable[[str], None] = lambda _m: None, retry: bool = False, whole: bool = False,
-                 ) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
+                 open_export: bool = True) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
     """Make the export (if the index has none yet) and the snapshot of the store's current
-    version; return the export, opened (None if there is none), and what could not be written
+    version; return the export, opened (None if there is none, or not `open_export`: a commit
+    needs only to know it is there; opening it maps its weights), and what could not be written
     (clipsearch.derived: a write that failed is tried again only with `retry`, which index runs
     pass, or once the disk has the space it lacked). `embedder()` gives the CLIP model the export
     is made from; `note` hears about the export, which takes a while. The snapshot is written as
@@ -256,15 +258,16 @@ def prepare_fast(store: Store, embedder: Callable[[], Embedder],
         return None, []
     db, model = store.path, store.manifest.model
     unwritten: list[Unwritten] = []
-    encoder = onnxtext.open_for(db, model)
-    if encoder is None and onnxtext.exported(db, model):
+    encoder = onnxtext.open_for(db, model) if open_export else None
+    if open_export and encoder is None and onnxtext.exported(db, model):
         note(f"the exported text encoder in {onnxtext.folder(db, model)} does not load; exporting it again")
         shutil.rmtree(onnxtext.folder(db, model), ignore_errors=True)
     if needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
         note("preparing fast searches for this index: exporting the text encoder (once, about 10 s)")
         _export(store, embedder, unwritten)
-        encoder = onnxtext.open_for(db, model)
-    if encoder is not None and derived.may_write(db, derived.SNAPSHOT, retry):
+        encoder = onnxtext.open_for(db, model) if open_export else None
+    exported = encoder is not None or (not open_export and onnxtext.exported(db, model))
+    if exported and derived.may_write(db, derived.SNAPSHOT, retry):
         from clipsearch import snapshot
 
         try:

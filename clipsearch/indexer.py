@@ -28,7 +28,7 @@ from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS, IMAGE_EXTENSIONS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import load_image, prepare_photo, read_file
 from clipsearch.results import IndexSummary, Progress, Skipped
-from clipsearch.scan import FileEntry, is_under, scan, under_sql
+from clipsearch.scan import FileEntry, ScanResult, is_under, scan, under_sql
 from clipsearch.store import Store
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class _Row:
     hash: str
 
 
-KNOWN_COLUMNS = ["id", "path", "size", "mtime_ns", "hash"]
+DIFF_COLUMNS = ["path", "size", "mtime_ns"]  # what a scan is compared with
 
 
 class Hashes:
@@ -154,7 +154,7 @@ class Indexer:
         self._moved_sources: set[str] = set()
         self._rows: dict[str, _Row] = {}  # the stored rows of the files to read, by path
         self._hashes = Hashes(store)  # content the index holds, for reusing vectors
-        self._gone: dict[str, int] = {}  # paths in the table whose files are no longer there -> ids
+        self._gone: set[str] = set()  # paths in the table whose files are no longer there
         self._embedder: Embedder | None = None
         self.changed = False  # whether the run wrote anything
         self.written: dict[str, str] = {}  # path -> hash of every row this run added or rewrote
@@ -164,8 +164,8 @@ class Indexer:
         """Bring the rows of the files under `roots` up to date with the folders."""
         started = time.monotonic()
         found = scan(roots, exclude)
-        self.progress(Progress("scan", len(found.files), len(found.files)))
-        return self._apply(found.files, found.skipped, list(roots), started)
+        self.progress(Progress("scan", len(found), len(found)))
+        return self._apply(found, list(roots), started)
 
     def run_paths(self, paths: Sequence[str]) -> IndexSummary:
         """Bring the rows of these paths up to date: files and folders that were added, changed
@@ -181,12 +181,11 @@ class Indexer:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
-        return self._apply(files, skipped, list(paths), started)
+        return self._apply(ScanResult.of(files, skipped), list(paths), started)
 
-    def _apply(self, files: list[FileEntry], skipped: list[Skipped], scope: list[str],
-               started: float) -> IndexSummary:
-        self.summary.skipped.extend(skipped)
-        candidates = self._diff(files, scope, [s.path for s in skipped])
+    def _apply(self, found: ScanResult, scope: list[str], started: float) -> IndexSummary:
+        self.summary.skipped.extend(found.skipped)
+        candidates = self._diff(found, scope, [s.path for s in found.skipped])
         try:
             if candidates:
                 self._process(candidates)
@@ -198,42 +197,42 @@ class Indexer:
             self._flush(final=True)
             raise
         if self._gone:
-            self.store.delete_paths(list(self._gone))
-            self.summary.removed = len(set(self._gone) - self._moved_sources)
+            self.store.delete_paths(sorted(self._gone))
+            self.summary.removed = len(self._gone - self._moved_sources)
         self.summary.seconds = time.monotonic() - started
         self.changed = bool(candidates or self._gone)
         return self.summary
 
-    def _diff(self, files: list[FileEntry], scope: list[str], protected: list[str]) -> list[FileEntry]:
+    def _diff(self, found: ScanResult, scope: list[str], protected: list[str]) -> list[FileEntry]:
         """The files to read (new, or changed since their row), column by column: no Python
-        object per stored row. Sets the rows of those files and the paths gone from `scope`."""
-        stored = self.store.read(KNOWN_COLUMNS, under_sql(scope))
+        object per stored row or per unchanged file. Sets the rows of those files and the paths
+        gone from `scope`."""
+        scanned, sizes, mtimes = found.paths, found.sizes, found.mtimes
         # the manifest records the next id before any row gets it (an index from before it did
         # says 0, and is asked its highest id once)
         self._next_id = self.store.manifest.next_id or self.store.highest_id() + 1
+        stored = self.store.read(DIFF_COLUMNS, under_sql(scope))
         paths = stored.column("path").combine_chunks()
-        at = pc.index_in(pa.array([e.path for e in files], pa.string()), value_set=paths)
-        at = at.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        at = pc.index_in(scanned, value_set=paths).fill_null(-1)
+        at = at.to_numpy(zero_copy_only=False).astype(np.int64)
         known = at >= 0
-        same = np.zeros(len(files), bool)
-        if known.any():
-            sizes = np.fromiter((e.size for e in files), np.int64, len(files))
-            mtimes = np.fromiter((e.mtime_ns for e in files), np.int64, len(files))
-            rows = at[known]
-            same[known] = ((stored.column("size").to_numpy()[rows] == sizes[known])
-                           & (stored.column("mtime_ns").to_numpy()[rows] == mtimes[known]))
+        same = np.zeros(len(at), bool)
+        same[known] = ((stored.column("size").to_numpy()[at[known]] == sizes[known])
+                       & (stored.column("mtime_ns").to_numpy()[at[known]] == mtimes[known]))
         self.summary.unchanged += int(same.sum())
-        candidates = [files[i] for i in np.flatnonzero(~same)]
-        ids, hashes = stored.column("id").to_numpy(), stored.column("hash")
-        for i in np.flatnonzero(~same & known):
-            row = int(at[i])
-            self._rows[files[i].path] = _Row(int(ids[row]), files[i].path, hashes[row].as_py())
         present = np.zeros(len(paths), bool)
         present[at[known]] = True
+        del stored
         for row in np.flatnonzero(~present):
             path = paths[int(row)].as_py()
             if not any(is_under(path, p) for p in protected):
-                self._gone[path] = int(ids[row])
+                self._gone.add(path)
+        changed = np.flatnonzero(~same)
+        candidates = [found.entry(int(i)) for i in changed]
+        stored_paths = [e.path for e, i in zip(candidates, changed, strict=True) if known[i]]
+        if stored_paths:  # the rows of changed files: a lookup by path, for the few there are
+            for row in self.store.by_paths(stored_paths, ["id", "path", "hash"]).to_pylist():
+                self._rows[row["path"]] = _Row(row["id"], row["path"], row["hash"])
         return candidates
 
     # -- hashing and decoding, in worker threads ------------------------------------------------
