@@ -363,7 +363,7 @@ def _read_delta(path: Path) -> tuple[Delta, np.ndarray] | None:
         with np.load(path) as data:
             delta = Delta(int(data["base"]), data["added"].astype(np.int64), data["removed"].astype(np.int64))
             return delta, data["vectors"].astype(np.float32)
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception:  # damaged in any way (a bad zip, a short array): made again from the table
         return None
 
 
@@ -402,7 +402,7 @@ def _saved_base_ids(db: Path, base: int) -> tuple[np.ndarray, str, int] | None:
     files existed is read once and gets one."""
 
     base_file = AnnIndex._file(db, base)
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(Exception):  # missing or damaged: read from the base itself
         kind, nlist = base_file.with_suffix(".kind").read_text().split()
         return np.load(base_file.with_suffix(".ids.npy")), kind, int(nlist)
     ann = AnnIndex._load_base(db, base)
