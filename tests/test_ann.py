@@ -46,8 +46,8 @@ def big(tmp_path_factory):
         ids = np.arange(start, min(n, start + 20_000))
         store.add(_rows(ids, vectors[ids], folder="b" if start == 0 else "a"))
     store.delete_paths([f"/photos/b/{i}.jpg" for i in range(50, 20_000)])
-    store.compact()  # as an index run ends; at this size it adds the id and path lookup indexes
-    assert {tuple(i.columns) for i in store._table.list_indices()} == {("id",), ("path",)}
+    store.compact()  # as a merge ends; at this size it adds the id, path and hash lookup indexes
+    assert {tuple(i.columns) for i in store._table.list_indices()} == {("id",), ("path",), ("hash",)}
     keep = np.r_[np.arange(50), np.arange(20_000, n)]
     queries = _vectors(rng, 20, centers)
     return path, dict(zip(keep.tolist(), vectors[keep], strict=True)), queries, centers
