@@ -28,8 +28,8 @@ from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS, IMAGE_EXTENSIONS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import load_image, prepare_photo, read_file
 from clipsearch.results import IndexSummary, Progress, Skipped
-from clipsearch.scan import FileEntry, ScanResult, is_under, scan, under_sql
-from clipsearch.store import Store
+from clipsearch.scan import FileEntry, ScanResult, is_under, scan
+from clipsearch.store import Store, under_sql
 
 if TYPE_CHECKING:
     from clipsearch.distributed import Embedded

@@ -67,14 +67,6 @@ def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def under_sql(paths: Sequence[str]) -> str:
-    """A LanceDB filter for the rows of these paths: each path itself, and what is under it."""
-    quoted = ["'" + p.replace("'", "''") + "'" for p in paths]
-    prefixes = ["'" + (p.rstrip(os.sep) + os.sep).replace("'", "''") + "'" for p in paths]
-    return " OR ".join([f"path IN ({', '.join(quoted)})", *(f"starts_with(path, {p})" for p in prefixes)]) \
-        if paths else "false"
-
-
 def _excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 

@@ -230,7 +230,8 @@ class Snapshot(RowSource):
         self.manifest = manifest
         self.version = version
         self._rows = rows  # a base's rows and its delta's, in id order; those removed since stay
-        self._alive = None if alive.all() else pa.array(alive)
+        self._alive_rows = None if alive.all() else alive  # which rows are not removed, numpy ...
+        self._alive = None if self._alive_rows is None else pa.array(alive)  # ... and as a mask
         self._count = int(alive.sum())
         self._ids = rows.column("id").to_numpy()
         self._tags = tags
@@ -280,7 +281,7 @@ class Snapshot(RowSource):
         found = at < len(self._ids)
         found[found] = self._ids[at[found]] == wanted[found]
         if self._alive is not None:
-            found[found] = self._alive.to_numpy(zero_copy_only=False)[at[found]]
+            found[found] = self._alive_rows[at[found]]
         table = self._rows.select(list(columns))
         # one-row slices are views into the mapped file; Table.take would first join the chunks
         # of every column (200 MB of vectors at 100k rows)

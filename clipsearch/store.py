@@ -200,6 +200,14 @@ def _sql_list(values: Sequence) -> str:
     return ", ".join(str(int(v)) for v in values)
 
 
+def under_sql(paths: Sequence[str]) -> str:
+    """A filter for the rows of these paths: each path itself, and what is under it."""
+    if not paths:
+        return "false"
+    prefixes = [_sql_list([p.rstrip(os.sep) + os.sep]) for p in paths]
+    return " OR ".join([f"path IN ({_sql_list(paths)})", *(f"starts_with(path, {p})" for p in prefixes)])
+
+
 class RowSource:
     """What a search needs from an index's rows. The LanceDB table (Store) is the truth; a
     read-only snapshot of it (clipsearch.snapshot) answers the same calls without LanceDB."""
@@ -359,15 +367,15 @@ class Store(RowSource):
 
     def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> pa.Table:
         """Rows with the given ids (in no particular order); ids no int64 holds match nothing."""
-        ids = [i for i in ids if -(2**63) <= i < 2**63]
-        parts = [self.read(columns, f"id IN ({_sql_list(ids[i:i + _IN_CHUNK])})")
-                 for i in range(0, len(ids), _IN_CHUNK)]
-        return pa.concat_tables(parts) if parts else self.read(columns, "false")
+        return self._where_in("id", [i for i in ids if -(2**63) <= i < 2**63], columns)
 
     def by_paths(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
         """The rows stored for these paths (in no particular order)."""
-        parts = [self.read(columns, f"path IN ({_sql_list(paths[i:i + _IN_CHUNK])})")
-                 for i in range(0, len(paths), _IN_CHUNK)]
+        return self._where_in("path", list(paths), columns)
+
+    def _where_in(self, column: str, values: list, columns: Sequence[str]) -> pa.Table:
+        parts = [self.read(columns, f"{column} IN ({_sql_list(values[i:i + _IN_CHUNK])})")
+                 for i in range(0, len(values), _IN_CHUNK)]
         return pa.concat_tables(parts) if parts else self.read(columns, "false")
 
     def row(self, path: str, columns: Sequence[str]) -> dict | None:
