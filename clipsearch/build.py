@@ -80,22 +80,41 @@ class Builder:
 
     # -- plan, compute, commit ------------------------------------------------------------------
     def index(self, folders: Sequence[str], exclude: Sequence[str] = (), compact: bool = False,
-              ) -> IndexSummary:
+              prune_offline: bool = False) -> IndexSummary:
         """Scan `folders` (normalised roots) and bring their rows up to date; they become roots
         of the index. `compact` merges the table's files and the structures' deltas whatever
-        they cost (otherwise only when it pays)."""
+        they cost (otherwise only when it pays). The rows under a root that looks offline
+        (clipsearch.roots) are kept, unless `prune_offline`."""
         indexer = self._indexer()
+        indexer.keep_offline = not prune_offline
         summary = indexer.run(folders, exclude)
+        self._note_roots(folders, indexer.offline)
+        summary.offline = dict(indexer.offline)
         self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
         self.store.save_manifest()
         return self._commit(indexer, summary, compact)
 
     def update(self, paths: Sequence[str]) -> IndexSummary:
         """Bring the rows of these paths up to date: files or folders added, changed or removed
-        (absolute paths; what a watcher saw), without walking anything else."""
+        (absolute paths; what a watcher saw), without walking anything else. Nothing is removed
+        under a root that is missing or empty."""
         indexer = self._indexer()
-        summary = indexer.run_paths([os.path.abspath(p) for p in paths])
+        summary = indexer.run_paths([os.path.abspath(p) for p in paths], self.store.manifest.roots)
+        summary.offline = dict(indexer.offline)
         return self._commit(indexer, summary, False)
+
+    def _note_roots(self, folders: Sequence[str], offline: dict[str, str]) -> None:
+        """Remember each root's device while it is there, and since when one is offline."""
+        from clipsearch import roots
+
+        manifest = self.store.manifest
+        for root in folders:
+            if root in offline:
+                manifest.offline.setdefault(root, roots.now_iso())
+            else:
+                manifest.offline.pop(root, None)
+                if (dev := roots.device(root)) is not None:
+                    manifest.root_devices[root] = dev
 
     def compact(self) -> None:
         """Merge the table's files and fold the structures' deltas into their bases, now."""
@@ -194,6 +213,7 @@ def index_folders(
     ray: RayOptions | None = None,
     fanout: Fanout | None = None,
     compact: bool = False,
+    prune_offline: bool = False,
 ) -> IndexSummary:
     """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
 
@@ -208,6 +228,8 @@ def index_folders(
     (a widget in a notebook, a text bar in a terminal).
     `compact`: merge the table's files and the search structures' deltas now, whatever it costs
     (a run otherwise merges them only when enough small commits piled up).
+    `prune_offline`: remove the rows under a root that looks offline (missing, empty, or none of
+    its indexed photos found: clipsearch.roots), which are otherwise kept.
     """
     if not roots:
         raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
@@ -221,7 +243,7 @@ def index_folders(
             db, model=model, pretrained=pretrained, device=device, precision=precision,
             batch_size=batch_size, workers=workers, progress=progress or None, embedder=embedder,
             commit_every=commit_every, ray=ray, fanout=fanout))
-        return builder.index(folders, exclude, compact)
+        return builder.index(folders, exclude, compact, prune_offline)
 
 
 def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:

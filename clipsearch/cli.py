@@ -292,6 +292,10 @@ def index(
         "--compact", help="Also merge the table's files and the search structures' recent changes "
                           "(as `clipsearch optimize`); a run does it by itself when enough small "
                           "commits piled up.")] = False,
+    prune_offline: Annotated[bool, typer.Option(
+        "--prune-offline", help="Remove the photos of a folder that looks offline (missing, empty, "
+                                "or none of its indexed photos there: an unplugged drive), which "
+                                "are otherwise kept.")] = False,
     ray: Annotated[bool, typer.Option(
         "--ray", help='Read, decode and embed on a Ray cluster (pip install "clipsearch[ray]"): '
                       "RAY_ADDRESS or --ray-address if given, else a local runtime. The photos must "
@@ -331,6 +335,7 @@ def index(
             [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
             precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
             progress=_stopping(stop, report), ray=fanout, compact=compact,
+            prune_offline=prune_offline,
         )
     present.summary(summary, as_json)
 

@@ -576,6 +576,7 @@ class Index:
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
             bytes=self.store.disk_bytes(), ann=describe(images),
             labels=list((self.store.read_tags(rows=False) or (None, {}))[1].get("prompts", {})),
+            offline=dict(manifest.offline),
         )
 
 

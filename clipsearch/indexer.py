@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipsearch import roots as root_state
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS, IMAGE_EXTENSIONS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import load_image, prepare_photo, read_file
@@ -158,6 +159,10 @@ class Indexer:
         self._embedder: Embedder | None = None
         self.changed = False  # whether the run wrote anything
         self.written: dict[str, str] = {}  # path -> hash of every row this run added or rewrote
+        # roots that look unplugged rather than emptied (clipsearch.roots): their rows are kept,
+        # unless the run was asked to prune them
+        self.keep_offline = True
+        self.offline: dict[str, str] = {}  # root -> why it counts as offline
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, roots: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary:
@@ -165,11 +170,12 @@ class Indexer:
         started = time.monotonic()
         found = scan(roots, exclude)
         self.progress(Progress("scan", len(found), len(found)))
-        return self._apply(found, list(roots), started)
+        return self._apply(found, list(roots), started, list(roots))
 
-    def run_paths(self, paths: Sequence[str]) -> IndexSummary:
+    def run_paths(self, paths: Sequence[str], roots: Sequence[str] = ()) -> IndexSummary:
         """Bring the rows of these paths up to date: files and folders that were added, changed
-        or removed (what a watcher saw), without walking anything else."""
+        or removed (what a watcher saw), without walking anything else. Nothing is removed under
+        a root of `roots` that is missing or empty."""
         started = time.monotonic()
         files, skipped = [], []
         for path in paths:
@@ -181,11 +187,19 @@ class Indexer:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
-        return self._apply(ScanResult.of(files, skipped), list(paths), started)
+        touched = [r for r in roots if any(is_under(p, r) or is_under(r, p) for p in paths)]
+        return self._apply(ScanResult.of(files, skipped), list(paths), started, touched, scanned=False)
 
-    def _apply(self, found: ScanResult, scope: list[str], started: float) -> IndexSummary:
+    def _apply(self, found: ScanResult, scope: list[str], started: float, roots: list[str],
+               scanned: bool = True) -> IndexSummary:
+        """`roots`: those to check for being offline (after a full scan of them, `scanned`, also
+        by whether any of their indexed photos were found)."""
         self.summary.skipped.extend(found.skipped)
-        candidates = self._diff(found, scope, [s.path for s in found.skipped])
+        candidates = self._diff(found, scope, [s.path for s in found.skipped], roots if scanned else [])
+        if self.keep_offline:
+            self.offline.update({r: why for r in roots if r not in self.offline
+                                 and (why := root_state.absent(r)) is not None})
+            self._gone = {p for p in self._gone if not any(is_under(p, r) for r in self.offline)}
         try:
             if candidates:
                 self._process(candidates)
@@ -203,10 +217,11 @@ class Indexer:
         self.changed = bool(candidates or self._gone)
         return self.summary
 
-    def _diff(self, found: ScanResult, scope: list[str], protected: list[str]) -> list[FileEntry]:
+    def _diff(self, found: ScanResult, scope: list[str], protected: list[str], scanned_roots: list[str],
+              ) -> list[FileEntry]:
         """The files to read (new, or changed since their row), column by column: no Python
-        object per stored row or per unchanged file. Sets the rows of those files and the paths
-        gone from `scope`."""
+        object per stored row or per unchanged file. Sets the rows of those files, the paths
+        gone from `scope` and the `scanned_roots` that look offline."""
         scanned, sizes, mtimes = found.paths, found.sizes, found.mtimes
         # the manifest records the next id before any row gets it (an index from before it did
         # says 0, and is asked its highest id once)
@@ -223,6 +238,11 @@ class Indexer:
         present = np.zeros(len(paths), bool)
         present[at[known]] = True
         del stored
+        if self.keep_offline:
+            devices = self.store.manifest.root_devices
+            self.offline = {r: why for r in scanned_roots
+                            if (why := root_state.lost(r, paths, present, devices.get(r))) is not None}
+            protected = protected + list(self.offline)
         for row in np.flatnonzero(~present):
             path = paths[int(row)].as_py()
             if not any(is_under(path, p) for p in protected):

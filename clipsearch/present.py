@@ -185,6 +185,7 @@ def summary(s: IndexSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
         _unwritten(s.unwritten)  # on stderr, as a person running it for a script still needs to know
+        offline(s.offline)
         return
     err.print(
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
@@ -194,6 +195,14 @@ def summary(s: IndexSummary, as_json: bool) -> None:
     )
     _skipped(s.skipped)
     _unwritten(s.unwritten)
+    offline(s.offline)
+
+
+def offline(roots: dict[str, str]) -> None:
+    """One line per root whose rows were kept because it looks unplugged rather than emptied."""
+    for root, why in sorted(roots.items()):
+        message(f"note: {root} looks offline: {why}; its photos stay in the index. Run clipsearch "
+                "index with --prune-offline to remove them")
 
 
 def _unwritten(missing: Sequence[Unwritten]) -> None:
@@ -247,7 +256,9 @@ def info(i: IndexInfo, as_json: bool) -> None:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in (
-        ("index", i.db), ("images", str(i.images)), ("roots", "\n".join(i.roots) or "-"),
+        ("index", i.db), ("images", str(i.images)),
+        ("roots", "\n".join(r + (f" (offline since {i.offline[r]})" if r in i.offline else "")
+                            for r in i.roots) or "-"),
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
         ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
         ("tags", f"{len(i.labels)} labels (clipsearch tags lists them)" if i.labels else "-"),

@@ -100,6 +100,7 @@ class IndexSummary:
     seconds: float = 0.0
     sidecars_written: int = 0  # XMP sidecars of new photos, after `tag --write-xmp`
     unwritten: list[Unwritten] = field(default_factory=list)  # fast-search files it could not write
+    offline: dict[str, str] = field(default_factory=dict)  # root -> why its rows were kept
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +127,7 @@ class IndexInfo:
     bytes: int
     ann: str
     labels: list[str] = field(default_factory=list)  # those of the last `tag` run
+    offline: dict[str, str] = field(default_factory=dict)  # root -> since when (ISO time)
 
 
     def to_dict(self) -> dict:

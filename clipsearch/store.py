@@ -87,6 +87,9 @@ class Manifest:
     next_id: int = 0
     # `tag --write-xmp` was asked for: index runs write the sidecars of the photos they add
     xmp_sidecars: bool = False
+    # each root's device when last seen, and since when a root counts as offline (clipsearch.roots)
+    root_devices: dict[str, int] = field(default_factory=dict)
+    offline: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
