@@ -78,6 +78,11 @@ class Builder:
             self._embedder = load_embedder(self.spec, self.device, self.precision)
         return self._embedder
 
+    def share_embedder(self, embedder: Embedder) -> None:
+        """Embed with a model already loaded (a server's: one copy of CLIP for both sides)."""
+        if embedder.spec.same_model(self.spec):
+            self._embedder = embedder
+
     # -- plan, compute, commit ------------------------------------------------------------------
     def index(self, folders: Sequence[str], exclude: Sequence[str] = (), compact: bool = False,
               prune_offline: bool = False) -> IndexSummary:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import threading
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -272,6 +272,15 @@ Workers = Annotated[int | None, typer.Option(
     "--workers", min=0, help="Decode threads; with --ray, Ray workers, each a copy of the model "
                              "[default: CPU count, at most 8; with --ray, one per GPU, or per 8 CPUs].")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Settle = Annotated[float, typer.Option(
+    "--settle", min=0, metavar="SECONDS", rich_help_panel="Watching",
+    help="With --watch: how long a file's size and time must stay still before it is read (a copy "
+         "in progress is never read half-way).")]
+Poll = Annotated[float | None, typer.Option(
+    "--poll", min=0.1, metavar="SECONDS", rich_help_panel="Watching",
+    help="With --watch: look for changes by scanning every SECONDS instead of waiting for the "
+         "system's events; for network shares (NFS, SMB, sshfs and other FUSE mounts), which send "
+         "none.")]
 
 
 @app.command()
@@ -296,6 +305,10 @@ def index(
         "--prune-offline", help="Remove the photos of a folder that looks offline (missing, empty, "
                                 "or none of its indexed photos there: an unplugged drive), which "
                                 "are otherwise kept.")] = False,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Then keep watching the folders and index what changes, until Ctrl-C.")] = False,
+    settle: Settle = 2.0,
+    poll: Poll = None,
     ray: Annotated[bool, typer.Option(
         "--ray", help='Read, decode and embed on a Ray cluster (pip install "clipsearch[ray]"): '
                       "RAY_ADDRESS or --ray-address if given, else a local runtime. The photos must "
@@ -329,15 +342,68 @@ def index(
                             cpus_per_worker=cpus_per_worker)
     saved = "interrupted; progress is saved: run the same command again to resume"
     stop = threading.Event()
-    with _errors(saved), _terminate_as_interrupt(stop), \
-            present.progress_bar(not quiet and not as_json) as report:
-        summary = index_folders(
-            [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
-            precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
-            progress=_stopping(stop, report), ray=fanout, compact=compact,
-            prune_offline=prune_offline,
-        )
-    present.summary(summary, as_json)
+    with _errors(saved), _terminate_as_interrupt(stop):
+        # a server that watches this index holds its lock: the run is its job
+        server = None if (fanout or model or pretrained) else _watcher(db)
+        with present.progress_bar(not quiet and not as_json) as report:
+            if server is not None:
+                summary = _index_there(server, folders, exclude or (), compact, prune_offline,
+                                       _stopping(stop, report))
+            else:
+                summary = index_folders(
+                    [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
+                    precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
+                    progress=_stopping(stop, report), ray=fanout, compact=compact,
+                    prune_offline=prune_offline,
+                )
+        if summary is not None:
+            present.summary(summary, as_json)
+        if watch and server is None:
+            _watch_here(db, folders, device, batch_size, workers, exclude or (), settle, poll, stop)
+
+
+def _watcher(db: Path | None):
+    from clipsearch import client
+
+    return client.find_watcher(config.db_path(db))
+
+
+def _index_there(server, folders: list[Path], exclude: Sequence[str], compact: bool, prune_offline: bool,
+                 progress: Callable):
+    """`index` through the server that watches this index: folders it watches already need
+    nothing (one line says so); others are its job, followed here as if run here."""
+    from clipsearch import present
+    from clipsearch.results import IndexSummary
+    from clipsearch.scan import is_under, normalize_root
+
+    wanted = [normalize_root(f) for f in folders]
+    roots = server.status().get("roots", [])
+    pid = server.found.pid
+    if not (compact or prune_offline or exclude) and all(any(is_under(f, r) for r in roots) for f in wanted):
+        present.message(f"clipsearch serve --watch (pid {pid}) keeps this index in step with "
+                        f"{', '.join(wanted)}; nothing to do")
+        return None
+    present.message(f"handing this run to clipsearch serve --watch (pid {pid}), which holds the index; "
+                    "it watches these folders from now on")
+    return IndexSummary.from_dict(server.run_job(
+        {"kind": "index", "folders": wanted, "exclude": list(exclude), "compact": compact,
+         "prune_offline": prune_offline}, progress))
+
+
+def _watch_here(db: Path | None, folders: list[Path], device: str, batch_size: int, workers: int | None,
+                exclude: Sequence[str], settle: float, poll: float | None, stop: threading.Event) -> None:
+    """`index --watch`: after the run, keep the index in step with the folders until Ctrl-C."""
+    from clipsearch import present
+    from clipsearch.build import open_builder
+    from clipsearch.scan import normalize_root
+    from clipsearch.watch import Watcher
+
+    with open_builder(db, device=device, batch_size=batch_size, workers=workers) as builder:
+        watcher = Watcher(builder, [normalize_root(f) for f in folders], settle=settle, poll=poll,
+                          exclude=exclude, note=present.message)
+        present.message(f"watching {', '.join(watcher.roots)} for changes; Ctrl-C stops")
+        watcher.run(stop)
+    present.message("stopped watching; everything found is committed")
 
 
 @app.command()
@@ -444,6 +510,8 @@ def similar(
 
 @app.command()
 def serve(
+    folders: Annotated[list[Path] | None, typer.Argument(
+        help="With --watch: folders to index and watch besides those the index holds.")] = None,
     db: Db = None,
     host: Annotated[str, typer.Option(
         "--host", help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
@@ -458,23 +526,44 @@ def serve(
     rerank_precision: RerankPrecision = "auto",
     device: Device = "auto",
     precision: Precision = "fp32",
+    watch: Annotated[bool, typer.Option(
+        "--watch", rich_help_panel="Watching",
+        help="Keep the index in step with its folders (and FOLDERS): new, changed, moved and deleted "
+             "photos are searchable within seconds. `index`, `tag` and `optimize` runs for this index "
+             "are then handed to the server.")] = False,
+    settle: Settle = 2.0,
+    poll: Poll = None,
+    rescan_every: Annotated[float, typer.Option(
+        "--rescan-every", min=0, metavar="SECONDS", rich_help_panel="Watching",
+        help="With --watch: also scan every folder this often, for changes no event told of "
+             "(0: only at start).")] = 3600.0,
 ) -> None:
     """Serve the index over HTTP: a web gallery at /, a JSON API under /api (documented at /docs),
     with the CLIP model loaded once. `clipsearch search` and `similar` use it when it runs for
-    the same index. Ctrl-C stops it.
+    the same index. With --watch it also keeps the index in step with the photo folders. Ctrl-C
+    stops it.
 
-    Example: clipsearch serve --db ~/photo-index --open
+    Example: clipsearch serve --db ~/photo-index --open --watch
     """
     from clipsearch import present
+    from clipsearch.server.service import WatchOptions
     from clipsearch.server.service import serve as run
 
     with _errors(), _terminate_as_interrupt():
+        if folders and not watch:
+            raise BadInputError("folders are for --watch: clipsearch serve --watch "
+                                + " ".join(map(str, folders)))
+        if watch:
+            from clipsearch.scan import normalize_root
+
+            watched = [normalize_root(f) for f in folders or ()]
         # uvicorn stops on SIGINT and SIGTERM by itself; whether it then re-raises the signal
         # (a KeyboardInterrupt here) or simply returns differs between its releases
         with contextlib.suppress(KeyboardInterrupt):
             run(config.db_path(db), host=host, port=port, token=token, device=device, precision=precision,
                 rerank_model=rerank_model, rerank_precision=rerank_precision, open_browser=open_browser,
-                on_start=present.serving)
+                watch=watched if watch else None, on_start=present.serving, note=present.message,
+                watching=WatchOptions(settle, poll, rescan_every or None))
         present.message("clipsearch serve stopped")
 
 
@@ -513,7 +602,16 @@ def tag_command(
 
     with _errors():
         chosen = label_set(labels, labels_file, threshold, top)
-        summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp, per_image=as_json)
+        server = _watcher(db)
+        if server is not None:  # it holds the index: the run is its job
+            from clipsearch.results import TagSummary
+
+            summary = TagSummary.from_dict(server.run_job({
+                "kind": "tag", "labels": labels, "threshold": threshold, "top": top, "write_xmp": write_xmp,
+                "labels_file": str(labels_file.resolve()) if labels_file else None, "per_image": as_json},
+                lambda _p: None))
+        else:
+            summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp, per_image=as_json)
     present.tag_summary(summary, as_json)
 
 
@@ -545,8 +643,13 @@ def optimize(db: Db = None) -> None:
     """
     from clipsearch import present
     from clipsearch.build import compact
+    from clipsearch.results import CompactSummary
 
     with _errors():
+        server = _watcher(db)
+        if server is not None:
+            present.compacted(CompactSummary(**server.run_job({"kind": "optimize"}, lambda _p: None)))
+            return
         present.compacted(compact(db))
 
 

@@ -17,20 +17,22 @@ import contextlib
 import http.client
 import json
 import os
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from clipsearch import limits
-from clipsearch.errors import BadInputError
+from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted, ServeError
 from clipsearch.files import replacing
-from clipsearch.results import Hit
+from clipsearch.results import Hit, Progress
 
 SERVER_FILE = "server.json"
 HEALTH_TIMEOUT = 1.0  # seconds; a live server on loopback answers in about a millisecond
 QUERY_TIMEOUT = 600.0  # a first re-rank loads BLIP and reads every candidate
+JOB_POLL = 0.2  # seconds between two looks at a job handed to the server
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,69 @@ class Server:
                           f"multipart/form-data; boundary={boundary}")
 
 
+    # -- the writer's side of a server that watches its folders (serve --watch) ------------------
+    def status(self) -> dict:
+        return self._json("GET", "/api/status")
+
+    def submit(self, job: dict) -> dict:
+        """Hand a writing command over (clipsearch.server.live); its refusal is raised as the
+        in-process run would raise it."""
+        return self._json("POST", "/api/jobs", body=json.dumps(job).encode(), content_type="application/json")
+
+    def job(self, id: str) -> dict:
+        return self._json("GET", f"/api/jobs/{id}", timeout=30)
+
+    def cancel(self, id: str) -> dict:
+        return self._json("DELETE", f"/api/jobs/{id}", timeout=30)
+
+    def run_job(self, job: dict, progress: Callable[[Progress], None]) -> dict:
+        """Hand a job over and follow it to its end, its progress told to `progress` (which may
+        raise KeyboardInterrupt: the job is then cancelled, keeping what it committed); the
+        job's result, or its error raised as the in-process run would."""
+        id = self.submit(job)["id"]
+        last = Progress("scan", 0, 0)
+        try:
+            while (state := self.job(id))["state"] in ("queued", "running"):
+                if state["progress"]:
+                    last = Progress(**state["progress"])
+                progress(last)
+                time.sleep(JOB_POLL)
+        except KeyboardInterrupt:
+            self.cancel(id)
+            deadline = time.monotonic() + QUERY_TIMEOUT
+            while (state := self.job(id))["state"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(JOB_POLL)
+        if state["state"] == "done":
+            return state["result"]
+        if state["state"] == "cancelled":
+            stopped = IndexInterrupted(0)
+            if state["error"]:  # the server's own count of what it committed
+                stopped.args = (state["error"],)
+            raise stopped
+        raise _Told(state["error"] or "the job failed", 1)
+
+    def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+              timeout: float = 30) -> dict:
+        try:
+            status, answer = self._request(method, path, body=body, content_type=content_type,
+                                           timeout=timeout)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise ServeError(f"the server for this index (pid {self.found.pid}) stopped answering ({exc}); "
+                             "run the command again") from None
+        if status >= 400:
+            error = answer.get("error", f"HTTP {status}")
+            raise (BadInputError if status in (400, 422) else ServeError)(error)
+        return answer
+
+
+class _Told(ClipsearchError):
+    """An error the server's job ended with, told word for word, with the exit code it has."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def _filters(k: int, within: str | None, after: str | None, before: str | None, ext: str | None,
              tags: Sequence[str] | None) -> dict:
     params: dict = {"k": str(k)}
@@ -194,6 +259,16 @@ def _filters(k: int, within: str | None, after: str | None, before: str | None, 
     if tags:
         params["tag"] = list(tags)
     return params
+
+
+def find_watcher(db: Path) -> Server | None:
+    """The live server that watches the index at `db` (serve --watch), which holds its writer's
+    lock and takes writing commands as jobs; or None."""
+    found = read(db)
+    if found is None or not found.settings.get("watch") or not _alive(found.pid):
+        return None
+    server = Server(found)
+    return server if server.healthy() else None
 
 
 def find(db: Path, settings: dict) -> Server | None:

@@ -26,6 +26,10 @@ class UnknownImageError(BadInputError):
     """No indexed image has the id asked for (the server's 404)."""
 
 
+class UnknownJobError(BadInputError):
+    """No job with that id on the server (finished long ago, or never)."""
+
+
 class ImageChangedError(ClipsearchError):
     """An indexed image's file is gone, unreadable, or holds other content than was indexed."""
 

@@ -178,7 +178,7 @@ class Indexer:
         a root of `roots` that is missing or empty."""
         started = time.monotonic()
         files, skipped = [], []
-        for path in paths:
+        for path in dict.fromkeys(paths):  # once each, in order
             if os.path.isdir(path):
                 found = scan([path])
                 files += found.files
@@ -187,6 +187,7 @@ class Indexer:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
+        files = list({f.path: f for f in files}.values())  # a folder and a photo in it: one row
         touched = [r for r in roots if any(is_under(p, r) or is_under(r, p) for p in paths)]
         return self._apply(ScanResult.of(files, skipped), list(paths), started, touched, scanned=False)
 

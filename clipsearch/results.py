@@ -105,6 +105,13 @@ class IndexSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexSummary:
+        """The summary of a run done elsewhere (a server's job), from its `to_dict`."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "skipped": [Skipped(**s) for s in data.get("skipped", [])],
+                      "unwritten": [Unwritten(**u) for u in data.get("unwritten", [])]})
+
 
 @dataclass(frozen=True)
 class CompactSummary:
@@ -164,6 +171,15 @@ class TagSummary:
     seconds: float = 0.0
     scored: int = 0  # images tagged, whether or not `images` lists them
     untagged: int = 0  # of those, how many fit no label
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images": [i.to_dict() for i in self.images]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TagSummary:
+        images = [ImageTags(i["path"], [(t["label"], t["score"]) for t in i["tags"]]) for i in data["images"]]
+        return cls(data["labels"], images, data["sidecars_written"], [Skipped(**s) for s in data["skipped"]],
+                   data["seconds"], data["scored"], data["untagged"])
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
+def excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
@@ -123,7 +123,7 @@ def scan(
                 if name.startswith(".") or name in JUNK_DIRS or name in JUNK_FILES:
                     continue
                 rel = os.path.relpath(entry.path, root)
-                if exclude and _excluded(rel, name, exclude):
+                if exclude and excluded(rel, name, exclude):
                     continue
                 try:
                     st = entry.stat()  # follows symlinks

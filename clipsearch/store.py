@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -540,11 +541,30 @@ class Store(RowSource):
         return total
 
 
+# the index folders whose lock this process holds -> the thread that may take it again, if any
+_HELD: dict[str, int | None] = {}
+
+
+def take_over_lock(path: Path) -> None:
+    """Let the calling thread take again the writer's lock this process holds on `path` (a
+    watcher's thread, which runs every write of the server that opened the index, jobs
+    included). Without this, taking it again is refused like any second writer."""
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key] = threading.get_ident()
+
+
 @contextlib.contextmanager
 def lock_dir(path: Path) -> Iterator[None]:
+    """The writer's lock of the index at `path`, held until the block ends; any other writer is
+    refused at once, but for the thread the lock was handed to (take_over_lock)."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; a single writer is up to the user there
+        yield
+        return
+    key = os.path.realpath(path)
+    if _HELD.get(key) == threading.get_ident():
         yield
         return
     with writing(path):
@@ -561,6 +581,10 @@ def lock_dir(path: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        _HELD[key] = None
+        try:
+            yield
+        finally:
+            _HELD.pop(key, None)
     finally:
         os.close(fd)  # closing releases the lock

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, File, Query, Request, UploadFile
@@ -35,11 +35,15 @@ from clipsearch.errors import (
     IndexNotFoundError,
     ModelLoadError,
     UnknownImageError,
+    UnknownJobError,
     UnreadableImageError,
 )
 from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
 from clipsearch.results import Hit, ImageRecord, Page
 from clipsearch.server.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
+
+if TYPE_CHECKING:
+    from clipsearch.watch import Watcher
 
 STATIC = Path(__file__).resolve().parent / "static"
 # the gallery's own files only: no inline script, no other origin, no framing
@@ -53,7 +57,7 @@ _MEDIA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".hif": "image/hei
                 ".jfif": "image/jpeg", ".jpe": "image/jpeg", ".webp": "image/webp"}
 # the first match decides: subclasses before their bases
 _STATUS: list[tuple[type[ClipsearchError], int]] = [
-    (UnknownImageError, 404), (ImageChangedError, 404), (BadInputError, 400),
+    (UnknownImageError, 404), (UnknownJobError, 404), (ImageChangedError, 404), (BadInputError, 400),
     (UnreadableImageError, 422), (IndexNotFoundError, 503), (ModelLoadError, 503),
 ]
 log = logging.getLogger("clipsearch.server")
@@ -149,7 +153,10 @@ def asked(
 
 def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
                loopback_only: bool = True, thumbnails: Thumbnails | None = None,
-               settings: dict | None = None) -> FastAPIOffline:
+               settings: dict | None = None, watcher: Watcher | None = None,
+               stopping: threading.Event | None = None) -> FastAPIOffline:
+    """The API and gallery of `served`; with `watcher` (serve --watch), its status and jobs."""
+    from clipsearch.server import live
     from clipsearch.server.security import Guard
 
     app = FastAPIOffline(
@@ -290,6 +297,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         """Every folder that directly holds indexed images, with how many."""
         return {"folders": [{"path": p, "images": n} for p, n in served.get().folders()]}
 
+    live.add_routes(app, served, watcher, stopping or threading.Event())
     return app
 
 

@@ -12,6 +12,10 @@
 - Request bodies are bounded (uploads): past the limit the answer is 413, whatever the parser
   made of the cut-off body.
 - No CORS headers are ever sent, and responses may not be embedded by other sites.
+- A request that changes state (anything but GET and HEAD, e.g. handing a folder to the
+  watcher) is refused when it comes from another origin: a web page on the internet can post
+  to a loopback server (a "simple" request needs no CORS), so the browser's Sec-Fetch-Site and
+  Origin headers must say it came from the gallery itself or from no page at all (the CLI).
 
 A plain ASGI middleware, so that streaming responses pass through untouched.
 """
@@ -22,7 +26,7 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from starlette.requests import cookie_parser
 
@@ -74,6 +78,19 @@ def _host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+def _foreign(headers: dict[str, str], host: str) -> str | None:
+    """Why a state-changing request seems to come from another site's page (None if it does not)."""
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"refused: this request came from another site's page (Sec-Fetch-Site: {site})"
+    if origin is not None and origin != "null" and urlsplit(origin).netloc.lower() != host.lower():
+        return f"refused: this request came from another origin ({origin}); use the gallery or the CLI"
+    if origin == "null":
+        return "refused: this request came from a page without an origin (a sandbox or a file)"
+    return None
+
+
 class Guard:
     def __init__(self, app, *, tokens: Iterable[str], token_required: bool, loopback_only: bool,
                  max_body: int) -> None:
@@ -93,6 +110,9 @@ class Guard:
             await _error(send, 400, f"Host header {host!r} is not this server's address; open it as "
                                     "http://127.0.0.1:PORT (requests under other names are refused "
                                     "against DNS rebinding)")
+            return
+        if scope["method"] not in ("GET", "HEAD") and (why := _foreign(headers, host)) is not None:
+            await _error(send, 403, why)
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True,
                                errors="replace"))

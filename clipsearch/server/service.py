@@ -4,17 +4,19 @@ withdraw the file on the way out."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipsearch import client, config
 from clipsearch.errors import BadInputError, IndexNotFoundError, ServeError
 from clipsearch.server.security import is_loopback, login_url, token_problem
+from clipsearch.store import Store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -74,17 +76,33 @@ def addresses(host: str, sock: socket.socket) -> tuple[str, str]:
 def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
           device: str = "auto", precision: str = "fp32", rerank_model: str | None = None,
           rerank_precision: str = "auto", open_browser: bool = False,
-          on_start: Callable[[Started], None] = lambda _s: None) -> None:
-    """Serve the index at `db` until interrupted (KeyboardInterrupt; SIGTERM should raise it)."""
+          watch: Sequence[str] | None = None, watching: WatchOptions | None = None,
+          on_start: Callable[[Started], None] = lambda _s: None,
+          note: Callable[[str], None] = lambda _m: None) -> None:
+    """Serve the index at `db` until interrupted (KeyboardInterrupt; SIGTERM should raise it).
+    `watch`: keep the index in step with these folders (normalised; empty: the index's roots) as
+    they change (clipsearch.watch), holding the index's writer's lock meanwhile."""
     import uvicorn
 
     from clipsearch.models import resolve_device
     from clipsearch.server.app import ServedIndex, create_app
+    from clipsearch.server.live import Searching
 
     check_address(host, token)
     sock = bind(host, port)  # first, so that a taken port is said at once, not after loading
     pid = os.getpid()
-    try:
+    stopping = threading.Event()
+    with contextlib.ExitStack() as held:
+        held.callback(sock.close)
+        held.callback(client.withdraw, db, pid)
+        builder = None
+        if watch is not None:
+            from clipsearch.build import open_builder
+
+            if not watch and not Store.exists(db):
+                raise BadInputError(f"there is no index at {db} yet, so no folders to watch; name them: "
+                                    "clipsearch serve --watch ~/Photos")
+            builder = held.enter_context(open_builder(db, device=device, precision=precision))
         served = ServedIndex(db, device=device, precision=precision, rerank_model=rerank_model,
                              rerank_precision=rerank_precision, model_thread=True)
         images = model = None
@@ -93,30 +111,62 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
             index.prepare_fast()  # the text export its queries share with the CLI's fast path
             _ = index.embedder, index.text_encoder, index.ann  # loaded before the first query
             images, model = index.store.count(), index.spec.describe()
+            if builder is not None:
+                builder.share_embedder(index.embedder)  # one copy of CLIP for both sides
         except IndexNotFoundError:
             pass  # served from the moment an `index` run creates it; until then the API says how
         secret = secrets.token_urlsafe(32)
         settings = {"precision": precision, "device": device, "resolved_device": resolve_device(device),
                     "fast_query": config.fast_query(),
                     "rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
-                    "rerank_precision": rerank_precision}
+                    "rerank_precision": rerank_precision, "watch": builder is not None}
+        watcher = None
+        if builder is not None:
+            from clipsearch.watch import Watcher
+
+            opts = watching or WatchOptions()
+            roots = sorted(set(watch or ()) | set(builder.store.manifest.roots))
+            watcher = Watcher(builder, roots, settle=opts.settle, poll=opts.poll,
+                              rescan_every=opts.rescan_every, note=note)
         app = create_app(served, tokens=tuple(t for t in (token, secret) if t),
                          token_required=bool(token) or not is_loopback(host),
-                         loopback_only=is_loopback(host), settings=settings)
+                         loopback_only=is_loopback(host), settings=settings, watcher=watcher,
+                         stopping=stopping)
+        searching = Searching(app)
+        if watcher is not None:
+            watcher.busy = lambda: searching.count > 0
+            held.enter_context(_running(watcher, stopping))
         port = sock.getsockname()[1]
         local, public = addresses(host, sock)
         shown = login_url(f"http://{public}:{port}/", token) if token else f"http://{public}:{port}/"
         discoverable = client.publish(db, client.Discovery(
             url=f"http://{local}:{port}", pid=pid, secret=secret, db=str(db), settings=settings))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                               server_header=False, timeout_graceful_shutdown=5))
+        server = uvicorn.Server(uvicorn.Config(searching, log_level="warning", access_log=False,
+                                               lifespan="off", server_header=False,
+                                               timeout_graceful_shutdown=5))
         on_start(Started(shown, db, images, model, discoverable))
         if open_browser:
             threading.Thread(target=_open_when_ready, args=(server, shown), daemon=True).start()
         server.run(sockets=[sock])
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    settle: float = 2.0  # seconds a file must be still before it is read
+    poll: float | None = None  # scan every so many seconds instead of OS events
+    rescan_every: float | None = 3600.0
+
+
+@contextlib.contextmanager
+def _running(watcher, stopping: threading.Event):
+    """The watcher's thread for the server's lifetime; on the way out it commits what it has."""
+    thread = threading.Thread(target=watcher.run, args=(stopping,), name="clipsearch-watch", daemon=True)
+    thread.start()
+    try:
+        yield
     finally:
-        client.withdraw(db, pid)
-        sock.close()
+        stopping.set()
+        thread.join(timeout=120)
 
 
 def _open_when_ready(server, url: str) -> None:

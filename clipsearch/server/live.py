@@ -1,0 +1,123 @@
+"""A server that watches its folders (`serve --watch`): what the watcher is doing
+(`/api/status`), and the writing commands of other processes run as its jobs (`/api/jobs`),
+since the watcher holds the index's one writer's lock. Jobs run in the watcher's thread
+(clipsearch.watch), between its batches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated, Literal
+
+from fastapi import Body
+from pydantic import BaseModel, Field
+
+from clipsearch.errors import BadInputError, UnknownJobError
+from clipsearch.watch import Watcher
+
+
+class JobIn(BaseModel):
+    kind: Literal["index", "tag", "optimize"]
+    folders: list[str] = Field(default_factory=list, max_length=1000)
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+    compact: bool = False
+    prune_offline: bool = False
+    labels: str | None = None
+    labels_file: str | None = None
+    threshold: float = 0.5
+    top: int | None = None
+    write_xmp: bool | None = None
+    per_image: bool = False
+
+
+class Searching:
+    """Counts the searches in flight (ASGI middleware), which a watcher's build waits for between
+    images: searches come first."""
+
+    PATHS = ("/api/search", "/api/similar")
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.count = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.PATHS):
+            await self.app(scope, receive, send)
+            return
+        self.count += 1  # one event loop: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
+def add_routes(app, served, watcher: Watcher | None, stop: threading.Event) -> None:
+    @app.get("/api/status", tags=["service"])
+    def status() -> dict:
+        """What the watcher is doing: watching, N queued, indexing n of m, the last commit,
+        offline roots, the files skipped and why; `images` and `version` change with each commit
+        (the gallery offers the new photos when they do)."""
+        index, base = served.opened, {"images": 0, "version": None}
+        if index is not None:
+            index.refresh()
+            base = {"images": index.store.count(), "version": index.store.version}
+        if watcher is None:
+            return {"state": "not watching", **base}
+        return {**watcher.status(), **base}
+
+    @app.post("/api/jobs", status_code=202, tags=["service"])
+    def submit(job: Annotated[JobIn, Body()]) -> dict:
+        """Run a writing command here (the watcher holds the index's lock): `index` folders (they
+        are watched from then on), `tag`, or `optimize`. Poll GET /api/jobs/{id}."""
+        if watcher is None or stop.is_set():
+            raise BadInputError("this server does not watch its folders (start it with serve --watch); "
+                                "run the command without it")
+        job_run = _work(job, served, watcher)
+        return watcher.submit(job.kind, job_run).to_dict()
+
+    @app.get("/api/jobs/{id}", tags=["service"])
+    def job_state(id: str) -> dict:
+        """A job's state (queued, running, done, failed, cancelled), progress and result."""
+        return _job(watcher, id).to_dict()
+
+    @app.delete("/api/jobs/{id}", tags=["service"])
+    def cancel(id: str) -> dict:
+        """Stop a job at its next safe point; what it committed stays."""
+        job = _job(watcher, id)
+        job.cancel.set()
+        return job.to_dict()
+
+
+def _job(watcher: Watcher | None, id: str):
+    job = watcher.job(id) if watcher is not None else None
+    if job is None:
+        raise UnknownJobError(f"no job {id} on this server")
+    return job
+
+
+def _work(job: JobIn, served, watcher: Watcher):
+    """The job's work, checked now so that a bad request fails at once, not in the queue."""
+    if job.kind == "index":
+        if not job.folders:
+            raise BadInputError("no folder given; say which folder to index")
+        from clipsearch.scan import normalize_root
+
+        folders = [normalize_root(f) for f in job.folders]
+        return lambda progress: watcher.add_roots(folders, progress, job.exclude, job.compact,
+                                                  job.prune_offline).to_dict()
+    if job.kind == "tag":
+        from clipsearch.tagging import label_set
+
+        chosen = label_set(job.labels, job.labels_file, job.threshold, job.top)
+        return lambda _progress: served.get().tag(chosen, write_xmp=job.write_xmp,
+                                                  per_image=job.per_image).to_dict()
+
+    def optimize(_progress) -> dict:
+        store = watcher.builder.store
+        started, before = time.perf_counter(), store.disk_bytes()
+        watcher.builder.compact()
+        return {"db": str(store.path), "bytes_before": before, "bytes_after": store.disk_bytes(),
+                "seconds": time.perf_counter() - started}
+
+    return optimize
+

@@ -1,0 +1,190 @@
+"""`clipsearch serve --watch` as a real process over real file-system events: photos copied in,
+written slowly, renamed, deleted, replaced; a root that vanishes and comes back; a burst killed
+with -9 and caught up; the CLI's writing commands handed to the server. Each change is checked
+against the exact rows (path, content hash) it must leave."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import serving
+from PIL import Image
+from typer.testing import CliRunner
+
+from clipsearch.cli import app
+from clipsearch.images import content_hash
+from clipsearch.store import Store
+
+LABELS = "rocket,cat,horse,flower,stone,sky,coffee"
+SETTLE = "0.5"
+WAIT = 60  # seconds: the longest any change may take to show on a busy 2-core machine
+
+
+def rows(db: Path) -> dict[str, str]:
+    table = Store.open(db).read(["path", "hash"])
+    paths = table.column("path").to_pylist()
+    assert len(set(paths)) == len(paths), "a path has two rows"
+    return dict(zip(table.column("path").to_pylist(), table.column("hash").to_pylist(), strict=True))
+
+
+def photo(path: Path, seed: int, size=(80, 60)) -> str:
+    """A new photo (distinct content per seed) written at `path`; its content hash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256)).save(path)
+    return content_hash(path.read_bytes())
+
+
+def until(check, what: str, limit: float = WAIT):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"not within {limit} s: {what}")
+
+
+def settled(db: Path, expected: dict[str, str], what: str) -> None:
+    until(lambda: rows(db) == expected, what)
+    assert rows(db) == expected, what
+
+
+class Live:
+    """The watching server of this module (replaced when a test kills it)."""
+
+    def __init__(self, photos: Path, db: Path) -> None:
+        self.photos, self.db = photos, db
+        self.server = self.start()
+
+    def start(self):
+        running = serving.start(self.db, "--watch", "--settle", SETTLE, "--rescan-every", "0")
+        until(lambda: running.get("/api/status").json()["state"] == "watching", "watching")
+        return running
+
+    def status(self) -> dict:
+        return self.server.get("/api/status").json()
+
+    def idle(self) -> dict:
+        """The status once nothing is queued or being indexed (its totals then count every commit)."""
+        return until(lambda: (s := self.status())["state"] == "watching" and not s["queued"] and s,
+                      "the watcher idle")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, tiny_local_dir):
+    photos, db = serving.index_samples(tmp_path_factory.mktemp("watched"), tiny_local_dir, LABELS)
+    running = Live(photos, db)
+    yield running
+    code, output = running.server.stop(signal.SIGTERM)
+    assert code == 0, output
+    assert "clipsearch serve stopped" in output
+
+
+def test_a_new_photo_is_found_through_the_server(live):
+    before = rows(live.db)
+    new = live.photos / "new" / "beach.png"
+    expected = {**before, str(new): photo(new, 1)}
+    settled(live.db, expected, "a photo copied in")
+    hits = until(lambda: [h for h in live.server.get("/api/search", {"q": "beach", "k": 100}).json()["hits"]
+                          if h["path"] == str(new)], "the new photo among the server's hits")
+    assert hits[0]["tags"] is not None
+    status = live.status()
+    assert status["images"] == len(expected) and status["last_commit"]["added"] == 1
+    assert status["roots"] == [str(live.photos)] and status["offline"] == {}
+
+
+def test_a_slow_write_is_indexed_once_whole(live):
+    before = rows(live.db)
+    path = live.photos / "slow.png"
+    source = live.photos.parent / "slow-source.png"
+    final = photo(source, 2, size=(400, 300))
+    data = source.read_bytes()
+    with open(path, "wb") as f:  # a copy over a slow link: chunks with pauses shorter than the settle time
+        for i in range(4):
+            f.write(data[i * len(data) // 4:(i + 1) * len(data) // 4])
+            f.flush()
+            time.sleep(0.2)
+    settled(live.db, {**before, str(path): final}, "a file written slowly")
+    assert not any(s["path"] == str(path) for s in live.status()["skipped"])
+
+
+def test_renames_moves_and_deletes_cost_no_model_time(live):
+    before, embedded = rows(live.db), live.idle()["totals"]["embedded"]
+    (live.photos / "new").rename(live.photos / "holiday")  # a whole folder renamed
+    (live.photos / "slow.png").rename(live.photos / "holiday" / "slow.png")  # a file moved
+    gone = next(p for p in before if p.endswith(".webp"))
+    Path(gone).unlink()
+    expected = {p.replace("/new/", "/holiday/"): h for p, h in before.items() if p != gone}
+    expected[str(live.photos / "holiday" / "slow.png")] = expected.pop(str(live.photos / "slow.png"))
+    settled(live.db, expected, "a renamed folder, a moved file, a deleted one")
+    assert live.idle()["totals"]["embedded"] == embedded
+
+
+def test_replaced_content_gets_its_own_hash(live):
+    path = live.photos / "holiday" / "beach.png"
+    expected = {**rows(live.db), str(path): photo(path, 3)}
+    settled(live.db, expected, "a photo whose content was replaced")
+
+
+def test_a_vanished_root_is_offline_and_comes_back_without_embedding(live):
+    before, embedded = rows(live.db), live.idle()["totals"]["embedded"]
+    away = live.photos.parent / "unplugged"
+    live.photos.rename(away)
+    offline = until(lambda: live.status()["offline"], "the root reported offline")
+    assert str(live.photos) in offline and "missing" in offline[str(live.photos)]["why"]
+    info = live.server.get("/api/info").json()
+    assert str(live.photos) in info["offline"]
+    assert rows(live.db) == before
+    away.rename(live.photos)
+    until(lambda: live.status()["offline"] == {}, "the root back online")
+    assert rows(live.db) == before and live.idle()["totals"]["embedded"] == embedded
+    new = live.photos / "after.png"  # and it is watched again
+    settled(live.db, {**before, str(new): photo(new, 4)}, "a photo in the root that came back")
+
+
+def test_the_cli_hands_writing_commands_to_the_server(live, tmp_path):
+    other = tmp_path / "scans"
+    made = {str(other / f"{i}.png"): photo(other / f"{i}.png", 10 + i) for i in range(3)}
+    expected = {**rows(live.db), **made}
+    r = CliRunner().invoke(app, ["index", str(other), "--db", str(live.db), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "handing this run to clipsearch serve --watch" in r.output and "added 3" in r.output
+    assert rows(live.db) == expected
+    assert str(other) in live.status()["roots"]
+    r = CliRunner().invoke(app, ["index", str(live.photos), "--db", str(live.db), "-q"])
+    assert r.exit_code == 0 and "keeps this index in step with" in r.output and "nothing to do" in r.output
+    r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels", "sky,stone", "--threshold", "0"])
+    assert r.exit_code == 0 and f"of {len(expected)} images with 2 labels" in r.output, r.output
+    tags = live.server.get("/api/tags").json()["tags"]
+    assert {t["label"] for t in tags} <= {"sky", "stone"} and tags
+    new = other / "3.png"  # a folder handed over is watched from then on
+    settled(live.db, {**expected, str(new): photo(new, 13)}, "a photo in a folder handed over")
+    r = CliRunner().invoke(app, ["optimize", "--db", str(live.db)])
+    assert r.exit_code == 0, r.output
+
+
+def test_state_changes_from_other_sites_are_refused(live):
+    body = b'{"kind": "optimize"}'
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        r = live.server.request("POST", "/api/jobs", body=body,
+                                headers={"Content-Type": "application/json", **headers})
+        assert r.status == 403 and r.json()["error"].startswith("refused"), headers
+    r = live.server.request("POST", "/api/jobs", body=body, headers={
+        "Content-Type": "application/json", "Origin": f"http://127.0.0.1:{live.server.port}",
+        "Sec-Fetch-Site": "same-origin"})
+    assert r.status == 202 and r.json()["kind"] == "optimize"
+
+
+def test_a_burst_killed_with_sigkill_is_caught_up_exactly(live):
+    before = rows(live.db)
+    source = live.photos.parent / "burst-source"
+    made = {f"{i}.png": photo(source / f"{i}.png", 100 + i, size=(48, 32)) for i in range(200)}
+    shutil.copytree(source, live.photos / "burst")  # 200 photos at once
+    until(lambda: live.status()["state"] == "indexing", "the burst being indexed", limit=20)
+    live.server.stop(signal.SIGKILL)
+    live.server = live.start()  # the start's rescan catches up what the killed run had not committed
+    expected = {**before, **{str(live.photos / "burst" / name): h for name, h in made.items()}}
+    settled(live.db, expected, "every photo of the burst, once")
