@@ -28,9 +28,9 @@ from clipsearch.models import (
     parse_model_spec,
     weights_stat,
 )
-from clipsearch.results import CompactSummary, ImageTags, IndexSummary, Progress
-from clipsearch.scan import normalize_root
-from clipsearch.store import Manifest, Store, lock_dir
+from clipsearch.results import CompactSummary, ForgetSummary, ImageTags, IndexSummary, Progress
+from clipsearch.scan import is_under, normalize_root
+from clipsearch.store import Manifest, Store, lock_dir, sql_list
 
 if TYPE_CHECKING:
     from clipsearch.distributed import RayOptions
@@ -108,6 +108,47 @@ class Builder:
         summary.offline = dict(indexer.offline)
         return self._commit(indexer, summary, False)
 
+    def move_root(self, old: str, new: str) -> IndexSummary:
+        """The library at `old` is now at `new` (a new disk, a renamed folder): its rows are
+        re-pointed without reading a file whose size and mtime are as indexed, and the rest of
+        `new` is brought up to date as `index` would (moved content is found by its hash, so
+        nothing indexed is embedded again). `new` replaces `old` among the roots."""
+        import numpy as np
+        import pyarrow as pa
+
+        from clipsearch.kept import COLUMNS, Kept
+        from clipsearch.store import schema, under_sql
+
+        store, old, new = self.store, os.path.abspath(old).rstrip(os.sep), normalize_root(new)
+        if is_under(new, old) or is_under(old, new):
+            raise BadInputError(f"{new} and {old} hold one another; move a library to a separate folder")
+        rows = store.read(schema(store.manifest.dim).names, under_sql([old]))
+        if not len(rows) and old not in store.manifest.roots:
+            raise BadInputError(f"the index holds nothing under {old}; `clipsearch info` lists its roots")
+        paths = rows.column("path").to_pylist()
+        moved = [new + p[len(old):] for p in paths]
+        same = np.array([_stat(m) == (size, mtime) for m, size, mtime in zip(
+            moved, rows.column("size").to_pylist(), rows.column("mtime_ns").to_pylist(), strict=True)], bool)
+        kept = rows.filter(pa.array(same))
+        if len(kept):
+            first = store.manifest.next_id or store.highest_id() + 1
+            store.manifest.next_id = first + len(kept)
+            store.save_manifest()  # before the rows: an id is never handed out twice
+            kept = kept.set_column(0, "id", pa.array(range(first, first + len(kept)), pa.int64()))
+            kept = kept.set_column(1, "path", pa.array([m for m, k in zip(moved, same, strict=True) if k],
+                                                       pa.string()))
+            store.add(kept)
+        Kept(store).keep(rows.filter(pa.array(~same)).select(COLUMNS))  # found by its hash if it is there
+        store.delete_paths(paths)
+        manifest = store.manifest
+        manifest.roots = sorted({new if r == old else r for r in manifest.roots} | {new})
+        manifest.offline.pop(old, None)
+        manifest.root_devices.pop(old, None)
+        store.save_manifest()
+        summary = self.index([new])
+        summary.moved += int(same.sum())
+        return summary
+
     def _note_roots(self, folders: Sequence[str], offline: dict[str, str]) -> None:
         """Remember each root's device while it is there, and since when one is offline."""
         from clipsearch import roots
@@ -125,19 +166,40 @@ class Builder:
         """Merge the table's files and fold the structures' deltas into their bases, now."""
         self._commit(None, IndexSummary(), True)
 
+    def forget(self, paths: Sequence[str]) -> ForgetSummary:
+        """Remove these photos (files, or folders: what is under them) for good, now: their rows,
+        their kept vectors (clipsearch.kept), and the cached thumbnails and re-rank features of
+        content no other row holds."""
+        from clipsearch.kept import Kept
+        from clipsearch.store import under_sql
+
+        store = self.store
+        rows = store.read(["path", "hash"], under_sql([os.path.abspath(p) for p in paths]))
+        forgotten, hashes = rows.column("path").to_pylist(), sorted(set(rows.column("hash").to_pylist()))
+        summary = ForgetSummary(len(forgotten), on_disk=[p for p in forgotten if os.path.exists(p)])
+        if not forgotten:
+            return summary
+        store.delete_paths(forgotten)
+        Kept(store).forget(hashes)
+        held = set(store.read(["hash"], f"hash IN ({sql_list(hashes)})").column("hash").to_pylist())
+        summary.cache_files = _drop_cached([h for h in hashes if h not in held])
+        self._commit(None, IndexSummary(), False, changed=True)
+        return summary
+
     def _indexer(self) -> Indexer:
         from clipsearch.indexer import Indexer
 
         return Indexer(self.store, self.embedder, batch_size=self.batch_size, workers=self.workers,
                        progress=self.progress, commit_every=self.commit_every, fanout=self.fanout)
 
-    def _commit(self, indexer: Indexer | None, summary: IndexSummary, compact: bool) -> IndexSummary:
+    def _commit(self, indexer: Indexer | None, summary: IndexSummary, compact: bool, changed: bool = False,
+                ) -> IndexSummary:
         """After the rows: what searches read besides them, each written as a delta when the
         rows changed, and merged when due or asked."""
         from clipsearch import ann
 
         store = self.store
-        changed = indexer is not None and indexer.changed
+        changed = changed or (indexer is not None and indexer.changed)
         if compact or (changed and store.compaction_due()):
             store.compact()
         elif changed:
@@ -348,6 +410,25 @@ def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexS
     from clipsearch.xmp import write_sidecars
 
     summary.sidecars_written += write_sidecars(images, summary.skipped)
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _drop_cached(hashes: Sequence[str]) -> int:
+    """Delete the cached thumbnails and re-rank features of these contents; how many files."""
+    root, dropped = config.cache_dir(), 0
+    for digest in hashes:
+        for cached in (*root.glob(f"thumbnails/*/{digest}.*"), *root.glob(f"itm-features/*/{digest}.*")):
+            with contextlib.suppress(OSError):
+                cached.unlink()
+                dropped += 1
+    return dropped
 
 
 def _retag(store: Store) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -651,6 +652,68 @@ def optimize(db: Db = None) -> None:
             present.compacted(CompactSummary(**server.run_job({"kind": "optimize"}, lambda _p: None)))
             return
         present.compacted(compact(db))
+
+
+roots_app = typer.Typer(help="The folders an index was built from.", no_args_is_help=True, cls=_Group)
+app.add_typer(roots_app, name="roots")
+
+
+@roots_app.command("move")
+def roots_move(
+    old: Annotated[Path, typer.Argument(help="Where the library was indexed.")],
+    new: Annotated[Path, typer.Argument(help="Where it is now.")],
+    db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """The library moved (a new disk, a renamed folder): re-point its photos to NEW without
+    embedding anything again; photos whose size and time are as indexed are not even read.
+
+    Example: clipsearch roots move /media/old-disk/Photos /media/new-disk/Photos
+    """
+    from clipsearch import present
+    from clipsearch.results import IndexSummary
+
+    moved = [os.path.abspath(os.path.expanduser(old)), os.path.abspath(os.path.expanduser(new))]
+    with _errors():
+        server = _watcher(db)
+        if server is not None:
+            summary = IndexSummary.from_dict(server.run_job({"kind": "move", "folders": moved},
+                                                            lambda _p: None))
+        else:
+            from clipsearch.build import open_builder
+
+            with open_builder(db) as builder:
+                summary = builder.move_root(*moved)
+    present.summary(summary, as_json)
+
+
+@app.command()
+def forget(
+    paths: Annotated[list[Path], typer.Argument(help="Photos or folders to remove from the index.")],
+    db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Remove photos from the index for good, now: their rows, the vectors kept of removed photos
+    (CLIPSEARCH_KEEP_REMOVED_DAYS, 7 by default, spares re-embedding a photo that comes back),
+    and their cached thumbnails and re-rank features. A photo still on disk comes back with the
+    next index run unless you delete it or --exclude it.
+
+    Example: clipsearch forget ~/Photos/2019/private
+    """
+    from clipsearch import present
+    from clipsearch.results import ForgetSummary
+
+    wanted = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+    with _errors():
+        server = _watcher(db)
+        if server is not None:
+            summary = ForgetSummary(**server.run_job({"kind": "forget", "folders": wanted}, lambda _p: None))
+        else:
+            from clipsearch.build import open_builder
+
+            with open_builder(db) as builder:
+                summary = builder.forget(wanted)
+    present.forgotten(summary, as_json)
 
 
 @app.command()

@@ -23,6 +23,7 @@ DEFAULT_FEATURE_CACHE_MB = 1024
 DEFAULT_THUMBNAIL_CACHE_MB = 2048
 
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_KEEP_REMOVED_DAYS = 7.0
 # Rows are committed to the table at least this often, so an interrupted run loses at most
 # one such batch of work and never anything committed before it.
 COMMIT_EVERY = 256
@@ -96,6 +97,19 @@ def feature_cache_bytes() -> int:
 def thumbnail_cache_bytes() -> int:
     """The server's thumbnail cache's bound (CLIPSEARCH_THUMBNAIL_CACHE_MB; 0 keeps none)."""
     return _megabytes("CLIPSEARCH_THUMBNAIL_CACHE_MB", DEFAULT_THUMBNAIL_CACHE_MB)
+
+
+def keep_removed_days() -> float:
+    """How long the vectors of removed photos are kept by content hash, so that a photo that
+    comes back is not embedded again (CLIPSEARCH_KEEP_REMOVED_DAYS; 0 keeps none)."""
+    value = os.environ.get("CLIPSEARCH_KEEP_REMOVED_DAYS", "").strip()
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_KEEP_REMOVED_DAYS
+    except ValueError:
+        from clipsearch.errors import BadInputError
+
+        raise BadInputError(f"CLIPSEARCH_KEEP_REMOVED_DAYS={value!r} is not a number of days, "
+                            f"e.g. {DEFAULT_KEEP_REMOVED_DAYS:g}") from None
 
 
 def _megabytes(variable: str, default: float) -> int:

@@ -28,6 +28,8 @@ from clipsearch import roots as root_state
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS, IMAGE_EXTENSIONS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import load_image, prepare_photo, read_file
+from clipsearch.kept import COLUMNS as KEPT_COLUMNS
+from clipsearch.kept import Kept
 from clipsearch.results import IndexSummary, Progress, Skipped
 from clipsearch.scan import FileEntry, ScanResult, is_under, scan
 from clipsearch.store import Store, under_sql
@@ -155,6 +157,7 @@ class Indexer:
         self._moved_sources: set[str] = set()
         self._rows: dict[str, _Row] = {}  # the stored rows of the files to read, by path
         self._hashes = Hashes(store)  # content the index holds, for reusing vectors
+        self._kept = Kept(store)  # and content it held until lately (clipsearch.kept)
         self._gone: set[str] = set()  # paths in the table whose files are no longer there
         self._embedder: Embedder | None = None
         self.changed = False  # whether the run wrote anything
@@ -212,7 +215,10 @@ class Indexer:
             self._flush(final=True)
             raise
         if self._gone:
-            self.store.delete_paths(sorted(self._gone))
+            gone = sorted(self._gone)
+            # their content may come back (moved out and in again, restored): kept a while
+            self._kept.keep(self.store.by_paths(sorted(self._gone - self._moved_sources), KEPT_COLUMNS))
+            self.store.delete_paths(gone)
             self.summary.removed = len(self._gone - self._moved_sources)
         self.summary.seconds = time.monotonic() - started
         self.changed = bool(candidates or self._gone)
@@ -258,12 +264,20 @@ class Indexer:
 
     # -- hashing and decoding, in worker threads ------------------------------------------------
     def _work(self, entry: FileEntry, min_side: int, preprocess) -> _Outcome | Skipped:
-        p = prepare_photo(entry.path, self._hashes.__contains__, min_side, preprocess)
+        p = prepare_photo(entry.path, self._known, min_side, preprocess)
+        if p.reason is None and p.pixels is None:
+            if (source := self._hashes.find(p.hash)) is not None:
+                return _Outcome(entry, p.hash, source=source)
+            if (kept := self._kept.get(p.hash)) is not None:
+                return _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
+                                taken=kept.taken)
+            p = prepare_photo(entry.path, lambda _h: False, min_side, preprocess)  # let go meanwhile
         if p.reason is not None:
             return Skipped(entry.path, p.reason)
-        if p.pixels is None:
-            return _Outcome(entry, p.hash, source=self._hashes.find(p.hash))
         return _Outcome(entry, p.hash, pixels=p.pixels, width=p.width, height=p.height, taken=p.taken)
+
+    def _known(self, digest: str) -> bool:
+        return digest in self._hashes or digest in self._kept
 
     def _outcomes(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
         # The model loads only when some file needs reading: an unchanged folder never pays for it.

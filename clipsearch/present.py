@@ -17,6 +17,7 @@ from rich.table import Table
 from clipsearch.progress import PHASES
 from clipsearch.results import (
     CompactSummary,
+    ForgetSummary,
     Hit,
     IndexInfo,
     IndexSummary,
@@ -196,6 +197,16 @@ def summary(s: IndexSummary, as_json: bool) -> None:
     _skipped(s.skipped)
     _unwritten(s.unwritten)
     offline(s.offline)
+
+
+def forgotten(s: ForgetSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
+        return
+    err.print(f"forgot {s.removed} photos, their kept vectors and {s.cache_files} cached files")
+    if s.on_disk:
+        message(f"note: {len(s.on_disk)} of them are still on disk (e.g. {s.on_disk[0]}); the next index "
+                "run adds them again unless you delete them or leave them out with --exclude")
 
 
 def offline(roots: dict[str, str]) -> None:

@@ -113,6 +113,18 @@ class IndexSummary:
                       "unwritten": [Unwritten(**u) for u in data.get("unwritten", [])]})
 
 
+@dataclass
+class ForgetSummary:
+    """What `clipsearch forget` removed: rows, and the cached files of content no row holds now."""
+
+    removed: int = 0
+    cache_files: int = 0
+    on_disk: list[str] = field(default_factory=list)  # forgotten photos whose files are still there
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class CompactSummary:
     """What `clipsearch optimize` did: the index folder's size before and after, and the time."""

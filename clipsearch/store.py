@@ -198,7 +198,7 @@ def writing(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _sql_list(values: Sequence) -> str:
+def sql_list(values: Sequence) -> str:
     if values and isinstance(values[0], str):
         return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
     return ", ".join(str(int(v)) for v in values)
@@ -208,8 +208,8 @@ def under_sql(paths: Sequence[str]) -> str:
     """A filter for the rows of these paths: each path itself, and what is under it."""
     if not paths:
         return "false"
-    prefixes = [_sql_list([p.rstrip(os.sep) + os.sep]) for p in paths]
-    return " OR ".join([f"path IN ({_sql_list(paths)})", *(f"starts_with(path, {p})" for p in prefixes)])
+    prefixes = [sql_list([p.rstrip(os.sep) + os.sep]) for p in paths]
+    return " OR ".join([f"path IN ({sql_list(paths)})", *(f"starts_with(path, {p})" for p in prefixes)])
 
 
 class RowSource:
@@ -378,18 +378,18 @@ class Store(RowSource):
         return self._where_in("path", list(paths), columns)
 
     def _where_in(self, column: str, values: list, columns: Sequence[str]) -> pa.Table:
-        parts = [self.read(columns, f"{column} IN ({_sql_list(values[i:i + _IN_CHUNK])})")
+        parts = [self.read(columns, f"{column} IN ({sql_list(values[i:i + _IN_CHUNK])})")
                  for i in range(0, len(values), _IN_CHUNK)]
         return pa.concat_tables(parts) if parts else self.read(columns, "false")
 
     def row(self, path: str, columns: Sequence[str]) -> dict | None:
         """The row stored for `path`, or None."""
-        rows = self.read(columns, f"path = {_sql_list([path])}").to_pylist()
+        rows = self.read(columns, f"path = {sql_list([path])}").to_pylist()
         return rows[0] if rows else None
 
     def row_by_hash(self, digest: str, columns: Sequence[str]) -> dict | None:
         """A row holding content with this hash (copies share their vector), or None."""
-        rows = self.read(columns, f"hash = {_sql_list([digest])}").to_pylist()
+        rows = self.read(columns, f"hash = {sql_list([digest])}").to_pylist()
         return rows[0] if rows else None
 
     def batches(self, columns: Sequence[str], where: str | None = None, batch_rows: int = 16_384,
@@ -437,7 +437,7 @@ class Store(RowSource):
         paths = list(paths)
         with writing(self.path):
             for i in range(0, len(paths), _IN_CHUNK):
-                self._table.delete(f"path IN ({_sql_list(paths[i:i + _IN_CHUNK])})")
+                self._table.delete(f"path IN ({sql_list(paths[i:i + _IN_CHUNK])})")
 
     def write_tags(self, rows: pa.Table | Iterable[pa.RecordBatch], label_set: dict) -> None:
         """Replace every stored tag at once (one LanceDB commit, so readers see the old set or the

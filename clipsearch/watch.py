@@ -164,6 +164,19 @@ class Watcher:
         self._committed(summary)
         return summary
 
+    def move_root(self, old: str, new: str, _progress=None) -> IndexSummary:
+        """`roots move` in the watcher's thread: re-point the rows, watch `new` instead of `old`."""
+        summary = self.builder.move_root(old, new)
+        old = os.path.abspath(old).rstrip(os.sep)
+        self._unwatch(old)
+        self._offline.pop(old, None)
+        self._missing.discard(old)
+        self.roots = sorted({*(r for r in self.roots if r != old), *self.builder.store.manifest.roots})
+        for root in self.roots:
+            self._watch(root)
+        self._committed(summary)
+        return summary
+
     # -- events --------------------------------------------------------------------------------
     def saw(self, path: str, is_dir: bool = False) -> None:
         """A path that changed: a photo, or a folder (created, moved or removed)."""

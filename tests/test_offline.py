@@ -53,3 +53,63 @@ def test_prune_offline_removes_and_the_cli_says_so(embedder, photos, tmp_path, t
     r = CliRunner().invoke(app, ["index", str(photos), str(other), *base, "--prune-offline"])
     assert r.exit_code == 0 and "removed 13" in r.output, r.output
     assert row_paths(db) == [str(other / "kept.webp")]
+
+
+def test_a_removed_photo_that_comes_back_within_the_retention_is_not_embedded(embedder, photos, tmp_path,
+                                                                           monkeypatch):
+    db, away = tmp_path / "db", tmp_path / "away"
+    _index(embedder, [photos], db)
+    indexed = row_paths(db)
+    (photos / "food").rename(away)  # moved out of the library ...
+    assert _index(embedder, [photos], db).removed == 1
+    (away).rename(photos / "food")  # ... and back a run later
+    back = _index(embedder, [photos], db)
+    assert (back.added, back.embedded) == (1, 0) and row_paths(db) == indexed
+    monkeypatch.setenv("CLIPSEARCH_KEEP_REMOVED_DAYS", "0")  # kept no more
+    (photos / "food").rename(away)
+    _index(embedder, [photos], db)
+    (away).rename(photos / "food")
+    assert _index(embedder, [photos], db).embedded == 1
+
+
+def test_forget_removes_a_photo_for_good(embedder, photos, tmp_path, tiny_local_dir, monkeypatch):
+    db, cache = tmp_path / "db", tmp_path / "cache"
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(cache))
+    _index(embedder, [photos], db)
+    coffee = photos / "food" / "coffee.webp"
+    digest = open_index(db).store.row(str(coffee), ["hash"])["hash"]
+    thumb = cache / "thumbnails" / "256" / f"{digest}.webp"
+    thumb.parent.mkdir(parents=True)
+    thumb.write_bytes(b"a cached thumbnail")
+    r = CliRunner().invoke(app, ["forget", str(photos / "food"), "--db", str(db)])
+    assert r.exit_code == 0 and "forgot 1 photos, their kept vectors and 1 cached files" in r.output, r.output
+    assert "still on disk" in r.output and str(coffee) not in row_paths(db) and not thumb.exists()
+    from clipsearch.kept import Kept
+    from clipsearch.store import Store
+
+    assert digest not in Kept(Store.open(db))
+    back = _index(embedder, [photos], db)  # nothing kept: embedded again
+    assert (back.added, back.embedded) == (1, 1)
+
+
+def test_a_library_moved_to_a_new_disk_is_re_pointed_without_embedding(embedder, photos, tmp_path):
+    db, moved = tmp_path / "db", tmp_path / "new-disk" / "Photos"
+    _index(embedder, [photos], db)
+    before = {p: h for p, h in _rows(db).items()}
+    moved.parent.mkdir()
+    photos.rename(moved)
+    (moved / "food" / "coffee.webp").touch()  # one file's time changed on the way: hashed, not embedded
+    r = CliRunner().invoke(app, ["roots", "move", str(photos), str(moved), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    assert "(0 embedded" in r.output and "removed 0" in r.output
+    assert _rows(db) == {str(moved) + p[len(str(photos)):]: h for p, h in before.items()}
+    assert open_index(db).info().roots == [str(moved)]
+    r = CliRunner().invoke(app, ["roots", "move", str(photos), str(moved), "--db", str(db)])
+    assert r.exit_code == 2 and "holds nothing under" in r.output
+
+
+def _rows(db):
+    from clipsearch.store import Store
+
+    table = Store.open(db).read(["path", "hash"])
+    return dict(zip(table.column("path").to_pylist(), table.column("hash").to_pylist(), strict=True))

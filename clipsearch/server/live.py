@@ -17,7 +17,7 @@ from clipsearch.watch import Watcher
 
 
 class JobIn(BaseModel):
-    kind: Literal["index", "tag", "optimize"]
+    kind: Literal["index", "tag", "optimize", "forget", "move"]
     folders: list[str] = Field(default_factory=list, max_length=1000)
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     compact: bool = False
@@ -68,7 +68,8 @@ def add_routes(app, served, watcher: Watcher | None, stop: threading.Event) -> N
     @app.post("/api/jobs", status_code=202, tags=["service"])
     def submit(job: Annotated[JobIn, Body()]) -> dict:
         """Run a writing command here (the watcher holds the index's lock): `index` folders (they
-        are watched from then on), `tag`, or `optimize`. Poll GET /api/jobs/{id}."""
+        are watched from then on), `tag`, `optimize`, `forget` paths (`folders`), or `move` a
+        root (`folders`: old, new). Poll GET /api/jobs/{id}."""
         if watcher is None or stop.is_set():
             raise BadInputError("this server does not watch its folders (start it with serve --watch); "
                                 "run the command without it")
@@ -111,6 +112,13 @@ def _work(job: JobIn, served, watcher: Watcher):
         chosen = label_set(job.labels, job.labels_file, job.threshold, job.top)
         return lambda _progress: served.get().tag(chosen, write_xmp=job.write_xmp,
                                                   per_image=job.per_image).to_dict()
+
+    if job.kind == "move":
+        if len(job.folders) != 2:
+            raise BadInputError("a move needs two folders: the library's old place and its new one")
+        return lambda progress: watcher.move_root(*job.folders, progress).to_dict()
+    if job.kind == "forget":
+        return lambda _progress: watcher.builder.forget(job.folders).to_dict()
 
     def optimize(_progress) -> dict:
         store = watcher.builder.store
