@@ -205,7 +205,7 @@ class Builder:
         elif changed:
             store.ensure_lookups()
         ann.commit(store, retry=True, unwritten=summary.unwritten, fold=compact)
-        _retag(store)
+        _retag(store, indexer)
         if indexer is not None:
             _sidecars_of_new_rows(store, indexer.written, summary)
 
@@ -431,13 +431,24 @@ def _drop_cached(hashes: Sequence[str]) -> int:
     return dropped
 
 
-def _retag(store: Store) -> None:
+def _retag(store: Store, indexer: Indexer | None) -> None:
     """Bring the tags up to date with the table: tag new content with the labels of the last
     `tag` run (no model needed, the label vectors are stored with the tags) and forget the tags
-    of content no longer indexed. Checked by table version, so a run killed between its last
-    commit and this step is caught up by the next one."""
-    from clipsearch.tagging import Tagger, tag_store
+    of content no longer indexed. After a run that started where the tags were, only what it
+    changed is tagged (clipsearch.tagging.tag_new); otherwise everything is. Checked by table
+    version, so a run killed between its last commit and this step is caught up by the next one."""
+    from clipsearch.tagging import Tagger, tag_new, tag_store
 
     stored = store.read_tags(rows=False)
-    if stored is not None and stored[1].get("table_version") != store.version:
-        tag_store(store, Tagger.from_dict(stored[1]), per_image=False)
+    if stored is None:
+        return
+    in_step = max(store.manifest.tags_version, stored[1].get("table_version", -1))
+    if in_step == store.version:
+        return
+    tagger = Tagger.from_dict(stored[1])
+    if indexer is not None and in_step == indexer.version_before:
+        tag_new(store, tagger, list(indexer.written.values()), sorted(indexer.dropped))
+    else:
+        tag_store(store, tagger, per_image=False)
+    store.manifest.tags_version = store.version
+    store.save_manifest()

@@ -162,6 +162,8 @@ class Indexer:
         self._embedder: Embedder | None = None
         self.changed = False  # whether the run wrote anything
         self.written: dict[str, str] = {}  # path -> hash of every row this run added or rewrote
+        self.dropped: set[str] = set()  # hashes of the rows it removed or rewrote (some may live on)
+        self.version_before = store.version
         # roots that look unplugged rather than emptied (clipsearch.roots): their rows are kept,
         # unless the run was asked to prune them
         self.keep_offline = True
@@ -202,7 +204,7 @@ class Indexer:
         candidates = self._diff(found, scope, [s.path for s in found.skipped], roots if scanned else [])
         if self.keep_offline:
             self.offline.update({r: why for r in roots if r not in self.offline
-                                 and (why := root_state.absent(r)) is not None})
+                                 and (why := root_state.absent(r)) is not None and self.store.holds_under(r)})
             self._gone = {p for p in self._gone if not any(is_under(p, r) for r in self.offline)}
         try:
             if candidates:
@@ -217,7 +219,9 @@ class Indexer:
         if self._gone:
             gone = sorted(self._gone)
             # their content may come back (moved out and in again, restored): kept a while
-            self._kept.keep(self.store.by_paths(sorted(self._gone - self._moved_sources), KEPT_COLUMNS))
+            removed = self.store.by_paths(sorted(self._gone - self._moved_sources), KEPT_COLUMNS)
+            self._kept.keep(removed)
+            self.dropped.update(removed.column("hash").to_pylist())
             self.store.delete_paths(gone)
             self.summary.removed = len(self._gone - self._moved_sources)
         self.summary.seconds = time.monotonic() - started
@@ -373,8 +377,11 @@ class Indexer:
             self.store.replace(self._table(known))
         for o in ready:
             self._count(o)
-            if self._rows.get(o.entry.path) is None or self._rows[o.entry.path].hash != o.hash:
+            old = self._rows.get(o.entry.path)
+            if old is None or old.hash != o.hash:
                 self.written[o.entry.path] = o.hash
+                if old is not None:
+                    self.dropped.add(old.hash)
         self._saved += len(ready)
 
     def _fill_reused_vectors(self, outcomes: list[_Outcome], final: bool) -> None:

@@ -91,6 +91,9 @@ class Manifest:
     # each root's device when last seen, and since when a root counts as offline (clipsearch.roots)
     root_devices: dict[str, int] = field(default_factory=dict)
     offline: dict[str, str] = field(default_factory=dict)
+    # the table version the stored tags are in step with, when a commit amended them (a `tag`
+    # run records its own in the label set)
+    tags_version: int = -1
     schema_version: int = SCHEMA_VERSION
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
@@ -387,6 +390,10 @@ class Store(RowSource):
         rows = self.read(columns, f"path = {sql_list([path])}").to_pylist()
         return rows[0] if rows else None
 
+    def holds_under(self, folder: str) -> bool:
+        """Whether any row is under `folder`."""
+        return self._table.search().where(under_sql([folder])).select(["id"]).limit(1).to_arrow().num_rows > 0
+
     def row_by_hash(self, digest: str, columns: Sequence[str]) -> dict | None:
         """A row holding content with this hash (copies share their vector), or None."""
         rows = self.read(columns, f"hash = {sql_list([digest])}").to_pylist()
@@ -456,6 +463,20 @@ class Store(RowSource):
             table = lancedb.connect(self.path).create_table(TAGS_TABLE, data, mode=mode)
             # every re-tag is a new version; drop old ones once no search can still be reading them
             table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+
+    def amend_tags(self, rows: pa.Table | None, replaced: Sequence[str]) -> None:
+        """Drop the tags of the `replaced` hashes and add `rows` (TAGS_SCHEMA), keeping the label
+        set: an index commit's new and removed content."""
+        table = self._tags_table()
+        if table is None:
+            return
+        with writing(self.path):
+            for i in range(0, len(replaced), _IN_CHUNK):
+                table.delete(f"hash IN ({sql_list(list(replaced[i:i + _IN_CHUNK]))})")
+            if rows is not None and len(rows):
+                table.add(rows.cast(table.schema))
+            if table.version % 64 == 0:  # each commit of a watcher adds versions: drop old ones now and then
+                table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
 
     def _tags_table(self):
         import lancedb

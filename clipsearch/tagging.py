@@ -194,6 +194,33 @@ class Tagged:
     per_image: list[ImageTags]
 
 
+def tag_new(store: Store, tagger: Tagger, added: Sequence[str], removed: Sequence[str]) -> None:
+    """Bring the stored tags in step with one commit: tag the content it `added` (hashes) and
+    forget the tags of content it `removed` that no row holds any more. What a whole `tag_store`
+    would give, at the cost of the change: a watcher commits every few seconds."""
+    import pyarrow as pa
+
+    from clipsearch.store import sql_list
+
+    added = sorted(set(added))
+    rows = store.read(["hash", "vector"], f"hash IN ({sql_list(added)})") if added else None
+    batches = []
+    if rows is not None and len(rows):
+        stored = np.asarray(rows.column("hash").to_pylist(), dtype=object)
+        hashes, first = np.unique(stored, return_index=True)
+        vectors = store.matrix(rows.column("vector"))[first]
+        picked, cols = tagger.choose(probs := tagger.scores(vectors))
+        names = np.asarray(tagger.labels.labels, dtype=object)
+        batches.append(pa.table([pa.array(hashes[picked].tolist(), pa.string()),
+                                 pa.array(names[cols].tolist(), pa.string()),
+                                 pa.array(probs[picked, cols], pa.float32())], schema=TAGS_SCHEMA))
+    removed = sorted(set(removed))
+    if removed:
+        held = set(store.read(["hash"], f"hash IN ({sql_list(removed)})").column("hash").to_pylist())
+        removed = [h for h in removed if h not in held]
+    store.amend_tags(batches[0] if batches else None, [*added, *removed])
+
+
 def tag_store(store: Store, tagger: Tagger, per_image: bool = True, batch_rows: int = 8_192) -> Tagged:
     """Score every image in `store` with `tagger` and replace the stored tags in one commit.
 

@@ -41,6 +41,7 @@ logging.getLogger("watchdog.observers.inotify").addFilter(
 SETTLE_SECONDS = 2.0
 RESCAN_EVERY = 3600.0
 TICK = 0.2  # how often settled paths and roots are looked at
+FALLBACK_POLL = 10.0  # seconds between scans of a folder the system would not watch
 QUERY_YIELD = 0.5  # the longest an image waits for the searches in flight (they come first)
 SKIPPED_SHOWN = 50
 JOBS_KEPT = 100  # finished jobs whose result can still be asked for
@@ -320,7 +321,7 @@ class Watcher:
     def _check_roots(self) -> None:
         for root in self.roots:
             why = root_state.absent(root)
-            if why is not None and root not in self._missing:
+            if why is not None and root not in self._missing and self.builder.store.holds_under(root):
                 self._missing.add(root)
                 self._unwatch(root)  # its watches went with it; it is watched again when it is back
                 self._went_offline(root, why)
@@ -330,6 +331,8 @@ class Watcher:
                 del self._offline[root]
                 self._watch(root)
                 self._guarded(lambda _p, r=root: self.builder.index([r], self.exclude))
+            elif root not in self._observers and root not in self._missing:
+                self._watch(root)  # a folder that was not there yet (and held nothing)
 
     def _went_offline(self, root: str, why: str) -> None:
         if root in self._offline:
@@ -345,7 +348,7 @@ class Watcher:
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 
-        if root in self._observers or root_state.absent(root) is not None:
+        if root in self._observers or not os.path.isdir(root):
             return
         handler = _Handler(self)
         observer = Observer() if self.poll is None else PollingObserver(timeout=self.poll)
@@ -353,13 +356,13 @@ class Watcher:
             observer.schedule(handler, root, recursive=True)
             observer.start()
         except OSError as exc:
-            observer = PollingObserver(timeout=self.poll or 10.0)
+            observer = PollingObserver(timeout=self.poll or FALLBACK_POLL)
             observer.schedule(handler, root, recursive=True)
             observer.start()
             why = WATCH_LIMIT if exc.errno == errno.ENOSPC else f"it cannot be watched ({exc})"
             self._polled[root] = why
-            self.note(f"note: {root} is checked for changes every {self.poll or 10.0:g} s instead of "
-                      f"watched: {why}")
+            every = self.poll or FALLBACK_POLL
+            self.note(f"note: {root} is checked for changes every {every:g} s instead of watched: {why}")
         self._observers[root] = observer
 
     def _unwatch(self, root: str) -> None:

@@ -17,7 +17,7 @@ from clipsearch import index_folders, open_index
 from clipsearch.cli import app
 from clipsearch.errors import BadInputError, CorruptIndexError
 from clipsearch.store import Store
-from clipsearch.tagging import TEMPLATES, Tagger, label_set
+from clipsearch.tagging import TEMPLATES, Tagger, label_set, tag_store
 
 LABELS = ["dog", "cat", "beach", "space", "food", "texture"]
 runner = CliRunner()
@@ -171,7 +171,14 @@ def test_later_index_runs_tag_new_content_without_the_text_model(photos, tmp_pat
     mine = {label: s for h, label, s in zip(*rows.to_pydict().values(), strict=True) if h == hash_of[new]}
     assert mine == {LABELS[j]: pytest.approx(expected[j], abs=1e-5) for j in range(6) if expected[j] >= 0.01}
     assert set(rows.column("hash").to_pylist()) <= set(hash_of.values())  # the deleted photo's are gone
-    assert stored["table_version"] == store.version and tagger.labels.threshold == 0.01
+    # the run tagged only what it changed, and that equals tagging everything again
+    assert max(stored["table_version"], store.manifest.tags_version) == store.version
+    assert stored["table_version"] < store.version and tagger.labels.threshold == 0.01
+    amended = sorted(zip(*rows.to_pydict().values(), strict=True))
+    tag_store(store, tagger, per_image=False)
+    whole = sorted(zip(*Store.open(db).read_tags()[0].to_pydict().values(), strict=True))
+    assert [r[:2] for r in amended] == [r[:2] for r in whole] and len(whole) > 5
+    assert [r[2] for r in amended] == pytest.approx([r[2] for r in whole], abs=1e-6)
 
     copy = str(photos / "rocket copy.jpg")
     for label, _ in before[str(photos / "space" / "rocket.jpg")]:
@@ -187,7 +194,7 @@ def test_a_run_stopped_before_tagging_is_caught_up_by_the_next(photos, tmp_path,
     from PIL import Image
 
     Image.open(photos / "space" / "rocket.jpg").rotate(90).save(photos / "again.jpg")  # new content
-    monkeypatch.setattr(clipsearch.build, "_retag", lambda store: None)  # as if killed right there
+    monkeypatch.setattr(clipsearch.build, "_retag", lambda *_: None)  # as if killed right there
     index_folders([photos], db, embedder=embedder, workers=0)
     monkeypatch.undo()
     assert str(photos / "again.jpg") not in search_paths(db, "--tag", "dog")

@@ -188,3 +188,105 @@ def test_a_burst_killed_with_sigkill_is_caught_up_exactly(live):
     live.server = live.start()  # the start's rescan catches up what the killed run had not committed
     expected = {**before, **{str(live.photos / "burst" / name): h for name, h in made.items()}}
     settled(live.db, expected, "every photo of the burst, once")
+
+
+# -- in this process: a Watcher over a Builder, as serve --watch and index --watch run it ----------
+def _watching(builder, roots, **options):
+    """(watcher, stop, thread, notes) of a Watcher running in a thread."""
+    import threading
+
+    from clipsearch.watch import Watcher
+
+    notes: list[str] = []
+    watcher = Watcher(builder, roots, settle=0.3, rescan_every=None, note=notes.append, **options)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    until(lambda: watcher.status()["state"] == "watching", "watching")
+    return watcher, stop, thread, notes
+
+
+def test_an_index_from_an_earlier_release_is_watched_and_takes_changes(tmp_path):
+    from test_change import _write, stub
+    from test_legacy_index import FIXTURE
+
+    from clipsearch.build import open_builder
+
+    db = tmp_path / "db"
+    shutil.copytree(FIXTURE / "db", db)
+    legacy = rows(db)
+    new = tmp_path / "new"
+    new.mkdir()
+    with open_builder(db, fanout=stub(Store.open(db).manifest.dim), workers=0) as builder:
+        # (its own root, /tmp/legacy/photos, is not on this machine: test_offline covers that)
+        watcher, stop, thread, _ = _watching(builder, [])
+        try:
+            job = watcher.submit("index", lambda progress: watcher.add_roots([str(new)], progress).to_dict())
+            until(lambda: job.state == "done", "the folder added")
+            path = _write(new, "a.jpg")
+            expected = {**legacy, path: content_hash(Path(path).read_bytes())}
+            settled(db, expected, "a photo in the legacy index")
+            assert watcher.status()["roots"] == [str(new)]
+        finally:
+            stop.set()
+            thread.join(30)
+
+
+def test_a_folder_the_system_will_not_watch_is_polled_and_said_so(tmp_path, monkeypatch, embedder):
+    import errno
+
+    import watchdog.observers
+
+    import clipsearch.watch
+    from clipsearch.build import open_builder
+
+    class Exhausted(watchdog.observers.Observer):
+        def schedule(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Exhausted)
+    monkeypatch.setattr(clipsearch.watch, "FALLBACK_POLL", 0.3)
+    photos, db = tmp_path / "photos", tmp_path / "db"
+    first = photo(photos / "first.png", 20)
+    with open_builder(db, embedder=embedder, workers=0) as builder:
+        watcher, stop, thread, notes = _watching(builder, [str(photos)])
+        try:
+            assert "fs.inotify.max_user_watches" in watcher.status()["polled"][str(photos)]
+            assert any("checked for changes every 0.3 s" in n and "max_user_watches" in n for n in notes)
+            second = photo(photos / "sub" / "second.png", 21)
+            settled(db, {str(photos / "first.png"): first, str(photos / "sub" / "second.png"): second},
+                    "a photo found by polling")
+        finally:
+            stop.set()
+            thread.join(30)
+
+
+def test_index_watch_keeps_going_until_ctrl_c(tmp_path, tiny_local_dir):
+    import queue
+    import subprocess
+    import threading
+
+    photos, db = tmp_path / "photos", tmp_path / "db"
+    first = photo(photos / "first.png", 30)
+    args = ["index", photos, "--db", db, "--model", f"local-dir:{tiny_local_dir}", "--watch", "--settle=.3"]
+    proc = subprocess.Popen(serving.command(*args, "-q"), stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
+                            text=True, env=serving.environment())
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+
+    def said(text: str) -> bool:
+        while not lines.empty():
+            seen.append(lines.get())
+        return any(text in line for line in seen)
+
+    try:
+        until(lambda: said("for changes; Ctrl-C stops"), "index --watch watching", limit=120)
+        assert said("added 1")
+        second = photo(photos / "second.png", 31)
+        settled(db, {str(photos / "first.png"): first, str(photos / "second.png"): second}, "a photo added")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert said("stopped watching; everything found is committed"), seen
