@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_local_dir):
     photos, db = serving.index_samples(tmp_path_factory.mktemp("gallery"), tiny_local_dir, "sky,flower,stone")
-    running = serving.start(db)
+    running = serving.start(db, "--watch", "--settle", "0.3")  # the last test adds a photo
     running.photos = photos
     yield running
     code, output = running.stop(signal.SIGTERM)
@@ -166,6 +166,28 @@ def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
     assert columns == 3
     assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     assert _script_errors(driver) == []
+
+
+def test_a_watching_gallery_offers_the_photos_added_since(server, browser):
+    from selenium.webdriver.common.by import By
+
+    driver, base = browser, server.url
+    driver.set_window_size(1280, 900)
+    driver.get(base + "/?q=stone")
+    _wait(driver, lambda d: _loaded_tiles(d) == 13, "the results")
+    live = driver.find_element(By.ID, "live")
+    _wait(driver, lambda d: live.text == "watching the folders", "the watcher's state is shown")
+    fresh = driver.find_element(By.ID, "fresh")
+    assert not fresh.is_displayed()
+    shutil.copy(Path(server.photos) / "travel" / "flower.jpg", Path(server.photos) / "flower again.jpg")
+    from PIL import Image
+
+    Image.new("RGB", (90, 70), (10, 200, 30)).save(Path(server.photos) / "green.png")
+    _wait(driver, lambda d: fresh.is_displayed() and fresh.text == "2 new photos: show", "new photos offered")
+    assert _loaded_tiles(driver) == 13  # nothing moves under the user's eyes until asked
+    fresh.click()
+    _wait(driver, lambda d: _loaded_tiles(d) == 15, "the results again, with the new photos")
+    assert not fresh.is_displayed() and _script_errors(driver) == []
 
 
 @pytest.fixture(scope="module")

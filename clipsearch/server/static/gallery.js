@@ -13,8 +13,9 @@ const ui = {
   filters: $("filters"), toggle: $("toggle-filters"), tags: $("tags"), folders: $("folders"),
   in: $("f-in"), after: $("f-after"), before: $("f-before"), ext: $("f-ext"), rerank: $("f-rerank"),
   min: $("f-min"), clear: $("clear-filters"), viewer: $("viewer"), drop: $("drop"),
-  collapse: $("f-collapse"), dupes: $("dupes-link"),
+  collapse: $("f-collapse"), dupes: $("dupes-link"), live: $("live"), fresh: $("fresh"),
 };
+const LIVE_EVERY = 3000;  // ms between two looks at /api/status when the server watches its folders
 
 let info = null;           // /api/info, or null when there is no index yet
 let state = emptyState();   // what is shown: mirrors the page address
@@ -24,6 +25,7 @@ let done = true;            // no further page (nothing is searched before the f
 let loading = false;
 let generation = 0;         // bumped by every new search, so late answers of old ones are dropped
 let current = -1;           // the hit open in the viewer
+let shownImages = null;     // how many photos the index held when the shown results were asked for
 
 function emptyState() {
   return { q: "", similar: null, upload: null, view: "", in: "", after: "", before: "", ext: "",
@@ -144,6 +146,8 @@ function deepest() {
 // -- searching -----------------------------------------------------------------------------------
 function run() {
   generation += 1;
+  ui.fresh.hidden = true;
+  shownImages = null;
   hits = [];
   done = false;
   loading = false;
@@ -551,6 +555,45 @@ new IntersectionObserver((entries) => {
   if (entries.some((e) => e.isIntersecting)) loadMore();
 }, { rootMargin: "800px" }).observe(ui.more);
 
+// -- serve --watch: the watcher's state, and new photos on offer -----------------------------------
+function liveText(s) {
+  const offline = Object.keys(s.offline || {});
+  if (offline.length) return [`offline: ${offline.join(", ")}`, "offline"];
+  if (s.progress && s.progress.total) return [`indexing ${s.progress.done} of ${s.progress.total}`, "busy"];
+  if (s.queued) return [`${s.queued} changes waiting`, "busy"];
+  if (s.state === "scanning" || s.state === "starting") return ["checking the folders", "busy"];
+  return ["watching the folders", "idle"];
+}
+
+async function watchLive() {
+  let s;
+  try {
+    s = await api("/api/status");
+  } catch (err) {
+    setTimeout(watchLive, LIVE_EVERY * 3);
+    return;
+  }
+  if (s.state === "not watching") return;  // nothing will change by itself: no need to look again
+  const [text, kind] = liveText(s);
+  ui.live.textContent = text;
+  ui.live.dataset.kind = kind;
+  ui.live.title = s.last_commit ? `last change indexed ${s.last_commit.at}` : "";
+  ui.live.hidden = false;
+  if (shownImages === null) shownImages = s.images;
+  const added = s.images - shownImages;
+  if (s.images !== shownImages && (state.q || state.similar || state.upload || state.view)) {
+    ui.fresh.textContent = added > 0 ? `${added} new photo${added === 1 ? "" : "s"}: show` : "Library changed: refresh";
+    ui.fresh.hidden = false;
+  } else if (s.images !== shownImages) {
+    shownImages = s.images;  // the start page shows the count: just say the new one
+    if (info) info.images = s.images;
+    run();
+  }
+  setTimeout(watchLive, LIVE_EVERY);
+}
+
+ui.fresh.addEventListener("click", () => run());
+
 async function start() {
   state = readAddress();
   showState();
@@ -565,6 +608,7 @@ async function start() {
   }
   loadTagsAndFolders();
   run();
+  watchLive();
 }
 
 start();
