@@ -68,7 +68,11 @@ if what == "compact":
     compact(db)
     summary = None
 else:
-    summary = index_folders([folder], db, fanout=stub)
+    import inspect
+    # removing every photo of a folder: on purpose here (since issue 22 an emptied root is offline)
+    kept = {"prune_offline": True} if what == "remove" and "prune_offline" in inspect.signature(
+        index_folders).parameters else {}
+    summary = index_folders([folder], db, fanout=stub, **kept)
 written1, t1 = io()
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
@@ -115,7 +119,7 @@ def measure_one(work: Path, n: int, compaction: bool = True, churn: int = 0) -> 
     assert add["added"] == CHANGED, add
     for f in folder.iterdir():
         f.unlink()
-    remove = _child(db, folder, "index")
+    remove = _child(db, folder, "remove")
     assert remove["removed"] == CHANGED, remove
     out = {"rows": n, "add": add, "remove": remove}
     if churn:

@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch import roots as root_state
-from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS, IMAGE_EXTENSIONS
+from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import load_image, prepare_photo, read_file
 from clipsearch.kept import COLUMNS as KEPT_COLUMNS
 from clipsearch.kept import Kept
 from clipsearch.results import IndexSummary, Progress, Skipped
-from clipsearch.scan import FileEntry, ScanResult, is_under, scan
+from clipsearch.scan import FileEntry, ScanResult, is_photo_name, is_under, scan
 from clipsearch.store import Store, under_sql
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class Indexer:
                 found = scan([path])
                 files += found.files
                 skipped += found.skipped
-            elif _photo_name(path):
+            elif is_photo_name(path):
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
@@ -447,11 +447,6 @@ class Indexer:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
         })
 
-
-
-def _photo_name(path: str) -> bool:
-    name = os.path.basename(path)
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
 def _fixed_width(column: pa.ChunkedArray) -> np.ndarray:

@@ -63,6 +63,12 @@ def normalize_root(root: str | os.PathLike[str]) -> str:
     return path
 
 
+def is_photo_name(path: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a file of this name is one a scan indexes (a photo's extension, not hidden)."""
+    name = os.path.basename(path)
+    return os.path.splitext(name)[1].lower() in extensions and not name.startswith(".")
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 

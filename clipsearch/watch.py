@@ -28,10 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from clipsearch import roots as root_state
-from clipsearch.config import IMAGE_EXTENSIONS
 from clipsearch.errors import ClipsearchError, IndexInterrupted
 from clipsearch.results import IndexSummary, Progress
-from clipsearch.scan import JUNK_DIRS, excluded, is_under, scan
+from clipsearch.scan import JUNK_DIRS, excluded, is_photo_name, is_under, scan
 from clipsearch.store import take_over_lock
 
 # an observer stopped while its folder vanishes may log this race; nothing is lost by it
@@ -69,11 +68,6 @@ class Job:
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "state": self.state, "progress": self.progress,
                 "result": self.result, "error": self.error}
-
-
-def is_photo(path: str) -> bool:
-    name = os.path.basename(path)
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
 def _ignored(path: str) -> bool:
@@ -137,9 +131,6 @@ class Watcher:
                                                           for s in list(self._skipped)],
                 "jobs": jobs, "settle_seconds": self.settle, "poll_seconds": self.poll}
 
-    def watches(self, folder: str) -> bool:
-        return any(is_under(folder, r) for r in self.roots)
-
     def submit(self, kind: str, run: Callable[[Callable[[Progress], None]], dict]) -> Job:
         job = Job(str(next(self._ids)), kind, run)
         with self._lock:
@@ -181,7 +172,9 @@ class Watcher:
     # -- events --------------------------------------------------------------------------------
     def saw(self, path: str, is_dir: bool = False) -> None:
         """A path that changed: a photo, or a folder (created, moved or removed)."""
-        if _ignored(path) or not (is_dir or is_photo(path)) or path in self.roots or self._excluded(path):
+        if _ignored(path) or not (is_dir or is_photo_name(path)) or path in self.roots:
+            return
+        if self._excluded(path):
             return
         now = time.monotonic()
         with self._lock:
@@ -189,7 +182,6 @@ class Watcher:
                 found = scan([path], self.exclude)
                 for p in found.paths.to_pylist():
                     self._pending[p] = (now, _signature(p))
-                self._pending[path] = (now, None)  # and the folder, for what it no longer holds
             else:
                 self._pending[path] = (now, _signature(path))
         self._wake.set()

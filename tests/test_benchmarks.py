@@ -23,7 +23,10 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert figures["failed"] == {}
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
-                             "serve", "eval", "dupes", "ray", "diskcache", "change"}
+                             "serve", "eval", "dupes", "ray", "diskcache", "change", "watch"}
+    live = sections["watch"]
+    assert live["samples"] == 2 and live["burst_photos"] == 6 and 0 < live["latency_p95_s"] < 60
+    assert live["throughput_ratio"] > 0 and live["queries_during_burst"] > 0
     assert sections["throughput"]["12 MP"]["images"] == 2 and sections["throughput"]["12 MP"]["ratio"] > 0
     assert sections["scale"]["2000"]["recall_at_10"] == 1.0  # flat: exact by construction
     assert sections["tagging"]["tags_kept"] > 0
