@@ -29,7 +29,7 @@ from clipsearch.models import (
     weights_stat,
 )
 from clipsearch.results import CompactSummary, ForgetSummary, ImageTags, IndexSummary, Progress
-from clipsearch.scan import is_under, normalize_root
+from clipsearch.scan import is_under, normalize_root, size_and_mtime
 from clipsearch.store import Manifest, Store, lock_dir, sql_list
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class Builder:
             raise BadInputError(f"the index holds nothing under {old}; `clipsearch info` lists its roots")
         paths = rows.column("path").to_pylist()
         moved = [new + p[len(old):] for p in paths]
-        same = np.array([_stat(m) == (size, mtime) for m, size, mtime in zip(
+        same = np.array([size_and_mtime(m) == (size, mtime) for m, size, mtime in zip(
             moved, rows.column("size").to_pylist(), rows.column("mtime_ns").to_pylist(), strict=True)], bool)
         kept = rows.filter(pa.array(same))
         if len(kept):
@@ -410,14 +410,6 @@ def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexS
     from clipsearch.xmp import write_sidecars
 
     summary.sidecars_written += write_sidecars(images, summary.skipped)
-
-
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def _drop_cached(hashes: Sequence[str]) -> int:

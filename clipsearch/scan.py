@@ -69,6 +69,15 @@ def is_photo_name(path: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> b
     return os.path.splitext(name)[1].lower() in extensions and not name.startswith(".")
 
 
+def size_and_mtime(path: str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, what a row records of it; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from clipsearch import roots as root_state
 from clipsearch.errors import ClipsearchError, IndexInterrupted
 from clipsearch.results import IndexSummary, Progress
-from clipsearch.scan import JUNK_DIRS, excluded, is_photo_name, is_under, scan
+from clipsearch.scan import JUNK_DIRS, excluded, is_photo_name, is_under, scan, size_and_mtime
 from clipsearch.store import take_over_lock
 
 # an observer stopped while its folder vanishes may log this race; nothing is lost by it
@@ -72,14 +72,6 @@ class Job:
 
 def _ignored(path: str) -> bool:
     return any(part.startswith(".") or part in JUNK_DIRS for part in path.split(os.sep) if part)
-
-
-def _signature(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 class Watcher:
@@ -181,9 +173,9 @@ class Watcher:
             if is_dir and os.path.isdir(path):  # moved or copied in: each photo settles on its own
                 found = scan([path], self.exclude)
                 for p in found.paths.to_pylist():
-                    self._pending[p] = (now, _signature(p))
+                    self._pending[p] = (now, size_and_mtime(p))
             else:
-                self._pending[path] = (now, _signature(path))
+                self._pending[path] = (now, size_and_mtime(path))
         self._wake.set()
 
     def _excluded(self, path: str) -> bool:
@@ -196,7 +188,7 @@ class Watcher:
         now, ready = time.monotonic(), []
         with self._lock:
             for path, (since, seen) in list(self._pending.items()):
-                current = None if os.path.isdir(path) else _signature(path)
+                current = None if os.path.isdir(path) else size_and_mtime(path)
                 if current != seen:
                     self._pending[path] = (now, current)
                 elif now - since >= self.settle:

@@ -178,11 +178,32 @@ def test_state_changes_from_other_sites_are_refused(live):
     assert r.status == 202 and r.json()["kind"] == "optimize"
 
 
+def test_a_job_is_cancelled_at_its_next_safe_point(live, tmp_path):
+    import json
+
+    folder = tmp_path / "cancelled"
+    for i in range(300):
+        photo(folder / f"{i}.png", 1000 + i, size=(48, 32))
+    before = rows(live.db)
+    r = live.server.request("POST", "/api/jobs", body=json.dumps({"kind": "index", "folders": [str(folder)]})
+                            .encode(), headers={"Content-Type": "application/json"})
+    assert r.status == 202, r.body
+    job = r.json()["id"]
+    assert live.server.request("DELETE", f"/api/jobs/{job}").status == 200
+    state = lambda: live.server.get(f"/api/jobs/{job}").json()  # noqa: E731
+    final = until(lambda: (j := state())["state"] not in ("queued", "running") and j, "the job ended")
+    assert final["state"] == "cancelled" and final["result"] is None
+    now = rows(live.db)  # what it committed stays, once each; the library's rows are untouched
+    assert {p: h for p, h in now.items() if p in before} == before
+    assert len(now) - len(before) < 300 and str(folder) not in live.status()["roots"]
+    assert live.server.get("/api/jobs/999").status == 404
+
+
 def test_a_burst_killed_with_sigkill_is_caught_up_exactly(live):
     before = rows(live.db)
     source = live.photos.parent / "burst-source"
-    made = {f"{i}.png": photo(source / f"{i}.png", 100 + i, size=(48, 32)) for i in range(200)}
-    shutil.copytree(source, live.photos / "burst")  # 200 photos at once
+    made = {f"{i}.png": photo(source / f"{i}.png", 100 + i, size=(48, 32)) for i in range(500)}
+    shutil.copytree(source, live.photos / "burst")  # 500 photos at once
     until(lambda: live.status()["state"] == "indexing", "the burst being indexed", limit=20)
     live.server.stop(signal.SIGKILL)
     live.server = live.start()  # the start's rescan catches up what the killed run had not committed
