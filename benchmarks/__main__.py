@@ -73,7 +73,7 @@ SIZES = {  # mode -> section -> size
               "ray": {"n": 4, "rows": 200},
               "diskcache": {"entries": 500, "writes": 100, "writes_before": 20},
               "change": {"sizes": [300], "scan_sizes": [], "churn": 0},
-              "watch": {"samples": 2, "burst": 6}},
+              "watch": {"samples": 2, "burst": 6, "settle": 0.3}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
             "dupes", "ray", "diskcache", "change", "watch"]
