@@ -30,7 +30,7 @@ from clipsearch.models import (
 )
 from clipsearch.results import CompactSummary, ForgetSummary, ImageTags, IndexSummary, Progress
 from clipsearch.scan import is_under, normalize_root, size_and_mtime
-from clipsearch.store import Manifest, Store, lock_dir, sql_list
+from clipsearch.store import Manifest, Store, lock_dir
 
 if TYPE_CHECKING:
     from clipsearch.distributed import RayOptions
@@ -181,7 +181,7 @@ class Builder:
             return summary
         store.delete_paths(forgotten)
         Kept(store).forget(hashes)
-        held = set(store.read(["hash"], f"hash IN ({sql_list(hashes)})").column("hash").to_pylist())
+        held = set(store.by_hashes(hashes, ["hash"]).column("hash").to_pylist())
         summary.cache_files = _drop_cached([h for h in hashes if h not in held])
         self._commit(None, IndexSummary(), False, changed=True)
         return summary

@@ -380,7 +380,12 @@ class Store(RowSource):
         """The rows stored for these paths (in no particular order)."""
         return self._where_in("path", list(paths), columns)
 
+    def by_hashes(self, hashes: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        """The rows holding these contents (copies: several a hash)."""
+        return self._where_in("hash", list(hashes), columns)
+
     def _where_in(self, column: str, values: list, columns: Sequence[str]) -> pa.Table:
+        """The rows whose `column` is one of `values`, asked in chunks (a long IN list is slow)."""
         parts = [self.read(columns, f"{column} IN ({sql_list(values[i:i + _IN_CHUNK])})")
                  for i in range(0, len(values), _IN_CHUNK)]
         return pa.concat_tables(parts) if parts else self.read(columns, "false")

@@ -200,10 +200,8 @@ def tag_new(store: Store, tagger: Tagger, added: Sequence[str], removed: Sequenc
     would give, at the cost of the change: a watcher commits every few seconds."""
     import pyarrow as pa
 
-    from clipsearch.store import sql_list
-
     added = sorted(set(added))
-    rows = store.read(["hash", "vector"], f"hash IN ({sql_list(added)})") if added else None
+    rows = store.by_hashes(added, ["hash", "vector"]) if added else None
     batches = []
     if rows is not None and len(rows):
         stored = np.asarray(rows.column("hash").to_pylist(), dtype=object)
@@ -216,7 +214,7 @@ def tag_new(store: Store, tagger: Tagger, added: Sequence[str], removed: Sequenc
                                  pa.array(probs[picked, cols], pa.float32())], schema=TAGS_SCHEMA))
     removed = sorted(set(removed))
     if removed:
-        held = set(store.read(["hash"], f"hash IN ({sql_list(removed)})").column("hash").to_pylist())
+        held = set(store.by_hashes(removed, ["hash"]).column("hash").to_pylist())
         removed = [h for h in removed if h not in held]
     store.amend_tags(batches[0] if batches else None, [*added, *removed])
 
