@@ -69,6 +69,7 @@ class Hashes:
         self._store = store
         self._keys: np.ndarray | None = None
         self._asked = 0
+        self._looked_up: dict[str, int] = {}  # the rows found one by one (ONE_BY_ONE at most)
         self._lock = threading.Lock()
 
     def _load(self) -> None:
@@ -82,10 +83,15 @@ class Hashes:
 
     def find(self, digest: str) -> int | None:
         """The id of a row holding this content, or None."""
+        if digest in self._looked_up:  # a worker asks whether it is known, then for its row
+            return self._looked_up[digest]
         if self._keys is None and self._asked < self.ONE_BY_ONE:
             self._asked += 1  # threads may race past the count: a lookup or two more, no harm
             row = self._store.row_by_hash(digest, ["id"])
-            return None if row is None else int(row["id"])
+            if row is None:  # not remembered: a copy committed later in this run is found then
+                return None
+            self._looked_up[digest] = found = int(row["id"])
+            return found
         self._load()
         key = np.uint64(int(digest[:16], 16))
         low, high = np.searchsorted(self._keys, key, "left"), np.searchsorted(self._keys, key, "right")
