@@ -241,7 +241,7 @@ class Watcher:
         self.builder.progress = progress = self._progress_for(None)
         try:
             summary = work(progress)
-        except IndexInterrupted:
+        except (IndexInterrupted, KeyboardInterrupt):  # (raised before the indexer's first image)
             return  # stopping: what was embedded is committed
         except ClipsearchError as exc:
             self.note(f"warning: {exc}")
@@ -296,6 +296,8 @@ class Watcher:
                 job.state = "done"
             except IndexInterrupted as exc:
                 job.state, job.error = "cancelled", str(exc)
+            except KeyboardInterrupt:  # cancelled before the run's first image: nothing committed
+                job.state = "cancelled"
             except ClipsearchError as exc:
                 job.state, job.error = "failed", str(exc)
             except Exception as exc:  # a job's bug must not end the watching
