@@ -1,4 +1,4 @@
-"""The benchmark suite: every figure issues 5, 10-15 and 20-22 ask for, in one run, printed as a
+"""The benchmark suite: every figure issues 5, 10-15 and 20-23 ask for, in one run, printed as a
 table of target against measured, and written to benchmarks/results/<timestamp>.json.
 
     python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
@@ -37,6 +37,7 @@ from benchmarks import (
     tagging,
     throughput,
     watch,
+    words,
 )
 from benchmarks import eval as evaluation
 from benchmarks.common import vit_b_32_embedder
@@ -54,7 +55,8 @@ SIZES = {  # mode -> section -> size
              "diskcache": {"entries": 80_000, "writes": 4000, "writes_before": 100},
              "change": {"sizes": [10_000, 100_000, 1_000_000], "scan_sizes": [1_000_000], "churn": 6000,
                         "fragments": 100_000},
-             "watch": {"samples": 40, "burst": 2000}},
+             "watch": {"samples": 40, "burst": 2000},
+             "words": {"sizes": [100_000, 1_000_000], "read_photos": 200}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
@@ -63,7 +65,8 @@ SIZES = {  # mode -> section -> size
               "dupes": {"sizes": [100_000], "compositions": 32}, "ray": {"n": 200, "rows": 5_000},
               "diskcache": {"entries": 80_000, "writes": 2000, "writes_before": 50},
               "change": {"sizes": [10_000, 100_000], "scan_sizes": [100_000], "churn": 6000,
-                         "fragments": 100_000}, "watch": {"samples": 10, "burst": 300}},
+                         "fragments": 100_000}, "watch": {"samples": 10, "burst": 300},
+              "words": {"sizes": [100_000], "read_photos": 100}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
@@ -73,10 +76,11 @@ SIZES = {  # mode -> section -> size
               "ray": {"n": 4, "rows": 200},
               "diskcache": {"entries": 500, "writes": 100, "writes_before": 20},
               "change": {"sizes": [300], "scan_sizes": [], "churn": 0},
-              "watch": {"samples": 2, "burst": 6, "settle": 0.3}},
+              "watch": {"samples": 2, "burst": 6, "settle": 0.3},
+              "words": {"sizes": [2_000], "read_photos": 4}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
-            "dupes", "ray", "diskcache", "change", "watch"]
+            "dupes", "ray", "diskcache", "change", "watch", "words"]
 
 
 def machine() -> dict:
@@ -119,6 +123,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return change.measure(work, **size["change"])
     if name == "watch":
         return watch.measure(work, **size["watch"])
+    if name == "words":
+        return words.measure(work, **size["words"], embedder=shared["embedder"])
     raise ValueError(name)
 
 
@@ -126,7 +132,7 @@ def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
      "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
      "dupes": dupes, "ray": cluster, "diskcache": diskcache, "change": change,
-     "watch": watch}[name].report(figures)
+     "watch": watch, "words": words}[name].report(figures)
 
 
 def main() -> None:

@@ -101,10 +101,11 @@ class ClusteredVectors:
 
 
 def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, chunk: int = 50_000,
-                 model: dict | None = None, files: list[str] | None = None):
+                 model: dict | None = None, files: list[str] | None = None, words: bool = False):
     """A real clipsearch table of `n` photos whose vectors come from `vectors`: fake paths, or the
     real `files` (their sizes, times, dimensions and content hashes, so a server serves them).
-    `model` is the manifest's model spec (default: a ViT-B-32 nobody can load)."""
+    `model` is the manifest's model spec (default: a ViT-B-32 nobody can load). `words`: each
+    fake photo also carries the words a real one would (name, folder, a city, a camera)."""
     import pyarrow as pa
 
     from clipsearch.store import Manifest, Store
@@ -123,6 +124,8 @@ def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, 
                     "width": np.full(m, 4000, np.int32), "height": np.full(m, 3000, np.int32)}
         else:
             rows = _file_rows(files[start:start + m])
+        if words and files is None:
+            rows |= _fake_words(ids)
         store.add(pa.table({
             "id": ids, **rows, "taken": pa.nulls(m, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.draw(m).ravel()), vectors.dim),
@@ -131,6 +134,21 @@ def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, 
     store.save_manifest()
     store.compact()  # as every index run ends: merged commits, lookup indexes
     return store
+
+
+_CITIES = ["Lisbon", "Paris", "Tokyo", "Berlin", "Sydney", "Chicago", "Porto", "Kyoto", "Munich", "Osaka"]
+_CAMERAS = ["Google Pixel 7", "Apple iPhone 15", "FUJIFILM X100V", "Canon EOS R5", "SONY ILCE-7M4"]
+
+
+def _fake_words(ids: np.ndarray) -> dict:
+    from clipsearch.words import Meta, row_words, word_columns
+
+    rows = []
+    for i in ids.tolist():
+        meta = Meta(camera=_CAMERAS[i % len(_CAMERAS)])
+        place = [_CITIES[(i // 7) % len(_CITIES)], "Region", "Country"]
+        rows.append(row_words(f"/photos/{i // 1000:03d}/IMG_{i:07d}.jpg", ["/photos"], meta, None, place, 0))
+    return word_columns(rows)
 
 
 def _file_rows(files: list[str]) -> dict:

@@ -90,9 +90,11 @@ class Builder:
         of the index. `compact` merges the table's files and the structures' deltas whatever
         they cost (otherwise only when it pays). The rows under a root that looks offline
         (clipsearch.roots) are kept, unless `prune_offline`."""
+        filled = self.fill_words(folders)
         indexer = self._indexer()
         indexer.keep_offline = not prune_offline
         summary = indexer.run(folders, exclude)
+        summary.words_filled = filled
         self._note_roots(folders, indexer.offline)
         summary.offline = dict(indexer.offline)
         self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
@@ -103,10 +105,44 @@ class Builder:
         """Bring the rows of these paths up to date: files or folders added, changed or removed
         (absolute paths; what a watcher saw), without walking anything else. Nothing is removed
         under a root that is missing or empty."""
+        filled = self.fill_words()
         indexer = self._indexer()
         summary = indexer.run_paths([os.path.abspath(p) for p in paths], self.store.manifest.roots)
         summary.offline = dict(indexer.offline)
-        return self._commit(indexer, summary, False)
+        summary.words_filled = filled
+        return self._commit(indexer, summary, False, changed=bool(filled))
+
+    def fill_words(self, roots: Sequence[str] = ()) -> int:
+        """Give the rows of an index from before the word columns (schema 1) their words, read
+        from the files (and their sidecars) with no embedding; a search meanwhile works as
+        before. Committed a batch at a time: an interrupted fill goes on where it stopped.
+        Returns how many rows were filled."""
+        import pyarrow as pa
+
+        from clipsearch.store import SCHEMA_VERSION
+        from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
+
+        store = self.store
+        if store.manifest.schema_version >= SCHEMA_VERSION and store.has_words:
+            return 0
+        store.add_word_columns()
+        all_roots = list(dict.fromkeys([*roots, *store.manifest.roots]))
+        filled = 0
+        pending = store.read(["id"], "words IS NULL").num_rows
+        for batch in store.batches(store.names, "words IS NULL", 512):
+            table = pa.Table.from_batches([batch])
+            paths, taken = table.column("path").to_pylist(), table.column("taken").to_pylist()
+            items = [(p, read_meta(p) if os.path.isfile(p) else Meta(), t, sidecar_mtime(p))
+                     for p, t in zip(paths, taken, strict=True)]
+            for name, column in word_columns(word_rows(items, all_roots)).items():
+                table = table.set_column(table.schema.get_field_index(name), name, column)
+            store.replace(table)
+            filled += table.num_rows
+            if self.progress:
+                self.progress(Progress("words", filled, pending))
+        store.manifest.schema_version = SCHEMA_VERSION
+        store.save_manifest()
+        return filled
 
     def move_root(self, old: str, new: str) -> IndexSummary:
         """The library at `old` is now at `new` (a new disk, a renamed folder): its rows are
@@ -117,12 +153,12 @@ class Builder:
         import pyarrow as pa
 
         from clipsearch.kept import COLUMNS, Kept
-        from clipsearch.store import schema, under_sql
+        from clipsearch.store import under_sql
 
         store, old, new = self.store, os.path.abspath(old).rstrip(os.sep), normalize_root(new)
         if is_under(new, old) or is_under(old, new):
             raise BadInputError(f"{new} and {old} hold one another; move a library to a separate folder")
-        rows = store.read(schema(store.manifest.dim).names, under_sql([old]))
+        rows = store.read(store.names, under_sql([old]))
         if not len(rows) and old not in store.manifest.roots:
             raise BadInputError(f"the index holds nothing under {old}; `clipsearch info` lists its roots")
         paths = rows.column("path").to_pylist()
@@ -137,6 +173,14 @@ class Builder:
             kept = kept.set_column(0, "id", pa.array(range(first, first + len(kept)), pa.int64()))
             kept = kept.set_column(1, "path", pa.array([m for m, k in zip(moved, same, strict=True) if k],
                                                        pa.string()))
+            if store.has_words:  # their names and folders say the new place; the rest stays
+                from clipsearch.words import repath
+
+                roots = [new, *store.manifest.roots]
+                words = [repath(w, p, roots) for w, p in zip(kept.column("words").to_pylist(),
+                                                             kept.column("path").to_pylist(), strict=True)]
+                kept = kept.set_column(kept.schema.get_field_index("words"), "words",
+                                       pa.array(words, pa.list_(pa.string())))
             store.add(kept)
         Kept(store).keep(rows.filter(pa.array(~same)).select(COLUMNS))  # found by its hash if it is there
         store.delete_paths(paths)

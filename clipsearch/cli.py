@@ -104,6 +104,12 @@ Ext = Annotated[str | None, typer.Option(
     "--ext", metavar="EXT,...", help="Only these file types, e.g. jpg,png (jpg includes .jpeg).")]
 Tag = Annotated[list[str] | None, typer.Option(
     "--tag", metavar="LABEL", help="Only images tagged LABEL by `clipsearch tag` (repeatable: all of them).")]
+Place = Annotated[str | None, typer.Option(
+    "--place", metavar="NAME", help="Only photos taken in a place of this name: a city, region or "
+                                    "country, case-insensitive, by prefix (Lisbon, Portugal, lisb).")]
+Camera = Annotated[str | None, typer.Option(
+    "--camera", metavar="NAME", help="Only photos taken with this camera or lens, case-insensitive, "
+                                     "by prefix (\"Pixel 7\", x100v, canon).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Paths = Annotated[bool, typer.Option(
     "--paths", help="Print one absolute path per line (for names without newlines; see --null).")]
@@ -238,11 +244,12 @@ def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], optio
     """The hits on the fast path, or None when the index lacks what it needs. Damaged fast-path
     files are only a detour: the full path answers, and rewrites them."""
     from clipsearch import present
-    from clipsearch.fastpath import open_fast
+    from clipsearch.fastpath import open_fast, without_pandas
 
     try:
-        index = open_fast(config.db_path(db), device=device, **options)
-        return ask(index) if index is not None else None
+        with without_pandas():
+            index = open_fast(config.db_path(db), device=device, **options)
+            return ask(index) if index is not None else None
     except ClipsearchError:
         raise
     except Exception as exc:  # anything else is a damaged file: not the user's problem
@@ -417,6 +424,12 @@ def search(
     before: Before = None,
     ext: Ext = None,
     tag: Tag = None,
+    place: Place = None,
+    camera: Camera = None,
+    words: Annotated[str, typer.Option(
+        "--words", metavar="on|off",
+        help="on: the query's words also match each photo's file and folder names, place, camera, "
+             "date and keywords, ranked beside what CLIP sees; off: pixels only.")] = "on",
     rerank: Annotated[bool, typer.Option(
         "--rerank", help="Re-order the best CLIP candidates with BLIP image-text matching, which "
                          "reads the query and each photo together: slower, more precise.")] = False,
@@ -443,6 +456,13 @@ def search(
     """Find images matching a description. Scores are CLIP cosine similarities; with --rerank,
     score = itm + clip (BLIP match probability plus CLIP cosine).
 
+    The query's words are also looked up in what each photo says beyond its pixels: its file
+    and folder names, the place of its GPS position, its camera, month and year, and the
+    keywords and people named in it or its XMP sidecar. Photos that match in words and in look
+    come first, then those that match in either (the score is then a rank fusion; --json shows
+    the CLIP score and which words matched). A query no photo's words match is ranked by CLIP
+    alone; --words off always is.
+
     Combine terms: '"beach" + "sunset" - "people"' adds and subtracts them; 2:"sunset" weighs a
     term double; a path to an image file (~/ref.jpg) is a term too. A '-' inside a word
     (black-and-white) is just a hyphen.
@@ -453,6 +473,7 @@ def search(
     Example: clipsearch search "a dog running on a beach" --rerank --after 2019 --ext jpg
     """
     text = " ".join(query)
+    use_words = _on_off(words, "--words")
     none_found = (f"no image matches {text!r} with a match probability of at least {min_match}"
                   if min_match is not None else "no matching images")
     reranked = rerank or min_match is not None
@@ -462,13 +483,21 @@ def search(
         db, device, (as_json, paths, null),
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
                                    tags=tag, rerank=rerank, candidates=candidates,
-                                   min_match=min_match, collapse=collapse),
+                                   min_match=min_match, collapse=collapse, place=place, camera=camera,
+                                   words=use_words),
         None if no_server else lambda server: None if _needs_files(text) else server.search(
             text, k, _folder(within), after=after, before=before, ext=ext, tags=tag, rerank=rerank,
-            candidates=candidates, min_match=min_match, collapse=collapse),
+            candidates=candidates, min_match=min_match, collapse=collapse, place=place, camera=camera,
+            words=use_words),
         wanted, none_found, preview, rerank_model=rerank_model, rerank_precision=rerank_precision,
         precision=precision,
     )
+
+
+def _on_off(value: str, flag: str) -> bool:
+    if value.lower() not in ("on", "off"):
+        raise typer.BadParameter(f"{value!r}: choose on or off", param_hint=flag)
+    return value.lower() == "on"
 
 
 def _needs_files(query: str) -> bool:
@@ -488,6 +517,8 @@ def similar(
     before: Before = None,
     ext: Ext = None,
     tag: Tag = None,
+    place: Place = None,
+    camera: Camera = None,
     as_json: Json = False,
     paths: Paths = False,
     null: Null = False,
@@ -503,9 +534,11 @@ def similar(
     """
     _print_hits(
         db, device, (as_json, paths, null),
-        lambda index: index.similar(image, k, _folder(within), after=after, before=before, ext=ext, tags=tag),
+        lambda index: index.similar(image, k, _folder(within), after=after, before=before, ext=ext, tags=tag,
+                                    place=place, camera=camera),
         None if no_server else lambda server: server.similar(
-            image, k, _folder(within), after=after, before=before, ext=ext, tags=tag),
+            image, k, _folder(within), after=after, before=before, ext=ext, tags=tag, place=place,
+            camera=camera),
         {"precision": precision}, preview=preview, precision=precision)
 
 
@@ -626,11 +659,29 @@ def tags(db: Db = None, as_json: Json = False) -> None:
 
 
 @app.command()
-def info(db: Db = None, as_json: Json = False) -> None:
-    """Show what the index holds: image count, folders, model, vector size, disk use.
+def facets(db: Db = None, as_json: Json = False) -> None:
+    """List the places and cameras of the library, each with how many photos: the names
+    --place and --camera take.
 
-    Example: clipsearch info --json
+    Example: clipsearch facets --json
     """
+    _report(db, as_json, lambda index: index.facets(), "facets")
+
+
+@app.command()
+def info(
+    photo: Annotated[Path | None, typer.Argument(
+        help="A photo (a path, or a bare file name the index holds): show all it knows of it.")] = None,
+    db: Db = None, as_json: Json = False,
+) -> None:
+    """Show what the index holds: image count, folders, model, vector size, disk use; or, for
+    PHOTO, all it knows of that photo (place, camera, keywords, tags ...).
+
+    Example: clipsearch info --json; clipsearch info IMG_2041.jpg
+    """
+    if photo is not None:
+        _report(db, as_json, lambda index: index.about(photo), "about")
+        return
     _report(db, as_json, lambda index: index.info(), "info")
 
 

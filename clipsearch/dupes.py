@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from clipsearch.errors import BadInputError
 from clipsearch.layers import within
 from clipsearch.results import Hit, ImageRecord
-from clipsearch.store import META_COLUMNS, RowSource
+from clipsearch.store import RowSource
 
 if TYPE_CHECKING:
     from clipsearch.ann import AnnIndex
@@ -158,7 +158,7 @@ def _find(source: RowSource, ann: AnnIndex | None, rows: pa.Table, threshold: fl
     content_of = {i: rep for rep, members in copies.items() for i in members}
     members = [i for c in clusters for r in c for i in copies.get(r, [r])]
     records = {r["id"]: ImageRecord.from_row(r)
-               for r in source.fetch(members, META_COLUMNS).to_pylist()}
+               for r in source.fetch(members, source.meta_columns).to_pylist()}
     groups = []
     for cluster in clusters:
         images = [records[i] for r in cluster for i in copies.get(r, [r]) if i in records]
@@ -331,17 +331,25 @@ def collapse(source: RowSource, ann: AnnIndex, hits: Sequence[Hit], vector: np.n
     groups = groups_around(source, ann, [h.id for h in hits if h.id is not None], threshold, allowed)
     keeper_of = {m.image.id: g.keeper.image for g in groups for m in g.members}
     scores = {h.id: h.score for h in hits}
+    # ranked with words (clipsearch.wordsearch), a group keeps the place and score of its best
+    # member, and what that member matched
+    fused = any(h.words is not None for h in hits)
     picked: dict[int, ImageRecord] = {}
+    by: dict[int, Hit] = {}
     for hit in hits:
         image = keeper_of.get(hit.id, hit.image)
         if image is not None and image.id not in picked:
             picked[image.id] = image
+            by[image.id] = hit
+            if fused:
+                scores.setdefault(image.id, hit.score)
     missing = np.array(sorted(set(picked) - set(scores)), np.int64)
     if len(missing):
         ids, matrix = _load(source, missing)
         scores |= dict(zip(ids.tolist(), (matrix @ np.asarray(vector, np.float32)).tolist(), strict=True))
     ranked = sorted(picked.values(), key=lambda i: (-scores[i.id], i.id))
-    return [Hit(rank=n, path=i.path, score=float(scores[i.id]), id=i.id, image=i)
+    return [Hit(rank=n, path=i.path, score=float(scores[i.id]), id=i.id, image=i,
+                clip=by[i.id].clip if fused else None, words=by[i.id].words if fused else None)
             for n, i in enumerate(ranked, 1)]
 
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from clipsearch.query import Term
     from clipsearch.search import Filters
     from clipsearch.tagging import LabelSet, Tagger
+    from clipsearch.wordsearch import WordIndex
 
     class TextEncoder(Protocol):
         def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -189,20 +190,23 @@ class Index:
         after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
-        collapse: bool = False,
+        collapse: bool = False, place: str | None = None, camera: str | None = None, words: bool = True,
     ) -> list[Hit]:
         """Images best matching `query`, best first.
 
         `query` is a description or a composition of text and image terms (clipsearch.query).
-        Filters: `within` a folder, taken `after`/`before` a date, file extension(s) `ext`, and
-        `tags` (every one of them, from `tag`).
+        Filters: `within` a folder, taken `after`/`before` a date, file extension(s) `ext`,
+        `tags` (every one of them, from `tag`), a `place` and a `camera` (case-insensitive, by
+        prefix: "Portugal", "pixel 7").
+        The query's words also match each photo's own (file and folder names, place, camera,
+        keywords: clipsearch.wordsearch) and rank beside CLIP; `words=False` ranks by pixels only.
         `rerank` re-orders the top `candidates` with BLIP; `min_match` (implies `rerank`) drops
         hits whose BLIP match probability is below it, so a query without a match returns [].
         `collapse` returns one hit per group of duplicate photos, its keeper (see `dupes`).
         """
         return self.search_page(query, k, within, after=after, before=before, ext=ext, tags=tags,
                                 rerank=rerank, candidates=candidates, min_match=min_match,
-                                collapse=collapse).hits
+                                collapse=collapse, place=place, camera=camera, words=words).hits
 
     def search_page(
         self, query: str, k: int = 10, within: str | None = None, *,
@@ -210,6 +214,7 @@ class Index:
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
         offset: int = 0, image_terms: bool = True, literal: bool = False, collapse: bool = False,
+        place: str | None = None, camera: str | None = None, words: bool = True,
     ) -> Page:
         """`search`, as the page of `k` hits from rank `offset + 1` on, with how many images the
         filters allowed and the time each stage took. `image_terms=False` refuses terms that
@@ -222,8 +227,10 @@ class Index:
         from clipsearch.search import Filters
 
         started = time.perf_counter()
+        from clipsearch.wordsearch import query_words
+
         terms = [Term("text", query, 1.0, 0)] if literal else parse(query, image_terms=image_terms)
-        filters = Filters.make(within, after, before, ext, tags)
+        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera)
         if min_match is not None:
             if not 0.0 <= min_match <= 1.0:
                 raise BadInputError(f"--min-match {min_match} is not a probability between 0 and 1")
@@ -237,7 +244,8 @@ class Index:
         wanted = k + offset
         if rerank:
             wanted = max(wanted, candidates or config.DEFAULT_CANDIDATES)
-        hits, considered = self._nearest(vector, wanted, filters, collapse)
+        matching = query_words(terms) if words else []
+        hits, considered = self._nearest(vector, wanted, filters, collapse, matching)
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
         if rerank:
             reranked = time.perf_counter()
@@ -251,22 +259,24 @@ class Index:
         self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
         *, after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
+        place: str | None = None, camera: str | None = None,
     ) -> list[Hit]:
         """Images most like `image`: a file inside the index or anywhere else, an indexed row's
         id, or an image's bytes (ImageData)."""
-        return self.similar_page(image, k, within, after=after, before=before, ext=ext, tags=tags).hits
+        return self.similar_page(image, k, within, after=after, before=before, ext=ext, tags=tags,
+                                 place=place, camera=camera).hits
 
     def similar_page(
         self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
         *, after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        offset: int = 0,
+        offset: int = 0, place: str | None = None, camera: str | None = None,
     ) -> Page:
         """`similar`, as a page (see `search_page`)."""
         from clipsearch.search import Filters
 
         started = time.perf_counter()
-        filters = Filters.make(within, after, before, ext, tags)
+        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera)
         _check_page(k, offset)
         vector, own = self._image(image)
         embedded = time.perf_counter()
@@ -366,25 +376,40 @@ class Index:
         return self._nearest(vector, k, filters)[0]
 
     def _nearest(self, vector: np.ndarray, k: int, filters: Filters | None,
-                 collapse: bool = False) -> tuple[list[Hit], int]:
+                 collapse: bool = False, words: Sequence[str] = ()) -> tuple[list[Hit], int]:
         """The k best hits among the rows `filters` allow, and how many rows that is; with
-        `collapse`, one hit per duplicate group (its keeper, clipsearch.dupes)."""
+        `collapse`, one hit per duplicate group (its keeper, clipsearch.dupes). `words`: the
+        query's words, matched against the photos' (clipsearch.wordsearch)."""
         from clipsearch.search import allowed_ids, nearest
+        from clipsearch.wordsearch import fuse
 
         ann = self.ann
-        allowed = allowed_ids(self.store, filters) if filters else None
+        needs_words = bool(words) or bool(filters and (filters.place or filters.camera))
+        index = self.word_index() if needs_words else None
+        allowed = allowed_ids(self.store, filters, index) if filters else None
         considered = ann.size if allowed is None else len(allowed)
+
+        def ranked(n: int) -> list[Hit]:
+            fused = fuse(self.store, ann, vector, n, allowed, index, words) if words and index else None
+            return fused if fused is not None else nearest(self.store, ann, vector, n, allowed)
+
         if not collapse:
-            return nearest(self.store, ann, vector, k, allowed), considered
+            return ranked(k), considered
         from clipsearch.dupes import collapse as one_per_group
 
         wanted = 2 * k + 10
         while True:  # a page of groups may need more hits than a page
-            hits = nearest(self.store, ann, vector, wanted, allowed)
+            hits = ranked(wanted)
             kept = one_per_group(self.store, ann, hits, vector, allowed)
             if len(kept) >= k or len(hits) < wanted:
                 return kept[:k], considered
             wanted *= 2
+
+    def word_index(self) -> WordIndex | None:
+        """The photos' words (clipsearch.wordsearch), read once per table version."""
+        from clipsearch.wordsearch import WordIndex
+
+        return self._memo("words", self.store.version, lambda: WordIndex.of(self.store))
 
     def dupes(self, threshold: float | None = None, *, exact: bool = False,
               within: str | os.PathLike[str] | None = None) -> list[DupeGroup]:
@@ -410,9 +435,8 @@ class Index:
     def records(self, ids: Sequence[int], tags: bool = True) -> dict[int, ImageRecord]:
         """What the index knows about each of these rows (ids it does not hold are left out);
         `tags=False` leaves their tags out, which saves a lookup."""
-        from clipsearch.store import META_COLUMNS
-
-        found = [ImageRecord.from_row(r) for r in self.store.fetch(list(ids), META_COLUMNS).to_pylist()]
+        rows = self.store.fetch(list(ids), self.store.meta_columns).to_pylist()
+        found = [ImageRecord.from_row(r) for r in rows]
         return {r.id: r for r in (self.tagged(found) if tags else found)}
 
     def tagged(self, images: Sequence[ImageRecord]) -> list[ImageRecord]:
@@ -458,6 +482,43 @@ class Index:
         if content_hash(data) != record.hash:
             raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
         return data
+
+    def facets(self) -> dict[str, list[dict]]:
+        """The library's places and cameras, each with how many photos, most first (names in
+        order among equals): what --place and --camera can take."""
+        import collections
+
+        def count() -> dict[str, list[dict]]:
+            out: dict[str, list[dict]] = {"places": [], "cameras": []}
+            if not self.store.has_words:
+                return out
+            table = self.store.read(["place", "camera"])
+            for key, column in (("places", "place"), ("cameras", "camera")):
+                counts = collections.Counter(v for v in table.column(column).to_pylist() if v)
+                ranked = sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+                out[key] = [{"name": n, "images": c} for n, c in ranked]
+            return out
+
+        return self._memo("facets", self.store.version, count)
+
+    def about(self, photo: str | os.PathLike[str]) -> list[ImageRecord]:
+        """What the index knows of a photo: the row of that file, or, for a bare name that is
+        not a file here (IMG_2041.jpg), of every indexed file of that name (case-insensitive)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        path = os.path.abspath(os.path.expanduser(os.fspath(photo)))
+        found = self.store.by_paths([path], ["id"]).column("id").to_pylist() if os.path.exists(path) else []
+        if not found:
+            name = os.path.basename(os.fspath(photo)).casefold()
+            paths = self.store.read(["id", "path"])
+            names = pc.utf8_lower(pc.replace_substring_regex(paths.column("path"), r"^.*/", ""))
+            found = paths.column("id").filter(pc.equal(names, pa.scalar(name))).to_pylist()
+        if not found:
+            raise BadInputError(f"{photo}: no indexed photo has this path or name; "
+                                "`clipsearch search` finds photos by their names too")
+        records = self.records(found)
+        return [records[i] for i in sorted(records, key=lambda i: records[i].path)]
 
     def folders(self) -> list[tuple[str, int]]:
         """Each folder that directly holds indexed images, with how many, in path order."""

@@ -13,6 +13,7 @@ from datetime import datetime
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipsearch.errors import UnreadableImageError
+from clipsearch.words import Meta, read_meta
 
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
@@ -174,6 +175,7 @@ class Prepared:
     taken: str | None = None
     reason: str | None = None
     unread: bool = False
+    meta: Meta | None = None  # what it says beyond its pixels (clipsearch.words)
 
 
 def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
@@ -187,10 +189,12 @@ def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
         except UnreadableImageError as exc:
             return Prepared(reason=exc.reason, unread=True)
         digest = content_hash(data)
+        meta = read_meta(path, data)
         if known(digest):
-            return Prepared(digest)
+            return Prepared(digest, meta=meta)
         decoded = decode(data, path, min_side)
-        return Prepared(digest, preprocess(decoded.image), decoded.width, decoded.height, decoded.taken)
+        return Prepared(digest, preprocess(decoded.image), decoded.width, decoded.height, decoded.taken,
+                        meta=meta)
     except UnreadableImageError as exc:
         return Prepared(reason=exc.reason)
     except Exception as exc:  # one bad file must never end the run

@@ -33,6 +33,7 @@ from clipsearch.kept import Kept
 from clipsearch.results import IndexSummary, Progress, Skipped
 from clipsearch.scan import FileEntry, ScanResult, is_photo_name, is_under, scan
 from clipsearch.store import Store, under_sql
+from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
 
 if TYPE_CHECKING:
     from clipsearch.distributed import Embedded
@@ -132,6 +133,7 @@ class _Outcome:
     taken: str | None = None
     vector: np.ndarray | None = None
     source_path: str | None = None
+    meta: Meta | None = None
 
 
 class Indexer:
@@ -174,11 +176,14 @@ class Indexer:
         # unless the run was asked to prune them
         self.keep_offline = True
         self.offline: dict[str, str] = {}  # root -> why it counts as offline
+        self.roots: list[str] = list(store.manifest.roots)  # where folder words start
+        self._sidecars: dict[str, int] = {}  # path -> its sidecars' mtime, for the files read
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, roots: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary:
         """Bring the rows of the files under `roots` up to date with the folders."""
         started = time.monotonic()
+        self.roots = list(dict.fromkeys([*roots, *self.roots]))
         found = scan(roots, exclude)
         self.progress(Progress("scan", len(found), len(found)))
         return self._apply(found, list(roots), started, list(roots))
@@ -200,7 +205,10 @@ class Indexer:
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
         files = list({f.path: f for f in files}.values())  # a folder and a photo in it: one row
         touched = [r for r in roots if any(is_under(p, r) or is_under(r, p) for p in paths)]
-        return self._apply(ScanResult.of(files, skipped), list(paths), started, touched, scanned=False)
+        self.roots = list(dict.fromkeys([*roots, *self.roots]))
+        sidecars = {f.path: m for f in files if (m := sidecar_mtime(f.path))}
+        return self._apply(ScanResult.of(files, skipped, sidecars), list(paths), started, touched,
+                           scanned=False)
 
     def _apply(self, found: ScanResult, scope: list[str], started: float, roots: list[str],
                scanned: bool = True) -> IndexSummary:
@@ -243,7 +251,8 @@ class Indexer:
         # the manifest records the next id before any row gets it (an index from before it did
         # says 0, and is asked its highest id once)
         self._next_id = self.store.manifest.next_id or self.store.highest_id() + 1
-        stored = self.store.read(DIFF_COLUMNS, under_sql(scope))
+        words = self.store.has_words
+        stored = self.store.read(DIFF_COLUMNS + (["sidecar_ns"] if words else []), under_sql(scope))
         paths = stored.column("path").combine_chunks()
         at = pc.index_in(scanned, value_set=paths).fill_null(-1)
         at = at.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -251,6 +260,10 @@ class Indexer:
         same = np.zeros(len(at), bool)
         same[known] = ((stored.column("size").to_numpy()[at[known]] == sizes[known])
                        & (stored.column("mtime_ns").to_numpy()[at[known]] == mtimes[known]))
+        self._sidecars = found.sidecars
+        if words:  # a sidecar written since its photo's row: its words are read again
+            sidecar = stored.column("sidecar_ns").fill_null(0).to_numpy()
+            same[known] &= sidecar[at[known]] == found.sidecar_mtimes()[known]
         self.summary.unchanged += int(same.sum())
         present = np.zeros(len(paths), bool)
         present[at[known]] = True
@@ -277,14 +290,15 @@ class Indexer:
         p = prepare_photo(entry.path, self._known, min_side, preprocess)
         if p.reason is None and p.pixels is None:
             if (source := self._hashes.find(p.hash)) is not None:
-                return _Outcome(entry, p.hash, source=source)
+                return _Outcome(entry, p.hash, source=source, meta=p.meta)
             if (kept := self._kept.get(p.hash)) is not None:
                 return _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
-                                taken=kept.taken)
+                                taken=kept.taken, meta=p.meta)
             p = prepare_photo(entry.path, lambda _h: False, min_side, preprocess)  # let go meanwhile
         if p.reason is not None:
             return Skipped(entry.path, p.reason)
-        return _Outcome(entry, p.hash, pixels=p.pixels, width=p.width, height=p.height, taken=p.taken)
+        return _Outcome(entry, p.hash, pixels=p.pixels, width=p.width, height=p.height, taken=p.taken,
+                        meta=p.meta)
 
     def _known(self, digest: str) -> bool:
         return digest in self._hashes or digest in self._kept
@@ -451,7 +465,17 @@ class Indexer:
             "height": pa.array([o.height for o in outcomes], pa.int32()),
             "taken": pa.array([o.taken for o in outcomes], pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
+            **self._word_columns(outcomes),
         })
+
+    def _word_columns(self, outcomes: list[_Outcome]) -> dict[str, pa.Array]:
+        for o in outcomes:
+            if o.meta is None:  # embedded elsewhere (a Ray worker)
+                o.meta = read_meta(o.entry.path)
+            self.summary.metadata_notes += [Skipped(o.entry.path, n) for n in o.meta.notes]
+        rows = word_rows([(o.entry.path, o.meta, o.taken, self._sidecars.get(o.entry.path, 0))
+                          for o in outcomes], self.roots)
+        return word_columns(rows)
 
 
 

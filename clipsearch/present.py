@@ -19,6 +19,7 @@ from clipsearch.results import (
     CompactSummary,
     ForgetSummary,
     Hit,
+    ImageRecord,
     IndexInfo,
     IndexSummary,
     Skipped,
@@ -84,16 +85,23 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
         if not found:
             return
         reranked = any(h.itm is not None for h in found)
+        worded = not reranked and any(h.words is not None for h in found)
         table = Table(show_edge=False, pad_edge=False)
         table.add_column("rank", justify="right", style="dim")
         table.add_column("score", justify="right")
         if reranked:
             table.add_column("itm", justify="right")
             table.add_column("clip", justify="right", style="dim")
+        if worded:  # fused with the photos' own words: the score is a rank fusion, CLIP's is beside it
+            table.add_column("clip", justify="right", style="dim")
         table.add_column("path", overflow="fold")
+        if worded:
+            table.add_column("matched", overflow="fold", style="dim")
         for h in found:
-            extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else []
-            table.add_row(str(h.rank), f"{h.score:.3f}", *extra, shown(h.path))
+            extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else [f"{h.clip:.3f}"] if worded else []
+            matched = [" ".join(w for words in (h.words or {}).values() for w in words)] if worded else []
+            score = f"{h.score:.4f}" if worded else f"{h.score:.3f}"
+            table.add_row(str(h.rank), score, *extra, shown(h.path), *[shown(m) for m in matched])
         out.print(table)
 
 
@@ -193,8 +201,15 @@ def summary(s: IndexSummary, as_json: bool) -> None:
         f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
         f"[dim]({s.embedded} embedded in {s.seconds:.1f} s)[/dim]"
         + (f"; {s.sidecars_written} XMP sidecars written" if s.sidecars_written else "")
+        + (f"; words read for {s.words_filled} photos indexed before them" if s.words_filled else "")
     )
     _skipped(s.skipped)
+    if s.metadata_notes:
+        first = s.metadata_notes[0]
+        others = len(s.metadata_notes) - 1
+        more = f" (and {others} more: --json lists them)" if others else ""
+        err.print(f"note: metadata left unread, photos indexed all the same: {shown(first.path)}: "
+                  f"{shown(first.reason)}{more}")
     _unwritten(s.unwritten)
     offline(s.offline)
 
@@ -257,6 +272,46 @@ def tag_counts(counts: Sequence[TagCount], as_json: bool) -> None:
     for c in counts:
         table.add_row(shown(c.label), str(c.images))
     out.print(table)
+
+
+def facets(found: dict[str, list[dict]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    if not found["places"] and not found["cameras"]:
+        err.print("no places or cameras known: the photos carry no GPS position or camera, or the "
+                  "index is from before they were read (run: clipsearch index)")
+        return
+    for key, title in (("places", "place"), ("cameras", "camera")):
+        if found[key]:
+            table = Table(show_edge=False, pad_edge=False)
+            table.add_column(title)
+            table.add_column("images", justify="right")
+            for item in found[key]:
+                table.add_row(shown(item["name"]), str(item["images"]))
+            out.print(table)
+
+
+def about(records: Sequence[ImageRecord], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in records], indent=2, ensure_ascii=False))
+        return
+    for n, r in enumerate(records):
+        table = Table(show_header=False, show_edge=False, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        position = f"{r.lat:.5f}, {r.lon:.5f}" if r.lat is not None and r.lon is not None else None
+        for key, value in (
+            ("path", r.path), ("id", str(r.id)), ("size", f"{r.width} x {r.height}, {r.bytes:,} bytes"),
+            ("taken", r.taken), ("place", r.place), ("position", position), ("camera", r.camera),
+            ("lens", r.lens), ("keywords", ", ".join(r.keywords)), ("people", ", ".join(r.people)),
+            ("tags", ", ".join(r.tags)),
+        ):
+            if value:
+                table.add_row(key, shown(value))
+        if n:
+            out.print()
+        out.print(table)
 
 
 def info(i: IndexInfo, as_json: bool) -> None:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from clipsearch.results import Progress
 
 # what each phase's bar is called; the others are one-off notes
-PHASES = {"embed": "indexing", "text-to-image": "text queries", "re-rank": "re-ranked queries"}
+PHASES = {"embed": "indexing", "words": "reading words",
+          "text-to-image": "text queries", "re-rank": "re-ranked queries"}
 
 
 @contextlib.contextmanager

@@ -150,7 +150,10 @@ def _term(query: str, text: str, weight: float, pieces: Sequence[_Token], image_
     looks_like_path = len(pieces) == 1 and (
         text.startswith(_PATH_START) or os.path.splitext(text)[1].lower() in IMAGE_EXTENSIONS
     )
-    if not looks_like_path:
+    # a bare name (IMG_2041.jpg) is an image term only when that file is here; otherwise it is
+    # words, which find the indexed photo of that name (clipsearch.wordsearch)
+    bare = looks_like_path and not text.startswith(_PATH_START) and os.sep not in text
+    if not looks_like_path or bare and not (image_terms and os.path.isfile(text)):
         return Term("text", text, weight, start)
     if not image_terms:
         raise _fail(query, start, "image files as query terms work only from the command line; to "

@@ -17,19 +17,24 @@ class Hit:
     clip: float | None = None  # the first-stage CLIP cosine, when re-ranked
     id: int | None = None  # the row's id: stable for this content at this path (see ImageRecord)
     image: ImageRecord | None = None  # the row itself (without tags; Index.tagged adds them)
+    # when the query's words matched the photo's (clipsearch.wordsearch): field -> the photo's
+    # words that matched; `score` is then the fused score and `clip` the CLIP cosine
+    words: dict[str, list[str]] | None = None
 
     def to_dict(self) -> dict:
         """The CLI's JSON form of a hit."""
         out = {"path": self.path, "score": self.score, "rank": self.rank}
-        if self.itm is not None:
-            out |= {"itm": self.itm, "clip": self.clip}
+        if self.itm is not None or self.words is not None:
+            out |= {"itm": self.itm, "clip": self.clip} if self.itm is not None else {"clip": self.clip}
+        if self.words is not None:
+            out["words"] = self.words
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Hit:
         """A hit from its JSON form (the server's hits carry more fields, which are ignored)."""
         return cls(rank=int(data["rank"]), path=str(data["path"]), score=float(data["score"]),
-                   itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"))
+                   itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"), words=data.get("words"))
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,24 @@ class ImageRecord:
     mtime_ns: int
     hash: str  # BLAKE2b of the content
     tags: list[str] = field(default_factory=list)  # best first
+    # what the photo says beyond its pixels (clipsearch.words); None in an index not yet upgraded
+    camera: str | None = None
+    lens: str | None = None
+    place: str | None = None  # city, region, country
+    lat: float | None = None
+    lon: float | None = None
+    keywords: list[str] = field(default_factory=list)  # the user's, from the file and its sidecar
+    people: list[str] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: dict, tags: list[str] | None = None) -> ImageRecord:
-        """From a row of the image table (clipsearch.store.META_COLUMNS)."""
+        """From a row of the image table (clipsearch.store.META_COLUMNS, and the word columns
+        where it has them)."""
         return cls(id=row["id"], path=row["path"], bytes=row["size"], width=row["width"],
                    height=row["height"], taken=row["taken"], mtime_ns=row["mtime_ns"], hash=row["hash"],
-                   tags=list(tags or []))
+                   tags=list(tags or []), camera=row.get("camera"), lens=row.get("lens"),
+                   place=row.get("place"), lat=row.get("lat"), lon=row.get("lon"),
+                   keywords=list(row.get("keywords") or []), people=list(row.get("people") or []))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +117,9 @@ class IndexSummary:
     sidecars_written: int = 0  # XMP sidecars of new photos, after `tag --write-xmp`
     unwritten: list[Unwritten] = field(default_factory=list)  # fast-search files it could not write
     offline: dict[str, str] = field(default_factory=dict)  # root -> why its rows were kept
+    # metadata left unread (bad EXIF, XMP that is not XML ...): the photo is indexed all the same
+    metadata_notes: list[Skipped] = field(default_factory=list)
+    words_filled: int = 0  # rows of an older index given their words (clipsearch.words)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +129,8 @@ class IndexSummary:
         """The summary of a run done elsewhere (a server's job), from its `to_dict`."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{**known, "skipped": [Skipped(**s) for s in data.get("skipped", [])],
-                      "unwritten": [Unwritten(**u) for u in data.get("unwritten", [])]})
+                      "unwritten": [Unwritten(**u) for u in data.get("unwritten", [])],
+                      "metadata_notes": [Skipped(**s) for s in data.get("metadata_notes", [])]})
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from clipsearch.config import IMAGE_EXTENSIONS
 from clipsearch.errors import BadInputError
@@ -33,14 +34,28 @@ class ScanResult:
     many FileEntry objects with their strings were 170 MB), and what was skipped and why."""
 
     def __init__(self, paths: pa.ChunkedArray, sizes: np.ndarray, mtimes: np.ndarray,
-                 skipped: list[Skipped]) -> None:
+                 skipped: list[Skipped], sidecars: dict[str, int] | None = None) -> None:
         self.paths, self.sizes, self.mtimes, self.skipped = paths, sizes, mtimes, skipped
+        # photo path -> the newest mtime of its XMP sidecars, for the photos that have one
+        self.sidecars = sidecars or {}
 
     @classmethod
-    def of(cls, files: Sequence[FileEntry], skipped: list[Skipped]) -> ScanResult:
+    def of(cls, files: Sequence[FileEntry], skipped: list[Skipped],
+           sidecars: dict[str, int] | None = None) -> ScanResult:
         return cls(pa.chunked_array([pa.array([f.path for f in files], pa.string())]),
                    np.fromiter((f.size for f in files), np.int64, len(files)),
-                   np.fromiter((f.mtime_ns for f in files), np.int64, len(files)), skipped)
+                   np.fromiter((f.mtime_ns for f in files), np.int64, len(files)), skipped, sidecars)
+
+    def sidecar_mtimes(self) -> np.ndarray:
+        """Each file's sidecar mtime (0: none), in the order of `paths`."""
+        out = np.zeros(len(self), np.int64)
+        if self.sidecars:
+            at = pa.compute.index_in(pa.array(list(self.sidecars), pa.string()), value_set=self.paths)
+            at = at.to_numpy(zero_copy_only=False)
+            for i, mtime in zip(at, self.sidecars.values(), strict=True):
+                if i == i and i is not None:  # a sidecar of a photo found twice keeps its first
+                    out[int(i)] = mtime
+        return out
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -114,6 +129,7 @@ def scan(
     # each file's (device, inode), 16 bytes a file: the same file reached twice (a hard link, a
     # symlink) is found once the walk is done, not through a set of tuples (150 bytes a file)
     devices, inodes = array.array("Q"), array.array("Q")
+    sidecars: dict[str, int] = {}
     for root in roots:
         stack = [root]
         while stack:
@@ -133,6 +149,7 @@ def scan(
                 skipped.append(Skipped(folder, f"cannot list folder ({exc.strerror}); check its permissions"))
                 continue
             subdirs = []
+            here, xmps = len(names), []
             for entry in entries:
                 name = entry.name
                 if name.startswith(".") or name in JUNK_DIRS or name in JUNK_FILES:
@@ -153,6 +170,8 @@ def scan(
                     subdirs.append(entry.path)
                     continue
                 if os.path.splitext(name)[1].lower() not in extensions:
+                    if name[-4:].lower() == ".xmp" and stat.S_ISREG(st.st_mode):
+                        xmps.append((name, st.st_mtime_ns))
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     skipped.append(Skipped(entry.path, "not a regular file (device, pipe or socket)"))
@@ -168,6 +187,8 @@ def scan(
                 names.append(entry.path)
                 sizes.append(st.st_size)
                 mtimes.append(st.st_mtime_ns)
+            if xmps:
+                _match_sidecars(folder, names[here:], xmps, sidecars)
             if len(names) >= _CHUNK:
                 chunks.append(pa.array(names, pa.string()))
                 names = []
@@ -175,7 +196,7 @@ def scan(
             stack.extend(reversed(subdirs))
     chunks.append(pa.array(names, pa.string()))
     found = ScanResult(pa.chunked_array(chunks, pa.string()), np.frombuffer(sizes, np.int64),
-                       np.frombuffer(mtimes, np.int64), skipped)
+                       np.frombuffer(mtimes, np.int64), skipped, sidecars)
     return _first_of_each(found, np.frombuffer(devices, np.uint64), np.frombuffer(inodes, np.uint64))
 
 
@@ -193,4 +214,17 @@ def _first_of_each(found: ScanResult, dev: np.ndarray, ino: np.ndarray) -> ScanR
         return found
     keep = ~repeat
     return ScanResult(found.paths.filter(pa.array(keep)), found.sizes[keep], found.mtimes[keep],
-                      found.skipped)
+                      found.skipped, found.sidecars)
+
+
+def _match_sidecars(folder: str, photos: list[str], xmps: list[tuple[str, int]],
+                    into: dict[str, int]) -> None:
+    """The photos of one folder that have sidecars (`IMG_1.jpg.xmp` or `IMG_1.xmp`, any case)."""
+    by_key: dict[str, list[str]] = {}
+    for photo in photos:
+        name = os.path.basename(photo).lower()
+        by_key.setdefault(name, []).append(photo)
+        by_key.setdefault(os.path.splitext(name)[0], []).append(photo)
+    for name, mtime in xmps:
+        for photo in by_key.get(name[:-4].lower(), ()):
+            into[photo] = max(into.get(photo, 0), mtime)

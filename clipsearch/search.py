@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,11 @@ from clipsearch.ann import AnnIndex
 from clipsearch.config import IMAGE_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.results import Hit, ImageRecord
-from clipsearch.store import META_COLUMNS, Store
+from clipsearch.store import RowSource, Store
+from clipsearch.words import tokens
+
+if TYPE_CHECKING:
+    from clipsearch.wordsearch import WordIndex
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")
 # Spellings of one format count as one: --ext jpg also finds .jpeg and .JPG.
@@ -34,21 +39,30 @@ class Filters:
     before: datetime | None = None  # taken before
     ext: frozenset[str] = frozenset()  # lower-case extensions without the dot
     tags: frozenset[str] = frozenset()  # every one of these tags (clipsearch tag)
+    place: str | None = None  # names a place of the photo's GPS position, by prefix
+    camera: str | None = None  # names its camera or lens, by prefix
 
     @classmethod
     def make(cls, within: str | os.PathLike[str] | None = None, after: str | datetime | None = None,
              before: str | datetime | None = None, ext: str | Iterable[str] | None = None,
-             tags: str | Iterable[str] | None = None) -> Filters:
+             tags: str | Iterable[str] | None = None, *, place: str | None = None,
+             camera: str | None = None) -> Filters:
         """Validate user-facing values: dates as YYYY[-MM[-DD[THH:MM[:SS]]]], ext as 'jpg,png'."""
         start, end = parse_date(after, "--after"), parse_date(before, "--before")
         if start and end and start >= end:
             raise BadInputError(f"--after {start:%Y-%m-%d %H:%M} is not before --before "
                                 f"{end:%Y-%m-%d %H:%M}; nothing could match")
         wanted = frozenset(t.strip() for t in ([tags] if isinstance(tags, str) else tags or ()) if t.strip())
-        return cls(os.fspath(within) if within else None, start, end, parse_extensions(ext), wanted)
+        for flag, value in (("--place", place), ("--camera", camera)):
+            if value is not None and not tokens(value):
+                raise BadInputError(f"{flag} {value!r} has no letters or digits to match; give a name, "
+                                    f"for example {'Lisbon' if flag == '--place' else 'X100V'}")
+        return cls(os.fspath(within) if within else None, start, end, parse_extensions(ext), wanted,
+                   place or None, camera or None)
 
     def __bool__(self) -> bool:
-        return bool(self.within or self.after or self.before or self.ext or self.tags)
+        return bool(self.within or self.after or self.before or self.ext or self.tags or self.place
+                    or self.camera)
 
 
 def parse_date(value: str | datetime | None, flag: str) -> datetime | None:
@@ -82,8 +96,9 @@ def parse_extensions(ext: str | Iterable[str] | None) -> frozenset[str]:
     return frozenset(wanted)
 
 
-def allowed_ids(store: Store, filters: Filters) -> np.ndarray | None:
-    """Ids of the rows `filters` allow, or None when nothing is filtered."""
+def allowed_ids(store: RowSource, filters: Filters, words: WordIndex | None = None) -> np.ndarray | None:
+    """Ids of the rows `filters` allow, or None when nothing is filtered; `words`: the rows'
+    words, for --place and --camera (read here when not given)."""
     if not filters:
         return None
     columns = ["id", "path"] + (["taken", "mtime_ns"] if filters.after or filters.before else []) + (
@@ -102,6 +117,17 @@ def allowed_ids(store: Store, filters: Filters) -> np.ndarray | None:
             mask = pc.and_(mask, _date_mask(table, bound, keep_after))
     if filters.tags:
         mask = pc.and_(mask, pc.is_in(table.column("hash"), value_set=tagged_hashes(store, filters.tags)))
+    if filters.place or filters.camera:
+        from clipsearch.wordsearch import WordIndex
+
+        words = words or WordIndex.of(store)
+        if words is None:
+            raise BadInputError("--place and --camera need the photos' words, which this index does not "
+                                "have yet; run: clipsearch index (it adds them without embedding again)")
+        for code, value in (("p", filters.place), ("c", filters.camera)):
+            if value:
+                having = pa.array(words.having(code, value))
+                mask = pc.and_(mask, pc.is_in(table.column("id"), value_set=having))
     return table.column("id").filter(mask).to_numpy()
 
 
@@ -158,9 +184,10 @@ def nearest(
     scores, ids = ann.search(vector, k if exact else 2 * k + 10, allowed)
     if not len(ids):
         return []
-    rows = store.fetch(ids.tolist(), META_COLUMNS if exact else [*META_COLUMNS, "vector"])
+    columns = store.meta_columns
+    rows = store.fetch(ids.tolist(), columns if exact else [*columns, "vector"])
     # an id missing from the table means the table moved on since `ann` was built
-    image_of = {r["id"]: ImageRecord.from_row(r) for r in rows.select(META_COLUMNS).to_pylist()}
+    image_of = {r["id"]: ImageRecord.from_row(r) for r in rows.select(columns).to_pylist()}
     if not exact:
         # in id order, so that every row source feeds BLAS the same matrix: a row's dot product
         # can differ in its last bit with its place in the matrix

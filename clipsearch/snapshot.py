@@ -30,7 +30,6 @@ from clipsearch.files import replacing
 from clipsearch.layers import Delta, merge_due
 from clipsearch.store import (
     LABEL_SET_KEY,
-    META_COLUMNS,
     TABLE,
     TAGS_TABLE,
     Manifest,
@@ -105,7 +104,13 @@ def _delta_of(table: pa.Table | None) -> Delta | None:
     if _BASE_KEY not in meta:
         return None
     removed = np.frombuffer(meta[_REMOVED_KEY], np.int64) if meta.get(_REMOVED_KEY) else np.zeros(0, np.int64)
-    return Delta(int(meta[_BASE_KEY]), table.column("id").to_numpy(), removed.copy())
+    return Delta(int(meta[_BASE_KEY]), numpy_of(table.column("id")), removed.copy())
+
+
+def numpy_of(column: pa.ChunkedArray) -> np.ndarray:
+    """A column's values, its chunks joined (ChunkedArray.to_numpy goes through pandas)."""
+    chunks = [c.to_numpy() for c in column.chunks]
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0] if chunks else np.zeros(0, np.int64)
 
 
 def size_estimate(store: Store) -> int:
@@ -130,7 +135,7 @@ def write(store: Store, whole: bool = False) -> None:
     """Snapshot the rows (in id order, for lookups by id) and the tags at the store's current
     versions, unless the files for those versions exist already: a delta over the newest base
     when there is one and it is not due to be folded in (nor `whole` asked for), else a base."""
-    columns = [*META_COLUMNS, "vector"]
+    columns = [*store.meta_columns, "vector"]
     if whole and not _file(store.path, "rows", store.version).is_file() or not _rows_current(store):
         held = None if whole else _held(store.path, store.version)
         if held is None or not _write_delta(store, held, columns):
@@ -144,7 +149,7 @@ def write(store: Store, whole: bool = False) -> None:
 
 def _rows_current(store: Store) -> bool:
     found = _open_rows(store.path, store.version)
-    return found is not None and found[0].schema.names == [*META_COLUMNS, "vector"] \
+    return found is not None and found[0].schema.names == [*store.meta_columns, "vector"] \
         and int(found[1].sum()) == store.count()
 
 
@@ -233,7 +238,7 @@ class Snapshot(RowSource):
         self._alive_rows = None if alive.all() else alive  # which rows are not removed, numpy ...
         self._alive = None if self._alive_rows is None else pa.array(alive)  # ... and as a mask
         self._count = int(alive.sum())
-        self._ids = rows.column("id").to_numpy()
+        self._ids = numpy_of(rows.column("id"))
         self._tags = tags
         self._tags_version = tags_version
 
@@ -264,6 +269,10 @@ class Snapshot(RowSource):
 
     def count(self) -> int:
         return self._count
+
+    @property
+    def names(self) -> list[str]:
+        return self._rows.schema.names
 
     def read(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
         if where is not None:
@@ -321,7 +330,7 @@ def _open_rows(db: Path, version: int) -> tuple[pa.Table, np.ndarray] | None:
     base = _read(_file(db, "rows", delta.base)) if delta is not None else None
     if base is None or base.schema.names != delta_rows.schema.names:
         return None
-    alive = ~np.isin(base.column("id").to_numpy(), delta.removed)
+    alive = ~np.isin(numpy_of(base.column("id")), delta.removed)
     rows = pa.concat_tables([base, delta_rows.replace_schema_metadata(base.schema.metadata)])
     return rows, np.concatenate([alive, np.ones(delta_rows.num_rows, bool)])
 

@@ -28,7 +28,7 @@ from clipsearch.errors import (
 from clipsearch.files import replacing
 
 log = logging.getLogger("clipsearch")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the word columns (clipsearch.words); an index at 1 is upgraded by `index`
 TABLE = "images"
 MANIFEST = "manifest.json"
 # A second copy of the manifest, written by the same atomic rule right after it: a manifest lost
@@ -63,10 +63,25 @@ def schema(dim: int) -> pa.Schema:
         pa.field("height", pa.int32()),
         pa.field("taken", pa.string()),  # EXIF capture time, ISO 8601, as the camera wrote it
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        *WORD_FIELDS,
     ])
 
 
 META_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "taken"]
+# What a photo says beyond its pixels (clipsearch.words), after the vector: an index from before
+# them gets them appended, all null, then filled (build.fill_words)
+WORD_FIELDS = [
+    pa.field("camera", pa.string()),  # EXIF make and model
+    pa.field("lens", pa.string()),
+    pa.field("place", pa.string()),  # the place names the gallery shows: city, region, country
+    pa.field("lat", pa.float64()),
+    pa.field("lon", pa.float64()),
+    pa.field("keywords", pa.list_(pa.string())),  # the user's keywords, titles, descriptions
+    pa.field("people", pa.list_(pa.string())),  # names in face regions
+    pa.field("words", pa.list_(pa.string())),  # tokens + SEP + field code (clipsearch.words)
+    pa.field("sidecar_ns", pa.int64()),  # the XMP sidecars' newest mtime when read; 0: none
+]
+WORD_COLUMNS = [f.name for f in WORD_FIELDS]
 
 
 TAGS_TABLE = "tags"
@@ -229,6 +244,21 @@ class RowSource:
     def count(self) -> int:
         raise NotImplementedError
 
+    @property
+    def names(self) -> list[str]:
+        """The columns the rows have."""
+        raise NotImplementedError
+
+    @property
+    def has_words(self) -> bool:
+        return "words" in self.names
+
+    @property
+    def meta_columns(self) -> list[str]:
+        """What a search returns of a row: META_COLUMNS and the word columns where the rows
+        have them (an index from before them is searched as it was until `index` fills them)."""
+        return META_COLUMNS + (WORD_COLUMNS if self.has_words else [])
+
     def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
         """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
         wanted = [*columns, "vector"]
@@ -273,6 +303,10 @@ class Store(RowSource):
         self._tags: tuple[int, pa.Table, dict] | None = None
         self._manifest_stamp: int | None = None
         self._ids: tuple[int, np.ndarray] | None = None  # the sorted ids of one table version
+
+    @property
+    def names(self) -> list[str]:
+        return self._table.schema.names
 
     @staticmethod
     def exists(path: Path) -> bool:
@@ -437,13 +471,28 @@ class Store(RowSource):
     def add(self, rows: pa.Table) -> None:
         """Append rows for paths the table does not hold yet."""
         with writing(self.path):
-            self._table.add(rows.cast(self._table.schema))
+            self._table.add(self._conformed(rows))
 
     def replace(self, rows: pa.Table) -> None:
         """Insert or overwrite rows by path."""
         with writing(self.path):
             (self._table.merge_insert("path").when_matched_update_all()
-             .when_not_matched_insert_all().execute(rows.cast(self._table.schema)))
+             .when_not_matched_insert_all().execute(self._conformed(rows)))
+
+    def _conformed(self, rows: pa.Table) -> pa.Table:
+        """`rows` in the table's column order and types; a column they lack is null."""
+        target = self._table.schema
+        for f in target:
+            if f.name not in rows.column_names:
+                rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
+        return rows.select(target.names).cast(target)
+
+    def add_word_columns(self) -> None:
+        """Append the word columns, all null (LanceDB writes no data for it)."""
+        missing = [f for f in WORD_FIELDS if f.name not in self.names]
+        if missing:
+            with writing(self.path):
+                self._table.add_columns(pa.schema(missing))
 
     def delete_paths(self, paths: Sequence[str]) -> None:
         paths = list(paths)

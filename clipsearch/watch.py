@@ -32,6 +32,7 @@ from clipsearch.errors import ClipsearchError, IndexInterrupted
 from clipsearch.results import IndexSummary, Progress
 from clipsearch.scan import JUNK_DIRS, excluded, is_photo_name, is_under, scan, size_and_mtime
 from clipsearch.store import take_over_lock
+from clipsearch.words import photos_of_sidecar
 
 # an observer stopped while its folder vanishes may log this race; nothing is lost by it
 logging.getLogger("watchdog.observers.inotify").addFilter(
@@ -163,7 +164,12 @@ class Watcher:
 
     # -- events --------------------------------------------------------------------------------
     def saw(self, path: str, is_dir: bool = False) -> None:
-        """A path that changed: a photo, or a folder (created, moved or removed)."""
+        """A path that changed: a photo, or a folder (created, moved or removed); a photo's XMP
+        sidecar stands for its photos, whose words are read again (clipsearch.words)."""
+        if not is_dir and path[-4:].lower() == ".xmp" and not _ignored(path):
+            for photo in photos_of_sidecar(path, is_photo_name):
+                self.saw(photo)
+            return
         if _ignored(path) or not (is_dir or is_photo_name(path)) or path in self.roots:
             return
         if self._excluded(path):

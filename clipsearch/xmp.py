@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from clipsearch.errors import SidecarError
 from clipsearch.files import replacing
 from clipsearch.results import Skipped
+from clipsearch.words import OWN_NS
 
 if TYPE_CHECKING:
     from clipsearch.results import ImageTags
@@ -34,7 +35,7 @@ def sidecar_path(image: str) -> str:
 
 
 _XML = "http://www.w3.org/XML/1998/namespace"
-_DEFAULT_PREFIXES = {X: "x", RDF: "rdf", DC: "dc"}
+_DEFAULT_PREFIXES = {X: "x", RDF: "rdf", DC: "dc", OWN_NS: "clipsearch"}
 
 
 def _prefixes(data: bytes) -> dict[str, str]:
@@ -110,11 +111,12 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
         raise SidecarError(path, "no rdf:RDF element, so it is not XMP; left untouched")
     # dc:subject may live in any of several rdf:Description blocks; a second one would be invalid
     descriptions = rdf.findall(f"{{{RDF}}}Description")
-    subject = next((s for d in descriptions if (s := d.find(f"{{{DC}}}subject")) is not None), None)
-    if subject is None:
-        description = descriptions[0] if descriptions else ET.SubElement(
+    holder = next((d for d in descriptions if d.find(f"{{{DC}}}subject") is not None), None)
+    if holder is None:
+        holder = descriptions[0] if descriptions else ET.SubElement(
             rdf, f"{{{RDF}}}Description", {f"{{{RDF}}}about": ""})
-        subject = ET.SubElement(description, f"{{{DC}}}subject")
+        ET.SubElement(holder, f"{{{DC}}}subject")
+    subject = holder.find(f"{{{DC}}}subject")
     # dc:subject is an rdf:Bag; some writers use rdf:Seq, which is kept rather than doubled
     bag = next((c for c in (subject.find(f"{{{RDF}}}{kind}") for kind in ("Bag", "Seq")) if c is not None),
                None)
@@ -126,6 +128,16 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
         return False
     for tag in missing:
         ET.SubElement(bag, f"{{{RDF}}}li").text = tag
+    # what clipsearch added is recorded as its own, so that reading the keywords back
+    # (clipsearch.words) tells the user's from ours; a keyword the user had stays the user's
+    record = holder.find(f"{{{OWN_NS}}}tags")
+    if record is None:
+        record = ET.SubElement(holder, f"{{{OWN_NS}}}tags")
+    ours = record.find(f"{{{RDF}}}Bag")
+    if ours is None:
+        ours = ET.SubElement(record, f"{{{RDF}}}Bag")
+    for tag in missing:
+        ET.SubElement(ours, f"{{{RDF}}}li").text = tag
     body = _serialize(root, _prefixes(data))
     if b"<?xpacket" in data or not data:
         text = _XPACKET_BEGIN + body + _XPACKET_END

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 START_TIMEOUT = 120  # seconds: importing torch and loading the model on a busy 2-core machine
-HEAVY = ("torch", "open_clip", "torchvision", "transformers", "lancedb")
+HEAVY = ("torch", "open_clip", "torchvision", "transformers", "lancedb", "pandas")
 # The CLI as a new process, reporting afterwards which heavy libraries it imported.
 PROBE = """
 import sys

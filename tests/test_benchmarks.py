@@ -23,7 +23,10 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert figures["failed"] == {}
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
-                             "serve", "eval", "dupes", "ray", "diskcache", "change", "watch"}
+                             "serve", "eval", "dupes", "ray", "diskcache", "change", "watch", "words"}
+    worded = sections["words"]
+    assert worded["quality"]["words"]["scaled"]["R@1"] == 1.0 and worded["read"]["photos"] == 4
+    assert worded["latency"]["2000"]["snapshot"]["hybrid_p50_ms"] > 0
     live = sections["watch"]
     assert live["samples"] == 2 and live["burst_photos"] == 6 and 0 < live["latency_p95_s"] < 60
     assert live["throughput_ratio"] > 0 and live["queries_during_burst"] > 0

@@ -124,6 +124,7 @@ def test_a_new_process_searches_without_torch_and_prints_what_the_full_path_prin
         ("search", "a photo of a rocket", "--json"),
         ("search", "a photo of a rocket"),
         ("search", "stone", "--paths", "-k", 13),
+        ("search", "flower travel", "--json"),  # the words of a name and a folder
         ("search", '"stone" + 2:"wall" - "sky"', "--json"),
         ("search", "stone", "--in", photos / "textures", "--ext", "png", "--json"),
         ("search", "x", "--tag", "sky", "--after", "2000", "--json"),
@@ -138,7 +139,7 @@ def test_a_new_process_searches_without_torch_and_prints_what_the_full_path_prin
         assert full[0] == quick[0] == 0, (args, full, quick)
         assert quick[1] == full[1] and quick[2] == full[2] == "", args  # byte for byte
         assert "lancedb" in full[3], args
-        assert quick[3] == [], (args, quick[3])  # neither torch, open_clip nor LanceDB
+        assert quick[3] == [], (args, quick[3])  # neither torch, open_clip, LanceDB nor pandas
 
 
 def test_similar_of_an_outside_image_loads_the_model_and_agrees(fast_library, tmp_path):

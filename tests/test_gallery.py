@@ -100,14 +100,18 @@ def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
     assert [int(t.get_attribute("data-id")) for t in tiles] == [h["id"] for h in api]
     first = tiles[0]
     score = f"{api[0]['score']:.3f}"
-    assert first.find_element(By.CSS_SELECTOR, ".score").get_attribute("textContent") == score
-    assert f"score {score}" in first.find_element(By.CSS_SELECTOR, ".open").get_attribute("title")
+    # rocket.jpg's own name matched the query's word, beside what CLIP sees: the tile marks it
+    assert api[0]["path"].endswith("rocket.jpg") and api[0]["words"] == {"name": ["rocket"]}
+    assert first.find_element(By.CSS_SELECTOR, ".score").get_attribute("textContent") == f"{score} · rocket"
+    title = first.find_element(By.CSS_SELECTOR, ".open").get_attribute("title")
+    assert f"score {score} · CLIP {api[0]['clip']:.3f}" in title and "name: rocket" in title
 
     # the viewer: opens on a click, arrows move, Esc closes
     first.find_element(By.CSS_SELECTOR, ".open").click()
     viewer = driver.find_element(By.ID, "viewer")
     _wait(driver, lambda d: viewer.is_displayed(), "the viewer opens")
     assert driver.find_element(By.ID, "v-path").text == api[0]["path"]
+    assert driver.find_element(By.ID, "v-matched").text == "matched name: rocket"
     large = "const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0"
     _wait(driver, lambda d: d.execute_script(large), "the large image loads")
     _wait(driver, lambda d: " kB" in d.find_element(By.ID, "v-meta").text, "the file size is shown")
@@ -156,6 +160,9 @@ def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
     _wait(driver, lambda d: "Could not search: bad query" in _status(d), "a bad query is explained")
     driver.get(base + "/?q=cat&tag=sky&ext=avif")
     _wait(driver, lambda d: "No photos match these filters" in _status(d), "the empty state")
+    driver.get(base + "/?q=cat&place=Lisbon")  # no sample carries a GPS position
+    _wait(driver, lambda d: "No photos match these filters" in _status(d), "a place filter")
+    assert driver.find_element(By.ID, "f-place").get_attribute("value") == "Lisbon"
 
     # at phone width: three columns, nothing wider than the screen
     driver.set_window_size(390, 844)

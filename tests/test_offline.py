@@ -93,7 +93,7 @@ def test_forget_removes_a_photo_for_good(embedder, photos, tmp_path, tiny_local_
 
 
 def test_a_library_moved_to_a_new_disk_is_re_pointed_without_embedding(embedder, photos, tmp_path):
-    db, moved = tmp_path / "db", tmp_path / "new-disk" / "Photos"
+    db, moved = tmp_path / "db", tmp_path / "new-disk" / "Library"
     _index(embedder, [photos], db)
     before = {p: h for p, h in _rows(db).items()}
     moved.parent.mkdir()
@@ -104,6 +104,9 @@ def test_a_library_moved_to_a_new_disk_is_re_pointed_without_embedding(embedder,
     assert "(0 embedded" in r.output and "removed 0" in r.output
     assert _rows(db) == {str(moved) + p[len(str(photos)):]: h for p, h in before.items()}
     assert open_index(db).info().roots == [str(moved)]
+    (hit,) = open_index(db).search("library", k=1)  # its folder words say where it is now
+    assert hit.words == {"folder": ["library"]} and hit.path.startswith(str(moved))
+    assert open_index(db).search(photos.name, k=1)[0].words is None
     r = CliRunner().invoke(app, ["roots", "move", str(photos), str(moved), "--db", str(db)])
     assert r.exit_code == 2 and "holds nothing under" in r.output
 

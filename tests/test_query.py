@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import SAMPLES
+from PIL import Image
 
 from clipsearch import open_index
 from clipsearch.errors import QueryError
@@ -46,7 +47,7 @@ def test_valid_queries(query, expected):
     ("beach + 0:sand", "a weight must be greater than 0; use - to subtract (at character 9: '0:sand')"),
     ("beach 2:sand", "a weight goes at the start of a term; put + or - before it (at character 7"),
     ("- people", "every term is subtracted; add at least one term to look for"),
-    ("holiday.jpg", "image file not found: "),
+    ("./holiday.jpg", "image file not found: "),
     ("   ", "the query is empty"),
 ])
 def test_malformed_queries_point_at_the_offending_part(query, message):
@@ -90,7 +91,16 @@ def test_an_image_term_searches_like_similar(sample_index, embedder):
 
 def test_subtracting_a_term_pushes_its_best_match_down(sample_index, embedder):
     index = open_index(sample_index, embedder=embedder)
-    top = index.search("a rocket launch", k=13)
+    top = index.search("a rocket launch", k=13, words=False)  # pixels: rocket.jpg's name would hold it
     first = top[0].path
-    pushed = index.search(f'"a rocket launch" - 2:{first}', k=13)
+    pushed = index.search(f'"a rocket launch" - 2:{first}', k=13, words=False)
     assert [h.path for h in pushed].index(first) > 0
+
+
+def test_a_bare_file_name_that_is_not_a_file_here_is_words(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (term,) = parse("IMG_2041.jpg")  # the indexed photo of that name is found by its words
+    assert term.kind == "text" and term.value == "IMG_2041.jpg"
+    Image.new("RGB", (8, 8)).save(tmp_path / "here.png")
+    (term,) = parse("here.png")
+    assert term.kind == "image" and term.value == str(tmp_path / "here.png")

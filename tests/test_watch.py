@@ -129,6 +129,21 @@ def test_replaced_content_gets_its_own_hash(live):
     settled(live.db, expected, "a photo whose content was replaced")
 
 
+def test_a_sidecar_written_in_lightroom_is_read_without_embedding(live):
+    from benchmarks.words import sidecar
+
+    embedded = live.idle()["totals"]["embedded"]
+    flower = live.photos / "travel" / "flower.jpg"
+    (flower.parent / "flower.xmp").write_text(sidecar(["edelweiss"]))  # Lightroom's name for it
+
+    def first():
+        hits = live.server.get("/api/search", {"q": "edelweiss", "k": 1}).json()["hits"]
+        return hits and hits[0]["path"] == str(flower) and hits[0]
+
+    assert until(first, "the keyword found")["words"] == {"keywords": ["edelweiss"]}
+    assert live.idle()["totals"]["embedded"] == embedded
+
+
 def test_a_vanished_root_is_offline_and_comes_back_without_embedding(live):
     before, embedded = rows(live.db), live.idle()["totals"]["embedded"]
     away = live.photos.parent / "unplugged"

@@ -229,4 +229,4 @@ def test_threads_writing_sidecars_with_conflicting_prefixes_keep_their_own(tmp_p
     root = ET.parse(tmp_path / "b.jpg.xmp").getroot()
     description = root.find(f".//{RDF}Description")
     assert description.get("{http://two.example/}mark") == "0"
-    assert [li.text for li in root.iter(f"{RDF}li")] == ["tag149"]
+    assert [li.text for li in root.find(f".//{DC}subject").iter(f"{RDF}li")] == ["tag149"]

@@ -97,6 +97,12 @@ class HitOut(BaseModel):
     tags: list[str]
     itm: float | None = None
     clip: float | None = None
+    words: dict[str, list[str]] | None = None  # field -> the photo's words the query matched
+    place: str | None = None
+    camera: str | None = None
+    lens: str | None = None
+    keywords: list[str] = []
+    people: list[str] = []
 
 
 class PageOut(BaseModel):
@@ -118,6 +124,13 @@ class ImageOut(BaseModel):
     mtime_ns: int
     hash: str
     tags: list[str]
+    camera: str | None = None
+    lens: str | None = None
+    place: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    keywords: list[str] = []
+    people: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -131,10 +144,13 @@ class Asked:
     before: str | None
     ext: str | None
     tags: list[str] | None
+    place: str | None = None
+    camera: str | None = None
 
     def options(self) -> dict:
         return {"k": self.k, "offset": self.offset, "within": self.within, "after": self.after,
-                "before": self.before, "ext": self.ext, "tags": self.tags}
+                "before": self.before, "ext": self.ext, "tags": self.tags, "place": self.place,
+                "camera": self.camera}
 
 
 def asked(
@@ -147,8 +163,12 @@ def asked(
     before: Annotated[str | None, Query(max_length=32, description="Taken before (same forms).")] = None,
     ext: Annotated[str | None, Query(max_length=200, description="File types, e.g. jpg,png.")] = None,
     tag: Annotated[list[str] | None, Query(description="A tag every hit has (repeatable).")] = None,
+    place: Annotated[str | None, Query(max_length=200, description="Taken in a place of this name "
+                                       "(case-insensitive, by prefix: Lisb, Portugal).")] = None,
+    camera: Annotated[str | None, Query(max_length=200, description="Taken with a camera or lens of "
+                                        "this name (case-insensitive, by prefix).")] = None,
 ) -> Asked:
-    return Asked(k, offset, within, after, before, ext, tag)
+    return Asked(k, offset, within, after, before, ext, tag, place, camera)
 
 
 def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
@@ -203,13 +223,15 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         min_match: Annotated[float | None, Query(description="Implies rerank.")] = None,
         collapse: Annotated[bool, Query(description="One hit per group of duplicate photos: "
                                         "its suggested keeper (see /api/dupes).")] = False,
+        words: Annotated[bool, Query(description="Also match the query's words with the photos' own "
+                                     "(names, folders, place, camera, keywords); 0: pixels only.")] = True,
     ) -> JSONResponse:
         """Images matching a description, best first, a page at a time."""
         started = time.perf_counter()
         _check_limits(ask, query=q, rerank=rerank or min_match is not None, candidates=candidates)
         index = served.get()
         page = index.search_page(q, rerank=rerank, candidates=candidates, min_match=min_match,
-                                 image_terms=False, collapse=collapse, **ask.options())
+                                 image_terms=False, collapse=collapse, words=words, **ask.options())
         return _page(index, page, started, ask.offset, query=q)
 
     @app.get("/api/similar/{id}", response_model=PageOut, tags=["search"])
@@ -292,6 +314,11 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         """The labels of the last `clipsearch tag` run, each with its image count, most first."""
         return {"tags": [t.to_dict() for t in served.get().tags()]}
 
+    @app.get("/api/facets", tags=["images"])
+    def facets() -> dict:
+        """The places and cameras of the library, each with its image count, most first."""
+        return served.get().facets()
+
     @app.get("/api/folders", tags=["images"])
     def folders() -> dict:
         """Every folder that directly holds indexed images, with how many."""
@@ -315,7 +342,9 @@ def hit_dict(hit: Hit, image: ImageRecord | None) -> dict:
     """A hit as the API shows it: the CLI's JSON fields, the row id and what the gallery shows."""
     extra = {"width": None, "height": None, "taken": None, "tags": []}
     if image is not None:
-        extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags}
+        extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags,
+                 "place": image.place, "camera": image.camera, "lens": image.lens,
+                 "keywords": image.keywords, "people": image.people}
     return {"id": hit.id, **hit.to_dict(), **extra}
 
 

@@ -5,7 +5,8 @@
 
 const PAGE = 48;
 const $ = (id) => document.getElementById(id);
-const FILTERS = ["in", "after", "before", "ext", "rerank", "min_match", "collapse"];
+const FILTERS = ["in", "after", "before", "ext", "place", "camera", "rerank", "min_match", "collapse"];
+const TEXT_FILTERS = ["in", "after", "before", "ext", "place", "camera"];  // sent as they are
 const MAX_GROUPS = 200;  // duplicate groups shown at once; `clipsearch dupes` lists them all
 
 const ui = {
@@ -13,6 +14,7 @@ const ui = {
   filters: $("filters"), toggle: $("toggle-filters"), tags: $("tags"), folders: $("folders"),
   in: $("f-in"), after: $("f-after"), before: $("f-before"), ext: $("f-ext"), rerank: $("f-rerank"),
   min: $("f-min"), clear: $("clear-filters"), viewer: $("viewer"), drop: $("drop"),
+  place: $("f-place"), camera: $("f-camera"), places: $("places"), cameras: $("cameras"),
   collapse: $("f-collapse"), dupes: $("dupes-link"), live: $("live"), fresh: $("fresh"),
 };
 const LIVE_EVERY = 3000;  // ms between two looks at /api/status when the server watches its folders
@@ -29,7 +31,7 @@ let shownImages = null;     // how many photos the index held when the shown res
 
 function emptyState() {
   return { q: "", similar: null, upload: null, view: "", in: "", after: "", before: "", ext: "",
-           tags: [], rerank: false, min_match: "", collapse: false };
+           place: "", camera: "", tags: [], rerank: false, min_match: "", collapse: false };
 }
 
 // -- the page address <-> state ---------------------------------------------------------------
@@ -39,7 +41,7 @@ function readAddress() {
   s.q = p.get("q") || "";
   s.similar = p.get("similar");
   s.upload = p.get("upload");
-  for (const key of ["in", "after", "before", "ext", "min_match"]) s[key] = p.get(key) || "";
+  for (const key of [...TEXT_FILTERS, "min_match"]) s[key] = p.get(key) || "";
   s.rerank = p.get("rerank") === "1";
   s.collapse = p.get("collapse") === "1";
   s.view = p.get("view") === "dupes" ? "dupes" : "";
@@ -53,7 +55,7 @@ function address(s) {
   else if (s.similar) p.set("similar", s.similar);
   else if (s.upload) p.set("upload", s.upload);
   else if (s.q) p.set("q", s.q);
-  for (const key of ["in", "after", "before", "ext", "min_match"]) if (s[key]) p.set(key, s[key]);
+  for (const key of [...TEXT_FILTERS, "min_match"]) if (s[key]) p.set(key, s[key]);
   if (s.rerank) p.set("rerank", "1");
   if (s.collapse) p.set("collapse", "1");
   for (const t of s.tags) p.append("tag", t);
@@ -76,6 +78,8 @@ function showState() {
   ui.after.value = state.after;
   ui.before.value = state.before;
   ui.ext.value = state.ext;
+  ui.place.value = state.place;
+  ui.camera.value = state.camera;
   ui.rerank.checked = state.rerank;
   ui.min.value = state.min_match;
   ui.collapse.checked = state.collapse;
@@ -118,7 +122,7 @@ async function api(path, options = {}) {
 
 function filterParams(offset) {
   const p = new URLSearchParams({ k: String(PAGE), offset: String(offset) });
-  for (const key of ["in", "after", "before", "ext"]) if (state[key]) p.set(key, state[key]);
+  for (const key of TEXT_FILTERS) if (state[key]) p.set(key, state[key]);
   for (const t of state.tags) p.append("tag", t);
   return p;
 }
@@ -237,9 +241,15 @@ function thumb(id, size) {
 
 function scoreText(hit) {
   if (hit.similarity !== undefined) return `similarity ${hit.similarity.toFixed(3)}`;
-  return hit.itm === undefined || hit.itm === null
+  const text = hit.itm === undefined || hit.itm === null
     ? `score ${hit.score.toFixed(3)}`
-    : `score ${hit.score.toFixed(3)} · match ${hit.itm.toFixed(3)} · CLIP ${hit.clip.toFixed(3)}`;
+    : `score ${hit.score.toFixed(3)} · match ${hit.itm.toFixed(3)}`;
+  return hit.clip === undefined || hit.clip === null ? text : `${text} · CLIP ${hit.clip.toFixed(3)}`;
+}
+
+// "place: lisbon · name: img, 2041": which of the photo's own words the query matched
+function matchedText(hit) {
+  return Object.entries(hit.words || {}).map(([field, found]) => `${field}: ${found.join(", ")}`).join(" · ");
 }
 
 function basename(path) {
@@ -254,7 +264,7 @@ function tile(hit, index, caption) {
   const open = document.createElement("button");
   open.type = "button";
   open.className = "open";
-  open.title = `${basename(hit.path)}\n${scoreText(hit)}`;
+  open.title = [basename(hit.path), scoreText(hit), matchedText(hit)].filter(Boolean).join("\n");
   const img = document.createElement("img");
   img.loading = "lazy";
   img.decoding = "async";
@@ -268,6 +278,13 @@ function tile(hit, index, caption) {
   const score = document.createElement("figcaption");
   score.className = "score";
   score.textContent = caption;
+  if (hit.words && Object.keys(hit.words).length) {
+    const mark = document.createElement("span");
+    mark.className = "matched";
+    mark.title = `Its own words matched: ${matchedText(hit)}`;
+    mark.textContent = ` · ${Object.values(hit.words).flat().slice(0, 2).join(" ")}`;
+    score.append(mark);
+  }
   const similar = document.createElement("button");
   similar.type = "button";
   similar.className = "similar";
@@ -388,6 +405,10 @@ function openViewer(index) {
   if (hit.width && hit.height) parts.push(`${hit.width} × ${hit.height}`);
   parts.push(hit.taken ? `taken ${hit.taken.replace("T", " ")}` : "no capture date");
   $("v-meta").textContent = parts.join(" · ");
+  const own = [hit.place, [hit.camera, hit.lens].filter(Boolean).join(", "),
+               (hit.keywords || []).join(", "), (hit.people || []).join(", ")];
+  $("v-words").textContent = own.filter(Boolean).join(" · ");
+  $("v-matched").textContent = hit.words && Object.keys(hit.words).length ? `matched ${matchedText(hit)}` : "";
   const tags = $("v-tags");
   tags.replaceChildren(...hit.tags.map((t) => tagChip(t, "v-tag")));
   $("v-original").href = `/api/images/${hit.id}/file`;
@@ -467,7 +488,16 @@ $("v-tags").addEventListener("click", (event) => {
 
 async function loadTagsAndFolders() {
   try {
-    const [{ tags }, { folders }] = await Promise.all([api("/api/tags"), api("/api/folders")]);
+    const [{ tags }, { folders }, facets] = await Promise.all([api("/api/tags"), api("/api/folders"),
+                                                                api("/api/facets")]);
+    for (const [list, items] of [[ui.places, facets.places], [ui.cameras, facets.cameras]]) {
+      list.replaceChildren(...items.map((item) => {
+        const option = document.createElement("option");
+        option.value = item.name;
+        option.label = `${item.images} photos`;
+        return option;
+      }));
+    }
     ui.tags.replaceChildren(...tags.filter((t) => t.images > 0).map((t) => tagChip(t.label, "filter", t.images)));
     if (!tags.length) {
       const hint = document.createElement("span");
@@ -489,11 +519,12 @@ async function loadTagsAndFolders() {
 function fromFilters() {
   const min = ui.min.value.trim();
   return { ...state, in: ui.in.value.trim(), after: ui.after.value, before: ui.before.value,
-           ext: ui.ext.value, rerank: ui.rerank.checked || min !== "", min_match: min,
+           ext: ui.ext.value, place: ui.place.value.trim(), camera: ui.camera.value.trim(),
+           rerank: ui.rerank.checked || min !== "", min_match: min,
            collapse: ui.collapse.checked };
 }
 
-for (const input of [ui.after, ui.before, ui.ext, ui.rerank, ui.in, ui.min, ui.collapse]) {
+for (const input of [ui.after, ui.before, ui.ext, ui.rerank, ui.in, ui.min, ui.collapse, ui.place, ui.camera]) {
   input.addEventListener("change", () => go(fromFilters()));
 }
 ui.toggle.addEventListener("click", () => showFilters(ui.filters.hidden));
