@@ -117,7 +117,6 @@ class Builder:
         from the files (and their sidecars) with no embedding; a search meanwhile works as
         before. Committed a batch at a time: an interrupted fill goes on where it stopped.
         Returns how many rows were filled."""
-        import pyarrow as pa
 
         from clipsearch.store import SCHEMA_VERSION
         from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
@@ -128,9 +127,9 @@ class Builder:
         store.add_word_columns()
         all_roots = list(dict.fromkeys([*roots, *store.manifest.roots]))
         filled = 0
-        pending = store.read(["id"], "words IS NULL").num_rows
-        for batch in store.batches(store.names, "words IS NULL", 512):
-            table = pa.Table.from_batches([batch])
+        pending = sorted(store.read(["id"], "words IS NULL").column("id").to_pylist())
+        for start in range(0, len(pending), 512):
+            table = store.fetch(pending[start:start + 512], store.names)
             paths, taken = table.column("path").to_pylist(), table.column("taken").to_pylist()
             items = [(p, read_meta(p) if os.path.isfile(p) else Meta(), t, sidecar_mtime(p))
                      for p, t in zip(paths, taken, strict=True)]
@@ -139,7 +138,7 @@ class Builder:
             store.replace(table)
             filled += table.num_rows
             if self.progress:
-                self.progress(Progress("words", filled, pending))
+                self.progress(Progress("words", filled, len(pending)))
         store.manifest.schema_version = SCHEMA_VERSION
         store.save_manifest()
         return filled

@@ -96,10 +96,13 @@ def rerank(hits: Sequence[Hit], texts: Sequence[Term], scorer: ItmScorer, cache:
     if not kept:
         return []
     itm = match_probability(scorer, texts, [features[h.path] for h in kept])
+    # candidates fused with the photos' words (clipsearch.wordsearch) carry their CLIP cosine
+    # beside the fused score; the words chose the candidates, BLIP and CLIP order them
     scored = [
-        replace(h, score=float(p) + h.score, itm=float(p), clip=h.score)
+        replace(h, score=float(p) + clip, itm=float(p), clip=clip)
         for h, p in zip(kept, itm, strict=True)
         if min_match is None or p >= min_match
+        for clip in [h.clip if h.words is not None and h.clip is not None else h.score]
     ]
-    scored.sort(key=lambda h: (-h.score, h.rank))  # ties keep CLIP's order
+    scored.sort(key=lambda h: (-h.score, h.rank))  # ties keep the first stage's order
     return [replace(h, rank=i) for i, h in enumerate(scored[:k], start=1)]

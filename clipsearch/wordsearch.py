@@ -23,6 +23,8 @@ query word is one vectorised prefix comparison over it (about 9 ms per word at 1
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -47,6 +49,7 @@ RRF_K = 60
 POOL = 200  # CLIP's candidates
 WORD_POOL = 1000  # the word matches' candidates
 BLEND_WEIGHT = 2.0
+LOOKUP_FROM = 200_000  # words held before a vocabulary is built (it takes 0.4 s at 1.2M words)
 
 
 def query_words(terms: Sequence[Term]) -> list[str]:
@@ -66,14 +69,24 @@ def query_words(terms: Sequence[Term]) -> list[str]:
 
 
 class WordIndex:
-    """The words of every row of one table version, in id order."""
+    """The words of every row of one table version, in id order.
+
+    A query word is found by one prefix comparison over every row's words (5 ms a word at 100k
+    photos). An index asked again (a server's) gets a sorted vocabulary with each entry's
+    positions, built once per table version in a thread of its own (LOOKUP_FROM entries and
+    up), in which a word is two bisections: the same positions, so the same answers to the bit.
+    """
 
     def __init__(self, ids: np.ndarray, words: pa.ListArray) -> None:
         self.ids = ids
-        self.offsets = words.offsets.to_numpy()
-        self.values = words.values
+        offsets = words.offsets.to_numpy()
+        self.offsets = offsets - offsets[0]
+        self.values = words.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
         self.lengths = np.diff(self.offsets).astype(np.float64)
         self.average = float(self.lengths.mean()) if len(self.lengths) and self.lengths.any() else 1.0
+        self._lookup: tuple[list[str], np.ndarray, np.ndarray] | None = None
+        self._building = threading.Lock()
+        self._asked = 0
 
     @classmethod
     def of(cls, source: RowSource) -> WordIndex | None:
@@ -91,10 +104,37 @@ class WordIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _build_lookup(self) -> None:
+        """The sorted vocabulary, and for each entry the positions in `values` that hold it."""
+        encoded = pc.dictionary_encode(self.values).combine_chunks() if isinstance(
+            self.values, pa.ChunkedArray) else pc.dictionary_encode(self.values)
+        order = pc.sort_indices(encoded.dictionary).to_numpy()  # UTF-8 order is code point order
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        codes = rank[encoded.indices.to_numpy()]
+        positions = np.argsort(codes, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(order)))])
+        self._lookup = (encoded.dictionary.take(pa.array(order)).to_pylist(), positions, starts)
+
+    def _ask(self) -> None:
+        self._asked += 1
+        if self._asked == 2 and len(self.values) >= LOOKUP_FROM and self._building.acquire(blocking=False):
+            threading.Thread(target=self._build_lookup, name="clipsearch-words", daemon=True).start()
+
+    def _range(self, key: str) -> tuple[int, int]:
+        vocabulary = self._lookup[0]
+        return bisect.bisect_left(vocabulary, key), bisect.bisect_left(vocabulary, key + "\U0010ffff")
+
     def _matches(self, word: str) -> tuple[np.ndarray, np.ndarray]:
-        """Positions in `values` of the entries `word` matches, and each one's weight."""
+        """Positions in `values` of the entries `word` matches, in order, and each one's weight."""
         exact_key = word + SEP
         key = word if len(word) >= PREFIX_FROM else exact_key
+        if self._lookup is not None:
+            _vocabulary, positions, starts = self._lookup
+            (low, high), (exact_low, exact_high) = self._range(key), self._range(exact_key)
+            found = np.sort(positions[starts[low]:starts[high]])
+            exact = np.isin(found, positions[starts[exact_low]:starts[exact_high]], assume_unique=True)
+            return found, np.where(exact, 1.0, PREFIX_WEIGHT)
         found = np.flatnonzero(pc.starts_with(self.values, key).to_numpy(zero_copy_only=False))
         if key == exact_key or not len(found):
             return found, np.ones(len(found))
@@ -105,6 +145,7 @@ class WordIndex:
         """BM25 of every row some word matches: (row positions, scores), both by position."""
         if not len(self) or not words:
             return np.zeros(0, np.int64), np.zeros(0)
+        self._ask()
         rows_all, scores_all = [], []
         n = len(self)
         for word in words:
@@ -158,51 +199,88 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
     """The k best rows for a query's vector and its words, or None when no word matches a row
     the filters allow (the caller then ranks by CLIP alone). `method`: FUSION, or what it was
     measured against: "rrf" (both sides by rank, equal word scores sharing one) and "blend"
-    (CLIP's cosine standardised over the candidates, plus BLEND_WEIGHT times BM25 over its best)."""
-    from clipsearch.search import nearest
+    (CLIP's cosine standardised over the candidates, plus BLEND_WEIGHT times BM25 over its best).
 
+    A row's CLIP rank is its rank among the rows the filters allow, counted to POOL; every row
+    past it shares rank POOL + 1. So the rows that can make the first k are CLIP's best POOL and,
+    among the word matches, those with the k best word scores, equal scores ordered by CLIP:
+    only those are scored, and only the k shown are read."""
     positions, bm25 = index.scores(words)
     ids = index.ids[positions]
     if allowed is not None and len(ids):
         keep = np.isin(ids, allowed)
-        positions, bm25, ids = positions[keep], bm25[keep], ids[keep]
+        ids, bm25 = ids[keep], bm25[keep]
     if not len(ids):
         return None
-    by_words = np.lexsort((ids, -bm25))[:WORD_POOL]
-    word_ids, word_scores = ids[by_words], bm25[by_words]
-    seen = nearest(source, ann, vector, max(k, POOL), allowed)
-    image_of = {h.id: h.image for h in seen}
-    clip_of = {h.id: h.score for h in seen}
-    missing = [int(i) for i in word_ids if int(i) not in clip_of]
-    if missing:
-        rows = source.fetch(missing, [*source.meta_columns, "vector"])
-        scores = source.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)
-        for row, score in zip(rows.select(source.meta_columns).to_pylist(), scores.tolist(), strict=True):
-            image_of[row["id"]], clip_of[row["id"]] = ImageRecord.from_row(row), float(score)
+    pool_ids, pool_scores = _best(source, ann, vector, max(k, POOL), allowed)
+    word_ids, word_scores = _word_candidates(source, ann, vector, ids, bm25, max(k, POOL))
+    clip_of = dict(zip(pool_ids.tolist(), pool_scores.tolist(), strict=True))
+    clip_of.update(zip(word_ids.tolist(), word_scores.tolist(), strict=True))
     candidates = np.array(sorted(clip_of), np.int64)
     clip = np.array([clip_of[int(i)] for i in candidates])
-    clip_rank = np.empty(len(candidates))
-    clip_rank[np.lexsort((candidates, -clip))] = np.arange(1, len(candidates) + 1)
-    at = np.searchsorted(candidates, word_ids)
+    clip_rank = np.full(len(candidates), len(pool_ids) + 1.0)
+    clip_rank[np.searchsorted(candidates, pool_ids)] = np.arange(1, len(pool_ids) + 1)
+    matched = np.isin(candidates, ids)  # ids are in id order, as the index holds them
+    share = np.zeros(len(candidates))
+    share[matched] = bm25[np.searchsorted(ids, candidates[matched])] / bm25.max()
     if method == "blend":
-        fused = (clip - clip.mean()) / (clip.std() or 1.0)
-        fused[at] += BLEND_WEIGHT * word_scores / word_scores.max()
+        fused = (clip - clip.mean()) / (clip.std() or 1.0) + BLEND_WEIGHT * share
     elif method == "rrf":
         fused = 1.0 / (RRF_K + clip_rank)
-        fused[at] += 1.0 / (RRF_K + _shared_ranks(word_scores))
+        word_rank = np.full(len(candidates), np.inf)
+        order = np.lexsort((candidates[matched], -share[matched]))
+        word_rank[np.flatnonzero(matched)[order]] = _shared_ranks(share[matched][order])
+        fused += np.where(matched, 1.0 / (RRF_K + word_rank), 0.0)
     else:  # "scaled"
-        fused = 1.0 / (RRF_K + clip_rank)
-        fused[at] += word_scores / word_scores.max() / (RRF_K + 1)
-    order = np.lexsort((candidates, -fused))[:k]
-    matched_at = dict(zip(word_ids.tolist(), range(len(word_ids)), strict=True))
+        fused = 1.0 / (RRF_K + clip_rank) + share / (RRF_K + 1)
+    best = np.lexsort((candidates, -clip, -fused))[:k]
+    shown = candidates[best]
+    fetched = source.fetch(shown.tolist(), source.meta_columns).to_pylist()
+    rows = {r["id"]: ImageRecord.from_row(r) for r in fetched}
     hits = []
-    for rank, j in enumerate(order.tolist(), start=1):
-        id_ = int(candidates[j])
-        matched = (index.matched(int(index.positions(np.array([id_]))[0]), words)
-                   if id_ in matched_at else {})
-        hits.append(Hit(rank=rank, path=image_of[id_].path, score=float(fused[j]), clip=clip_of[id_], id=id_,
-                        image=image_of[id_], words=matched))
+    for j, id_ in zip(best.tolist(), shown.tolist(), strict=True):
+        if id_ not in rows:  # the table moved on since `ann` was built
+            continue
+        found = index.matched(int(index.positions(np.array([id_]))[0]), words) if matched[j] else {}
+        hits.append(Hit(rank=len(hits) + 1, path=rows[id_].path, score=float(fused[j]), clip=float(clip[j]),
+                        id=id_, image=rows[id_], words=found))
     return hits
+
+
+def _best(source: RowSource, ann: AnnIndex, vector: np.ndarray, n: int, among: np.ndarray | None,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, exact cosines) of the n rows of `among` (None: all) most like `vector`, best first,
+    ties in id order."""
+    if ann.kind == "flat":
+        scores, ids = ann.search(vector, n, among)
+        return ids, scores.astype(np.float64)
+    _scores, ids = ann.search(vector, 2 * n + 10, among)  # 8-bit scores: re-scored exactly
+    ids, scores = _exact(source, ann, vector, ids)
+    order = np.lexsort((ids, -scores))[:n]
+    return ids[order], scores[order]
+
+
+def _exact(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, exact cosines) of these rows: from the flat structure itself, or their vectors."""
+    if ann.kind == "flat":
+        return _best(source, ann, vector, len(ids), np.sort(ids))
+    rows = source.fetch(np.sort(ids).tolist(), ["id", "vector"])
+    found = numpy_of(rows.column("id"))
+    return found, (source.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)).astype(np.float64)
+
+
+def _word_candidates(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray,
+                     bm25: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, exact cosines) of the word matches that can rank among the first n: those with the
+    n best word scores; of the rows tied at the n-th score, the best by CLIP."""
+    if len(ids) <= n:
+        return _exact(source, ann, vector, ids)
+    cut = np.partition(bm25, len(bm25) - n)[len(bm25) - n]  # the n-th best word score
+    above, tied = ids[bm25 > cut], ids[bm25 == cut]
+    found = [_exact(source, ann, vector, above)] if len(above) else []
+    found.append(_best(source, ann, vector, n - len(above), np.sort(tied)))
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
 def _shared_ranks(scores: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ def _same(answers: dict, expected: dict) -> None:
 def test_an_index_from_an_earlier_release_answers_as_it_did(legacy):
     db, expected = legacy
     _same(_answers(db), expected)
+    assert open_index(db).word_index() is None  # no words until an index run reads them
 
 
 def test_check_brings_an_earlier_index_up_to_date_without_re_embedding(legacy):
@@ -86,7 +87,8 @@ def test_the_first_write_upgrades_it_in_place_without_re_embedding(legacy, tmp_p
         return stub(dim)(paths, known)
 
     with open_builder(db, fanout=fanout, workers=0) as builder:
-        assert builder.index([str(new)]).added == 2
+        first = builder.index([str(new)])
+        assert first.added == 2 and first.words_filled == 13  # its rows got their words, unembedded
         for f in new.iterdir():
             f.unlink()
         assert builder.index([str(new)], prune_offline=True).removed == 2  # emptied on purpose
@@ -96,3 +98,8 @@ def test_the_first_write_upgrades_it_in_place_without_re_embedding(legacy, tmp_p
         Store.open(db).read(["id"]).column("id").to_pylist())
     assert len(list((db / "ann").glob("delta-v*.npz"))) == 1
     _same(_answers(db), expected)
+    index = open_index(db)  # now its photos' names and folders are words too (no model to query here)
+    positions, _ = index.word_index().scores(["rocket"])
+    (rocket,) = index.records(index.word_index().ids[positions].tolist()).values()
+    assert rocket.path.endswith("/space/rocket.jpg")
+    assert json.loads((db / "manifest.json").read_text())["schema_version"] == 2

@@ -216,3 +216,15 @@ def test_fused_is_at_least_as_good_as_words_or_pixels_on_every_kind(hybrid_figur
     assert hybrid_figures["pixels"]["scaled"] == hybrid_figures["pixels"]["pixels"]  # no word matched
     assert hybrid_figures["words"]["scaled"]["R@1"] == 1.0  # a name, a place, a keyword: found first
     assert hybrid_figures["both"]["scaled"]["R@5"] > hybrid_figures["both"]["pixels"]["R@5"]
+
+
+def test_the_vocabulary_a_server_builds_finds_the_same_to_the_bit(library):
+    _, db, _ = library
+    words = open_index(db).word_index()
+    asked = [["img", "2041", "img_2041"], ["par"], ["grandma", "birthday"], ["2019", "jul"], ["x"], ["zzz"]]
+    scanned = [words.scores(q) for q in asked]
+    words._build_lookup()  # what the second query of a large index starts in a thread
+    for q, (rows, scores) in zip(asked, scanned, strict=True):
+        looked_up = words.scores(q)
+        assert np.array_equal(looked_up[0], rows) and np.array_equal(looked_up[1], scores), q
+    assert len(scanned[0][0]) >= 2 and len(scanned[-1][0]) == 0
