@@ -78,7 +78,7 @@ def cold(work: Path, runs: int = 5, images: int = 100_000) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_HOME": str(work / "home")}
     fast, slow = {**env, "CLIPSEARCH_FAST_QUERY": "1"}, {**env, "CLIPSEARCH_FAST_QUERY": "0"}
     spec = parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(work)))
-    store = random_index(work / "db-cold", images, model=spec.to_dict())
+    store = random_index(work / "db-cold", images, model=spec.to_dict(), words=True)  # words matched too
     current(store)
     snapshot_s = prepare_fast(store, work)  # the export is copied from the warm section's, if it ran
     times: dict[str, list[float]] = {"fast": [], "torch": []}

@@ -244,12 +244,12 @@ def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], optio
     """The hits on the fast path, or None when the index lacks what it needs. Damaged fast-path
     files are only a detour: the full path answers, and rewrites them."""
     from clipsearch import present
-    from clipsearch.fastpath import open_fast, without_pandas
+    from clipsearch.fastpath import keep_pandas_out, open_fast
 
     try:
-        with without_pandas():
-            index = open_fast(config.db_path(db), device=device, **options)
-            return ask(index) if index is not None else None
+        keep_pandas_out()
+        index = open_fast(config.db_path(db), device=device, **options)
+        return ask(index) if index is not None else None
     except ClipsearchError:
         raise
     except Exception as exc:  # anything else is a damaged file: not the user's problem

@@ -10,9 +10,7 @@ to take the full path, for indexes built before this existed.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,21 +20,31 @@ if TYPE_CHECKING:
     from clipsearch.engine import Index
 
 
-@contextlib.contextmanager
-def without_pandas() -> Iterator[None]:
-    """pyarrow imports pandas, when it is installed, the first time many calls look for pandas
-    objects among their arguments (0.27 s here, a quarter of a cold query); a query never hands
-    it any. Inside this, `import pandas` fails (Python's documented None entry in sys.modules),
-    so pyarrow takes pandas for absent; a module that needs pandas later imports it as usual."""
+class _NoPandas:
+    """An import finder that says pandas is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (kept out of a fast query)", name=name)
+        return None
+
+
+def keep_pandas_out() -> None:
+    """pyarrow imports pandas, when it is installed, the first time a call looks for pandas
+    objects among its arguments (0.27 s here, a quarter of a cold query), and remembers what it
+    found; a query never hands it any. So pyarrow's first look is made here, while pandas
+    cannot be imported, and it remembers pandas as absent. Anything else (a model loading
+    later, for `similar` of an outside image) imports pandas as usual."""
     if "pandas" in sys.modules:
-        yield
         return
-    sys.modules["pandas"] = None  # type: ignore[assignment]
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
     try:
-        yield
+        import pyarrow as pa
+
+        pa.array([0])
     finally:
-        if sys.modules.get("pandas", 0) is None:
-            del sys.modules["pandas"]
+        sys.meta_path.remove(finder)
 
 
 def open_fast(db: Path, *, precision: str = "fp32", **options) -> Index | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,19 +25,25 @@ _ORIENTATION = 0x0112
 # the centre is kept; no photo, panoramas included, comes near it.
 MAX_ASPECT = 100
 _formats_registered = False
+_registering = threading.Lock()
 
 
 def _register_formats() -> None:
-    """HEIC/HEIF (iPhone photos) through pillow-heif, once per process."""
+    """HEIC/HEIF (iPhone photos) through pillow-heif, once per process; a decode thread that
+    arrives meanwhile waits for it (one that went on found no HEIC opener yet)."""
     global _formats_registered
     if _formats_registered:
         return
-    _formats_registered = True
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:  # optional at run time: HEIC files are then skipped with a reason
-        return
-    register_heif_opener()
+    with _registering:
+        if _formats_registered:
+            return
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # optional at run time: HEIC files are then skipped with a reason
+            register_heif_opener = None
+        if register_heif_opener is not None:
+            register_heif_opener()
+        _formats_registered = True
 
 
 @dataclass
@@ -189,6 +196,7 @@ def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
         except UnreadableImageError as exc:
             return Prepared(reason=exc.reason, unread=True)
         digest = content_hash(data)
+        _register_formats()
         meta = read_meta(path, data)
         if known(digest):
             return Prepared(digest, meta=meta)

@@ -87,8 +87,11 @@ def files(db: Path) -> list[Path]:
     version = committed_version(db / f"{TABLE}.lance")
     if version is not None:
         delta = _file(db, "delta", version)
-        base = _delta_of(_read(delta)) if delta.is_file() else None
-        found += [_file(db, "rows", base.base), delta] if base is not None else [_file(db, "rows", version)]
+        if delta.is_file():  # one that cannot be read is there all the same: damaged, not missing
+            base = _delta_of(_read(delta))
+            found += [_file(db, "rows", base.base), delta] if base is not None else [delta]
+        else:
+            found.append(_file(db, "rows", version))
     version = committed_version(db / f"{TAGS_TABLE}.lance")
     if version is not None:
         found.append(_file(db, "tags", version))

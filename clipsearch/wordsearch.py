@@ -179,7 +179,9 @@ class WordIndex:
                 found = out.setdefault(FIELDS.get(code, code), [])
                 if token not in found:
                     found.append(token)
-        return out
+        # a word that another one shown begins is not shown again (rocket, not rocket.jpg too)
+        return {field: [t for t in found if not any(o != t and t.startswith(o) for o in found)]
+                for field, found in out.items()}
 
     def having(self, code: str, value: str) -> np.ndarray:
         """Ids of the rows whose words of field `code` start with every word of `value`

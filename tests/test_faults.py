@@ -64,7 +64,7 @@ def test_an_unreadable_photo_is_skipped_with_the_fix(photos, tmp_path, tiny_loca
     r = _cli("index", photos, "--db", tmp_path / "db", "--model", f"local-dir:{tiny_local_dir}", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["added"] == 12
+    assert summary["added"] == 12, json.dumps(summary)
     reason = "permission denied; make the file readable"
     assert summary["skipped"] == [{"path": str(locked), "reason": reason}]
 

@@ -88,10 +88,13 @@ def test_search_answers_what_the_engine_answers_with_ids_and_metadata(server, in
     assert {"embed", "search", "tags", "total"} <= set(page["timing_ms"])
     records = index.records([h["id"] for h in page["hits"]])
     for hit in page["hits"]:
-        assert set(hit) == {"id", "path", "score", "rank", "width", "height", "taken", "tags"}
+        # the query's "rocket" is also rocket.jpg's name: fused hits say so (clipsearch.wordsearch)
+        assert set(hit) == {"id", "path", "score", "rank", "width", "height", "taken", "tags", "place",
+                            "camera", "lens", "keywords", "people", "clip", "words"}
         record = records[hit["id"]]
-        assert (hit["path"], hit["width"], hit["height"], hit["taken"], hit["tags"]) == (
-            record.path, record.width, record.height, record.taken, record.tags)
+        assert (hit["path"], hit["width"], hit["height"], hit["taken"], hit["tags"], hit["camera"]) == (
+            record.path, record.width, record.height, record.taken, record.tags, record.camera)
+    assert page["hits"][0]["path"].endswith("rocket.jpg") and page["hits"][0]["words"] == {"name": ["rocket"]}
     rocket = index.records([_id_of(server, library, ROCKET)])
     assert next(iter(rocket.values())).taken == "2015-02-11T18:03:00"
 
