@@ -86,6 +86,7 @@ class WordIndex:
         self.average = float(self.lengths.mean()) if len(self.lengths) and self.lengths.any() else 1.0
         self._lookup: tuple[list[str], np.ndarray, np.ndarray] | None = None
         self._building = threading.Lock()
+        self._thread: threading.Thread | None = None
         self._asked = 0
 
     @classmethod
@@ -119,7 +120,14 @@ class WordIndex:
     def _ask(self) -> None:
         self._asked += 1
         if self._asked == 2 and len(self.values) >= LOOKUP_FROM and self._building.acquire(blocking=False):
-            threading.Thread(target=self._build_lookup, name="clipsearch-words", daemon=True).start()
+            self._thread = threading.Thread(target=self._build_lookup, name="clipsearch-words", daemon=True)
+            self._thread.start()
+
+    def settled(self, timeout: float | None = None) -> bool:
+        """Whether the vocabulary is built (waiting up to `timeout` for one being built)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._lookup is not None
 
     def _range(self, key: str) -> tuple[int, int]:
         vocabulary = self._lookup[0]
@@ -237,8 +245,13 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
         fused = 1.0 / (RRF_K + clip_rank) + share / (RRF_K + 1)
     best = np.lexsort((candidates, -clip, -fused))[:k]
     shown = candidates[best]
-    fetched = source.fetch(shown.tolist(), source.meta_columns).to_pylist()
-    rows = {r["id"]: ImageRecord.from_row(r) for r in fetched}
+    exact = ann.kind != "flat"
+    fetched = source.fetch(shown.tolist(), [*source.meta_columns, "vector"] if exact else source.meta_columns)
+    if exact:
+        cosines = source.matrix(fetched.column("vector")) @ np.asarray(vector, np.float32)
+        exact_of = dict(zip(fetched.column("id").to_pylist(), cosines.tolist(), strict=True))
+        clip[best] = [exact_of.get(int(i), clip[j]) for i, j in zip(shown, best, strict=True)]
+    rows = {r["id"]: ImageRecord.from_row(r) for r in fetched.select(source.meta_columns).to_pylist()}
     hits = []
     for j, id_ in zip(best.tolist(), shown.tolist(), strict=True):
         if id_ not in rows:  # the table moved on since `ann` was built
@@ -251,30 +264,30 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
 
 def _best(source: RowSource, ann: AnnIndex, vector: np.ndarray, n: int, among: np.ndarray | None,
           ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, exact cosines) of the n rows of `among` (None: all) most like `vector`, best first,
-    ties in id order."""
-    if ann.kind == "flat":
-        scores, ids = ann.search(vector, n, among)
-        return ids, scores.astype(np.float64)
-    _scores, ids = ann.search(vector, 2 * n + 10, among)  # 8-bit scores: re-scored exactly
-    ids, scores = _exact(source, ann, vector, ids)
-    order = np.lexsort((ids, -scores))[:n]
-    return ids[order], scores[order]
+    """(ids, cosines) of the n rows of `among` (None: all) most like `vector`, best first, ties
+    in id order (IVF's approximate cosines, which fuse makes exact for the hits it returns)."""
+    scores, ids = ann.search(vector, n, among)
+    if ann.kind != "flat":  # IVF's 8-bit scores rank the candidates; the hits shown get exact ones
+        order = np.lexsort((ids, -scores))[:n]
+        scores, ids = scores[order], ids[order]
+    return ids, scores.astype(np.float64)
 
 
 def _exact(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray,
            ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, exact cosines) of these rows: from the flat structure itself, or their vectors."""
-    if ann.kind == "flat":
-        return _best(source, ann, vector, len(ids), np.sort(ids))
-    rows = source.fetch(np.sort(ids).tolist(), ["id", "vector"])
-    found = numpy_of(rows.column("id"))
-    return found, (source.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)).astype(np.float64)
+    """(ids, cosines) of these rows, from the search structure (IVF: approximate)."""
+    found_ids, scores = _best(source, ann, vector, len(ids), np.sort(ids))
+    missing = np.setdiff1d(ids, found_ids)
+    if not len(missing):  # IVF probes some lists only: a row it did not reach is read
+        return found_ids, scores
+    rows = source.fetch(missing.tolist(), ["id", "vector"])
+    extra = (source.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)).astype(np.float64)
+    return np.concatenate([found_ids, numpy_of(rows.column("id"))]), np.concatenate([scores, extra])
 
 
 def _word_candidates(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray,
                      bm25: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, exact cosines) of the word matches that can rank among the first n: those with the
+    """(ids, cosines) of the word matches that can rank among the first n: those with the
     n best word scores; of the rows tied at the n-th score, the best by CLIP."""
     if len(ids) <= n:
         return _exact(source, ann, vector, ids)
