@@ -117,7 +117,6 @@ class Builder:
         from the files (and their sidecars) with no embedding; a search meanwhile works as
         before. Committed a batch at a time: an interrupted fill goes on where it stopped.
         Returns how many rows were filled."""
-
         from clipsearch.store import SCHEMA_VERSION
         from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
 

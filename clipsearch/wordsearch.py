@@ -277,8 +277,8 @@ def _exact(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, cosines) of these rows, from the search structure (IVF: approximate)."""
     found_ids, scores = _best(source, ann, vector, len(ids), np.sort(ids))
-    missing = np.setdiff1d(ids, found_ids)
-    if not len(missing):  # IVF probes some lists only: a row it did not reach is read
+    missing = np.setdiff1d(ids, found_ids)  # IVF probes some lists only: what it missed is read
+    if not len(missing):
         return found_ids, scores
     rows = source.fetch(missing.tolist(), ["id", "vector"])
     extra = (source.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)).astype(np.float64)
