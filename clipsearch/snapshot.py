@@ -107,13 +107,7 @@ def _delta_of(table: pa.Table | None) -> Delta | None:
     if _BASE_KEY not in meta:
         return None
     removed = np.frombuffer(meta[_REMOVED_KEY], np.int64) if meta.get(_REMOVED_KEY) else np.zeros(0, np.int64)
-    return Delta(int(meta[_BASE_KEY]), numpy_of(table.column("id")), removed.copy())
-
-
-def numpy_of(column: pa.ChunkedArray) -> np.ndarray:
-    """A column's values, its chunks joined (ChunkedArray.to_numpy goes through pandas)."""
-    chunks = [c.to_numpy() for c in column.chunks]
-    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0] if chunks else np.zeros(0, np.int64)
+    return Delta(int(meta[_BASE_KEY]), table.column("id").to_numpy(), removed.copy())
 
 
 def size_estimate(store: Store) -> int:
@@ -241,7 +235,7 @@ class Snapshot(RowSource):
         self._alive_rows = None if alive.all() else alive  # which rows are not removed, numpy ...
         self._alive = None if self._alive_rows is None else pa.array(alive)  # ... and as a mask
         self._count = int(alive.sum())
-        self._ids = numpy_of(rows.column("id"))
+        self._ids = rows.column("id").to_numpy()
         self._tags = tags
         self._tags_version = tags_version
 
@@ -333,7 +327,7 @@ def _open_rows(db: Path, version: int) -> tuple[pa.Table, np.ndarray] | None:
     base = _read(_file(db, "rows", delta.base)) if delta is not None else None
     if base is None or base.schema.names != delta_rows.schema.names:
         return None
-    alive = ~np.isin(numpy_of(base.column("id")), delta.removed)
+    alive = ~np.isin(base.column("id").to_numpy(), delta.removed)
     rows = pa.concat_tables([base, delta_rows.replace_schema_metadata(base.schema.metadata)])
     return rows, np.concatenate([alive, np.ones(delta_rows.num_rows, bool)])
 

@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.results import Hit, ImageRecord
-from clipsearch.snapshot import numpy_of
 from clipsearch.words import FIELDS, SEP, query_tokens, tokens
 
 if TYPE_CHECKING:
@@ -95,10 +94,10 @@ class WordIndex:
         if not source.has_words:
             return None
         table = source.read(["id", "words"])
-        ids = numpy_of(table.column("id"))
+        ids = table.column("id").to_numpy()
         if len(ids) > 1 and not (np.diff(ids) > 0).all():
             table = table.take(pa.array(np.argsort(ids, kind="stable")))
-            ids = numpy_of(table.column("id"))
+            ids = table.column("id").to_numpy()
         words = table.column("words").combine_chunks()
         return cls(ids, words)
 
@@ -107,8 +106,7 @@ class WordIndex:
 
     def _build_lookup(self) -> None:
         """The sorted vocabulary, and for each entry the positions in `values` that hold it."""
-        encoded = pc.dictionary_encode(self.values).combine_chunks() if isinstance(
-            self.values, pa.ChunkedArray) else pc.dictionary_encode(self.values)
+        encoded = pc.dictionary_encode(self.values)
         order = pc.sort_indices(encoded.dictionary).to_numpy()  # UTF-8 order is code point order
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))
@@ -282,7 +280,7 @@ def _exact(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray
         return found_ids, scores
     rows = source.fetch(missing.tolist(), ["id", "vector"])
     extra = (source.matrix(rows.column("vector")) @ np.asarray(vector, np.float32)).astype(np.float64)
-    return np.concatenate([found_ids, numpy_of(rows.column("id"))]), np.concatenate([scores, extra])
+    return np.concatenate([found_ids, rows.column("id").to_numpy()]), np.concatenate([scores, extra])
 
 
 def _word_candidates(source: RowSource, ann: AnnIndex, vector: np.ndarray, ids: np.ndarray,
