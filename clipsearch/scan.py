@@ -51,10 +51,9 @@ class ScanResult:
         out = np.zeros(len(self), np.int64)
         if self.sidecars:
             at = pa.compute.index_in(pa.array(list(self.sidecars), pa.string()), value_set=self.paths)
-            at = at.to_numpy(zero_copy_only=False)
-            for i, mtime in zip(at, self.sidecars.values(), strict=True):
-                if i == i and i is not None:  # a sidecar of a photo found twice keeps its first
-                    out[int(i)] = mtime
+            at = at.fill_null(-1).to_numpy()
+            mtimes = np.fromiter(self.sidecars.values(), np.int64, len(self.sidecars))
+            out[at[at >= 0]] = mtimes[at >= 0]
         return out
 
     def __len__(self) -> int:
@@ -91,6 +90,17 @@ def size_and_mtime(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+SIDECAR_EXTENSIONS = (".xmp", ".XMP")
+
+
+def sidecar_names(photo_name: str) -> list[str]:
+    """The names an XMP sidecar of the photo `photo_name` may have: `IMG_1.jpg.xmp` (darktable,
+    digiKam) and `IMG_1.xmp` (Lightroom), either case of the extension: the one rule the scan,
+    the reader (clipsearch.words) and the watcher share."""
+    stem = os.path.splitext(photo_name)[0]
+    return list(dict.fromkeys(base + ext for base in (photo_name, stem) for ext in SIDECAR_EXTENSIONS))
 
 
 def is_under(path: str, root: str) -> bool:
@@ -170,7 +180,7 @@ def scan(
                     subdirs.append(entry.path)
                     continue
                 if os.path.splitext(name)[1].lower() not in extensions:
-                    if name[-4:].lower() == ".xmp" and stat.S_ISREG(st.st_mode):
+                    if name.endswith(SIDECAR_EXTENSIONS) and stat.S_ISREG(st.st_mode):
                         xmps.append((name, st.st_mtime_ns))
                     continue
                 if not stat.S_ISREG(st.st_mode):
@@ -219,12 +229,9 @@ def _first_of_each(found: ScanResult, dev: np.ndarray, ino: np.ndarray) -> ScanR
 
 def _match_sidecars(folder: str, photos: list[str], xmps: list[tuple[str, int]],
                     into: dict[str, int]) -> None:
-    """The photos of one folder that have sidecars (`IMG_1.jpg.xmp` or `IMG_1.xmp`, any case)."""
-    by_key: dict[str, list[str]] = {}
+    """The photos of one folder that have sidecars (sidecar_names), with their newest mtime."""
+    mtime_of = dict(xmps)
     for photo in photos:
-        name = os.path.basename(photo).lower()
-        by_key.setdefault(name, []).append(photo)
-        by_key.setdefault(os.path.splitext(name)[0], []).append(photo)
-    for name, mtime in xmps:
-        for photo in by_key.get(name[:-4].lower(), ()):
-            into[photo] = max(into.get(photo, 0), mtime)
+        found = [mtime_of[n] for n in sidecar_names(os.path.basename(photo)) if n in mtime_of]
+        if found:
+            into[photo] = max(found)

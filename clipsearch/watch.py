@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from clipsearch import roots as root_state
 from clipsearch.errors import ClipsearchError, IndexInterrupted
 from clipsearch.results import IndexSummary, Progress
-from clipsearch.scan import JUNK_DIRS, excluded, is_photo_name, is_under, scan, size_and_mtime
+from clipsearch.scan import (
+    JUNK_DIRS,
+    SIDECAR_EXTENSIONS,
+    excluded,
+    is_photo_name,
+    is_under,
+    scan,
+    size_and_mtime,
+)
 from clipsearch.store import take_over_lock
 from clipsearch.words import photos_of_sidecar
 
@@ -166,7 +174,7 @@ class Watcher:
     def saw(self, path: str, is_dir: bool = False) -> None:
         """A path that changed: a photo, or a folder (created, moved or removed); a photo's XMP
         sidecar stands for its photos, whose words are read again (clipsearch.words)."""
-        if not is_dir and path[-4:].lower() == ".xmp" and not _ignored(path):
+        if not is_dir and path.endswith(SIDECAR_EXTENSIONS) and not _ignored(path):
             for photo in photos_of_sidecar(path, is_photo_name):
                 self.saw(photo)
             return

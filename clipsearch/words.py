@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from PIL import ExifTags, Image, IptcImagePlugin
 
+from clipsearch.scan import is_under, sidecar_names
+
 SEP = "\x1f"  # between a token and its field code: no text a person types holds it
 FIELDS = {"n": "name", "f": "folder", "p": "place", "c": "camera", "k": "keywords", "h": "people",
           "d": "date"}
-FIELD_CODES = {name: code for code, name in FIELDS.items()}
 # words that carry no meaning of their own in a query; they never match
 STOP_WORDS = frozenset({"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "in",
                         "is", "it", "its", "of", "on", "or", "the", "to", "with", "photo", "photos",
@@ -72,14 +73,9 @@ class Meta:
 
 # -- reading -------------------------------------------------------------------------------------
 def sidecars(path: str) -> list[str]:
-    """The XMP sidecars of a photo, in both conventions: `IMG_1.jpg.xmp` (darktable, digiKam)
-    and `IMG_1.xmp` (Lightroom), either case of the extension."""
-    stem = os.path.splitext(path)[0]
-    found = []
-    for candidate in (path + ".xmp", path + ".XMP", stem + ".xmp", stem + ".XMP"):
-        if candidate not in found and os.path.isfile(candidate):
-            found.append(candidate)
-    return found
+    """The XMP sidecars beside a photo (clipsearch.scan.sidecar_names)."""
+    folder, name = os.path.split(path)
+    return [p for n in sidecar_names(name) if os.path.isfile(p := os.path.join(folder, n))]
 
 
 def photos_of_sidecar(sidecar: str, is_photo: Callable[[str], bool]) -> list[str]:
@@ -88,13 +84,12 @@ def photos_of_sidecar(sidecar: str, is_photo: Callable[[str], bool]) -> list[str
     stem = sidecar[:-4]
     if is_photo(stem):
         return [stem]
-    folder, name = os.path.split(stem)
+    folder, name = os.path.split(sidecar)
     try:
         names = os.listdir(folder or ".")
     except OSError:
         return []
-    return sorted(os.path.join(folder, n) for n in names
-                  if os.path.splitext(n)[0].lower() == name.lower() and is_photo(n))
+    return sorted(os.path.join(folder, n) for n in names if is_photo(n) and name in sidecar_names(n))
 
 
 def sidecar_mtime(path: str) -> int:
@@ -107,16 +102,13 @@ def sidecar_mtime(path: str) -> int:
     return newest
 
 
-def read_meta(path: str, data: bytes | None = None, img: Image.Image | None = None) -> Meta:
-    """EXIF, IPTC and XMP of the photo at `path` (from `data` or an open `img` when the caller
-    has them) and of its sidecars. Never raises: what cannot be read becomes a note."""
+def read_meta(path: str, data: bytes | None = None) -> Meta:
+    """EXIF, IPTC and XMP of the photo at `path` (from `data`, its bytes, when the caller has
+    them) and of its sidecars. Never raises: what cannot be read becomes a note."""
     meta = Meta()
     try:
-        if img is None:
-            with Image.open(io.BytesIO(data) if data is not None else path) as opened:
-                _read_image(opened, meta)
-        else:
-            _read_image(img, meta)
+        with Image.open(io.BytesIO(data) if data is not None else path) as opened:
+            _read_image(opened, meta)
     except Exception as exc:  # a photo is never dropped for its metadata
         meta.notes.append(f"metadata unreadable ({type(exc).__name__})")
     for side in sidecars(path):
@@ -290,8 +282,7 @@ def query_tokens(text: str) -> list[str]:
 def folders_of(path: str, roots: Sequence[str]) -> list[str]:
     """The folder names from the indexed root (its own name included) down to the photo."""
     folder = os.path.dirname(path)
-    root = max((r.rstrip(os.sep) for r in roots if folder == r.rstrip(os.sep)
-                or folder.startswith(r.rstrip(os.sep) + os.sep)), key=len, default=None)
+    root = max((r.rstrip(os.sep) for r in roots if is_under(folder, r)), key=len, default=None)
     if root is None:
         return [os.path.basename(folder)] if os.path.basename(folder) else []
     below = os.path.relpath(folder, root)
@@ -375,15 +366,7 @@ def word_rows(items: Sequence[tuple[str, Meta, str | None, int]], roots: Sequenc
 
 
 def word_columns(rows: Sequence[RowWords]) -> dict[str, pa.Array]:
-    strings = pa.list_(pa.string())
-    return {
-        "camera": pa.array([r.camera for r in rows], pa.string()),
-        "lens": pa.array([r.lens for r in rows], pa.string()),
-        "place": pa.array([r.place for r in rows], pa.string()),
-        "lat": pa.array([r.lat for r in rows], pa.float64()),
-        "lon": pa.array([r.lon for r in rows], pa.float64()),
-        "keywords": pa.array([r.keywords for r in rows], strings),
-        "people": pa.array([r.people for r in rows], strings),
-        "words": pa.array([r.words for r in rows], strings),
-        "sidecar_ns": pa.array([r.sidecar_ns for r in rows], pa.int64()),
-    }
+    """The rows' word columns, typed as the table has them (clipsearch.store.WORD_FIELDS)."""
+    from clipsearch.store import WORD_FIELDS
+
+    return {f.name: pa.array([getattr(r, f.name) for r in rows], f.type) for f in WORD_FIELDS}
