@@ -16,6 +16,7 @@ import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipsearch import config, derived, onnxtext
@@ -62,6 +63,11 @@ class Builder:
                  progress: ProgressCallback | None = None, embedder: Embedder | None = None,
                  commit_every: int = config.COMMIT_EVERY, fanout: Fanout | None = None) -> None:
         self.store = store
+        # whether the text export is left to a job of its own (clipsearch.exportjob): what the
+        # CLI's `index` does, so that it ends when the rows are searchable
+        self.background_export = False
+        self._images_only = False
+        self._owns_embedder = False  # an embedder handed in is the caller's (a server's): kept whole
         self.spec = spec
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.workers = config.default_workers() if workers is None else workers
@@ -76,7 +82,19 @@ class Builder:
         if self._embedder is None:
             check_weights_unchanged(self.spec, self.store.manifest.weights_stat)
             self._embedder = load_embedder(self.spec, self.device, self.precision)
+            self._owns_embedder = True
+            if self._images_only:
+                self._embedder.drop_text_tower()
         return self._embedder
+
+    def embed_images_only(self, owns_embedder: bool = False) -> None:
+        """This builder embeds nothing but images (its export is left to a job): the model it
+        loads keeps no text tower (ViT-B-32: 127 MB of bf16 weights less while it embeds).
+        `owns_embedder`: the one it was given was loaded for it, and may lose its text tower too."""
+        self._images_only = True
+        self._owns_embedder = self._owns_embedder or owns_embedder
+        if self._embedder is not None and self._owns_embedder and self._embedder.has_text:
+            self._embedder.drop_text_tower()
 
     def share_embedder(self, embedder: Embedder) -> None:
         """Embed with a model already loaded (a server's: one copy of CLIP for both sides)."""
@@ -256,7 +274,7 @@ class Builder:
                 self.progress(Progress("prepare", 0, 1))
 
         summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact,
-                                          open_export=False)[1]
+                                          open_export=False, background=self.background_export)[1]
         return summary
 
 
@@ -323,6 +341,7 @@ def index_folders(
     fanout: Fanout | None = None,
     compact: bool = False,
     prune_offline: bool = False,
+    background_export: bool = False,
 ) -> IndexSummary:
     """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
 
@@ -339,6 +358,8 @@ def index_folders(
     (a run otherwise merges them only when enough small commits piled up).
     `prune_offline`: remove the rows under a root that looks offline (missing, empty, or none of
     its indexed photos found: clipsearch.roots), which are otherwise kept.
+    `background_export`: leave the text encoder's export for the torch-free query to a process
+    of its own (clipsearch.exportjob) instead of making it before returning.
     """
     if not roots:
         raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
@@ -352,6 +373,9 @@ def index_folders(
             db, model=model, pretrained=pretrained, device=device, precision=precision,
             batch_size=batch_size, workers=workers, progress=progress or None, embedder=embedder,
             commit_every=commit_every, ray=ray, fanout=fanout))
+        builder.background_export = background_export
+        if background_export:
+            builder.embed_images_only(owns_embedder=embedder is None)
         return builder.index(folders, exclude, compact, prune_offline)
 
 
@@ -370,21 +394,29 @@ def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:
 
 # -- what the torch-free query reads ---------------------------------------------------------------
 def needs_export(store: Store) -> bool:
-    db, model = store.path, store.manifest.model
+    return _needs_export(store.path, store.manifest.model)
+
+
+def _needs_export(db: Path, model: dict) -> bool:
     return (config.fast_query() and model.get("backend", "open_clip") == "open_clip"
             and not onnxtext.exported(db, model) and onnxtext.unsupported(db, model) is None)
 
 
 def prepare_fast(store: Store, embedder: Callable[[], Embedder],
                  note: Callable[[str], None] = lambda _m: None, retry: bool = False, whole: bool = False,
-                 open_export: bool = True) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
+                 open_export: bool = True, background: bool = False,
+                 ) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
     """Make the export (if the index has none yet) and the snapshot of the store's current
     version; return the export, opened (None if there is none, or not `open_export`: a commit
     needs only to know it is there; opening it maps its weights), and what could not be written
     (clipsearch.derived: a write that failed is tried again only with `retry`, which index runs
     pass, or once the disk has the space it lacked). `embedder()` gives the CLIP model the export
-    is made from; `note` hears about the export, which takes a while. The snapshot is written as
-    a delta over the last one when it can be (clipsearch.snapshot), or `whole`."""
+    is made from; `note` hears about the export, which takes a while. With `background` the
+    export is left to a job of its own (clipsearch.exportjob) and this returns at once; without,
+    it is made here, or waited for if a job is making it. The snapshot is written as a delta
+    over the last one when it can be (clipsearch.snapshot), or `whole`."""
+    from clipsearch import exportjob
+
     if not config.fast_query():
         return None, []
     db, model = store.path, store.manifest.model
@@ -393,12 +425,19 @@ def prepare_fast(store: Store, embedder: Callable[[], Embedder],
     if open_export and encoder is None and onnxtext.exported(db, model):
         note(f"the exported text encoder in {onnxtext.folder(db, model)} does not load; exporting it again")
         shutil.rmtree(onnxtext.folder(db, model), ignore_errors=True)
+    pending = False
     if needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
-        note("preparing fast searches for this index: exporting the text encoder (once, about 10 s)")
-        _export(store, embedder, unwritten)
-        encoder = onnxtext.open_for(db, model) if open_export else None
+        if background and exportjob.start(db):
+            pending = True
+        else:
+            with exportjob.exporting(db):  # after a job that is making it, if there is one
+                if needs_export(store):
+                    note("preparing fast searches for this index: exporting the text encoder "
+                         "(once, about 10 s)")
+                    _export(db, model, embedder, unwritten)
+            encoder = onnxtext.open_for(db, model) if open_export else None
     exported = encoder is not None or (not open_export and onnxtext.exported(db, model))
-    if exported and derived.may_write(db, derived.SNAPSHOT, retry):
+    if (exported or pending) and derived.may_write(db, derived.SNAPSHOT, retry):
         from clipsearch import snapshot
 
         try:
@@ -411,25 +450,38 @@ def prepare_fast(store: Store, embedder: Callable[[], Embedder],
     return encoder, unwritten
 
 
-def _export(store: Store, embedder: Callable[[], Embedder], unwritten: list[Unwritten]) -> None:
+def export_for(db: Path, manifest: Manifest) -> list[Unwritten]:
+    """Export the text encoder of the index at `db` (whose manifest is `manifest`) from its
+    model loaded here, unless it has one: what clipsearch.exportjob runs."""
+    model = manifest.model
+    if not _needs_export(db, model):
+        return []
+    unwritten: list[Unwritten] = []
+    spec = ModelSpec.from_dict(model)
+    check_weights_unchanged(spec, manifest.weights_stat)
+    _export(db, model, lambda: load_embedder(spec, "cpu", "fp32"), unwritten)
+    return unwritten
+
+
+def _export(db: Path, model_spec: dict, embedder: Callable[[], Embedder], unwritten: list[Unwritten]) -> None:
     from clipsearch.models import load_embedder
     from clipsearch.models.export import NotExportable, export, size_estimate
 
     model = embedder()
-    if getattr(model, "precision", None) != "fp32" or model.device != "cpu":
+    if getattr(model, "precision", None) != "fp32" or model.device != "cpu" or not model.has_text:
         model = load_embedder(model.spec, "cpu", "fp32")
-    folder = onnxtext.folder(store.path, store.manifest.model)
+    folder = onnxtext.folder(db, model_spec)
     try:
         export(model, folder)
     except NotExportable as exc:
-        onnxtext.mark_unsupported(store.path, store.manifest.model, str(exc))
+        onnxtext.mark_unsupported(db, model_spec, str(exc))
     except (OSError, RuntimeError) as exc:
         if not isinstance(exc, OSError) and not derived.space_fault(exc):
             raise
         # a full or read-only index: the full path answers, and the failure is remembered
-        unwritten.append(derived.failed(store.path, derived.EXPORT, folder, size_estimate(model), exc))
+        unwritten.append(derived.failed(db, derived.EXPORT, folder, size_estimate(model), exc))
     else:
-        derived.succeeded(store.path, derived.EXPORT)
+        derived.succeeded(db, derived.EXPORT)
 
 
 def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexSummary) -> None:

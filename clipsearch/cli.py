@@ -221,7 +221,8 @@ def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
             from clipsearch.engine import open_index
 
             index = open_index(db, device=device, **options)
-            index.prepare_fast(present.message)  # so that the next search takes the fast path
+            # so that the next search takes the fast path
+            index.prepare_fast(present.message, background=config.background_export())
             found = ask(index)
     present.hits(found, fmt, none_found, protocol)
 
@@ -341,6 +342,9 @@ def index(
     """
     from clipsearch import present
     from clipsearch.build import index_folders
+    from clipsearch.fastpath import keep_pandas_out
+
+    keep_pandas_out()  # LanceDB and pyarrow only look for it: 70 MB and 0.3 s not spent
 
     fanout = None
     if ray or ray_address:
@@ -353,6 +357,14 @@ def index(
     with _errors(saved), _terminate_as_interrupt(stop):
         # a server that watches this index holds its lock: the run is its job
         server = None if (fanout or model or pretrained) else _watcher(db)
+        if server is None and not (fanout or model or pretrained or compact or prune_offline or watch):
+            from clipsearch import unchanged
+            from clipsearch.scan import normalize_root
+
+            found = unchanged.check(config.db_path(db), [normalize_root(f) for f in folders], exclude or ())
+            if found is not None:  # nothing to write: no model, no LanceDB
+                present.summary(found, as_json)
+                return
         with present.progress_bar(not quiet and not as_json) as report:
             if server is not None:
                 summary = _index_there(server, folders, exclude or (), compact, prune_offline,
@@ -362,7 +374,7 @@ def index(
                     [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
                     precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
                     progress=_stopping(stop, report), ray=fanout, compact=compact,
-                    prune_offline=prune_offline,
+                    prune_offline=prune_offline, background_export=config.background_export(),
                 )
         if summary is not None:
             present.summary(summary, as_json)

@@ -66,6 +66,13 @@ def fast_query() -> bool:
     return os.environ.get("CLIPSEARCH_FAST_QUERY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def background_export() -> bool:
+    """Whether the CLI leaves the text encoder's export to a process of its own
+    (clipsearch.exportjob), the default; CLIPSEARCH_EXPORT=now makes it in the command that
+    needs it, which then waits for it (scripts that want the fast path ready when `index` ends)."""
+    return os.environ.get("CLIPSEARCH_EXPORT", "background").strip().lower() != "now"
+
+
 def index_precision() -> str:
     """The precision photos are embedded in unless a caller says (CLIPSEARCH_PRECISION, else
     auto: bf16 on CPUs with native bf16, fp16 on CUDA, fp32 elsewhere)."""

@@ -585,14 +585,15 @@ class Index:
 
         return Tagger.embed(labels, self.embed_texts)
 
-    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None) -> None:
+    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None, background: bool = False) -> None:
         """Make what the torch-free query path needs for this index's current version (the
         text export once, a row snapshot per version; clipsearch.fastpath). The export it opens
-        is this index's text encoder from then on, unless the index already has one."""
+        is this index's text encoder from then on, unless the index already has one. With
+        `background` the export is left to a job of its own (clipsearch.exportjob)."""
         from clipsearch.build import prepare_fast
 
         def work() -> None:
-            encoder, _unwritten = prepare_fast(self.store, lambda: self.embedder, note)
+            encoder, _unwritten = prepare_fast(self.store, lambda: self.embedder, note, background=background)
             if self._text_encoder is None and encoder is not None and self.precision == "fp32":
                 self._text_encoder = encoder
 

@@ -14,6 +14,10 @@ import pytest
 # tiny model) and snapshots its rows. Tests of other things run without it, as indexes did before
 # it existed; test_fastpath.py turns it on. Subprocesses inherit the setting.
 os.environ.setdefault("CLIPSEARCH_FAST_QUERY", "0")
+# Where it is on, the CLI makes the export in a job of its own (clipsearch.exportjob) and does not
+# wait for it; tests that then check the fast path would race that job, so the export is made in
+# the command itself unless a test (test_exportjob.py) says otherwise.
+os.environ.setdefault("CLIPSEARCH_EXPORT", "now")
 # Indexing defaults to auto (bf16 on this project's CPU); the tests that compare stored vectors
 # with open_clip's to 1e-5 need fp32, so that is their default. test_models.py tests auto.
 os.environ.setdefault("CLIPSEARCH_PRECISION", "fp32")

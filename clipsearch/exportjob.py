@@ -1,0 +1,139 @@
+"""The text encoder's export (clipsearch.models.export), made in a process of its own so that no
+command waits for it: exporting ViT-B-32's text tower takes about 10 s, longer than indexing a few
+hundred photos, and a first `index` should end when its rows are searchable.
+
+`clipsearch index` and a search that finds no export start the job and go on; searches answer
+through the CLIP model until the export is there, and on the torch-free path from then on (the
+same ranking; scores may differ in the last digits, as the fast path's note says). The job holds
+`fast/export.lock` while it works, so there is at most one per index; one that dies (killed,
+out of memory) leaves nothing half-made (the export is renamed into place whole), and the next
+`index` run or search starts another. What it printed is in `fast/export.log`.
+
+    python -m clipsearch.exportjob INDEX_FOLDER
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK = "export.lock"
+LOG = "export.log"
+
+
+def _lock_path(db: Path) -> Path:
+    return Path(db) / "fast" / LOCK
+
+
+def running(db: Path) -> bool:
+    """Whether a job is exporting for the index at `db` now."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, and no job either (see start)
+        return False
+    try:
+        fd = os.open(_lock_path(db), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def start(db: Path) -> bool:
+    """Start a job for the index at `db` unless one runs; False where no job can run (no
+    advisory locks: the caller exports in its own process)."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return False
+    if running(db):
+        return True
+    folder = Path(db) / "fast"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / LOG, "ab")  # noqa: SIM115 - handed to the child
+    except OSError:
+        return False
+    with log:
+        # a session of its own: the job outlives this process and a Ctrl-C in this terminal
+        subprocess.Popen([sys.executable, "-m", "clipsearch.exportjob", str(db)], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return True
+
+
+def wait(db: Path, timeout: float | None = None) -> bool:
+    """Wait until no job exports for `db` (True), or `timeout` seconds passed (False)."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fd = os.open(_lock_path(db), os.O_RDONLY)
+    except OSError:
+        return True
+    done = threading.Event()
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)  # granted when the job lets go of its exclusive lock
+        done.set()
+
+    threading.Thread(target=take, daemon=True, name="clipsearch-export-wait").start()
+    finished = done.wait(timeout)
+    if finished:
+        os.close(fd)
+    return finished  # a wait that timed out leaves its thread and descriptor to the process's end
+
+
+@contextlib.contextmanager
+def exporting(db: Path) -> Iterator[None]:
+    """Hold the export lock of the index at `db` (waiting for a job that holds it) while an
+    export is made here. Work folders found then are what a killed export left: removed."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(db) / "fast"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # waits for another job, which then has made the export; a quick look by `running` or
+        # `wait` holds the lock shared for a moment, which must not turn this one away
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        for stale in folder.glob(".text-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def run(db: Path) -> int:
+    """The job: export the text encoder of the index at `db` if it still needs one."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the user's searches come first
+    db = Path(db)
+    with exporting(db):
+        from clipsearch.build import export_for
+        from clipsearch.store import Manifest
+
+        for failure in export_for(db, Manifest.load(db, lambda: -1)):
+            print(failure, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

@@ -1,0 +1,73 @@
+"""An `index` run that finds nothing to do, told without opening what only a write needs.
+
+Most runs over a library change nothing (a cron job, a habit, a script that indexes before it
+searches). Such a run needs no model and no LanceDB (a second of start-up): the scan is compared
+with the row snapshot of the version last committed (clipsearch.snapshot), which holds every
+row's path, size, mtime and sidecar time. Only when every check holds is the run answered here;
+anything else (a file added, changed or gone, a root offline or on another device, an older
+index, a search structure or snapshot behind, a failed write to retry, the export neither made
+nor being made) goes to the full run, which is the one that knows what to do about it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clipsearch import config, derived, exportjob, onnxtext
+from clipsearch.results import IndexSummary
+
+
+def check(db: Path, folders: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary | None:
+    """The summary of an `index` run over `folders` (normalised roots) that would change nothing
+    in the index at `db`, or None when it might change something."""
+    from clipsearch import roots
+    from clipsearch.ann import AnnIndex
+    from clipsearch.scan import scan
+    from clipsearch.snapshot import Snapshot
+    from clipsearch.store import SCHEMA_VERSION
+
+    started = time.monotonic()
+    if not config.fast_query():
+        return None  # no snapshot is kept up to date
+    snapshot = Snapshot.open(db)
+    if snapshot is None:
+        return None
+    manifest = snapshot.manifest
+    model = manifest.model
+    if (manifest.schema_version < SCHEMA_VERSION or "sidecar_ns" not in snapshot.names
+            or derived.failures(db) or not AnnIndex.saved(db, snapshot.version)):
+        return None
+    if not (onnxtext.exported(db, model) or onnxtext.unsupported(db, model) is not None
+            or exportjob.running(db)):
+        return None
+    for folder in folders:
+        if (folder not in manifest.roots or folder in manifest.offline
+                or roots.device(folder) != manifest.root_devices.get(folder)):
+            return None
+    found = scan(folders, exclude)
+    rows = snapshot.read(["path", "size", "mtime_ns", "sidecar_ns"])
+    paths = rows.column("path")
+    under = np.zeros(len(rows), bool)
+    for folder in folders:
+        prefix = folder.rstrip(os.sep) + os.sep
+        under |= pc.or_(pc.equal(paths, folder), pc.starts_with(paths, prefix)).to_numpy(zero_copy_only=False)
+    if int(under.sum()) != len(found):
+        return None
+    rows = rows.filter(pa.array(under))
+    at = pc.index_in(found.paths, value_set=rows.column("path").combine_chunks())
+    if at.null_count:
+        return None  # a file the index does not hold
+    at = at.to_numpy(zero_copy_only=False).astype(np.int64)
+    same = ((rows.column("size").to_numpy()[at] == found.sizes)
+            & (rows.column("mtime_ns").to_numpy()[at] == found.mtimes)
+            & (rows.column("sidecar_ns").fill_null(0).to_numpy()[at] == found.sidecar_mtimes()))
+    if not same.all():
+        return None
+    return IndexSummary(unchanged=len(found), skipped=list(found.skipped), seconds=time.monotonic() - started)
