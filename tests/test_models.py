@@ -146,6 +146,34 @@ def test_loaded_weights_are_exactly_the_checkpoints(embedder, tiny_checkpoint):
     assert torch.nn.Module.load_state_dict.__qualname__ == "Module.load_state_dict"
 
 
+def test_bf16_weights_are_read_converted_and_equal_the_checkpoints_converted(tiny_model, tiny_checkpoint,
+                                                                             tmp_path):
+    """In bf16 a .safetensors file is read a tensor at a time, each converted as it is read (a
+    lower peak than mapping it whole): every weight must be the file's, converted, whatever the
+    stored types; a file cut short is refused, naming it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    saved = load_file(str(tiny_checkpoint))
+    mixed = {k: v.to(torch.float16) if i % 3 == 1 else v.to(torch.bfloat16) if i % 3 == 2 else v
+             for i, (k, v) in enumerate(saved.items())}
+    path = tmp_path / "mixed.safetensors"
+    save_file(mixed, str(path))
+    model = load_embedder(parse_model_spec(TINY, str(path)), "cpu", "bf16").model
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    for name, tensor in mixed.items():
+        assert state[name].dtype == (torch.bfloat16 if tensor.is_floating_point() else tensor.dtype), name
+        assert torch.equal(state[name], tensor.to(state[name].dtype)), name
+    import safetensors.torch
+
+    assert safetensors.torch.load_file is load_file  # restored afterwards
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ModelLoadError, match="cut short"):
+        load_embedder(parse_model_spec(TINY, str(cut)), "cpu", "bf16")
+
+
 @pytest.mark.parametrize("precision, closeness", [("bf16", 0.99), ("int8", 0.99)])
 def test_faster_precisions_give_nearly_the_fp32_vectors(tiny_model, tiny_checkpoint, embedder,
                                                         precision, closeness):
@@ -197,3 +225,82 @@ def test_indexing_defaults_to_auto_precision(native, expected, tiny_model, tiny_
     cosine = (got * exact).sum(axis=1)
     assert cosine.min() > 0.99
     assert (np.abs(got - exact).max() > 1e-5) == (expected == "bf16")
+
+
+TIMM_CFG = {  # a tiny CLIP whose image tower timm builds (as SigLIP's and ConvNeXt's do)
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                   "timm_pool": "token", "timm_proj": "linear", "image_size": 224},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+REFERENCE = """
+import json, sys
+import open_clip, torch  # open_clip as it imports by itself: timm with it
+from PIL import Image
+from safetensors.torch import save_file
+configs, folder = sys.argv[1], sys.argv[2]
+open_clip.add_model_config(configs)
+torch.manual_seed(0)
+model, _, preprocess = open_clip.create_model_and_transforms("clipsearch-tiny-timm")
+model.eval()
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder + "/open_clip_model.safetensors")
+with torch.no_grad():
+    image = preprocess(Image.new("RGB", (80, 60), (200, 30, 30))).unsqueeze(0)
+    tokens = open_clip.get_tokenizer("clipsearch-tiny-timm")(["a red square"])
+    vectors = [torch.nn.functional.normalize(v, dim=-1)[0].tolist()
+               for v in (model.encode_image(image), model.encode_text(tokens))]
+print(json.dumps({"image": vectors[0], "text": vectors[1]}))
+"""
+LOAD_AND_EMBED = """
+import json, sys
+from PIL import Image
+from clipsearch.models import load_embedder, parse_model_spec
+plain = load_embedder(parse_model_spec("local-dir:" + sys.argv[1], None), "cpu")
+before = sorted({"timm", "transformers"} & set(sys.modules))
+timm_tower = load_embedder(parse_model_spec("local-dir:" + sys.argv[2], None), "cpu")
+image = Image.new("RGB", (80, 60), (200, 30, 30))
+print(json.dumps({"before": before, "after": sorted({"timm", "transformers"} & set(sys.modules)),
+                  "image": timm_tower.embed_pil([image])[0].tolist(),
+                  "text": timm_tower.embed_texts(["a red square"])[0].tolist()}))
+"""
+
+
+def test_timm_and_transformers_load_only_for_the_models_that_need_them(tiny_local_dir, tmp_path):
+    """open_clip is imported without timm and transformers (0.8 s, 55 MB); a model whose tower
+    timm builds brings timm in, and gives the vectors open_clip gives with timm imported as usual."""
+    import subprocess
+    import sys
+
+    configs, folder = tmp_path / "configs", tmp_path / "timm-model"
+    configs.mkdir()
+    folder.mkdir()
+    (configs / "clipsearch-tiny-timm.json").write_text(json.dumps(TIMM_CFG))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TIMM_CFG}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    outputs = []
+    for script, args in ((REFERENCE, (configs, folder)), (LOAD_AND_EMBED, (tiny_local_dir, folder))):
+        r = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                           timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    expected, got = outputs
+    assert got["before"] == [] and got["after"] == ["timm"]
+    for kind in ("image", "text"):
+        assert np.abs(np.array(got[kind]) - np.array(expected[kind])).max() < 1e-5, kind
+
+
+def test_an_index_run_lets_the_text_tower_go_and_embeds_images_as_before(tiny_model, tiny_checkpoint,
+                                                                         embedder):
+    """An index run embeds only images: the model it loads drops its text weights, gives the
+    same image vectors, and refuses text rather than answer without its tower."""
+    from conftest import SAMPLES, sample_files
+    from helpers import reference_image
+
+    own = load_embedder(parse_model_spec(TINY, str(tiny_checkpoint)), "cpu", "fp32")
+    images = [reference_image(p) for p in sample_files(SAMPLES)[:4]]
+    own.drop_text_tower()
+    assert not own.has_text
+    assert {n.split(".")[0] for n, _ in own.model.named_parameters()} == {"visual", "logit_scale"}
+    assert np.array_equal(own.embed_pil(images), embedder.embed_pil(images))
+    with pytest.raises(RuntimeError, match="text tower"):
+        own.embed_texts(["a dog"])

@@ -30,7 +30,14 @@ class Embedder(ABC):
         # Applied to each decoded PIL image in the decode workers, off the model's thread.
         self.preprocess = preprocess
         self.image_size = image_size
+        self.has_text = True  # False once drop_text_tower let its weights go
         self.dim = int(self.embed_texts([""]).shape[1])
+
+    def drop_text_tower(self) -> None:
+        """Let go of the text tower's weights, for a process that embeds only images (an index
+        run); embedding text afterwards is refused. An adapter that cannot keeps it (has_text
+        stays True)."""
+        return None
 
     @property
     def decode_min_side(self) -> int:
@@ -60,6 +67,8 @@ class Embedder(ABC):
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         import torch
 
+        if not self.has_text:
+            raise RuntimeError("this model's text tower was let go (drop_text_tower): load it again")
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):

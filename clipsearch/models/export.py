@@ -16,11 +16,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 
 from clipsearch.bpe import CLEANERS, Tokenizer
-from clipsearch.models.openclip import OpenClipEmbedder, encode_tokens
+from clipsearch.models.openclip import OpenClipEmbedder, encode_tokens, open_clip
 
 TOLERANCE = 1e-5
 # Texts the export is checked on: plain, long (cut at the context), empty, accented, CJK, emoji,
