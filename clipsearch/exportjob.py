@@ -20,11 +20,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 LOCK = "export.lock"
 LOG = "export.log"
+START_SECONDS = 2.0  # the most `start` waits for the job to take its lock
 
 
 def _lock_path(db: Path) -> Path:
@@ -67,8 +69,13 @@ def start(db: Path) -> bool:
         return False
     with log:
         # a session of its own: the job outlives this process and a Ctrl-C in this terminal
-        subprocess.Popen([sys.executable, "-m", "clipsearch.exportjob", str(db)], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        job = subprocess.Popen([sys.executable, "-m", "clipsearch.exportjob", str(db)],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    # until it holds its lock (tens of ms), so that a search started next knows it is coming
+    deadline = time.monotonic() + START_SECONDS
+    while not running(db) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
     return True
 
 

@@ -64,5 +64,10 @@ def open_fast(db: Path, *, precision: str = "fp32", **options) -> Index | None:
         return None  # the full path brings the search structure up to date
     encoder = onnxtext.open_for(db, snapshot.manifest.model)
     if encoder is None:
-        return None
+        from clipsearch import exportjob
+
+        if not exportjob.running(db):
+            return None
+        # the export is being made (clipsearch.exportjob): the rows still come from the snapshot,
+        # only the query's vector from the CLIP model until the export is there
     return Index(snapshot, text_encoder=encoder, ann=ann, precision="fp32", **options)

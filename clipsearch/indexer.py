@@ -304,7 +304,14 @@ class Indexer:
         return digest in self._hashes or digest in self._kept
 
     def _outcomes(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
-        # The model loads only when some file needs reading: an unchanged folder never pays for it.
+        if self._embedder is None and entries and all(e.path in self._rows for e in entries):
+            # Only files the index holds, with a new size or mtime: touched (a copy, a restore, a
+            # tool that rewrote the date) more often than changed. Their hashes are checked first,
+            # and the model loads only if some content is new.
+            entries = yield from self._known_content(entries)
+            if not entries:
+                return
+        # The model loads only when some file needs decoding: an unchanged folder never pays for it.
         self._embedder = embedder = self._load_embedder()
         min_side, preprocess = embedder.decode_min_side, embedder.preprocess
         if self.workers == 0:
@@ -326,6 +333,34 @@ class Indexer:
                 yield result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _known_content(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
+        """Read and hash `entries` without decoding: outcomes for those whose content the index
+        holds (or kept), and, as the generator's value, the entries whose content is new."""
+        def hashed(entry: FileEntry):
+            return prepare_photo(entry.path, lambda _h: True, None, lambda image: None)
+
+        if self.workers == 0:
+            prepared = map(hashed, entries)
+        else:
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipsearch-hash")
+            prepared = pool.map(hashed, entries)  # small results: no pixels
+        new: list[FileEntry] = []
+        try:
+            for entry, p in zip(entries, prepared, strict=True):
+                if p.reason is not None:
+                    yield Skipped(entry.path, p.reason)
+                elif (source := self._hashes.find(p.hash)) is not None:
+                    yield _Outcome(entry, p.hash, source=source, meta=p.meta)
+                elif (kept := self._kept.get(p.hash)) is not None:
+                    yield _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
+                                   taken=kept.taken, meta=p.meta)
+                else:
+                    new.append(entry)
+        finally:
+            if self.workers:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return new
 
     # -- or read, hashed, decoded and embedded on a cluster ------------------------------------
     def _fanned_out(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:

@@ -82,6 +82,17 @@ def test_an_unchanged_library_is_told_without_the_model_or_lancedb(first_run):
     assert "lancedb" in heavy
     code, out, err, heavy = _cli("index", photos, "--db", db, "--json")
     assert json.loads(out)["unchanged"] == n + 1 and heavy == []
+    # a touched file is read and hashed, but its content is known: no model
+    touched = photos / "copy of a photo.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    code, out, err, heavy = _cli("index", photos, "--db", db, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    counts = (summary["added"], summary["updated"], summary["embedded"], summary["unchanged"])
+    assert counts == (0, 0, 0, n + 1)
+    assert "torch" not in heavy and "open_clip" not in heavy
+    code, out, err, heavy = _cli("index", photos, "--db", db, "--json")
+    assert json.loads(out)["unchanged"] == n + 1 and heavy == []
 
 
 def test_a_job_killed_half_way_leaves_nothing_and_the_next_run_exports(tmp_path, tiny_local_dir):
