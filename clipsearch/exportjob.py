@@ -7,7 +7,7 @@ through the CLIP model until the export is there, and on the torch-free path fro
 same ranking; scores may differ in the last digits, as the fast path's note says). The job holds
 `fast/export.lock` while it works, so there is at most one per index; one that dies (killed,
 out of memory) leaves nothing half-made (the export is renamed into place whole), and the next
-`index` run or search starts another. What it printed is in `fast/export.log`.
+`index` run or search starts another. What the last one printed is in `fast/export.log`.
 
     python -m clipsearch.exportjob INDEX_FOLDER
 """
@@ -34,7 +34,8 @@ def _lock_path(db: Path) -> Path:
 
 
 def running(db: Path) -> bool:
-    """Whether a job is exporting for the index at `db` now."""
+    """Whether an export is being made for the index at `db` now (by a job, or by a process
+    that exports itself, under `exporting`)."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks, and no job either (see start)
@@ -64,7 +65,7 @@ def start(db: Path) -> bool:
     folder = Path(db) / "fast"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        log = open(folder / LOG, "ab")  # noqa: SIM115 - handed to the child
+        log = open(folder / LOG, "wb")  # noqa: SIM115 - handed to the child; the last job's only
     except OSError:
         return False
     with log:
