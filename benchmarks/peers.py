@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import statistics
@@ -94,25 +93,24 @@ def _rclip_venv(work: Path) -> Path:
     return venv / "bin" / "rclip"
 
 
-def _timed(command: list[str], env: dict, cwd: Path | None = None) -> tuple[float, float, str]:
-    """(seconds, peak resident MB, stdout) of one process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def _timed(command: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
+    """(seconds, stdout) of one process."""
     started = time.perf_counter()
     r = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - started
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {r.stderr.strip()[-800:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest of any child so far: a smaller one reads as the same
-    return seconds, (peak if peak > before else float("nan")) / 1024, r.stdout
+    return seconds, r.stdout
 
 
 def _peak_of(command: list[str], env: dict, cwd: Path | None = None) -> tuple[float, float, str]:
-    """As _timed, with the peak measured by /usr/bin/time when there is one (exact per process)."""
+    """(seconds, peak resident MB, stdout) of one process; the peak from /usr/bin/time (NaN
+    where there is none), which times the command itself, not this script's other children."""
     if not Path("/usr/bin/time").exists():
-        return _timed(command, env, cwd)
+        seconds, out = _timed(command, env, cwd)
+        return seconds, float("nan"), out
     report = Path(env["PEERS_WORK"]) / "time.txt"
-    seconds, _peak, out = _timed(["/usr/bin/time", "-o", str(report), "-f", "%M", *command], env, cwd)
+    seconds, out = _timed(["/usr/bin/time", "-o", str(report), "-f", "%M", *command], env, cwd)
     return seconds, int(report.read_text().split()[-1]) / 1024, out
 
 
@@ -165,7 +163,7 @@ def measure(work: Path, n_photos: int = 300, runs: int = 2, rows: int = 100_000)
         figures["ours_first_s"].append(s)
         figures["ours_first_mb"].append(mb)
         # the README's flow: a search straight after the first index, while the export runs
-        q, _, _ = _timed([clipsearch, "search", QUERY, "--db", str(db), "-k", "5", "--json"], env)
+        q, _ = _timed([clipsearch, "search", QUERY, "--db", str(db), "-k", "5", "--json"], env)
         figures["ours_first_results_s"].append(s + q)
         started = time.perf_counter()
         exportjob.wait(db, 600)
@@ -176,7 +174,7 @@ def measure(work: Path, n_photos: int = 300, runs: int = 2, rows: int = 100_000)
                                                    env)[0])
             figures["rclip_query_s"].append(_timed([str(rclip), "-n", "-t", "5", QUERY], renv,
                                                    cwd=library)[0])
-            s, _, out = _timed([clipsearch, "search", QUERY, "--db", str(db), "-k", "5", "--json"], env)
+            s, out = _timed([clipsearch, "search", QUERY, "--db", str(db), "-k", "5", "--json"], env)
             figures["ours_query_s"].append(s)
         same_top &= [h["path"] for h in json.loads(out)][:1] == rclip_top[:1]
     result = {k: statistics.median(v) for k, v in figures.items()}

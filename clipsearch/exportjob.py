@@ -24,6 +24,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no job either: exports are made in-process
+    fcntl = None
+
 LOCK = "export.lock"
 LOG = "export.log"
 START_SECONDS = 2.0  # the most `start` waits for the job to take its lock
@@ -36,9 +41,7 @@ def _lock_path(db: Path) -> Path:
 def running(db: Path) -> bool:
     """Whether an export is being made for the index at `db` now (by a job, or by a process
     that exports itself, under `exporting`)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks, and no job either (see start)
+    if fcntl is None:
         return False
     try:
         fd = os.open(_lock_path(db), os.O_RDONLY)
@@ -56,9 +59,7 @@ def running(db: Path) -> bool:
 def start(db: Path) -> bool:
     """Start a job for the index at `db` unless one runs; False where no job can run (no
     advisory locks: the caller exports in its own process)."""
-    try:
-        import fcntl  # noqa: F401
-    except ImportError:
+    if fcntl is None:
         return False
     if running(db):
         return True
@@ -82,9 +83,7 @@ def start(db: Path) -> bool:
 
 def wait(db: Path, timeout: float | None = None) -> bool:
     """Wait until no job exports for `db` (True), or `timeout` seconds passed (False)."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return True
     try:
         fd = os.open(_lock_path(db), os.O_RDONLY)
@@ -108,9 +107,7 @@ def wait(db: Path, timeout: float | None = None) -> bool:
 def exporting(db: Path) -> Iterator[None]:
     """Hold the export lock of the index at `db` (waiting for a job that holds it) while an
     export is made here. Work folders found then are what a killed export left: removed."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         yield
         return
     folder = Path(db) / "fast"

@@ -20,15 +20,6 @@ if TYPE_CHECKING:
     from clipsearch.engine import Index
 
 
-class _NoPandas:
-    """An import finder that says pandas is not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError(f"No module named {name!r} (kept out of a fast query)", name=name)
-        return None
-
-
 def keep_pandas_out() -> None:
     """pyarrow imports pandas, when it is installed, the first time a call looks for pandas
     objects among its arguments (0.27 s here, a quarter of a cold query), and remembers what it
@@ -37,14 +28,12 @@ def keep_pandas_out() -> None:
     later, for `similar` of an outside image) imports pandas as usual."""
     if "pandas" in sys.modules:
         return
-    finder = _NoPandas()
-    sys.meta_path.insert(0, finder)
-    try:
-        import pyarrow as pa
+    import pyarrow as pa
 
+    from clipsearch.imports import kept_out
+
+    with kept_out(["pandas"]):
         pa.array([0])
-    finally:
-        sys.meta_path.remove(finder)
 
 
 def open_fast(db: Path, *, precision: str = "fp32", **options) -> Index | None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clipsearch import roots as root_state
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
@@ -247,23 +246,14 @@ class Indexer:
         """The files to read (new, or changed since their row), column by column: no Python
         object per stored row or per unchanged file. Sets the rows of those files, the paths
         gone from `scope` and the `scanned_roots` that look offline."""
-        scanned, sizes, mtimes = found.paths, found.sizes, found.mtimes
         # the manifest records the next id before any row gets it (an index from before it did
         # says 0, and is asked its highest id once)
         self._next_id = self.store.manifest.next_id or self.store.highest_id() + 1
-        words = self.store.has_words
+        words = self.store.has_words  # with them, a sidecar written since its row: read again
         stored = self.store.read(DIFF_COLUMNS + (["sidecar_ns"] if words else []), under_sql(scope))
-        paths = stored.column("path").combine_chunks()
-        at = pc.index_in(scanned, value_set=paths).fill_null(-1)
-        at = at.to_numpy(zero_copy_only=False).astype(np.int64)
+        paths, at, same = found.against(stored)
         known = at >= 0
-        same = np.zeros(len(at), bool)
-        same[known] = ((stored.column("size").to_numpy()[at[known]] == sizes[known])
-                       & (stored.column("mtime_ns").to_numpy()[at[known]] == mtimes[known]))
         self._sidecars = found.sidecars
-        if words:  # a sidecar written since its photo's row: its words are read again
-            sidecar = stored.column("sidecar_ns").fill_null(0).to_numpy()
-            same[known] &= sidecar[at[known]] == found.sidecar_mtimes()[known]
         self.summary.unchanged += int(same.sum())
         present = np.zeros(len(paths), bool)
         present[at[known]] = True

@@ -56,6 +56,23 @@ class ScanResult:
             out[at[at >= 0]] = mtimes[at >= 0]
         return out
 
+    def against(self, stored: pa.Table) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+        """The files found compared with `stored` (a table of path, size and mtime_ns, and
+        sidecar_ns if it has it): its paths as one array; for each file found, its row there (-1:
+        none) and whether the file is as that row says (its sidecars' time too). The comparison
+        an index run and clipsearch.unchanged both make."""
+        paths = stored.column("path").combine_chunks()
+        at = pa.compute.index_in(self.paths, value_set=paths).fill_null(-1)
+        at = at.to_numpy(zero_copy_only=False).astype(np.int64)
+        known = at >= 0
+        same = np.zeros(len(at), bool)
+        same[known] = ((stored.column("size").to_numpy()[at[known]] == self.sizes[known])
+                       & (stored.column("mtime_ns").to_numpy()[at[known]] == self.mtimes[known]))
+        if "sidecar_ns" in stored.column_names:  # a sidecar written since its photo's row
+            sidecar = stored.column("sidecar_ns").fill_null(0).to_numpy()
+            same[known] &= sidecar[at[known]] == self.sidecar_mtimes()[known]
+        return paths, at, same
+
     def __len__(self) -> int:
         return len(self.sizes)
 

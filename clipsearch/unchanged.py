@@ -60,14 +60,7 @@ def check(db: Path, folders: Sequence[str], exclude: Sequence[str] = ()) -> Inde
         under |= pc.or_(pc.equal(paths, folder), pc.starts_with(paths, prefix)).to_numpy(zero_copy_only=False)
     if int(under.sum()) != len(found):
         return None
-    rows = rows.filter(pa.array(under))
-    at = pc.index_in(found.paths, value_set=rows.column("path").combine_chunks())
-    if at.null_count:
-        return None  # a file the index does not hold
-    at = at.to_numpy(zero_copy_only=False).astype(np.int64)
-    same = ((rows.column("size").to_numpy()[at] == found.sizes)
-            & (rows.column("mtime_ns").to_numpy()[at] == found.mtimes)
-            & (rows.column("sidecar_ns").fill_null(0).to_numpy()[at] == found.sidecar_mtimes()))
-    if not same.all():
+    _paths, _at, same = found.against(rows.filter(pa.array(under)))
+    if not same.all():  # a file the index does not hold, or not as it holds it
         return None
     return IndexSummary(unchanged=len(found), skipped=list(found.skipped), seconds=time.monotonic() - started)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from clipsearch.errors import BadInputError, ModelLoadError, UnknownModelError
+from clipsearch.imports import kept_out
 from clipsearch.models import (
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,
@@ -30,26 +31,10 @@ from clipsearch.models.base import Embedder
 _OPTIONAL = {"timm_model": ("timm", "TimmModel"), "hf_model": ("transformers", "HFTextEncoder")}
 
 
-class _KeptOut:
-    """An import finder that says these libraries are not installed."""
-
-    def __init__(self, names: set[str]) -> None:
-        self.names = names
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {name!r} (not needed yet)", name=name)
-        return None
-
-
 def _import_open_clip():
     if "open_clip" not in sys.modules:
-        finder = _KeptOut({lib for lib, _ in _OPTIONAL.values()} - set(sys.modules))
-        sys.meta_path.insert(0, finder)
-        try:
+        with kept_out(library for library, _tower in _OPTIONAL.values()):
             importlib.import_module("open_clip")
-        finally:
-            sys.meta_path.remove(finder)
     return sys.modules["open_clip"]
 
 
