@@ -38,14 +38,22 @@ def _lock_path(db: Path) -> Path:
     return Path(db) / "fast" / LOCK
 
 
+def _lock_to_look_at(db: Path) -> int | None:
+    """The export lock file, opened to look at; None where there are no advisory locks, or no
+    export was ever made under it."""
+    if fcntl is None:
+        return None
+    try:
+        return os.open(_lock_path(db), os.O_RDONLY)
+    except OSError:
+        return None
+
+
 def running(db: Path) -> bool:
     """Whether an export is being made for the index at `db` now (by a job, or by a process
     that exports itself, under `exporting`)."""
-    if fcntl is None:
-        return False
-    try:
-        fd = os.open(_lock_path(db), os.O_RDONLY)
-    except OSError:
+    fd = _lock_to_look_at(db)
+    if fd is None:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -83,11 +91,8 @@ def start(db: Path) -> bool:
 
 def wait(db: Path, timeout: float | None = None) -> bool:
     """Wait until no job exports for `db` (True), or `timeout` seconds passed (False)."""
-    if fcntl is None:
-        return True
-    try:
-        fd = os.open(_lock_path(db), os.O_RDONLY)
-    except OSError:
+    fd = _lock_to_look_at(db)
+    if fd is None:
         return True
     done = threading.Event()
 

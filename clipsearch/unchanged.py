@@ -55,9 +55,8 @@ def check(db: Path, folders: Sequence[str], exclude: Sequence[str] = ()) -> Inde
     rows = snapshot.read(["path", "size", "mtime_ns", "sidecar_ns"])
     paths = rows.column("path")
     under = np.zeros(len(rows), bool)
-    for folder in folders:
-        prefix = folder.rstrip(os.sep) + os.sep
-        under |= pc.or_(pc.equal(paths, folder), pc.starts_with(paths, prefix)).to_numpy(zero_copy_only=False)
+    for folder in folders:  # roots are folders: their photos are the paths below them
+        under |= pc.starts_with(paths, folder.rstrip(os.sep) + os.sep).to_numpy(zero_copy_only=False)
     if int(under.sum()) != len(found):
         return None
     _paths, _at, same = found.against(rows.filter(pa.array(under)))
