@@ -13,7 +13,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -26,11 +26,10 @@ if TYPE_CHECKING:
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-LOCAL_HINT = "pass a folder saved with save_pretrained: --rerank-model /path/to/folder"
 
 
-class ItmScorer:
-    """Match probabilities of (text, image) pairs. Build one with `load_scorer`."""
+class BlipModel:
+    """A loaded BLIP model with its processor (the re-ranker's and the captioner's common part)."""
 
     def __init__(self, name: str, device: str, precision: str, model, processor, identity: str):
         self.name = name
@@ -38,15 +37,22 @@ class ItmScorer:
         self.precision = precision
         self.model = model
         self.processor = processor
-        # Names the features this scorer produces: same weights, preprocessing and precision.
+        # names what this model produces: same weights, preprocessing and precision
         self.identity = identity
         size = model.config.vision_config.image_size
         self.image_size = int(max(size) if isinstance(size, tuple | list) else size)
-        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
 
     @property
     def decode_min_side(self) -> int:
         return 2 * self.image_size
+
+
+class ItmScorer(BlipModel):
+    """Match probabilities of (text, image) pairs. Build one with `load_scorer`."""
+
+    def __init__(self, name: str, device: str, precision: str, model, processor, identity: str):
+        super().__init__(name, device, precision, model, processor, identity)
+        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -89,37 +95,37 @@ class ItmScorer:
         return np.concatenate(probs) if probs else np.zeros(0, np.float32)
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str, flag: str = "--rerank-precision") -> str:
     from clipsearch.config import RERANK_PRECISIONS
     from clipsearch.models import native_bf16
     from clipsearch.models import resolve_precision as check
 
     native = torch.device(device).type == "cpu" and native_bf16()
-    return check(precision, device, "--rerank-precision", RERANK_PRECISIONS, "bf16" if native else "fp32")
+    return check(precision, device, flag, RERANK_PRECISIONS, "bf16" if native else "fp32")
 
 
-def _source(name: str) -> tuple[str, bool]:
+def _source(name: str, flag: str = "--rerank-model", example: str = "Salesforce/blip-itm-base-coco",
+            ) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is already on disk)."""
     path = os.path.abspath(os.path.expanduser(name))
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise BadInputError(
-                f"--rerank-model {path} has no config.json; point it at a folder written by "
+                f"{flag} {path} has no config.json; point it at a folder written by "
                 "save_pretrained (model and processor)"
             )
         return path, True
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
-        raise BadInputError(f"--rerank-model: folder not found: {path}")
+        raise BadInputError(f"{flag}: folder not found: {path}")
     if not _REPO_ID.match(name):
-        raise BadInputError(
-            f"--rerank-model {name!r} is neither a folder nor a hub name like "
-            "Salesforce/blip-itm-base-coco"
-        )
+        raise BadInputError(f"{flag} {name!r} is neither a folder nor a hub name like {example}")
     config = hub.cached_hf_file(name, ["config.json"])
     weights = hub.cached_hf_file(name, _WEIGHTS)
     if config and weights and os.path.dirname(config) == os.path.dirname(weights):
         return name, True
-    hub.require_hub(f"re-rank model {name}", hub.hf_endpoint(), LOCAL_HINT)
+    what = "caption model" if flag == "--caption-model" else "re-rank model"
+    hub.require_hub(f"{what} {name}", hub.hf_endpoint(),
+                    f"pass a folder saved with save_pretrained: {flag} /path/to/folder")
     return name, False
 
 
@@ -127,7 +133,7 @@ def _identity(name: str, source: str, local: bool, precision: str) -> str:
     folder = source if os.path.isdir(source) else None
     if folder is None and local:
         folder = os.path.dirname(hub.cached_hf_file(source, ["config.json"]) or "")
-    parts = [name, precision]
+    parts = [source if folder == source else name, precision]  # a folder however it was spelt
     for filename in ("config.json", "preprocessor_config.json", "processor_config.json", *_WEIGHTS):
         with contextlib.suppress(OSError, TypeError):
             st = os.stat(os.path.join(folder, filename))
@@ -135,29 +141,50 @@ def _identity(name: str, source: str, local: bool, precision: str) -> str:
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 
 
-def load_scorer(name: str, device: str, precision: str = "auto") -> ItmScorer:
-    """Load BLIP ITM weights and processor from a local folder or the hub (cache first)."""
+class Loaded(NamedTuple):
+    model: object
+    processor: object
+    device: str
+    precision: str
+    identity: str  # names the weights, preprocessing and precision
+
+
+def load_pretrained(model_class: str, name: str, device: str, precision: str, flag: str, example: str,
+                    bf16_weights: bool = False) -> Loaded:
+    """A BLIP model (`model_class` of transformers) and its processor from a local folder or the
+    hub (cache first), on `device`, at `precision` ('auto': bf16 on CPUs that have it).
+    `bf16_weights`: at bf16, load the weights as bf16 rather than run fp32 ones under autocast."""
     from clipsearch.models import resolve_device
 
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
-    source, local = _source(name)
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
+    precision = resolve_precision(precision, device, flag.replace("-model", "-precision"))
+    source, local = _source(name, flag, example)
+    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    what = "caption model" if flag == "--caption-model" else "re-rank model"
     try:
-        model = BlipForImageTextRetrieval.from_pretrained(source, local_files_only=local)
-        processor = BlipProcessor.from_pretrained(source, local_files_only=local)
+        dtype = {"dtype": torch.bfloat16} if bf16_weights and precision == "bf16" else {}
+        model = getattr(transformers, model_class).from_pretrained(source, local_files_only=local, **dtype)
+        processor = transformers.BlipProcessor.from_pretrained(source, local_files_only=local)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(
-            f"cannot load re-rank model {name}: {reason[:300]}; {LOCAL_HINT}"
+            f"cannot load {what} {name}: {reason[:300]}; pass a folder saved with save_pretrained: "
+            f"{flag} /path/to/folder"
         ) from exc
     model.eval().to(device)
     if precision == "int8":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch points eager quantisation users at torchao
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return ItmScorer(name, device, precision, model, processor, _identity(name, source, local, precision))
+    return Loaded(model, processor, device, precision, _identity(name, source, local, precision))
+
+
+def load_scorer(name: str, device: str, precision: str = "auto") -> ItmScorer:
+    """Load BLIP ITM weights and processor from a local folder or the hub (cache first)."""
+    got = load_pretrained("BlipForImageTextRetrieval", name, device, precision, "--rerank-model",
+                          "Salesforce/blip-itm-base-coco")
+    return ItmScorer(name, got.device, got.precision, got.model, got.processor, got.identity)
