@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.results import (
+    CaptionSummary,
     Hit,
     ImageTags,
     IndexInfo,
@@ -27,7 +28,7 @@ from clipsearch.results import (
 
 __version__ = "0.1.0"
 __all__ = [
-    "ClipsearchError", "Hit", "ImageTags", "Index", "IndexInfo", "IndexSummary", "Progress",
+    "CaptionSummary", "ClipsearchError", "Hit", "ImageTags", "Index", "IndexInfo", "IndexSummary", "Progress",
     "Skipped", "TagCount", "TagSummary", "index_folders", "open_index",
 ]
 

@@ -125,9 +125,16 @@ RerankModel = Annotated[str | None, typer.Option(
     "--rerank-model", envvar="CLIPSEARCH_RERANK_MODEL", metavar="NAME_OR_DIR",
     help="BLIP ITM weights: a hub name, or a folder saved with save_pretrained "
          "[default: Salesforce/blip-itm-base-coco].")]
+_BLIP_PRECISION = "auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or int8 (CPU)."
 RerankPrecision = Annotated[str, typer.Option(
-    "--rerank-precision", envvar="CLIPSEARCH_RERANK_PRECISION",
-    help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or int8 (CPU).")]
+    "--rerank-precision", envvar="CLIPSEARCH_RERANK_PRECISION", help=_BLIP_PRECISION)]
+
+CaptionModel = Annotated[str | None, typer.Option(
+    "--caption-model", envvar="CLIPSEARCH_CAPTION_MODEL", metavar="NAME_OR_DIR",
+    help="BLIP captioning weights: a hub name, or a folder saved with save_pretrained "
+         "[default: Salesforce/blip-image-captioning-base].")]
+CaptionPrecision = Annotated[str, typer.Option(
+    "--caption-precision", envvar="CLIPSEARCH_CAPTION_PRECISION", help=_BLIP_PRECISION)]
 
 
 @contextlib.contextmanager
@@ -583,6 +590,12 @@ def serve(
         "--rescan-every", min=0, metavar="SECONDS", rich_help_panel="Watching",
         help="With --watch: also scan every folder this often, for changes no event told of "
              "(0: only at start).")] = 3600.0,
+    captions: Annotated[bool, typer.Option(
+        "--captions", rich_help_panel="Watching",
+        help="With --watch: caption the photos that have none (clipsearch caption) in quiet "
+             "moments, at the lowest priority: searches never wait for it.")] = False,
+    caption_model: CaptionModel = None,
+    caption_precision: CaptionPrecision = "auto",
 ) -> None:
     """Serve the index over HTTP: a web gallery at /, a JSON API under /api (documented at /docs),
     with the CLIP model loaded once. `clipsearch search` and `similar` use it when it runs for
@@ -596,6 +609,9 @@ def serve(
     from clipsearch.server.service import serve as run
 
     with _errors(), _terminate_as_interrupt():
+        if captions and not watch:
+            raise BadInputError("--captions needs --watch: clipsearch serve --watch --captions "
+                                "(or caption once: clipsearch caption)")
         if folders and not watch:
             raise BadInputError("folders are for --watch: clipsearch serve --watch "
                                 + " ".join(map(str, folders)))
@@ -609,7 +625,8 @@ def serve(
             run(config.db_path(db), host=host, port=port, token=token, device=device, precision=precision,
                 rerank_model=rerank_model, rerank_precision=rerank_precision, open_browser=open_browser,
                 watch=watched if watch else None, on_start=present.serving, note=present.message,
-                watching=WatchOptions(settle, poll, rescan_every or None))
+                watching=WatchOptions(settle, poll, rescan_every or None), captions=captions,
+                caption_model=caption_model, caption_precision=caption_precision)
         present.message("clipsearch serve stopped")
 
 
@@ -659,6 +676,72 @@ def tag_command(
         else:
             summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp, per_image=as_json)
     present.tag_summary(summary, as_json)
+
+
+@app.command()
+def caption(
+    folders: Annotated[list[Path] | None, typer.Argument(
+        help="Only the indexed photos under these folders [default: every indexed photo].")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Caption at most this many photos in this run.")] = None,
+    show: Annotated[Path | None, typer.Option(
+        "--show", metavar="PHOTO",
+        help="Print the caption of PHOTO (a path, or a bare file name the index holds), making it "
+             "if needed.")] = None,
+    caption_model: CaptionModel = None,
+    caption_precision: CaptionPrecision = "auto",
+    batch_size: BatchSize = 8,
+    write_xmp: Annotated[bool | None, typer.Option(
+        "--write-xmp/--no-write-xmp",
+        help="Also write each caption into the photo's PHOTO.EXT.xmp sidecar as its description "
+             "(dc:description), never over a description you wrote [default: as `tag --write-xmp` "
+             "chose, else no].")] = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+    db: Db = None,
+    device: Device = "auto",
+) -> None:
+    """Write a sentence for every indexed photo that has none yet, with BLIP: captions are shown
+    in results and the gallery (as each thumbnail's alt text) and searched as words beside CLIP.
+    Photos are searchable before they have one; captions follow content (a moved photo keeps its
+    own). A caption from another model or precision is replaced, and kept until it is. Ctrl-C
+    keeps every caption made so far; the next run goes on from there.
+
+    Example: clipsearch caption ~/Photos/2019 --limit 500
+    """
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    stop = threading.Event()
+    with _errors("interrupted; the captions made so far are saved: run the same command again to resume"), \
+            _terminate_as_interrupt(stop):
+        server = _watcher(db)
+        options = {"caption_model": caption_model, "caption_precision": caption_precision}
+        if show is not None:
+            if server is not None:  # it holds the index: making the caption is its job
+                from clipsearch.results import ImageRecord
+
+                shown = server.run_job({"kind": "caption", "show": str(show), **options}, lambda _p: None)
+                records = [ImageRecord(**r) for r in shown["images"]]
+            else:
+                records = open_index(db, device=device, **options).caption_of(show)
+            present.captions(records, as_json)
+            return
+        with present.progress_bar(not quiet and not as_json) as report:
+            if server is not None:
+                from clipsearch.results import CaptionSummary
+                from clipsearch.scan import normalize_root
+
+                present.message(f"handing this run to clipsearch serve --watch (pid {server.found.pid}), "
+                                "which holds the index")
+                summary = CaptionSummary.from_dict(server.run_job(
+                    {"kind": "caption", "folders": [normalize_root(f) for f in folders or ()], "limit": limit,
+                     "write_xmp": write_xmp, **options}, _stopping(stop, report)))
+            else:
+                summary = open_index(db, device=device, **options).caption(
+                    [str(f) for f in folders or ()], limit=limit, progress=_stopping(stop, report),
+                    batch_size=batch_size, write_xmp=write_xmp)
+    present.caption_summary(summary, as_json)
 
 
 @app.command()
@@ -879,6 +962,15 @@ def eval_retrieval(
     candidates: Candidates = config.DEFAULT_CANDIDATES,
     rerank_model: RerankModel = None,
     rerank_precision: RerankPrecision = "auto",
+    words: Annotated[str, typer.Option(
+        "--words", metavar="on|off",
+        help="on: the images' words (file names, captions) rank beside CLIP, as `search` does; off: "
+             "pixels only.")] = "on",
+    caption_model: Annotated[str | None, typer.Option(
+        "--caption-model", metavar="NAME_OR_DIR",
+        help="Caption every image with this BLIP captioner first, so that --words on searches the "
+             "captions too [default: no captions].")] = None,
+    caption_precision: CaptionPrecision = "auto",
     model: Model = None,
     pretrained: Pretrained = None,
     device: Device = "auto",
@@ -900,12 +992,15 @@ def eval_retrieval(
 
     with _errors():
         data = read_captions(dataset, images, split)
+        ranked_by_words = _on_off(words, "--words")
+    captioning = {"caption_model": caption_model, "caption_precision": caption_precision} \
+        if caption_model else {}
     _evaluate(db, data.images, quiet,
               lambda found, report: retrieval(data, found, rerank=rerank, candidates=candidates,
-                                              progress=report),
+                                              progress=report, words=ranked_by_words),
               "eval_retrieval", as_json, model=model, pretrained=pretrained, device=device,
               precision=precision, batch_size=batch_size, workers=workers, rerank_model=rerank_model,
-              rerank_precision=rerank_precision)
+              rerank_precision=rerank_precision, **captioning)
 
 
 @eval_app.command("zeroshot")

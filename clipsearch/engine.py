@@ -25,6 +25,7 @@ from clipsearch.models import (
     load_embedder,
 )
 from clipsearch.results import (
+    CaptionSummary,
     Hit,
     ImageRecord,
     IndexInfo,
@@ -45,7 +46,9 @@ if TYPE_CHECKING:
     from clipsearch.featcache import FeatureCache
     from clipsearch.models.base import Embedder
     from clipsearch.models.blip import ItmScorer
+    from clipsearch.models.captioner import Captioner
     from clipsearch.query import Term
+    from clipsearch.results import Progress
     from clipsearch.search import Filters
     from clipsearch.tagging import LabelSet, Tagger
     from clipsearch.wordsearch import WordIndex
@@ -78,8 +81,13 @@ class Index:
     def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None,
                  rerank_model: str | None = None, rerank_precision: str = "auto",
                  scorer: ItmScorer | None = None, precision: str = "fp32", model_thread: bool = False,
-                 text_encoder: TextEncoder | None = None, ann: AnnIndex | None = None):
+                 text_encoder: TextEncoder | None = None, ann: AnnIndex | None = None,
+                 caption_model: str | None = None, caption_precision: str = "auto",
+                 captioner: Captioner | None = None):
         self.store = store
+        self.caption_model = caption_model
+        self.caption_precision = caption_precision
+        self._captioner = captioner
         self.device = device
         self.precision = precision
         self.rerank_model = rerank_model or config.DEFAULT_RERANK_MODEL
@@ -92,6 +100,7 @@ class Index:
         self._models = threading.RLock()
         self._state = threading.RLock()
         self._model_thread: ThreadPoolExecutor | None = None
+        self._caption_thread: ThreadPoolExecutor | None = None
         self._model_thread_id: int | None = None
         if model_thread:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-model",
@@ -156,8 +165,33 @@ class Index:
             self._scorer = load_scorer(self.rerank_model, self.device, self.rerank_precision)
 
     @property
+    def captioner(self) -> Captioner:
+        """The BLIP captioner (clipsearch.captions), loaded on first use."""
+        if self._captioner is None:
+            self._model_call(self._load_captioner)
+        return self._captioner
+
+    def use_captioner(self, model: str | None = None, precision: str = "auto") -> None:
+        """Caption with `model` (None: the one this index has) at `precision` ('auto': the one it
+        has) from now on; a captioner already loaded is let go when they differ."""
+        model = model or self.caption_model
+        precision = self.caption_precision if precision == "auto" else precision
+        if (model, precision) != (self.caption_model, self.caption_precision):
+            with self._models:
+                self.caption_model, self.caption_precision, self._captioner = model, precision, None
+
+    def _load_captioner(self) -> None:
+        from clipsearch.captions import DEFAULT_MODEL
+        from clipsearch.models.captioner import load_captioner
+
+        if self._captioner is None:
+            self._captioner = load_captioner(self.caption_model or DEFAULT_MODEL, self.device,
+                                             self.caption_precision)
+
+    @property
     def models_loaded(self) -> dict[str, bool]:
-        return {"clip": self._embedder is not None, "rerank": self._scorer is not None}
+        return {"clip": self._embedder is not None, "rerank": self._scorer is not None,
+                "caption": self._captioner is not None}
 
     @property
     def ann(self) -> AnnIndex:
@@ -244,8 +278,11 @@ class Index:
         wanted = k + offset
         if rerank:
             wanted = max(wanted, candidates or config.DEFAULT_CANDIDATES)
+        from clipsearch.captions import phrase_of
+
         matching = query_words(terms) if words else []
-        hits, considered = self._nearest(vector, wanted, filters, collapse, matching)
+        phrase = phrase_of(terms) if words else []
+        hits, considered = self._nearest(vector, wanted, filters, collapse, matching, phrase)
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
         if rerank:
             reranked = time.perf_counter()
@@ -253,7 +290,7 @@ class Index:
                 hits, texts, self.scorer, self.feature_cache(), k + offset, min_match,
                 workers=config.default_workers()))
             timing["rerank"] = time.perf_counter() - reranked
-        return _page(hits[offset:offset + k], considered, timing, started)
+        return _page(_captioned(self, hits[offset:offset + k]), considered, timing, started)
 
     def similar(
         self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
@@ -291,7 +328,7 @@ class Index:
             wanted *= 2
         hits = _asked_first(hits, own)[:k + offset]
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
-        return _page(hits[offset:offset + k], considered, timing, started)
+        return _page(_captioned(self, hits[offset:offset + k]), considered, timing, started)
 
     def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
         """The unit vector a parsed query stands for (clipsearch.query.combine)."""
@@ -376,21 +413,24 @@ class Index:
         return self._nearest(vector, k, filters)[0]
 
     def _nearest(self, vector: np.ndarray, k: int, filters: Filters | None,
-                 collapse: bool = False, words: Sequence[str] = ()) -> tuple[list[Hit], int]:
+                 collapse: bool = False, words: Sequence[str] = (), phrase: Sequence[str] = (),
+                 ) -> tuple[list[Hit], int]:
         """The k best hits among the rows `filters` allow, and how many rows that is; with
         `collapse`, one hit per duplicate group (its keeper, clipsearch.dupes). `words`: the
-        query's words, matched against the photos' (clipsearch.wordsearch)."""
+        query's words, matched against the photos' (clipsearch.wordsearch); `phrase`: the same
+        in order, matched against their captions (clipsearch.captions)."""
         from clipsearch.search import allowed_ids, nearest
         from clipsearch.wordsearch import fuse
 
         ann = self.ann
-        needs_words = bool(words) or bool(filters and (filters.place or filters.camera))
+        needs_words = bool(words or phrase) or bool(filters and (filters.place or filters.camera))
         index = self.word_index() if needs_words else None
         allowed = allowed_ids(self.store, filters, index) if filters else None
         considered = ann.size if allowed is None else len(allowed)
 
         def ranked(n: int) -> list[Hit]:
-            fused = fuse(self.store, ann, vector, n, allowed, index, words) if words and index else None
+            fused = fuse(self.store, ann, vector, n, allowed, index, words, phrase=phrase) \
+                if (words or phrase) and index else None
             return fused if fused is not None else nearest(self.store, ann, vector, n, allowed)
 
         if not collapse:
@@ -446,9 +486,10 @@ class Index:
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        images = self.captioned(images)
         stored = self.store.read_tags() if images else None
         if stored is None:
-            return list(images)
+            return images
         rows = stored[0]
         wanted = pa.array(sorted({i.hash for i in images}), pa.string())
         labels: dict[str, list[str]] = {}
@@ -456,6 +497,15 @@ class Index:
                 [("score", "descending")]).to_pylist():
             labels.setdefault(row["hash"], []).append(row["label"])
         return [dataclasses.replace(i, tags=labels.get(i.hash, [])) for i in images]
+
+    def captioned(self, images: Sequence[ImageRecord]) -> list[ImageRecord]:
+        """The same records with their captions (clipsearch.captions), where they have one."""
+        import dataclasses
+
+        from clipsearch.captions import of_hashes
+
+        found = of_hashes(self.store, (i.hash for i in images)) if images else {}
+        return [dataclasses.replace(i, caption=found[i.hash]) if i.hash in found else i for i in images]
 
     def record(self, id: int, tags: bool = True) -> ImageRecord:
         found = self.records([id], tags).get(id)
@@ -578,6 +628,64 @@ class Index:
         summary.seconds = time.perf_counter() - started
         return summary
 
+    def caption(self, folders: Sequence[str | os.PathLike[str]] = (), *, limit: int | None = None,
+                progress: Callable[[Progress], None] | None = None, batch_size: int = 8,
+                write_xmp: bool | None = None, prepare: bool = True,
+                failed: set[str] | None = None) -> CaptionSummary:
+        """Caption the indexed photos under `folders` (all when empty) that have no caption
+        from this index's captioner yet (or a stale one), at most `limit`; resumable, committed
+        every few seconds (clipsearch.captions). With sidecars asked for (`tag --write-xmp`, or
+        `write_xmp`), each caption also goes into its photos' XMP sidecars as clipsearch's own
+        description. `failed`: hashes not to try, to which those it cannot read are added
+        (clipsearch.captions.caption_store)."""
+        from clipsearch.captions import caption_store
+        from clipsearch.scan import normalize_root
+
+        if limit is not None and limit < 1:
+            raise BadInputError(f"--limit must be at least 1, not {limit}")
+        roots = [normalize_root(f) for f in folders]
+        captioner = self.captioner
+        with self.store.writer_lock():
+            self.store.refresh()
+            summary, written = caption_store(self.store, captioner, roots, limit, progress, batch_size,
+                                             config.default_workers(), call=self._caption_call, failed=failed)
+            if prepare:
+                self.prepare_fast()
+        if write_xmp or (write_xmp is None and self.store.manifest.xmp_sidecars):
+            from clipsearch.xmp import write_captions
+
+            summary.sidecars_written = write_captions(written, summary.skipped)
+        return summary
+
+    def _caption_call(self, work: Callable[[], T]) -> T:
+        """Run a caption batch: in a process that serves searches (model_thread), on a thread of
+        its own at the lowest priority, outside the model lock, so searches never wait for a
+        caption; else here."""
+        if self._model_thread is None:
+            return work()
+        with self._state:
+            if self._caption_thread is None:
+                from clipsearch.captions import lower_priority
+
+                self._caption_thread = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-captions",
+                                                          initializer=lower_priority)
+        return self._caption_thread.submit(work).result()
+
+    def caption_of(self, photo: str | os.PathLike[str]) -> list[ImageRecord]:
+        """The records of `photo` (as `about` finds them) with their captions, captioning
+        those that have none yet."""
+        records = self.about(photo)
+        if any(r.caption is None for r in records):
+            with self.store.writer_lock():
+                self.store.refresh()
+                from clipsearch.captions import caption_hashes
+
+                todo = {r.hash: [r.path] for r in records if r.caption is None}
+                caption_hashes(self.store, self.captioner, list(todo.items()), call=self._caption_call)
+                self.prepare_fast()
+            records = self.captioned(records)
+        return records
+
     def tagger(self, labels: LabelSet) -> Tagger:
         """`labels` with their prompt ensembles embedded: what scores images for `tag` (and
         for `eval zeroshot`)."""
@@ -638,8 +746,19 @@ class Index:
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
             bytes=self.store.disk_bytes(), ann=describe(images),
             labels=list((self.store.read_tags(rows=False) or (None, {}))[1].get("prompts", {})),
-            offline=dict(manifest.offline),
+            offline=dict(manifest.offline), **self._caption_counts(),
         )
+
+    def _caption_counts(self) -> dict:
+        import pyarrow.compute as pc
+
+        stored = self.store.read_captions()
+        if stored is None:
+            return {}
+        have = pc.is_in(self.store.read(["hash"]).column("hash"),
+                        value_set=stored.column("hash").combine_chunks())
+        models = sorted(set(stored.column("model").to_pylist()))
+        return {"captioned": int(pc.sum(have).as_py() or 0), "caption_models": models}
 
 
 def _unknown_image(id: int) -> UnknownImageError:
@@ -668,6 +787,14 @@ def _check_page(k: int, offset: int) -> None:
         raise BadInputError(f"offset must be 0 or more, not {offset}")
 
 
+def _captioned(index: Index, hits: list[Hit]) -> list[Hit]:
+    from dataclasses import replace
+
+    images = index.captioned([h.image for h in hits if h.image is not None])
+    by_id = {i.id: i for i in images}
+    return [replace(h, image=by_id[h.id], caption=by_id[h.id].caption) if h.id in by_id else h for h in hits]
+
+
 def _page(hits: list[Hit], considered: int, seconds: dict[str, float], started: float) -> Page:
     seconds["total"] = time.perf_counter() - started
     return Page(hits, considered, {stage: round(s * 1000, 2) for stage, s in seconds.items()})
@@ -676,14 +803,17 @@ def _page(hits: list[Hit], considered: int, seconds: dict[str, float], started: 
 def open_index(db: str | os.PathLike[str] | None = None, *, device: str = "auto",
                embedder: Embedder | None = None, rerank_model: str | None = None,
                rerank_precision: str = "auto", scorer: ItmScorer | None = None,
-               precision: str = "fp32", model_thread: bool = False) -> Index:
+               precision: str = "fp32", model_thread: bool = False, caption_model: str | None = None,
+               caption_precision: str = "auto") -> Index:
     """Open an existing index for searching (`db` defaults to CLIPSEARCH_DB or the data dir).
 
     `precision` (fp32, bf16, fp16 on GPUs, int8 on CPUs) is the CLIP model's, for queries;
     `rerank_model` (a hub name or a folder saved with save_pretrained) and `rerank_precision`
     (auto, fp32, bf16, int8) apply to searches with `rerank=True`. `model_thread` runs every
     model call on one thread of the index's own (for a process that searches from many threads).
+    `caption_model` and `caption_precision` are the BLIP captioner's, for `caption`.
     """
     return Index(Store.open(db_path(db)), device=device, embedder=embedder,
                  rerank_model=rerank_model, rerank_precision=rerank_precision, scorer=scorer,
-                 precision=precision, model_thread=model_thread)
+                 precision=precision, model_thread=model_thread, caption_model=caption_model,
+                 caption_precision=caption_precision)

@@ -112,9 +112,9 @@ class IndexInterrupted(ClipsearchError):
 
     exit_code = 130
 
-    def __init__(self, saved: int) -> None:
+    def __init__(self, saved: int, what: str = "images") -> None:
         super().__init__(
-            f"interrupted; progress is saved ({saved} images committed in this run): "
+            f"interrupted; progress is saved ({saved} {what} committed in this run): "
             "run the same command again to resume"
         )
         self.saved = saved

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from clipsearch.progress import PHASES
 from clipsearch.results import (
+    CaptionSummary,
     CompactSummary,
     ForgetSummary,
     Hit,
@@ -97,9 +98,14 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
         table.add_column("path", overflow="fold")
         if worded:
             table.add_column("matched", overflow="fold", style="dim")
+        captioned = any(h.caption for h in found)
+        if captioned:
+            table.add_column("caption", overflow="fold", style="italic")
         for h in found:
             extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else [f"{h.clip:.3f}"] if worded else []
             matched = [" ".join(w for words in (h.words or {}).values() for w in words)] if worded else []
+            if captioned:
+                matched.append(h.caption or "")
             score = f"{h.score:.4f}" if worded else f"{h.score:.3f}"
             table.add_row(str(h.rank), score, *extra, shown(h.path), *[shown(m) for m in matched])
         out.print(table)
@@ -259,6 +265,32 @@ def tag_summary(s: TagSummary, as_json: bool) -> None:
     _skipped(s.skipped)
 
 
+def caption_summary(s: CaptionSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
+        return
+    line = f"captioned {s.captioned} photos with {s.model} ({s.precision}) [dim]({s.seconds:.1f} s)[/dim]"
+    if s.stale:
+        line += f"; {s.stale} had a caption from another model or precision"
+    if s.left:
+        line += f"; {s.left} left for the next run"
+    if s.sidecars_written:
+        line += f"; {s.sidecars_written} XMP sidecars written"
+    err.print(line)
+    _skipped(s.skipped)
+
+
+def captions(records: Sequence[ImageRecord], as_json: bool) -> None:
+    """`caption --show`: each photo's caption."""
+    if as_json:
+        print(json.dumps([{"path": r.path, "caption": r.caption} for r in records], indent=2,
+                         ensure_ascii=False))
+        return
+    for r in records:
+        line = shown(r.caption or "") if len(records) == 1 else f"{shown(r.path)}: {shown(r.caption or '')}"
+        out.print(line, markup=False)
+
+
 def tag_counts(counts: Sequence[TagCount], as_json: bool) -> None:
     if as_json:
         print(json.dumps([c.to_dict() for c in counts], indent=2, ensure_ascii=False))
@@ -305,7 +337,7 @@ def about(records: Sequence[ImageRecord], as_json: bool) -> None:
             ("path", r.path), ("id", str(r.id)), ("size", f"{r.width} x {r.height}, {r.bytes:,} bytes"),
             ("taken", r.taken), ("place", r.place), ("position", position), ("camera", r.camera),
             ("lens", r.lens), ("keywords", ", ".join(r.keywords)), ("people", ", ".join(r.people)),
-            ("tags", ", ".join(r.tags)),
+            ("tags", ", ".join(r.tags)), ("caption", r.caption),
         ):
             if value:
                 table.add_row(key, shown(value))
@@ -328,6 +360,8 @@ def info(i: IndexInfo, as_json: bool) -> None:
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
         ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
         ("tags", f"{len(i.labels)} labels (clipsearch tags lists them)" if i.labels else "-"),
+        ("captions", f"{i.captioned} of {i.images} photos ({', '.join(i.caption_models)})"
+         if i.captioned else "-"),
     ):
         table.add_row(key, shown(value))
     out.print(table)
@@ -392,7 +426,9 @@ def eval_retrieval(r: RetrievalReport, as_json: bool) -> None:
                       f"{d.queries / d.seconds:.1f}" if d.seconds else "-")
     out.print(table)
     err.print(f"{r.text_to_image.queries} captions, {r.images} images; {shown(r.model)}, {r.precision}"
-              + (f"; re-rank: {shown(r.rerank_model)}" if r.rerank_model else "") + "; recall in %")
+              + (f"; re-rank: {shown(r.rerank_model)}" if r.rerank_model else "")
+              + ("; pixels only (--words off)" if not r.words else "")
+              + (f"; captions: {shown(r.caption_model)}" if r.caption_model else "") + "; recall in %")
     _skipped(r.skipped)
     if r.left_out:
         err.print(f"  {r.left_out} caption{'s' * (r.left_out != 1)} of skipped images left out")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from clipsearch.results import Progress
 
 # what each phase's bar is called; the others are one-off notes
-PHASES = {"embed": "indexing", "words": "reading words",
+PHASES = {"embed": "indexing", "words": "reading words", "caption": "captioning",
           "text-to-image": "text queries", "re-rank": "re-ranked queries"}
 
 

@@ -20,6 +20,7 @@ class Hit:
     # when the query's words matched the photo's (clipsearch.wordsearch): field -> the photo's
     # words that matched; `score` is then the fused score and `clip` the CLIP cosine
     words: dict[str, list[str]] | None = None
+    caption: str | None = None  # the photo's BLIP caption (clipsearch.captions), once made
 
     def to_dict(self) -> dict:
         """The CLI's JSON form of a hit."""
@@ -28,13 +29,16 @@ class Hit:
             out |= {"itm": self.itm, "clip": self.clip} if self.itm is not None else {"clip": self.clip}
         if self.words is not None:
             out["words"] = self.words
+        if self.caption is not None:
+            out["caption"] = self.caption
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Hit:
         """A hit from its JSON form (the server's hits carry more fields, which are ignored)."""
         return cls(rank=int(data["rank"]), path=str(data["path"]), score=float(data["score"]),
-                   itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"), words=data.get("words"))
+                   itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"), words=data.get("words"),
+                   caption=data.get("caption"))
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class ImageRecord:
     lon: float | None = None
     keywords: list[str] = field(default_factory=list)  # the user's, from the file and its sidecar
     people: list[str] = field(default_factory=list)
+    caption: str | None = None  # BLIP's sentence for it (clipsearch.captions), once captioned
 
     @classmethod
     def from_row(cls, row: dict, tags: list[str] | None = None) -> ImageRecord:
@@ -167,6 +172,8 @@ class IndexInfo:
     ann: str
     labels: list[str] = field(default_factory=list)  # those of the last `tag` run
     offline: dict[str, str] = field(default_factory=dict)  # root -> since when (ISO time)
+    captioned: int = 0  # photos with a BLIP caption (clipsearch caption)
+    caption_models: list[str] = field(default_factory=list)  # what wrote them
 
 
     def to_dict(self) -> dict:
@@ -212,6 +219,29 @@ class TagSummary:
         images = [ImageTags(i["path"], [(t["label"], t["score"]) for t in i["tags"]]) for i in data["images"]]
         return cls(data["labels"], images, data["sidecars_written"], [Skipped(**s) for s in data["skipped"]],
                    data["seconds"], data["scored"], data["untagged"])
+
+
+@dataclass
+class CaptionSummary:
+    """What a `caption` run did: photos (contents) captioned, those it could not read and why,
+    how many of those it found had a stale caption (another model or precision), and how many
+    are left for a later run (`limit`)."""
+
+    model: str
+    precision: str
+    captioned: int = 0
+    stale: int = 0
+    left: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    sidecars_written: int = 0  # XMP descriptions, when sidecars were asked for
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CaptionSummary:
+        return cls(**{**data, "skipped": [Skipped(**s) for s in data.get("skipped", [])]})
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from clipsearch import derived
 from clipsearch.files import replacing
 from clipsearch.layers import Delta, merge_due
 from clipsearch.store import (
+    CAPTIONS_TABLE,
     LABEL_SET_KEY,
     TABLE,
     TAGS_TABLE,
@@ -92,9 +93,10 @@ def files(db: Path) -> list[Path]:
             found += [_file(db, "rows", base.base), delta] if base is not None else [delta]
         else:
             found.append(_file(db, "rows", version))
-    version = committed_version(db / f"{TAGS_TABLE}.lance")
-    if version is not None:
-        found.append(_file(db, "tags", version))
+    for kind, table in (("tags", TAGS_TABLE), ("captions", CAPTIONS_TABLE)):
+        version = committed_version(db / f"{table}.lance")
+        if version is not None:
+            found.append(_file(db, kind, version))
     return found
 
 
@@ -142,6 +144,10 @@ def write(store: Store, whole: bool = False) -> None:
         table, label_set = store.read_tags()
         table = table.replace_schema_metadata({LABEL_SET_KEY: json.dumps(label_set)})
         _write(_file(store.path, "tags", tags_version), table.schema, iter(table.to_batches()))
+    captions_version = store.captions_version()
+    if captions_version is not None and not _file(store.path, "captions", captions_version).exists():
+        table = store.read_captions()
+        _write(_file(store.path, "captions", captions_version), table.schema, iter(table.to_batches()))
 
 
 def _rows_current(store: Store) -> bool:
@@ -227,7 +233,8 @@ class Snapshot(RowSource):
     """The rows and tags of one committed version, answering what a search asks of a Store."""
 
     def __init__(self, path: Path, manifest: Manifest, version: int, rows: pa.Table, alive: np.ndarray,
-                 tags: pa.Table | None, tags_version: int | None) -> None:
+                 tags: pa.Table | None, tags_version: int | None,
+                 captions: tuple[int, pa.Table] | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.version = version
@@ -238,6 +245,7 @@ class Snapshot(RowSource):
         self._ids = rows.column("id").to_numpy()
         self._tags = tags
         self._tags_version = tags_version
+        self._captions = captions
 
     @classmethod
     def open(cls, db: Path) -> Snapshot | None:
@@ -250,15 +258,13 @@ class Snapshot(RowSource):
         if found is None:
             return None
         rows, alive = found
-        tags = None
-        tags_version = committed_version(db / f"{TAGS_TABLE}.lance")
-        if tags_version is not None:
-            tags = _read(_file(db, "tags", tags_version))
-            if tags is None:
-                return None
+        tags, captions = _side(db, "tags", TAGS_TABLE), _side(db, "captions", CAPTIONS_TABLE)
+        if tags is False or captions is False:
+            return None
+        tags_version, tags = tags or (None, None)
         ids = rows.column("id")
         manifest = Manifest.load(db, lambda: int(ids[-1].as_py()) if len(ids) else -1)  # rows in id order
-        return cls(db, manifest, version, rows, alive, tags, tags_version)
+        return cls(db, manifest, version, rows, alive, tags, tags_version, captions)
 
     # -- what a search asks of a Store -------------------------------------------------------
     def refresh(self) -> None:
@@ -309,11 +315,27 @@ class Snapshot(RowSource):
     def tags_version(self) -> int | None:
         return self._tags_version
 
+    def captions_version(self) -> int | None:
+        return None if self._captions is None else self._captions[0]
+
+    def read_captions(self) -> pa.Table | None:
+        return None if self._captions is None else self._captions[1]
+
     def read_tags(self, rows: bool = True) -> tuple[pa.Table | None, dict] | None:
         if self._tags is None:
             return None
         label_set = json.loads((self._tags.schema.metadata or {}).get(LABEL_SET_KEY.encode(), b"{}"))
         return (self._tags if rows else None), label_set
+
+
+def _side(db: Path, kind: str, table: str) -> tuple[int, pa.Table] | None | bool:
+    """(version, rows) of the snapshot of a table beside the rows (tags, captions) as last
+    committed; None when there is no such table; False when its snapshot is missing."""
+    version = committed_version(db / f"{table}.lance")
+    if version is None:
+        return None
+    rows = _read(_file(db, kind, version))
+    return False if rows is None else (version, rows)
 
 
 def _open_rows(db: Path, version: int) -> tuple[pa.Table, np.ndarray] | None:

@@ -92,6 +92,15 @@ TAGS_SCHEMA = pa.schema([
 ])
 LABEL_SET_KEY = "clipsearch.label_set"
 
+CAPTIONS_TABLE = "captions"
+CAPTIONS_SCHEMA = pa.schema([
+    pa.field("hash", pa.string()),  # captions follow content, as tags do
+    pa.field("caption", pa.string()),
+    pa.field("model", pa.string()),  # the captioning model's name, as the user gave it
+    pa.field("identity", pa.string()),  # its weights and precision (clipsearch.models.blip)
+    pa.field("precision", pa.string()),
+])
+
 
 @dataclass
 class Manifest:
@@ -253,6 +262,13 @@ class RowSource:
     def has_words(self) -> bool:
         return "words" in self.names
 
+    def captions_version(self) -> int | None:
+        return None
+
+    def read_captions(self) -> pa.Table | None:
+        """The stored captions (CAPTIONS_SCHEMA), or None before the first `caption` run."""
+        return None
+
     @property
     def meta_columns(self) -> list[str]:
         """What a search returns of a row: META_COLUMNS and the word columns where the rows
@@ -301,6 +317,10 @@ class Store(RowSource):
         self._table = table
         # the last tags read, by table version: a long-lived reader (the server) reads them once
         self._tags: tuple[int, pa.Table, dict] | None = None
+        self._captions: tuple[int, pa.Table] | None = None
+        # the captions table, opened once per refresh (False: there is none): every search asks
+        # for it, and opening a LanceDB table costs about a millisecond
+        self._captions_handle = None
         self._manifest_stamp: int | None = None
         self._ids: tuple[int, np.ndarray] | None = None  # the sorted ids of one table version
 
@@ -370,6 +390,7 @@ class Store(RowSource):
         """Move to the newest committed version; the manifest too, if another process rewrote it
         (an index run adds folders)."""
         self._table.checkout_latest()
+        self._captions_handle = None
         with contextlib.suppress(OSError):
             stamp = (self.path / MANIFEST).stat().st_mtime_ns
             if stamp != self._manifest_stamp:
@@ -533,12 +554,57 @@ class Store(RowSource):
                 table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
 
     def _tags_table(self):
+        return self._side_table(TAGS_TABLE)
+
+    def _side_table(self, name: str):
         import lancedb
 
         try:
-            return lancedb.connect(self.path).open_table(TAGS_TABLE)
+            return lancedb.connect(self.path).open_table(name)
         except ValueError:  # lancedb's "table not found"
             return None
+
+    def add_captions(self, rows: pa.Table) -> None:
+        """Store these captions (CAPTIONS_SCHEMA), replacing those of the same hashes, in one
+        commit of the captions table: a stale caption is there until its new one is."""
+        import lancedb
+
+        rows = rows.cast(CAPTIONS_SCHEMA)
+        table = self._captions_table()
+        with writing(self.path):
+            if table is None:
+                lancedb.connect(self.path).create_table(CAPTIONS_TABLE, rows)
+                self._captions_handle = None
+                return
+            table.merge_insert("hash").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            if table.version % 64 == 0:  # a caption run commits every few seconds: drop old versions
+                table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+
+    def _captions_table(self):
+        if self._captions_handle is None:
+            self._captions_handle = self._side_table(CAPTIONS_TABLE) or False
+        return self._captions_handle or None
+
+    def captions_version(self) -> int | None:
+        table = self._captions_table()
+        return None if table is None else table.version
+
+    def read_captions(self) -> pa.Table | None:
+        """Every stored caption (CAPTIONS_SCHEMA), from one table version; None before the first."""
+        table = self._captions_table()
+        if table is None:
+            return None
+        try:
+            cached = self._captions
+            if cached is not None and cached[0] == table.version:
+                return cached[1]
+            self._captions = (table.version, table.to_arrow())
+            return self._captions[1]
+        except Exception as exc:
+            raise CorruptIndexError(
+                f"the captions in {self.path / (CAPTIONS_TABLE + '.lance')} cannot be read "
+                f"({str(exc).splitlines()[0][:200]}); delete that folder and run clipsearch caption again"
+            ) from None
 
     def tags_version(self) -> int | None:
         """The tags table's version (each `tag` run makes a new one), or None before the first."""

@@ -35,7 +35,7 @@ STOP_WORDS = frozenset({"a", "an", "and", "are", "as", "at", "be", "by", "for", 
 MAX_XMP_BYTES = 4 << 20  # a packet larger than this is not a photo manager's keywords
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december")
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 _XMP_FIELDS = {  # (namespace, local name) -> what it holds
     ("http://purl.org/dc/elements/1.1/", "subject"): "keywords",
@@ -215,8 +215,9 @@ def _read_xmp(packet: bytes, meta: Meta, where: str) -> None:
             if kind:
                 found.append((kind, [value]))
         namespace, local = _split(element.tag)
-        if namespace == OWN_NS and local == "tags":
-            ours |= {(li.text or "").strip() for li in element.iter(_RDF_LI)}
+        if namespace == OWN_NS and local in ("tags", "caption"):
+            items = [li.text for li in element.iter(_RDF_LI)] or [element.text]
+            ours |= {(i or "").strip() for i in items}
             continue
         kind = _XMP_FIELDS.get((namespace, local))
         if kind:
@@ -226,7 +227,7 @@ def _read_xmp(packet: bytes, meta: Meta, where: str) -> None:
         if kind.startswith("hierarchy"):
             levels = [level for item in items for level in item.split(kind[-1])]
             meta.add("keywords", levels)
-        elif kind == "keywords":
+        elif kind in ("keywords", "description"):  # leaving out what clipsearch wrote itself
             meta.add(kind, [i for i in items if i.strip() not in ours])
         else:
             meta.add(kind, items)
@@ -245,7 +246,7 @@ def tokens(text: str) -> list[str]:
     accents (München: münchen and munchen), in order, once each."""
     text = unicodedata.normalize("NFKC", text).casefold()
     out: list[str] = []
-    for word in _WORD.findall(text):
+    for word in WORD.findall(text):
         for form in (word, _unaccented(word)):
             if form not in out:
                 out.append(form)
@@ -274,7 +275,7 @@ def query_tokens(text: str) -> list[str]:
     for chunk in unicodedata.normalize("NFKC", text).casefold().split():
         chunk = chunk.strip("\"'()[]{},;:!?")
         for token in [*tokens(chunk), chunk]:
-            if token and token not in STOP_WORDS and token not in out and _WORD.search(token):
+            if token and token not in STOP_WORDS and token not in out and WORD.search(token):
                 out.append(token)
     return out
 

@@ -203,7 +203,8 @@ class WordIndex:
 
 
 def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: np.ndarray | None,
-         index: WordIndex, words: Sequence[str], method: str = FUSION) -> list[Hit] | None:
+         index: WordIndex, words: Sequence[str], method: str = FUSION, phrase: Sequence[str] = (),
+         ) -> list[Hit] | None:
     """The k best rows for a query's vector and its words, or None when no word matches a row
     the filters allow (the caller then ranks by CLIP alone). `method`: FUSION, or what it was
     measured against: "rrf" (both sides by rank, equal word scores sharing one) and "blend"
@@ -212,16 +213,23 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
     A row's CLIP rank is its rank among the rows the filters allow, counted to POOL; every row
     past it shares rank POOL + 1. So the rows that can make the first k are CLIP's best POOL and,
     among the word matches, those with the k best word scores, equal scores ordered by CLIP:
-    only those are scored, and only the k shown are read."""
+    only those are scored, and only the k shown are read.
+
+    `phrase`: the query's words in order, which the candidates' captions are scored against
+    (clipsearch.captions); captions re-rank the candidates, they never add one."""
+    from clipsearch import captions
+
     positions, bm25 = index.scores(words)
     ids = index.ids[positions]
     if allowed is not None and len(ids):
         keep = np.isin(ids, allowed)
         ids, bm25 = ids[keep], bm25[keep]
-    if not len(ids):
+    phrase = phrase if source.read_captions() is not None else ()
+    if not len(ids) and not phrase:
         return None
     pool_ids, pool_scores = _best(source, ann, vector, max(k, POOL), allowed)
-    word_ids, word_scores = _word_candidates(source, ann, vector, ids, bm25, max(k, POOL))
+    word_ids, word_scores = _word_candidates(source, ann, vector, ids, bm25, max(k, POOL)) if len(ids) \
+        else (np.zeros(0, np.int64), np.zeros(0))
     clip_of = dict(zip(pool_ids.tolist(), pool_scores.tolist(), strict=True))
     clip_of.update(zip(word_ids.tolist(), word_scores.tolist(), strict=True))
     candidates = np.array(sorted(clip_of), np.int64)
@@ -230,7 +238,11 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
     clip_rank[np.searchsorted(candidates, pool_ids)] = np.arange(1, len(pool_ids) + 1)
     matched = np.isin(candidates, ids)  # ids are in id order, as the index holds them
     share = np.zeros(len(candidates))
-    share[matched] = bm25[np.searchsorted(ids, candidates[matched])] / bm25.max()
+    if len(ids):
+        share[matched] = bm25[np.searchsorted(ids, candidates[matched])] / bm25.max()
+    said, said_words = captions.scores(source, candidates, phrase)
+    if not len(ids) and not said.any():
+        return None  # neither words nor captions say anything: CLIP's answer, to the bit
     if method == "blend":
         fused = (clip - clip.mean()) / (clip.std() or 1.0) + BLEND_WEIGHT * share
     elif method == "rrf":
@@ -241,6 +253,7 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
         fused += np.where(matched, 1.0 / (RRF_K + word_rank), 0.0)
     else:  # "scaled"
         fused = 1.0 / (RRF_K + clip_rank) + share / (RRF_K + 1)
+    fused += captions.CAPTION_WEIGHT * said / (RRF_K + 1)
     best = np.lexsort((candidates, -clip, -fused))[:k]
     shown = candidates[best]
     exact = ann.kind != "flat"
@@ -255,6 +268,8 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
         if id_ not in rows:  # the table moved on since `ann` was built
             continue
         found = index.matched(int(index.positions(np.array([id_]))[0]), words) if matched[j] else {}
+        if id_ in said_words:
+            found["caption"] = said_words[id_]
         hits.append(Hit(rank=len(hits) + 1, path=rows[id_].path, score=float(fused[j]), clip=float(clip[j]),
                         id=id_, image=rows[id_], words=found))
     return hits

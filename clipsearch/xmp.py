@@ -92,8 +92,9 @@ def _skeleton() -> ET.Element:
     return root
 
 
-def merge_subjects(image: str, tags: Sequence[str]) -> bool:
-    """Add `tags` to the sidecar of `image`; True when the file was written."""
+def _open(image: str) -> tuple[str, bytes, ET.Element, ET.Element]:
+    """(the sidecar's path, its bytes, its tree, its rdf:RDF element) for `image`; a new tree when
+    there is no sidecar yet."""
     path = sidecar_path(image)
     data = b""
     if os.path.exists(path):
@@ -109,12 +110,33 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
     rdf = root if root.tag == f"{{{RDF}}}RDF" else root.find(f".//{{{RDF}}}RDF")
     if rdf is None:
         raise SidecarError(path, "no rdf:RDF element, so it is not XMP; left untouched")
-    # dc:subject may live in any of several rdf:Description blocks; a second one would be invalid
+    return path, data, root, rdf
+
+
+def _holder(rdf: ET.Element, name: str) -> ET.Element:
+    """The rdf:Description that holds `name` (a second one would be invalid), else the first."""
     descriptions = rdf.findall(f"{{{RDF}}}Description")
-    holder = next((d for d in descriptions if d.find(f"{{{DC}}}subject") is not None), None)
+    holder = next((d for d in descriptions if d.find(name) is not None), None)
     if holder is None:
         holder = descriptions[0] if descriptions else ET.SubElement(
             rdf, f"{{{RDF}}}Description", {f"{{{RDF}}}about": ""})
+    return holder
+
+
+def _save(path: str, data: bytes, root: ET.Element) -> None:
+    body = _serialize(root, _prefixes(data))
+    if b"<?xpacket" in data or not data:
+        text = _XPACKET_BEGIN + body + _XPACKET_END
+    else:
+        text = '<?xml version="1.0" encoding="UTF-8"?>\n' + body
+    _atomic_write(path, text.encode())
+
+
+def merge_subjects(image: str, tags: Sequence[str]) -> bool:
+    """Add `tags` to the sidecar of `image`; True when the file was written."""
+    path, data, root, rdf = _open(image)
+    holder = _holder(rdf, f"{{{DC}}}subject")
+    if holder.find(f"{{{DC}}}subject") is None:
         ET.SubElement(holder, f"{{{DC}}}subject")
     subject = holder.find(f"{{{DC}}}subject")
     # dc:subject is an rdf:Bag; some writers use rdf:Seq, which is kept rather than doubled
@@ -138,12 +160,33 @@ def merge_subjects(image: str, tags: Sequence[str]) -> bool:
         ours = ET.SubElement(record, f"{{{RDF}}}Bag")
     for tag in missing:
         ET.SubElement(ours, f"{{{RDF}}}li").text = tag
-    body = _serialize(root, _prefixes(data))
-    if b"<?xpacket" in data or not data:
-        text = _XPACKET_BEGIN + body + _XPACKET_END
-    else:
-        text = '<?xml version="1.0" encoding="UTF-8"?>\n' + body
-    _atomic_write(path, text.encode())
+    _save(path, data, root)
+    return True
+
+
+def merge_description(image: str, caption: str) -> bool:
+    """Write `caption` as the sidecar's description (dc:description, x-default), unless the
+    user wrote one: only a description clipsearch wrote itself (recorded as clipsearch:caption)
+    is replaced. True when the file was written."""
+    path, data, root, rdf = _open(image)
+    holder = _holder(rdf, f"{{{DC}}}description")
+    element = holder.find(f"{{{DC}}}description")
+    mine = holder.find(f"{{{OWN_NS}}}caption")
+    if element is not None:
+        present = [(li.text or "").strip() for li in element.iter(f"{{{RDF}}}li")] \
+            or [(element.text or "").strip()]
+        if mine is None or any(p and p != (mine.text or "").strip() for p in present):
+            return False  # the user's words stay
+        if present == [caption]:
+            return False
+        holder.remove(element)
+    element = ET.SubElement(holder, f"{{{DC}}}description")
+    alt = ET.SubElement(element, f"{{{RDF}}}Alt")
+    ET.SubElement(alt, f"{{{RDF}}}li", {f"{{{_XML}}}lang": "x-default"}).text = caption
+    if mine is None:
+        mine = ET.SubElement(holder, f"{{{OWN_NS}}}caption")
+    mine.text = caption
+    _save(path, data, root)
     return True
 
 
@@ -171,4 +214,16 @@ def write_sidecars(images: Sequence[ImageTags], skipped: list[Skipped]) -> int:
                 written += merge_subjects(image.path, [t for t, _ in image.tags])
             except SidecarError as exc:
                 skipped.append(Skipped(exc.path, exc.reason))
+    return written
+
+
+def write_captions(paths_captions: Sequence[tuple[str, str]], skipped: list[Skipped]) -> int:
+    """Write each photo's caption into its XMP sidecar as its description (merge_description);
+    how many sidecars were written. One that cannot be is reported in `skipped`."""
+    written = 0
+    for path, caption in paths_captions:
+        try:
+            written += merge_description(path, caption)
+        except SidecarError as exc:
+            skipped.append(Skipped(exc.path, exc.reason))
     return written

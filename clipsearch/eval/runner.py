@@ -62,6 +62,8 @@ class RetrievalReport:
     skipped: list[Skipped] = field(default_factory=list)
     left_out: int = 0  # captions of skipped images
     embedded: int = 0
+    words: bool = True  # the photos' words and BLIP captions ranked beside CLIP (--words on)
+    caption_model: str | None = None  # what captioned the gallery first, if anything
 
     def to_dict(self) -> dict:
         return {"text_to_image": self.text_to_image.to_dict(), "image_to_text": self.image_to_text.to_dict(),
@@ -69,7 +71,7 @@ class RetrievalReport:
                 "queries": self.text_to_image.queries, "images": self.images, "model": self.model,
                 "precision": self.precision, "candidates": self.candidates, "rerank_model": self.rerank_model,
                 "skipped": [s.to_dict() for s in self.skipped], "captions_left_out": self.left_out,
-                "embedded": self.embedded}
+                "embedded": self.embedded, "words": self.words, "caption_model": self.caption_model}
 
 
 @dataclass
@@ -135,7 +137,10 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
                                             "workers", "embedder") if k in options}
         summary = index_folders([links], path, progress=progress, **indexing)
         index = open_index(path, **{k: options[k] for k in ("device", "precision", "rerank_model",
-                                                            "rerank_precision", "embedder") if k in options})
+                                                            "rerank_precision", "embedder", "caption_model",
+                                                            "caption_precision") if k in options})
+        if options.get("caption_model"):  # every image captioned first (clipsearch.captions)
+            index.caption(progress=progress)
         table, matrix = index.store.vectors(["id", "path"])  # one read, not a lookup per image
         mine = sorted((int(Path(path).stem), id_, row) for row, (id_, path) in enumerate(
             zip(table.column("id").to_pylist(), table.column("path").to_pylist(), strict=True))
@@ -176,10 +181,10 @@ def _link(images: Sequence[str], links: Path) -> None:
 
 
 def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates: int | None = None,
-              progress: ProgressCallback | None = None) -> RetrievalReport:
+              progress: ProgressCallback | None = None, words: bool = True) -> RetrievalReport:
     """Text-to-image and image-to-text recall of the gallery's index (and text-to-image after
     re-ranking): a caption is answered when its own image ranks within K, an image when any of
-    its captions does."""
+    its captions does. `words=False` ranks by pixels only (no file names, no captions)."""
     from clipsearch import config
 
     report = progress or (lambda _p: None)
@@ -192,7 +197,8 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
         that re-ranks k candidates lists them, then CLIP's order goes on)."""
         ranks, started = [], time.perf_counter()
         for done, (item, caption) in enumerate(queries, start=1):
-            page = index.search_page(caption, k, literal=True, rerank=after is not None, candidates=k)
+            page = index.search_page(caption, k, literal=True, rerank=after is not None, candidates=k,
+                                     words=words)
             rank = first_rank([item_of.get(h.id, -1) for h in page.hits], {item})
             ranks.append(after[done - 1] if rank is None and after is not None else rank)
             report(Progress(phase, done, len(queries)))
@@ -218,7 +224,7 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
     return RetrievalReport(clip, image_to_text, reranked, len(present), index.spec.describe(),
                            index.precision, candidates if rerank else None,
                            index.rerank_model if rerank else None, list(g.skipped.values()), left_out,
-                           g.embedded)
+                           g.embedded, words, index.caption_model)
 
 
 def zeroshot(data: ClassSet, g: Gallery, threshold: float) -> ZeroShotReport:
