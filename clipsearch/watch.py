@@ -93,12 +93,16 @@ class Watcher:
     def __init__(self, builder, roots: Sequence[str], *, settle: float = SETTLE_SECONDS,
                  poll: float | None = None, rescan_every: float | None = RESCAN_EVERY,
                  exclude: Sequence[str] = (), busy: Callable[[], bool] = lambda: False,
-                 note: Callable[[str], None] = lambda _m: None) -> None:
+                 note: Callable[[str], None] = lambda _m: None,
+                 idle: Callable[[Callable[[Progress], None]], bool] | None = None) -> None:
         self.builder = builder
         self.roots: list[str] = sorted(set(roots))
         self.settle, self.poll, self.rescan_every = settle, poll, rescan_every
         self.exclude = list(exclude)
         self.busy, self.note = busy, note
+        # work for the quiet moments (serve --captions): one short slice per turn, True while
+        # there is more; files that change and jobs come first
+        self.idle = idle
         self._pending: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -226,8 +230,10 @@ class Watcher:
                     self._guarded(lambda progress: self._update(ready, progress))
                 if self.rescan_every and time.monotonic() - self._rescanned >= self.rescan_every:
                     self._guarded(lambda progress: self._rescan(progress))
+                more = not self._pending and self._idle_slice()
                 self._state, self._progress = "watching", None
-                self._wake.wait(TICK)
+                if not more:
+                    self._wake.wait(TICK)
                 self._wake.clear()
         finally:
             self._state = "stopped"
@@ -235,6 +241,20 @@ class Watcher:
                 observer.stop()
             for observer in self._observers.values():
                 observer.join(timeout=5)
+
+    def _idle_slice(self) -> bool:
+        if self.idle is None or self._stop.is_set():
+            return False
+        self._state = "captioning"
+        self.builder.progress = progress = self._progress_for(None)
+        try:
+            return self.idle(progress)
+        except (IndexInterrupted, KeyboardInterrupt):
+            return False
+        except ClipsearchError as exc:
+            self.note(f"warning: {exc}; no more captions until the server restarts")
+            self.idle = None
+            return False
 
     def _progress_for(self, job: Job | None) -> Callable[[Progress], None]:
         def progress(p: Progress) -> None:

@@ -103,6 +103,7 @@ class HitOut(BaseModel):
     lens: str | None = None
     keywords: list[str] = []
     people: list[str] = []
+    caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
 
 
 class PageOut(BaseModel):
@@ -131,6 +132,7 @@ class ImageOut(BaseModel):
     lon: float | None = None
     keywords: list[str] = []
     people: list[str] = []
+    caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ def hit_dict(hit: Hit, image: ImageRecord | None) -> dict:
     if image is not None:
         extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags,
                  "place": image.place, "camera": image.camera, "lens": image.lens,
-                 "keywords": image.keywords, "people": image.people}
+                 "keywords": image.keywords, "people": image.people, "caption": image.caption}
     return {"id": hit.id, **hit.to_dict(), **extra}
 
 

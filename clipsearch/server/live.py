@@ -17,7 +17,7 @@ from clipsearch.watch import Watcher
 
 
 class JobIn(BaseModel):
-    kind: Literal["index", "tag", "optimize", "forget", "move"]
+    kind: Literal["index", "tag", "optimize", "forget", "move", "caption"]
     folders: list[str] = Field(default_factory=list, max_length=1000)
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     compact: bool = False
@@ -28,6 +28,10 @@ class JobIn(BaseModel):
     top: int | None = None
     write_xmp: bool | None = None
     per_image: bool = False
+    limit: int | None = Field(default=None, ge=1)
+    show: str | None = None
+    caption_model: str | None = None
+    caption_precision: str = "auto"
 
 
 class Searching:
@@ -113,6 +117,8 @@ def _work(job: JobIn, served, watcher: Watcher):
         return lambda _progress: served.get().tag(chosen, write_xmp=job.write_xmp,
                                                   per_image=job.per_image).to_dict()
 
+    if job.kind == "caption":
+        return _caption_work(job, served)
     if job.kind == "move":
         if len(job.folders) != 2:
             raise BadInputError("a move needs two folders: the library's old place and its new one")
@@ -129,3 +135,13 @@ def _work(job: JobIn, served, watcher: Watcher):
 
     return optimize
 
+
+def _caption_work(job: JobIn, served):
+    """`caption` in the watcher's thread, with the captioner the server has unless the job asks
+    for another."""
+    index = served.get()
+    index.use_captioner(job.caption_model, job.caption_precision)
+    if job.show is not None:
+        return lambda _progress: {"images": [r.to_dict() for r in index.caption_of(job.show)]}
+    return lambda progress: index.caption(job.folders, limit=job.limit, progress=progress,
+                                          write_xmp=job.write_xmp).to_dict()

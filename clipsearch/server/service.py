@@ -77,11 +77,13 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
           device: str = "auto", precision: str = "fp32", rerank_model: str | None = None,
           rerank_precision: str = "auto", open_browser: bool = False,
           watch: Sequence[str] | None = None, watching: WatchOptions | None = None,
+          captions: bool = False, caption_model: str | None = None, caption_precision: str = "auto",
           on_start: Callable[[Started], None] = lambda _s: None,
           note: Callable[[str], None] = lambda _m: None) -> None:
     """Serve the index at `db` until interrupted (KeyboardInterrupt; SIGTERM should raise it).
     `watch`: keep the index in step with these folders (normalised; empty: the index's roots) as
-    they change (clipsearch.watch), holding the index's writer's lock meanwhile."""
+    they change (clipsearch.watch), holding the index's writer's lock meanwhile. `captions`
+    (with `watch`): caption the photos that have none in the watcher's quiet moments."""
     import uvicorn
 
     from clipsearch.models import resolve_device
@@ -104,7 +106,8 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
                                     "clipsearch serve --watch ~/Photos")
             builder = held.enter_context(open_builder(db, device=device, precision=precision))
         served = ServedIndex(db, device=device, precision=precision, rerank_model=rerank_model,
-                             rerank_precision=rerank_precision, model_thread=True)
+                             rerank_precision=rerank_precision, model_thread=True,
+                             caption_model=caption_model, caption_precision=caption_precision)
         images = model = None
         try:
             index = served.get()
@@ -127,7 +130,8 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
             opts = watching or WatchOptions()
             roots = sorted(set(watch or ()) | set(builder.store.manifest.roots))
             watcher = Watcher(builder, roots, settle=opts.settle, poll=opts.poll,
-                              rescan_every=opts.rescan_every, note=note)
+                              rescan_every=opts.rescan_every, note=note,
+                              idle=_captioning(served) if captions else None)
         app = create_app(served, tokens=tuple(t for t in (token, secret) if t),
                          token_required=bool(token) or not is_loopback(host),
                          loopback_only=is_loopback(host), settings=settings, watcher=watcher,
@@ -148,6 +152,34 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
         if open_browser:
             threading.Thread(target=_open_when_ready, args=(server, shown), daemon=True).start()
         server.run(sockets=[sock])
+
+
+IDLE_CAPTIONS = 4  # photos per slice of `serve --captions`: a few seconds of the watcher's time
+
+
+def _captioning(served):
+    """`serve --captions`: a slice of captions at a time (clipsearch.captions), on the index the
+    server serves; the fast path's copy of the captions is written when none are left."""
+
+    unreadable: set[str] = set()  # tried once per server run; `clipsearch caption` says why
+    finished_at: list[tuple] = []  # the versions at which nothing was left to caption
+
+    def slice_(progress) -> bool:
+        index = served.get()
+        versions = (index.store.version, index.store.captions_version())
+        if finished_at == [versions]:
+            return False  # nothing changed since everything was captioned
+        summary = index.caption(limit=IDLE_CAPTIONS, progress=progress, batch_size=IDLE_CAPTIONS,
+                                prepare=False, failed=unreadable)
+        if summary.left:
+            return True
+        if summary.captioned:
+            index.prepare_fast()
+        index.store.refresh()
+        finished_at[:] = [(index.store.version, index.store.captions_version())]
+        return False
+
+    return slice_
 
 
 @dataclass(frozen=True)

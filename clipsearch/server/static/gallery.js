@@ -268,7 +268,7 @@ function tile(hit, index, caption) {
   const img = document.createElement("img");
   img.loading = "lazy";
   img.decoding = "async";
-  img.alt = basename(hit.path);
+  img.alt = hit.caption || basename(hit.path);  // BLIP's sentence, for screen readers
   img.src = thumb(hit.id, 256);
   img.srcset = `${thumb(hit.id, 256)} 256w, ${thumb(hit.id, 512)} 512w`;
   img.sizes = "(max-width: 600px) 34vw, 200px";
@@ -399,8 +399,9 @@ function openViewer(index) {
     large.onload = () => { if (current === index) img.src = large.src; };
     large.src = thumb(hit.id, sharp);
   }
-  img.alt = basename(hit.path);
+  img.alt = hit.caption || basename(hit.path);
   $("v-path").textContent = hit.path;
+  $("v-caption").textContent = hit.caption || "";
   const parts = [`#${hit.rank}`, scoreText(hit)];
   if (hit.width && hit.height) parts.push(`${hit.width} × ${hit.height}`);
   parts.push(hit.taken ? `taken ${hit.taken.replace("T", " ")}` : "no capture date");
