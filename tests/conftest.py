@@ -188,6 +188,15 @@ def shapes_models(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shapes_captioner(shapes_models, request) -> Path:
+    """A BLIP captioner trained on the shapes task from the trained ITM model (benchmarks.captioner):
+    about a minute the first time, then read from pytest's cache folder."""
+    from benchmarks import captioner
+
+    return captioner.model(Path(request.config.cache.mkdir("clipsearch-trained")), shapes_models.blip_dir)
+
+
+@pytest.fixture(scope="session")
 def shapes_split(tmp_path_factory):
     """The held-out split as files: captions.jsonl over unseen compositions, class folders of
     single objects, a blank picture."""

@@ -23,7 +23,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_local_dir):
+    from benchmarks.captions import captioner_folder
+    from clipsearch.engine import open_index
+
     photos, db = serving.index_samples(tmp_path_factory.mktemp("gallery"), tiny_local_dir, "sky,flower,stone")
+    # captions of a random tiny captioner ("word12 word40 ..."): alt text, never a query's word
+    captioner = captioner_folder(tmp_path_factory.mktemp("captioner"), "tiny")
+    open_index(db, device="cpu", caption_model=str(captioner), caption_precision="fp32").caption()
     running = serving.start(db, "--watch", "--settle", "0.3")  # the last test adds a photo
     running.photos = photos
     yield running
@@ -105,12 +111,16 @@ def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
     assert first.find_element(By.CSS_SELECTOR, ".score").get_attribute("textContent") == f"{score} · rocket"
     title = first.find_element(By.CSS_SELECTOR, ".open").get_attribute("title")
     assert f"score {score} · CLIP {api[0]['clip']:.3f}" in title and "name: rocket" in title
+    # each thumbnail's alt text is its caption (its name when the caption is empty)
+    alts = [t.find_element(By.CSS_SELECTOR, "img").get_attribute("alt") for t in tiles]
+    assert alts == [h["caption"] or Path(h["path"]).name for h in api] and any(h["caption"] for h in api)
 
     # the viewer: opens on a click, arrows move, Esc closes
     first.find_element(By.CSS_SELECTOR, ".open").click()
     viewer = driver.find_element(By.ID, "viewer")
     _wait(driver, lambda d: viewer.is_displayed(), "the viewer opens")
     assert driver.find_element(By.ID, "v-path").text == api[0]["path"]
+    assert driver.find_element(By.ID, "v-caption").text == api[0]["caption"]
     assert driver.find_element(By.ID, "v-matched").text == "matched name: rocket"
     large = "const i = document.getElementById('v-img'); return i.complete && i.naturalWidth > 0"
     _wait(driver, lambda d: d.execute_script(large), "the large image loads")

@@ -90,7 +90,7 @@ def test_search_answers_what_the_engine_answers_with_ids_and_metadata(server, in
     for hit in page["hits"]:
         # the query's "rocket" is also rocket.jpg's name: fused hits say so (clipsearch.wordsearch)
         assert set(hit) == {"id", "path", "score", "rank", "width", "height", "taken", "tags", "place",
-                            "camera", "lens", "keywords", "people", "clip", "words"}
+                            "camera", "lens", "keywords", "people", "clip", "words", "caption"}
         record = records[hit["id"]]
         assert (hit["path"], hit["width"], hit["height"], hit["taken"], hit["tags"], hit["camera"]) == (
             record.path, record.width, record.height, record.taken, record.tags, record.camera)
