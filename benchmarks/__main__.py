@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import (
+    captions,
     change,
     cluster,
     diskcache,
@@ -56,7 +57,9 @@ SIZES = {  # mode -> section -> size
              "change": {"sizes": [10_000, 100_000, 1_000_000], "scan_sizes": [1_000_000], "churn": 6000,
                         "fragments": 100_000},
              "watch": {"samples": 40, "burst": 2000},
-             "words": {"sizes": [100_000, 1_000_000], "read_photos": 200}},
+             "words": {"sizes": [100_000, 1_000_000], "read_photos": 200},
+             "captions": {"photos": 16, "precisions": ("fp32", "bf16"), "size": "base",
+                          "background_photos": 1000}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
@@ -66,7 +69,9 @@ SIZES = {  # mode -> section -> size
               "diskcache": {"entries": 80_000, "writes": 2000, "writes_before": 50},
               "change": {"sizes": [10_000, 100_000], "scan_sizes": [100_000], "churn": 6000,
                          "fragments": 100_000}, "watch": {"samples": 10, "burst": 300},
-              "words": {"sizes": [100_000], "read_photos": 100}},
+              "words": {"sizes": [100_000], "read_photos": 100},
+              "captions": {"photos": 8, "precisions": ("fp32", "bf16"), "size": "base",
+                           "background_photos": 100}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
@@ -77,10 +82,12 @@ SIZES = {  # mode -> section -> size
               "diskcache": {"entries": 500, "writes": 100, "writes_before": 20},
               "change": {"sizes": [300], "scan_sizes": [], "churn": 0},
               "watch": {"samples": 2, "burst": 6, "settle": 0.3},
-              "words": {"sizes": [2_000], "read_photos": 4}},
+              "words": {"sizes": [2_000], "read_photos": 4},
+              "captions": {"photos": 2, "precisions": ("fp32",), "size": "tiny", "background_photos": 4,
+                           "idle_seconds": 2.0}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
-            "dupes", "ray", "diskcache", "change", "watch", "words"]
+            "dupes", "ray", "diskcache", "change", "watch", "words", "captions"]
 
 
 def machine() -> dict:
@@ -125,6 +132,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return watch.measure(work, **size["watch"])
     if name == "words":
         return words.measure(work, **size["words"], embedder=shared["embedder"])
+    if name == "captions":
+        return captions.measure(work, **size["captions"])
     raise ValueError(name)
 
 
@@ -132,7 +141,7 @@ def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
      "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
      "dupes": dupes, "ray": cluster, "diskcache": diskcache, "change": change,
-     "watch": watch, "words": words}[name].report(figures)
+     "watch": watch, "words": words, "captions": captions}[name].report(figures)
 
 
 def main() -> None:

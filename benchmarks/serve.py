@@ -45,11 +45,12 @@ CLIENTS = 16
 class Served:
     """A `clipsearch serve` process, found through the discovery file it publishes."""
 
-    def __init__(self, db: Path, env: dict) -> None:
+    def __init__(self, db: Path, env: dict, args: list[str] = ()) -> None:
         from clipsearch import client
 
         self.log = db.parent / f"{db.name}-serve.log"
-        command = [str(Path(sys.executable).parent / "clipsearch"), "serve", "--db", str(db), "--port", "0"]
+        command = [str(Path(sys.executable).parent / "clipsearch"), "serve", "--db", str(db), "--port", "0",
+                   *args]
         with open(self.log, "wb") as log:  # a file, not a pipe nobody reads while it runs
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300

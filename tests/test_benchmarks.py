@@ -23,7 +23,11 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     assert figures["failed"] == {}
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
-                             "serve", "eval", "dupes", "ray", "diskcache", "change", "watch", "words"}
+                             "serve", "eval", "dupes", "ray", "diskcache", "change", "watch", "words",
+                             "captions"}
+    captioned = sections["captions"]
+    assert captioned["speed"]["fp32"]["captions_per_s"] > 0 and captioned["background"]["queries_during"] > 0
+    assert captioned["background"]["photos"] == 4 and captioned["background"]["ratio"] > 0
     worded = sections["words"]
     assert worded["quality"]["words"]["scaled"]["R@1"] == 1.0 and worded["read"]["photos"] == 4
     assert worded["latency"]["2000"]["snapshot"]["hybrid_p50_ms"] > 0
