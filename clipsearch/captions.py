@@ -208,8 +208,8 @@ def phrase_of(terms: Sequence[Term]) -> list[str]:
 
 
 def score(words: Sequence[str], caption: str | None) -> tuple[float, list[str]]:
-    """How well `caption` answers a query of `words` (clipsearch.wordsearch.query_words, in
-    order), 0 to 1, and the caption's words that matched."""
+    """How well `caption` answers a query of `words` (phrase_of: in order, repeats kept), 0 to 1,
+    and the caption's words that matched, once each."""
     if not caption or not words:
         return 0.0, []
     said = _tokens(caption)
@@ -218,9 +218,12 @@ def score(words: Sequence[str], caption: str | None) -> tuple[float, list[str]]:
     for word in words:
         if word in said:
             total += 1.0
-            matched.append(word)
+            found = word
         elif len(word) >= PREFIX_FROM and (found := next((s for s in said if s.startswith(word)), None)):
             total += PREFIX_WEIGHT
+        else:
+            continue
+        if found not in matched:
             matched.append(found)
     share = total / len(words)
     wanted = _pairs(words)

@@ -219,3 +219,15 @@ def test_a_missing_caption_model_is_one_line_at_once_offline(sample_index, empty
     result = runner.invoke(app, ["caption", "--db", str(sample_index), "--caption-model",
                                  str(tmp_path / "empty")])
     assert result.exit_code != 0 and "--caption-model" in result.stderr and "no config.json" in result.stderr
+
+
+def test_a_caption_in_the_querys_order_outscores_its_twin_of_the_same_words():
+    from clipsearch.captions import phrase_of, score
+    from clipsearch.query import parse
+
+    query = phrase_of(parse("a red circle left of a blue square"))
+    right, right_words = score(query, "a red circle left of a blue square")
+    twin, twin_words = score(query, "a blue circle left of a red square")
+    assert right == 1.0 and 0 < twin < right and set(right_words) == set(twin_words)
+    assert score(query, "a green triangle")[0] == 0.0 and score(query, None) == (0.0, [])
+    assert score(phrase_of(parse('"a red circle" - "red"')), "a red circle")[1] == ["circle"]
