@@ -721,7 +721,9 @@ def caption(
             if server is not None:  # it holds the index: making the caption is its job
                 from clipsearch.results import ImageRecord
 
-                shown = server.run_job({"kind": "caption", "show": str(show), **options}, lambda _p: None)
+                # a file here is named by its absolute path: the server's folder is not ours
+                asked = str(show.expanduser().absolute()) if show.expanduser().exists() else str(show)
+                shown = server.run_job({"kind": "caption", "show": asked, **options}, lambda _p: None)
                 records = [ImageRecord(**r) for r in shown["images"]]
             else:
                 records = open_index(db, device=device, **options).caption_of(show)
