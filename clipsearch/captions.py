@@ -178,9 +178,10 @@ def _load(item: tuple[str, list[str]], min_side: int):
 
 
 # -- reading them --------------------------------------------------------------------------------
-def of_hashes(source: RowSource, hashes: Iterable[str]) -> dict[str, str]:
-    """hash -> caption for those of `hashes` that have one."""
-    stored = source.read_captions()
+def of_hashes(source: RowSource, hashes: Iterable[str], stored: pa.Table | None = None) -> dict[str, str]:
+    """hash -> caption for those of `hashes` that have one (`stored`: the captions, when the
+    caller has read them already)."""
+    stored = source.read_captions() if stored is None else stored
     wanted = sorted(set(hashes))
     if stored is None or not wanted:
         return {}
@@ -233,17 +234,17 @@ def score(words: Sequence[str], caption: str | None) -> tuple[float, list[str]]:
     return (share + sum(p in held for p in wanted) / len(wanted)) / 2, matched
 
 
-def scores(source: RowSource, ids: np.ndarray, words: Sequence[str],
+def scores(source: RowSource, stored: pa.Table, ids: np.ndarray, words: Sequence[str],
            ) -> tuple[np.ndarray, dict[int, list[str]]]:
     """Each of the rows `ids`' caption score for `words` (0 without a caption), and the words
-    each matched."""
+    each matched; `stored`: the captions (RowSource.read_captions)."""
     out = np.zeros(len(ids))
     matched: dict[int, list[str]] = {}
-    if source.read_captions() is None or not len(ids) or not words:
+    if not len(ids) or not words:
         return out, matched
     rows = source.fetch(ids.tolist(), ["id", "hash"])
     hash_of = dict(zip(rows.column("id").to_pylist(), rows.column("hash").to_pylist(), strict=True))
-    captions = of_hashes(source, hash_of.values())
+    captions = of_hashes(source, hash_of.values(), stored)
     for i, id_ in enumerate(ids.tolist()):
         value, found = score(words, captions.get(hash_of.get(id_)))
         out[i] = value

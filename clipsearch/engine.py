@@ -474,10 +474,10 @@ class Index:
 
     def records(self, ids: Sequence[int], tags: bool = True) -> dict[int, ImageRecord]:
         """What the index knows about each of these rows (ids it does not hold are left out);
-        `tags=False` leaves their tags out, which saves a lookup."""
+        `tags=False` leaves their tags and captions out, which saves the lookups."""
         rows = self.store.fetch(list(ids), self.store.meta_columns).to_pylist()
         found = [ImageRecord.from_row(r) for r in rows]
-        return {r.id: r for r in (self.tagged(found) if tags else found)}
+        return {r.id: r for r in (self.tagged(self.captioned(found)) if tags else found)}
 
     def tagged(self, images: Sequence[ImageRecord]) -> list[ImageRecord]:
         """The same records with the tags of the last `tag` run, best first."""
@@ -486,10 +486,9 @@ class Index:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        images = self.captioned(images)
         stored = self.store.read_tags() if images else None
         if stored is None:
-            return images
+            return list(images)
         rows = stored[0]
         wanted = pa.array(sorted({i.hash for i in images}), pa.string())
         labels: dict[str, list[str]] = {}

@@ -556,6 +556,12 @@ class Store(RowSource):
     def _tags_table(self):
         return self._side_table(TAGS_TABLE)
 
+    def _unreadable(self, what: str, table: str, exc: BaseException, remake: str) -> CorruptIndexError:
+        """The error for a table beside the rows (tags, captions) that LanceDB cannot read."""
+        return CorruptIndexError(
+            f"the {what} in {self.path / (table + '.lance')} cannot be read "
+            f"({str(exc).splitlines()[0][:200]}); delete that folder and run {remake} again")
+
     def _side_table(self, name: str):
         import lancedb
 
@@ -601,10 +607,7 @@ class Store(RowSource):
             self._captions = (table.version, table.to_arrow())
             return self._captions[1]
         except Exception as exc:
-            raise CorruptIndexError(
-                f"the captions in {self.path / (CAPTIONS_TABLE + '.lance')} cannot be read "
-                f"({str(exc).splitlines()[0][:200]}); delete that folder and run clipsearch caption again"
-            ) from None
+            raise self._unreadable("captions", CAPTIONS_TABLE, exc, "clipsearch caption") from None
 
     def tags_version(self) -> int | None:
         """The tags table's version (each `tag` run makes a new one), or None before the first."""
@@ -628,10 +631,7 @@ class Store(RowSource):
             self._tags = (version, arrow, label_set)
             return arrow, label_set
         except Exception as exc:
-            raise CorruptIndexError(
-                f"the tags in {self.path / (TAGS_TABLE + '.lance')} cannot be read "
-                f"({str(exc).splitlines()[0][:200]}); delete that folder and run clipsearch tag again"
-            ) from None
+            raise self._unreadable("tags", TAGS_TABLE, exc, "clipsearch tag") from None
 
     def compaction_due(self) -> bool:
         """Whether merging the table's files pays now: every commit that adds rows leaves a small

@@ -224,7 +224,8 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
     if allowed is not None and len(ids):
         keep = np.isin(ids, allowed)
         ids, bm25 = ids[keep], bm25[keep]
-    phrase = phrase if source.read_captions() is not None else ()
+    stored = source.read_captions() if phrase else None
+    phrase = phrase if stored is not None else ()
     if not len(ids) and not phrase:
         return None
     pool_ids, pool_scores = _best(source, ann, vector, max(k, POOL), allowed)
@@ -240,7 +241,8 @@ def fuse(source: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: 
     share = np.zeros(len(candidates))
     if len(ids):
         share[matched] = bm25[np.searchsorted(ids, candidates[matched])] / bm25.max()
-    said, said_words = captions.scores(source, candidates, phrase)
+    said, said_words = captions.scores(source, stored, candidates, phrase) if phrase \
+        else (np.zeros(len(candidates)), {})
     if not len(ids) and not said.any():
         return None  # neither words nor captions say anything: CLIP's answer, to the bit
     if method == "blend":

@@ -162,12 +162,12 @@ def _captioning(served):
     server serves; the fast path's copy of the captions is written when none are left."""
 
     unreadable: set[str] = set()  # tried once per server run; `clipsearch caption` says why
-    finished_at: list[tuple] = []  # the versions at which nothing was left to caption
+    finished_at: tuple | None = None  # the versions at which nothing was left to caption
 
     def slice_(progress) -> bool:
+        nonlocal finished_at
         index = served.get()
-        versions = (index.store.version, index.store.captions_version())
-        if finished_at == [versions]:
+        if finished_at == (index.store.version, index.store.captions_version()):
             return False  # nothing changed since everything was captioned
         summary = index.caption(limit=IDLE_CAPTIONS, progress=progress, batch_size=IDLE_CAPTIONS,
                                 prepare=False, failed=unreadable)
@@ -176,7 +176,7 @@ def _captioning(served):
         if summary.captioned:
             index.prepare_fast()
         index.store.refresh()
-        finished_at[:] = [(index.store.version, index.store.captions_version())]
+        finished_at = (index.store.version, index.store.captions_version())
         return False
 
     return slice_
