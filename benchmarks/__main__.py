@@ -1,4 +1,4 @@
-"""The benchmark suite: every figure issues 5, 10-15 and 20-23 ask for, in one run, printed as a
+"""The benchmark suite: every figure issues 5, 10-15 and 20-26 ask for, in one run, printed as a
 table of target against measured, and written to benchmarks/results/<timestamp>.json.
 
     python -m benchmarks              # full: 1M-vector scale, 1,000-photo memory (~25 min here)
@@ -37,6 +37,7 @@ from benchmarks import (
     serve,
     tagging,
     throughput,
+    video,
     watch,
     words,
 )
@@ -59,7 +60,8 @@ SIZES = {  # mode -> section -> size
              "watch": {"samples": 40, "burst": 2000},
              "words": {"sizes": [100_000, 1_000_000], "read_photos": 200},
              "captions": {"photos": 16, "precisions": ("fp32", "bf16"), "size": "base",
-                          "background_photos": 1000}},
+                          "background_photos": 1000},
+             "video": {"seconds": 60.0, "photos": 100_000, "hours": 1000.0, "long_minutes": (1, 120)}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
@@ -71,7 +73,8 @@ SIZES = {  # mode -> section -> size
                          "fragments": 100_000}, "watch": {"samples": 10, "burst": 300},
               "words": {"sizes": [100_000], "read_photos": 100},
               "captions": {"photos": 8, "precisions": ("fp32", "bf16"), "size": "base",
-                           "background_photos": 100}},
+                           "background_photos": 100},
+              "video": {"seconds": 30.0, "photos": 100_000, "hours": 100.0, "long_minutes": (1, 10)}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
@@ -84,10 +87,12 @@ SIZES = {  # mode -> section -> size
               "watch": {"samples": 2, "burst": 6, "settle": 0.3},
               "words": {"sizes": [2_000], "read_photos": 4},
               "captions": {"photos": 2, "precisions": ("fp32",), "size": "tiny", "background_photos": 4,
-                           "idle_seconds": 2.0}},
+                           "idle_seconds": 2.0},
+              "video": {"seconds": 4.0, "size": (320, 240), "photos": 2_000, "hours": 1.0,
+                        "long_minutes": ()}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
-            "dupes", "ray", "diskcache", "change", "watch", "words", "captions"]
+            "dupes", "ray", "diskcache", "change", "watch", "words", "captions", "video"]
 
 
 def machine() -> dict:
@@ -134,6 +139,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return words.measure(work, **size["words"], embedder=shared["embedder"])
     if name == "captions":
         return captions.measure(work, **size["captions"])
+    if name == "video":
+        return video.measure(work, **size["video"])
     raise ValueError(name)
 
 
@@ -141,7 +148,7 @@ def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
      "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
      "dupes": dupes, "ray": cluster, "diskcache": diskcache, "change": change,
-     "watch": watch, "words": words, "captions": captions}[name].report(figures)
+     "watch": watch, "words": words, "captions": captions, "video": video}[name].report(figures)
 
 
 def main() -> None:

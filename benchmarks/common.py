@@ -101,11 +101,14 @@ class ClusteredVectors:
 
 
 def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, chunk: int = 50_000,
-                 model: dict | None = None, files: list[str] | None = None, words: bool = False):
+                 model: dict | None = None, files: list[str] | None = None, words: bool = False,
+                 video_frames: int = 0, frames_per_video: int = 900):
     """A real clipsearch table of `n` photos whose vectors come from `vectors`: fake paths, or the
     real `files` (their sizes, times, dimensions and content hashes, so a server serves them).
     `model` is the manifest's model spec (default: a ViT-B-32 nobody can load). `words`: each
-    fake photo also carries the words a real one would (name, folder, a city, a camera)."""
+    fake photo also carries the words a real one would (name, folder, a city, a camera).
+    `video_frames`: the last this many rows are frames of videos (clipsearch.video), one every
+    4 seconds, `frames_per_video` to a video."""
     import pyarrow as pa
 
     from clipsearch.store import Manifest, Store
@@ -126,6 +129,14 @@ def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, 
             rows = _file_rows(files[start:start + m])
         if words and files is None:
             rows |= _fake_words(ids)
+        frame = ids - (n - video_frames)
+        if video_frames and (frame >= 0).any():
+            rows["path"] = [f"/videos/{f // frames_per_video:05d}.mp4" if f >= 0 else p
+                            for f, p in zip(frame.tolist(), rows["path"], strict=True)]
+            rows["t"] = pa.array(np.where(frame >= 0, (frame % frames_per_video) * 4.0, np.nan),
+                                 from_pandas=True)
+            rows["duration"] = pa.array(np.where(frame >= 0, frames_per_video * 4.0, np.nan),
+                                        from_pandas=True)
         store.add(pa.table({
             "id": ids, **rows, "taken": pa.nulls(m, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.draw(m).ravel()), vectors.dim),

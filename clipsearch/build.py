@@ -139,7 +139,7 @@ class Builder:
         from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
 
         store = self.store
-        if store.manifest.schema_version >= SCHEMA_VERSION and store.has_words:
+        if store.manifest.schema_version >= SCHEMA_VERSION and store.has_words and store.has_video:
             return 0
         store.add_word_columns()
         all_roots = list(dict.fromkeys([*roots, *store.manifest.roots]))

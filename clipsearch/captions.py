@@ -54,7 +54,11 @@ def pending(store: Store, identity: str, folders: Sequence[str] = (), leave_out:
     """(the contents to caption, in id order, each with the paths that hold it; how many of them
     hold a stale caption) for the rows under `folders` (all rows when empty), but for the hashes
     to `leave_out`."""
-    rows = store.read(["id", "path", "hash"], under_sql(list(folders)) if folders else None).sort_by("id")
+    video = ["t"] if store.has_video else []
+    where = under_sql(list(folders)) if folders else None
+    rows = store.read(["id", "path", "hash", *video], where).sort_by("id")
+    if video:  # BLIP captions photos; a video's moments are found by CLIP
+        rows = rows.filter(pc.is_null(rows.column("t")))
     stored = store.read_captions()
     fresh: set[str] = set(leave_out)
     stale: set[str] = set()

@@ -110,6 +110,10 @@ Place = Annotated[str | None, typer.Option(
 Camera = Annotated[str | None, typer.Option(
     "--camera", metavar="NAME", help="Only photos taken with this camera or lens, case-insensitive, "
                                      "by prefix (\"Pixel 7\", x100v, canon).")]
+PhotosOnly = Annotated[bool, typer.Option("--photos", help="Only photos, no videos.")]
+VideosOnly = Annotated[bool, typer.Option(
+    "--videos", help="Only videos: each hit is a video at its best moment (@ m:ss), --json lists "
+                     "its next best moments.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Paths = Annotated[bool, typer.Option(
     "--paths", help="Print one absolute path per line (for names without newlines; see --null).")]
@@ -445,6 +449,8 @@ def search(
     tag: Tag = None,
     place: Place = None,
     camera: Camera = None,
+    photos: PhotosOnly = False,
+    videos: VideosOnly = False,
     words: Annotated[str, typer.Option(
         "--words", metavar="on|off",
         help="on: the query's words also match each photo's file and folder names, place, camera, "
@@ -493,6 +499,7 @@ def search(
     """
     text = " ".join(query)
     use_words = _on_off(words, "--words")
+    kind = _kind(photos, videos)
     none_found = (f"no image matches {text!r} with a match probability of at least {min_match}"
                   if min_match is not None else "no matching images")
     reranked = rerank or min_match is not None
@@ -503,14 +510,21 @@ def search(
         lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
                                    tags=tag, rerank=rerank, candidates=candidates,
                                    min_match=min_match, collapse=collapse, place=place, camera=camera,
-                                   words=use_words),
+                                   words=use_words, kind=kind),
         None if no_server else lambda server: None if _needs_files(text) else server.search(
             text, k, _folder(within), after=after, before=before, ext=ext, tags=tag, rerank=rerank,
             candidates=candidates, min_match=min_match, collapse=collapse, place=place, camera=camera,
-            words=use_words),
+            words=use_words, kind=kind),
         wanted, none_found, preview, rerank_model=rerank_model, rerank_precision=rerank_precision,
         precision=precision,
     )
+
+
+def _kind(photos: bool, videos: bool) -> str | None:
+    if photos and videos:
+        raise typer.BadParameter("choose one of --photos and --videos (neither: both kinds)",
+                                 param_hint="--photos/--videos")
+    return "photo" if photos else "video" if videos else None
 
 
 def _on_off(value: str, flag: str) -> bool:
@@ -538,6 +552,8 @@ def similar(
     tag: Tag = None,
     place: Place = None,
     camera: Camera = None,
+    photos: PhotosOnly = False,
+    videos: VideosOnly = False,
     as_json: Json = False,
     paths: Paths = False,
     null: Null = False,
@@ -547,17 +563,19 @@ def similar(
     precision: Precision = "fp32",
     no_server: NoServer = False,
 ) -> None:
-    """Find images that look like IMAGE (which comes first when it is itself indexed).
+    """Find images that look like IMAGE (which comes first when it is itself indexed), and the
+    moments of videos that do. IMAGE may be a video: its indexed frames, averaged, are the query.
 
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
+    kind = _kind(photos, videos)
     _print_hits(
         db, device, (as_json, paths, null),
         lambda index: index.similar(image, k, _folder(within), after=after, before=before, ext=ext, tags=tag,
-                                    place=place, camera=camera),
+                                    place=place, camera=camera, kind=kind),
         None if no_server else lambda server: server.similar(
             image, k, _folder(within), after=after, before=before, ext=ext, tags=tag, place=place,
-            camera=camera),
+            camera=camera, kind=kind),
         {"precision": precision}, preview=preview, precision=precision)
 
 

@@ -145,12 +145,12 @@ class Server:
                before: str | None = None, ext: str | None = None, tags: Sequence[str] | None = None,
                rerank: bool = False, candidates: int | None = None,
                min_match: float | None = None, collapse: bool = False, place: str | None = None,
-               camera: str | None = None, words: bool = True) -> list[Hit] | None:
+               camera: str | None = None, words: bool = True, kind: str | None = None) -> list[Hit] | None:
         """The hits `Index.search` would return, or None when the CLI must search itself."""
         reranked = rerank or min_match is not None
         if limits.breach(k=k, query=query, tags=tags, rerank=reranked, candidates=candidates):
             return None
-        params = _filters(k, within, after, before, ext, tags, place, camera) | {"q": query}
+        params = _filters(k, within, after, before, ext, tags, place, camera, kind) | {"q": query}
         if not words:
             params["words"] = "0"
         if rerank:
@@ -166,7 +166,7 @@ class Server:
     def similar(self, image: str | os.PathLike[str], k: int, within: str | None = None, *,
                 after: str | None = None, before: str | None = None, ext: str | None = None,
                 tags: Sequence[str] | None = None, place: str | None = None,
-                camera: str | None = None) -> list[Hit] | None:
+                camera: str | None = None, kind: str | None = None) -> list[Hit] | None:
         """The hits `Index.similar` would return for an image file, sent as an upload; the server
         finds indexed content by its hash, so an indexed photo is not embedded again."""
         path = os.path.abspath(os.path.expanduser(os.fspath(image)))
@@ -185,7 +185,7 @@ class Server:
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
                 f"Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogateescape")
         body += data + f"\r\n--{boundary}--\r\n".encode()
-        params = _filters(k, within, after, before, ext, tags, place, camera)
+        params = _filters(k, within, after, before, ext, tags, place, camera, kind)
         return self._hits("POST", "/api/similar", params, body,
                           f"multipart/form-data; boundary={boundary}")
 
@@ -254,7 +254,8 @@ class _Told(ClipsearchError):
 
 
 def _filters(k: int, within: str | None, after: str | None, before: str | None, ext: str | None,
-             tags: Sequence[str] | None, place: str | None = None, camera: str | None = None) -> dict:
+             tags: Sequence[str] | None, place: str | None = None, camera: str | None = None,
+             kind: str | None = None) -> dict:
     params: dict = {"k": str(k)}
     if within:  # the server runs elsewhere: a folder is sent as the absolute path it means here
         params["in"] = os.path.abspath(os.path.expanduser(within))
@@ -263,7 +264,7 @@ def _filters(k: int, within: str | None, after: str | None, before: str | None, 
             params[key] = value
     if tags:
         params["tag"] = list(tags)
-    params |= {name: value for name, value in (("place", place), ("camera", camera)) if value}
+    params |= {name: value for name, value in (("place", place), ("camera", camera), ("kind", kind)) if value}
     return params
 
 

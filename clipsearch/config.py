@@ -37,6 +37,8 @@ IMAGE_EXTENSIONS = frozenset(
         ".bmp", ".heic", ".heif", ".hif", ".avif",
     }
 )
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".3gp"})
+INDEXED_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 def data_dir() -> Path:

@@ -108,10 +108,33 @@ def find(source: RowSource, ann: AnnIndex | None, threshold: float = DEFAULT_THR
     `ann` is the index's search structure, used above EXACT_MAX distinct contents when it is an
     IVF; `exact=True` groups identical content only (no vectors are read)."""
     threshold = check_threshold(threshold)
-    rows = source.read(["id", "hash"])
+    rows = source.read(["id", "hash", *(["path", "t"] if source.has_video else [])])
     if allowed is not None:
         rows = rows.filter(pc.is_in(rows.column("id"), value_set=pa.array(allowed, pa.int64())))
     return _find(source, ann, rows, threshold, exact, nprobe)
+
+
+def _one_row_per_video(source: RowSource, rows: pa.Table) -> tuple[pa.Table, dict[int, np.ndarray]]:
+    """`rows` with each video's frames folded into its first row, and each video's vector: the
+    mean of its frames (a re-encode has nearly the same one; two videos that share an opening,
+    a black one say, do not)."""
+    if "t" not in rows.column_names or rows.column("t").null_count == rows.num_rows:
+        return rows.select(["id", "hash"]), {}
+    video = pc.is_valid(rows.column("t"))
+    frames = rows.filter(video).sort_by([("path", "ascending"), ("id", "ascending")])
+    paths = frames.column("path").to_numpy(zero_copy_only=False)
+    first = np.ones(len(paths), bool)
+    first[1:] = paths[1:] != paths[:-1]
+    firsts = frames.filter(pa.array(first))
+    ids, matrix = _load(source, np.sort(frames.column("id").to_numpy()))
+    owner = dict(zip(frames.column("id").to_pylist(), np.cumsum(first) - 1, strict=True))
+    sums = np.zeros((int(first.sum()), matrix.shape[1]), np.float64)
+    np.add.at(sums, [owner[i] for i in ids.tolist()], matrix)
+    means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    reps = firsts.column("id").to_pylist()
+    kept = pa.concat_tables([rows.filter(pc.invert(video)).select(["id", "hash"]),
+                             firsts.select(["id", "hash"])])
+    return kept, {rep: means[k].astype(np.float32) for k, rep in enumerate(reps)}
 
 
 def groups_around(source: RowSource, ann: AnnIndex, ids: Sequence[int], threshold: float = DEFAULT_THRESHOLD,
@@ -131,12 +154,13 @@ def groups_around(source: RowSource, ann: AnnIndex, ids: Sequence[int], threshol
             near = near[within(near, allowed)]
         frontier = sorted(set(near.tolist()) - seen)[:AROUND_MAX - len(seen)]
         seen.update(frontier)
-    rows = source.fetch(sorted(seen), ["id", "hash"])
+    rows = source.fetch(sorted(seen), ["id", "hash", *(["path", "t"] if source.has_video else [])])
     return _find(source, None, rows, threshold, False, NPROBE)
 
 
 def _find(source: RowSource, ann: AnnIndex | None, rows: pa.Table, threshold: float, exact: bool,
           nprobe: int) -> list[Group]:
+    rows, videos = _one_row_per_video(source, rows)
     ids = rows.column("id").to_numpy()
     # equal codes for equal hashes: a million hashes as Python strings would cost 100 MB
     hashes = rows.column("hash").combine_chunks().dictionary_encode().indices.to_numpy()
@@ -151,7 +175,7 @@ def _find(source: RowSource, ann: AnnIndex | None, rows: pa.Table, threshold: fl
     clusters = [[rep] for rep in copies]
     vectors: dict[int, np.ndarray] = {}
     if not exact and len(starts) > 1:
-        pairs, vectors = _pairs(source, ann, np.sort(ids[starts]), threshold, nprobe)
+        pairs, vectors = _pairs(source, ann, np.sort(ids[starts]), threshold, nprobe, videos)
         near = [c for c in _complete_linkage(pairs) if len(c) > 1]
         joined = {r for c in near for r in c}
         clusters = near + [c for c in clusters if c[0] not in joined]
@@ -170,16 +194,26 @@ def _find(source: RowSource, ann: AnnIndex | None, rows: pa.Table, threshold: fl
 
 # -- finding pairs ---------------------------------------------------------------------------
 def _pairs(source: RowSource, ann: AnnIndex | None, reps: np.ndarray, threshold: float, nprobe: int,
+           videos: dict[int, np.ndarray] | None = None,
            ) -> tuple[dict[tuple[int, int], float], dict[int, np.ndarray]]:
     """{(a, b): cosine} for a < b of the representatives `reps` (sorted) at or above `threshold`,
-    and the vectors of every representative in a pair."""
+    and the vectors of every representative in a pair. `videos`: a video's representative row ->
+    the vector it is compared by (the mean of its frames)."""
     import faiss
 
     from clipsearch.ann import FLAT_MAX, range_search
 
+    videos = videos or {}
     if len(reps) > FLAT_MAX and ann is not None and ann.kind == "ivf":
-        return _pairs_ivf(source, ann, reps, threshold, nprobe)
+        # compared frame by frame through the structure, a video would match any video sharing a
+        # frame with it: at this size videos are grouped as identical copies only
+        return _pairs_ivf(source, ann, reps[~within(reps, np.asarray(sorted(videos), np.int64))]
+                          if videos else reps, threshold, nprobe)
     ids, matrix = _load(source, reps)
+    if videos:
+        matrix = matrix.copy()  # (it may be a view of the table's own buffers)
+    for k in np.flatnonzero(within(ids, np.asarray(sorted(videos), np.int64))) if videos else ():
+        matrix[k] = videos[int(ids[k])]
     if len(ids) <= EXACT_MAX:
         index = faiss.IndexFlatIP(matrix.shape[1])
     else:

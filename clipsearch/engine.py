@@ -225,6 +225,7 @@ class Index:
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
         collapse: bool = False, place: str | None = None, camera: str | None = None, words: bool = True,
+        kind: str | None = None,
     ) -> list[Hit]:
         """Images best matching `query`, best first.
 
@@ -240,7 +241,7 @@ class Index:
         """
         return self.search_page(query, k, within, after=after, before=before, ext=ext, tags=tags,
                                 rerank=rerank, candidates=candidates, min_match=min_match,
-                                collapse=collapse, place=place, camera=camera, words=words).hits
+                                collapse=collapse, place=place, camera=camera, words=words, kind=kind).hits
 
     def search_page(
         self, query: str, k: int = 10, within: str | None = None, *,
@@ -248,7 +249,7 @@ class Index:
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
         rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
         offset: int = 0, image_terms: bool = True, literal: bool = False, collapse: bool = False,
-        place: str | None = None, camera: str | None = None, words: bool = True,
+        place: str | None = None, camera: str | None = None, words: bool = True, kind: str | None = None,
     ) -> Page:
         """`search`, as the page of `k` hits from rank `offset + 1` on, with how many images the
         filters allowed and the time each stage took. `image_terms=False` refuses terms that
@@ -264,7 +265,7 @@ class Index:
         from clipsearch.wordsearch import query_words
 
         terms = [Term("text", query, 1.0, 0)] if literal else parse(query, image_terms=image_terms)
-        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera)
+        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera, kind=kind)
         if min_match is not None:
             if not 0.0 <= min_match <= 1.0:
                 raise BadInputError(f"--min-match {min_match} is not a probability between 0 and 1")
@@ -296,24 +297,24 @@ class Index:
         self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
         *, after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        place: str | None = None, camera: str | None = None,
+        place: str | None = None, camera: str | None = None, kind: str | None = None,
     ) -> list[Hit]:
         """Images most like `image`: a file inside the index or anywhere else, an indexed row's
         id, or an image's bytes (ImageData)."""
         return self.similar_page(image, k, within, after=after, before=before, ext=ext, tags=tags,
-                                 place=place, camera=camera).hits
+                                 place=place, camera=camera, kind=kind).hits
 
     def similar_page(
         self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
         *, after: str | datetime | None = None, before: str | datetime | None = None,
         ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        offset: int = 0, place: str | None = None, camera: str | None = None,
+        offset: int = 0, place: str | None = None, camera: str | None = None, kind: str | None = None,
     ) -> Page:
         """`similar`, as a page (see `search_page`)."""
         from clipsearch.search import Filters
 
         started = time.perf_counter()
-        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera)
+        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera, kind=kind)
         _check_page(k, offset)
         vector, own = self._image(image)
         embedded = time.perf_counter()
@@ -382,7 +383,7 @@ class Index:
         the path of an indexed, unchanged file."""
         import numpy as np
 
-        from clipsearch.images import content_hash, decode, read_file
+        from clipsearch.images import content_hash, decode, is_video_name, read_file
 
         if isinstance(image, int):
             rows = self.store.fetch([image], ["vector"])
@@ -395,6 +396,8 @@ class Index:
             name = os.path.abspath(os.path.expanduser(os.fspath(image)))
             if not os.path.isfile(name):
                 raise BadInputError(f"image not found: {name}")
+            if is_video_name(name):
+                return self._video_vector(name), None
             st = os.stat(name)
             row = self.store.row(name, ["id", "size", "mtime_ns", "vector"])
             if row and (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
@@ -407,6 +410,23 @@ class Index:
         embedder = self.embedder
         decoded = decode(data, name, embedder.decode_min_side)
         return self._model_call(lambda: embedder.embed_pil([decoded.image])[0]), None
+
+    def _video_vector(self, path: str) -> np.ndarray:
+        """A video as a query: the mean of its indexed frames, or its first frame's."""
+        import numpy as np
+
+        from clipsearch.video import frame_at
+
+        st = os.stat(path)
+        if self.store.has_video:
+            rows = self.store.by_paths([path], ["size", "mtime_ns", "vector"])
+            if rows.num_rows and (rows.column("size")[0].as_py(), rows.column("mtime_ns")[0].as_py()) == (
+                    st.st_size, st.st_mtime_ns):
+                mean = self.store.matrix(rows.column("vector")).mean(axis=0)
+                return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        embedder = self.embedder
+        image = frame_at(path, 0.0, embedder.decode_min_side)
+        return self._model_call(lambda: embedder.embed_pil([image])[0])
 
     def search_vector(self, vector: np.ndarray, k: int = 10,
                       filters: Filters | None = None) -> list[Hit]:
@@ -428,10 +448,23 @@ class Index:
         allowed = allowed_ids(self.store, filters, index) if filters else None
         considered = ann.size if allowed is None else len(allowed)
 
-        def ranked(n: int) -> list[Hit]:
+        def moments(n: int) -> list[Hit]:
             fused = fuse(self.store, ann, vector, n, allowed, index, words, phrase=phrase) \
                 if (words or phrase) and index else None
             return fused if fused is not None else nearest(self.store, ann, vector, n, allowed)
+
+        def ranked(n: int) -> list[Hit]:
+            if not self.holds_videos():
+                return moments(n)
+            from clipsearch.video import group
+
+            wanted = 3 * n + 10
+            while True:  # a video's frames are many rows: more moments than hits are ranked
+                found = moments(wanted)
+                hits = group(found, n)
+                if len(hits) >= n or len(found) < wanted:
+                    return hits
+                wanted *= 4
 
         if not collapse:
             return ranked(k), considered
@@ -444,6 +477,16 @@ class Index:
             if len(kept) >= k or len(hits) < wanted:
                 return kept[:k], considered
             wanted *= 2
+
+    def holds_videos(self) -> bool:
+        """Whether any row is a video's frame (clipsearch.video), once per table version."""
+        store = self.store
+
+        def any_frame() -> bool:
+            t = store.read(["t"]).column("t")
+            return t.null_count < len(t)
+
+        return store.has_video and self._memo("videos", store.version, any_frame)
 
     def word_index(self) -> WordIndex | None:
         """The photos' words (clipsearch.wordsearch), read once per table version."""
@@ -531,6 +574,32 @@ class Index:
         if content_hash(data) != record.hash:
             raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
         return data
+
+    def indexed_file(self, record: ImageRecord) -> str:
+        """The path of a record's file when it is as indexed, by its size and modification time
+        (a video's gigabytes are not hashed again per request); a file that has since vanished
+        or changed is refused, never served as something else."""
+        refresh = "run clipsearch index on its folder to bring the index up to date"
+        try:
+            st = os.stat(record.path)
+        except OSError:
+            raise ImageChangedError(f"{record.path}: the file no longer exists; {refresh}") from None
+        if (st.st_size, st.st_mtime_ns) != (record.bytes, record.mtime_ns):
+            raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
+        return record.path
+
+    def frame_bytes(self, record: ImageRecord, t: float) -> bytes:
+        """A video record's frame at `t` seconds, upright, as PNG (the thumbnails' source)."""
+        import io
+
+        from clipsearch.video import frame_at
+
+        if record.duration is not None and t > record.duration + 1:
+            raise BadInputError(f"t={t:g} is past the end of {record.path} ({record.duration:.1f} s)")
+        image = frame_at(self.indexed_file(record), t)
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        return out.getvalue()
 
     def facets(self) -> dict[str, list[dict]]:
         """The library's places and cameras, each with how many photos, most first (names in
@@ -739,11 +808,18 @@ class Index:
     def info(self) -> IndexInfo:
         from clipsearch.ann import describe
 
-        spec, manifest, images = self.spec, self.store.manifest, self.store.count()
+        spec, manifest, rows = self.spec, self.store.manifest, self.store.count()
+        videos = frames = 0
+        if self.holds_videos():  # a video is a row per frame: counted once
+            import pyarrow.compute as pc
+
+            table = self.store.read(["path", "t"])
+            moving = table.filter(pc.is_valid(table.column("t")))
+            frames, videos = moving.num_rows, len(pc.unique(moving.column("path")))
         return IndexInfo(
-            db=str(self.store.path), images=images, roots=list(manifest.roots),
+            db=str(self.store.path), images=rows - frames + videos, roots=list(manifest.roots),
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
-            bytes=self.store.disk_bytes(), ann=describe(images),
+            bytes=self.store.disk_bytes(), ann=describe(rows), videos=videos, frames=frames,
             labels=list((self.store.read_tags(rows=False) or (None, {}))[1].get("prompts", {})),
             offline=dict(manifest.offline), **self._caption_counts(),
         )

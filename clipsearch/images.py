@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipsearch.config import VIDEO_EXTENSIONS
 from clipsearch.errors import UnreadableImageError
 from clipsearch.words import Meta, read_meta
 
@@ -54,14 +57,36 @@ class Decoded:
     taken: str | None  # EXIF capture time, ISO 8601 without zone, as the camera wrote it
 
 
+def is_video_name(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def read_file(path: str) -> bytes:
-    try:
+_HASH_CHUNK = 1 << 20
+
+
+def hash_file(path: str) -> str:
+    """content_hash of the file at `path`, read a MiB at a time: a 4 GB video never sits in memory."""
+    with _reading(path):
+        digest = hashlib.blake2b(digest_size=16)
         with open(path, "rb") as f:
-            return f.read()
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def read_file(path: str) -> bytes:
+    with _reading(path), open(path, "rb") as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    try:
+        yield
     except FileNotFoundError:
         raise UnreadableImageError(path, "file disappeared while indexing") from None
     except PermissionError:
@@ -191,6 +216,8 @@ def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
     the work of an index run for each new or changed file, here or on a Ray worker. A bad file
     never raises: its reason comes back."""
     try:
+        if is_video_name(path):
+            return _prepare_video(path)
         try:
             data = read_file(path)
         except UnreadableImageError as exc:
@@ -207,6 +234,16 @@ def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
         return Prepared(reason=exc.reason)
     except Exception as exc:  # one bad file must never end the run
         return Prepared(reason=f"unexpected error ({type(exc).__name__}: {exc})")
+
+
+def _prepare_video(path: str) -> Prepared:
+    """A video is hashed here; its frames are decoded and embedded as the model takes them
+    (Indexer._embed_video), never held all at once."""
+    try:
+        digest = hash_file(path)
+    except UnreadableImageError as exc:
+        return Prepared(reason=exc.reason, unread=True)
+    return Prepared(digest, meta=read_meta(path))
 
 
 def thumbnail(data: bytes, name: str, size: int, fmt: str = "WEBP") -> bytes:

@@ -17,20 +17,21 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clipsearch import roots as root_state
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
-from clipsearch.images import load_image, prepare_photo, read_file
+from clipsearch.images import is_video_name, load_image, prepare_photo, read_file
 from clipsearch.kept import COLUMNS as KEPT_COLUMNS
 from clipsearch.kept import Kept
 from clipsearch.results import IndexSummary, Progress, Skipped
-from clipsearch.scan import FileEntry, ScanResult, is_photo_name, is_under, scan
+from clipsearch.scan import FileEntry, ScanResult, is_motion, is_photo_name, is_under, scan
 from clipsearch.store import Store, under_sql
 from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
 
@@ -133,6 +134,15 @@ class _Outcome:
     vector: np.ndarray | None = None
     source_path: str | None = None
     meta: Meta | None = None
+    video: bool = False
+    # a video's frames (clipsearch.video): their times and vectors; `vector` is the first's
+    times: list[float] | None = None
+    vectors: np.ndarray | None = None
+    duration: float | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.times) if self.times is not None else 1
 
 
 class Indexer:
@@ -198,7 +208,7 @@ class Indexer:
                 found = scan([path])
                 files += found.files
                 skipped += found.skipped
-            elif is_photo_name(path):
+            elif is_photo_name(path) and not is_motion(path):
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
@@ -257,6 +267,9 @@ class Indexer:
         self.summary.unchanged += int(same.sum())
         present = np.zeros(len(paths), bool)
         present[at[known]] = True
+        if self.store.has_video:
+            # a video's path is on each of its frames' rows, and `at` names only the first
+            present = pc.is_in(paths, value_set=found.paths).to_numpy(zero_copy_only=False)
         del stored
         if self.keep_offline:
             devices = self.store.manifest.root_devices
@@ -281,6 +294,8 @@ class Indexer:
         if p.reason is None and p.pixels is None:
             if (source := self._hashes.find(p.hash)) is not None:
                 return _Outcome(entry, p.hash, source=source, meta=p.meta)
+            if is_video_name(entry.path):  # decoded and embedded in turn (_embed_video)
+                return _Outcome(entry, p.hash, meta=p.meta, video=True)
             if (kept := self._kept.get(p.hash)) is not None:
                 return _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
                                 taken=kept.taken, meta=p.meta)
@@ -342,6 +357,8 @@ class Indexer:
                     yield Skipped(entry.path, p.reason)
                 elif (source := self._hashes.find(p.hash)) is not None:
                     yield _Outcome(entry, p.hash, source=source, meta=p.meta)
+                elif is_video_name(entry.path):
+                    new.append(entry)
                 elif (kept := self._kept.get(p.hash)) is not None:
                     yield _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
                                    taken=kept.taken, meta=p.meta)
@@ -378,10 +395,19 @@ class Indexer:
     def _process(self, entries: list[FileEntry]) -> None:
         pending: list[_Outcome] = []
         self.progress(Progress("embed", 0, len(entries)))
-        results = self._outcomes(entries) if self.fanout is None else self._fanned_out(entries)
+        if self.fanout is None:
+            results = self._outcomes(entries)
+        else:  # videos are read here: a worker's memory is sized for photos
+            videos = [e for e in entries if is_video_name(e.path)]
+            photos = [e for e in entries if not is_video_name(e.path)]
+            results = chain(self._fanned_out(photos), self._outcomes(videos) if videos else ())
         for done, result in enumerate(results, start=1):
             if isinstance(result, Skipped):
                 self.summary.skipped.append(result)
+            elif result.video and result.vector is None:
+                self._embed_video(result)
+                if result.vector is not None:
+                    self._buffer.append(result)
             elif result.pixels is None:
                 self._buffer.append(result)
             else:
@@ -405,6 +431,46 @@ class Indexer:
         self.summary.embedded += len(batch)
         self._buffer.extend(batch)
 
+    def _embed_video(self, o: _Outcome) -> None:
+        """Decode the video's frames (in a thread, a few batches ahead) and embed them as they
+        come: memory holds a few batches of pictures, however long the video."""
+        from clipsearch.video import VideoInfo, frames
+
+        self._embedder = embedder = self._embedder or self._load_embedder()
+        info = VideoInfo(None, 0, 0, None)
+        times: list[float] = []
+        vectors: list[np.ndarray] = []
+        batch: list[tuple[float, object]] = []
+
+        def embed() -> None:
+            import torch
+
+            vectors.append(embedder.embed_images(torch.stack([pixels for _t, pixels in batch])))
+            times.extend(t for t, _pixels in batch)
+            batch.clear()
+
+        # decoded and preprocessed in the producer's thread, beside the model
+        prepared = ((t, embedder.preprocess(image)) for t, image in
+                    frames(o.entry.path, embedder.decode_min_side, info))
+        try:
+            for t, pixels in ahead(prepared, 2 * self.batch_size):
+                batch.append((t, pixels))
+                if len(batch) >= self.batch_size:
+                    embed()
+            if batch:
+                embed()
+        except UnreadableImageError as exc:
+            self.summary.skipped.append(Skipped(o.entry.path, exc.reason))
+            return
+        order = np.argsort(times, kind="stable")
+        o.times = [times[i] for i in order]
+        o.vectors = np.concatenate(vectors)[order]
+        o.vector = o.vectors[0]
+        o.width, o.height, o.taken, o.duration = info.width, info.height, info.created, info.duration
+        self.summary.metadata_notes += [Skipped(o.entry.path, n) for n in info.notes]
+        self.summary.embedded += 1
+        self.summary.frames += len(o.times)
+
     def _flush(self, final: bool = False) -> None:
         """Commit the buffered rows: new paths are appended, known paths overwritten."""
         ready = [o for o in self._buffer if o.vector is not None or o.source is not None]
@@ -415,11 +481,15 @@ class Indexer:
         self._fill_reused_vectors(ready, final)
         ready = [o for o in ready if o.vector is not None]
         fresh = [o for o in ready if o.entry.path not in self._rows]
-        known = [o for o in ready if o.entry.path in self._rows]
+        known = [o for o in ready if o.entry.path in self._rows and not is_video_name(o.entry.path)]
+        # a video's rows are its frames, as many as it has now: the old ones go in the same commit
+        retimed = [o for o in ready if o.entry.path in self._rows and is_video_name(o.entry.path)]
         if fresh:
             self.store.add(self._table(fresh))
         if known:
             self.store.replace(self._table(known))
+        if retimed:
+            self.store.rewrite(self._table(retimed), [o.entry.path for o in retimed])
         for o in ready:
             self._count(o)
             old = self._rows.get(o.entry.path)
@@ -433,7 +503,8 @@ class Indexer:
         wanted = sorted({o.source for o in outcomes if o.vector is None})
         if not wanted:
             return
-        table = self.store.fetch(wanted, ["id", "path", "width", "height", "taken", "vector"])
+        video = ["t", "duration"] if self.store.has_video else []
+        table = self.store.fetch(wanted, ["id", "path", "width", "height", "taken", "vector", *video])
         found = {row["id"]: row for row in table.to_pylist()}
         for o in outcomes:
             if o.vector is not None:
@@ -443,11 +514,19 @@ class Indexer:
                 o.vector = np.asarray(row["vector"], np.float32)
                 o.width, o.height, o.taken = row["width"], row["height"], row["taken"]
                 o.source_path = row["path"]
+                if row.get("t") is not None:  # a moved or copied video: all its frames
+                    frames = self.store.by_paths([row["path"]], ["t", "duration", "vector"]).sort_by("t")
+                    o.times, o.duration = frames.column("t").to_pylist(), row["duration"]
+                    o.vectors = self.store.matrix(frames.column("vector"))
+                    o.video = True
             elif not final:
                 # the source row was rewritten earlier in this run (two files swapped names)
                 self._embed_one(o)
 
     def _embed_one(self, o: _Outcome) -> None:
+        if is_video_name(o.entry.path):
+            self._embed_video(o)
+            return
         self._embedder = self._embedder or self._load_embedder()
         try:
             decoded = load_image(o.entry.path, self._embedder.decode_min_side)
@@ -472,16 +551,17 @@ class Indexer:
             self.summary.added += 1
 
     def _table(self, outcomes: list[_Outcome]) -> pa.Table:
-        ids = range(self._next_id, self._next_id + len(outcomes))
-        self._next_id += len(outcomes)
+        n = sum(o.rows for o in outcomes)
+        ids = range(self._next_id, self._next_id + n)
+        self._next_id += n
         # recorded before the rows are written, so an id is never handed out twice, even after
         # its row was deleted and the run that deleted it was killed
         self.store.manifest.next_id = self._next_id
         self.store.save_manifest()
         dim = len(outcomes[0].vector)
-        flat = np.concatenate([o.vector for o in outcomes]).astype(np.float32)
-        return pa.table({
-            "id": pa.array(ids, pa.int64()),
+        flat = np.concatenate([o.vector if o.times is None else o.vectors.ravel() for o in outcomes])
+        repeat = np.array([o.rows for o in outcomes])
+        table = pa.table({
             "path": [o.entry.path for o in outcomes],
             "size": pa.array([o.entry.size for o in outcomes], pa.int64()),
             "mtime_ns": pa.array([o.entry.mtime_ns for o in outcomes], pa.int64()),
@@ -489,9 +569,15 @@ class Indexer:
             "width": pa.array([o.width for o in outcomes], pa.int32()),
             "height": pa.array([o.height for o in outcomes], pa.int32()),
             "taken": pa.array([o.taken for o in outcomes], pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
             **self._word_columns(outcomes),
+            "duration": pa.array([o.duration for o in outcomes], pa.float64()),
         })
+        if (repeat > 1).any():  # a row per frame
+            table = table.take(pa.array(np.repeat(np.arange(len(outcomes)), repeat)))
+        table = table.add_column(0, "id", pa.array(ids, pa.int64()))
+        times = [t for o in outcomes for t in (o.times if o.times is not None else [None])]
+        return table.append_column("t", pa.array(times, pa.float64())).append_column(
+            "vector", pa.FixedSizeListArray.from_arrays(pa.array(flat.astype(np.float32)), dim))
 
     def _word_columns(self, outcomes: list[_Outcome]) -> dict[str, pa.Array]:
         for o in outcomes:
@@ -502,6 +588,49 @@ class Indexer:
                           for o in outcomes], self.roots)
         return word_columns(rows)
 
+
+
+def ahead(items: Iterator, n: int) -> Iterator:
+    """`items`, produced in a thread up to `n` ahead of the caller (a video's decoding beside
+    the model); what the producer raises is raised here, and a caller that stops early stops it."""
+    import queue
+
+    box: queue.Queue = queue.Queue(maxsize=max(1, n))
+    done, stop = object(), threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                box.put(entry, timeout=0.1)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    break
+            else:
+                put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((done, exc))
+        finally:
+            with contextlib.suppress(Exception):
+                items.close()  # its file is closed here, in the thread that ran it
+
+    worker = threading.Thread(target=produce, name="clipsearch-video", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = box.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _fixed_width(column: pa.ChunkedArray) -> np.ndarray:

@@ -98,6 +98,8 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
         table.add_column("path", overflow="fold")
         if worded:
             table.add_column("matched", overflow="fold", style="dim")
+        from clipsearch.video import clock
+
         captioned = any(h.caption for h in found)
         if captioned:
             table.add_column("caption", overflow="fold", style="italic")
@@ -107,7 +109,8 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
             if captioned:
                 matched.append(h.caption or "")
             score = f"{h.score:.4f}" if worded else f"{h.score:.3f}"
-            table.add_row(str(h.rank), score, *extra, shown(h.path), *[shown(m) for m in matched])
+            where = shown(h.path) + (f"  @ {clock(h.t)}" if h.t is not None else "")  # a video's moment
+            table.add_row(str(h.rank), score, *extra, where, *[shown(m) for m in matched])
         out.print(table)
 
 
@@ -205,7 +208,8 @@ def summary(s: IndexSummary, as_json: bool) -> None:
     err.print(
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
         f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
-        f"[dim]({s.embedded} embedded in {s.seconds:.1f} s)[/dim]"
+        f"[dim]({s.embedded} embedded in {s.seconds:.1f} s"
+        + (f"; {s.frames} frames of the videos among them" if s.frames else "") + ")[/dim]"
         + (f"; {s.sidecars_written} XMP sidecars written" if s.sidecars_written else "")
         + (f"; words read for {s.words_filled} photos indexed before them" if s.words_filled else "")
     )
@@ -354,7 +358,8 @@ def info(i: IndexInfo, as_json: bool) -> None:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in (
-        ("index", i.db), ("images", str(i.images)),
+        ("index", i.db),
+        ("images", f"{i.images} ({i.videos} videos: {i.frames} moments)" if i.videos else str(i.images)),
         ("roots", "\n".join(r + (f" (offline since {i.offline[r]})" if r in i.offline else "")
                             for r in i.roots) or "-"),
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),

@@ -14,6 +14,7 @@ query that is just its ITM probability; image terms steer only the CLIP stage.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -51,21 +52,33 @@ class _Candidate(NamedTuple):
 
 
 def candidate_features(scorer: ItmScorer, cache: FeatureCache, paths: Sequence[str],
-                       workers: int = 2, batch_size: int = 8) -> dict[str, torch.Tensor]:
+                       workers: int = 2, batch_size: int = 8, times: Sequence[float | None] = (),
+                       ) -> dict[str, torch.Tensor]:
     """BLIP vision features for each readable path, from the cache or computed (and cached).
 
     Keys are content hashes of the bytes read now, so an edited photo is never matched with the
-    features of its old pixels. A file that vanished or no longer decodes is left out.
+    features of its old pixels. A file that vanished or no longer decodes is left out. `times`:
+    for a video's path, the second whose frame stands for it (keyed by the file's size and mtime
+    and that second: hashing a whole video per query would cost more than the model).
     """
+    at = dict(zip(paths, times, strict=False))
 
     def load(path: str) -> _Candidate | None:
         try:
+            if at.get(path) is not None:
+                from clipsearch.video import frame_at
+
+                st = os.stat(path)
+                key = content_hash(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{at[path]:.3f}".encode())
+                cached = cache.get(key)
+                image = None if cached is not None else frame_at(path, at[path], scorer.decode_min_side)
+                return _Candidate(path, key, cached, image)
             data = read_file(path)
             key = content_hash(data)
             cached = cache.get(key)
             image = None if cached is not None else decode(data, path, scorer.decode_min_side).image
             return _Candidate(path, key, cached, image)
-        except UnreadableImageError:
+        except (UnreadableImageError, OSError):
             return None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -91,7 +104,7 @@ def match_probability(scorer: ItmScorer, texts: Sequence[Term],
 def rerank(hits: Sequence[Hit], texts: Sequence[Term], scorer: ItmScorer, cache: FeatureCache,
            k: int, min_match: float | None = None, workers: int = 2) -> list[Hit]:
     """The top `k` of `hits` by fused score, dropping those whose ITM probability < `min_match`."""
-    features = candidate_features(scorer, cache, [h.path for h in hits], workers)
+    features = candidate_features(scorer, cache, [h.path for h in hits], workers, times=[h.t for h in hits])
     kept = [h for h in hits if h.path in features]
     if not kept:
         return []

@@ -21,10 +21,20 @@ class Hit:
     # words that matched; `score` is then the fused score and `clip` the CLIP cosine
     words: dict[str, list[str]] | None = None
     caption: str | None = None  # the photo's BLIP caption (clipsearch.captions), once made
+    # a video's hit (clipsearch.video): the second of its best moment, and its best moments
+    # (second, score), best first; None for a photo
+    t: float | None = None
+    moments: list[tuple[float, float]] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "photo" if self.t is None else "video"
 
     def to_dict(self) -> dict:
         """The CLI's JSON form of a hit."""
-        out = {"path": self.path, "score": self.score, "rank": self.rank}
+        out = {"path": self.path, "score": self.score, "rank": self.rank, "kind": self.kind}
+        if self.t is not None:
+            out |= {"t": self.t, "moments": [{"t": t, "score": s} for t, s in self.moments or []]}
         if self.itm is not None or self.words is not None:
             out |= {"itm": self.itm, "clip": self.clip} if self.itm is not None else {"clip": self.clip}
         if self.words is not None:
@@ -38,7 +48,8 @@ class Hit:
         """A hit from its JSON form (the server's hits carry more fields, which are ignored)."""
         return cls(rank=int(data["rank"]), path=str(data["path"]), score=float(data["score"]),
                    itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"), words=data.get("words"),
-                   caption=data.get("caption"))
+                   caption=data.get("caption"), t=data.get("t"),
+                   moments=[(m["t"], m["score"]) for m in data["moments"]] if data.get("moments") else None)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class ImageRecord:
     keywords: list[str] = field(default_factory=list)  # the user's, from the file and its sidecar
     people: list[str] = field(default_factory=list)
     caption: str | None = None  # BLIP's sentence for it (clipsearch.captions), once captioned
+    t: float | None = None  # a video's frame: its second (clipsearch.video); None for a photo
+    duration: float | None = None  # the video's, in seconds
 
     @classmethod
     def from_row(cls, row: dict, tags: list[str] | None = None) -> ImageRecord:
@@ -83,7 +96,8 @@ class ImageRecord:
                    height=row["height"], taken=row["taken"], mtime_ns=row["mtime_ns"], hash=row["hash"],
                    tags=list(tags or []), camera=row.get("camera"), lens=row.get("lens"),
                    place=row.get("place"), lat=row.get("lat"), lon=row.get("lon"),
-                   keywords=list(row.get("keywords") or []), people=list(row.get("people") or []))
+                   keywords=list(row.get("keywords") or []), people=list(row.get("people") or []),
+                   t=row.get("t"), duration=row.get("duration"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +131,7 @@ class IndexSummary:
     removed: int = 0
     unchanged: int = 0
     embedded: int = 0
+    frames: int = 0  # of the videos embedded (clipsearch.video), each a row
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     sidecars_written: int = 0  # XMP sidecars of new photos, after `tag --write-xmp`
@@ -174,6 +189,8 @@ class IndexInfo:
     offline: dict[str, str] = field(default_factory=dict)  # root -> since when (ISO time)
     captioned: int = 0  # photos with a BLIP caption (clipsearch caption)
     caption_models: list[str] = field(default_factory=list)  # what wrote them
+    videos: int = 0  # of the `images` (clipsearch.video)
+    frames: int = 0  # the videos' rows: the moments a search ranks
 
 
     def to_dict(self) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from clipsearch.config import IMAGE_EXTENSIONS
+from clipsearch.config import IMAGE_EXTENSIONS, INDEXED_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.results import Skipped
 
@@ -94,7 +94,7 @@ def normalize_root(root: str | os.PathLike[str]) -> str:
     return path
 
 
-def is_photo_name(path: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
+def is_photo_name(path: str, extensions: frozenset[str] = INDEXED_EXTENSIONS) -> bool:
     """Whether a file of this name is one a scan indexes (a photo's extension, not hidden)."""
     name = os.path.basename(path)
     return os.path.splitext(name)[1].lower() in extensions and not name.startswith(".")
@@ -120,6 +120,36 @@ def sidecar_names(photo_name: str) -> list[str]:
     return list(dict.fromkeys(base + ext for base in (photo_name, stem) for ext in SIDECAR_EXTENSIONS))
 
 
+# A still and a video beside it with the same name are one Live Photo (iPhones export
+# IMG_1234.HEIC + IMG_1234.MOV, Android motion photos' exports .MP4): the still is indexed, the
+# video is its motion, never a second item
+MOTION_EXTENSIONS = frozenset({".mov", ".mp4"})
+
+
+def motion_of(photo: str) -> str | None:
+    """The Live Photo video beside the still at `photo`, if there is one."""
+    stem, ext = os.path.splitext(photo)
+    if ext.lower() not in IMAGE_EXTENSIONS:
+        return None
+    for suffix in (".MOV", ".mov", ".MP4", ".mp4"):
+        if os.path.isfile(stem + suffix):
+            return stem + suffix
+    return None
+
+
+def is_motion(path: str) -> bool:
+    """Whether `path` is a Live Photo's video: a still of its name is beside it."""
+    stem, ext = os.path.splitext(path)
+    if ext.lower() not in MOTION_EXTENSIONS:
+        return False
+    folder, name = os.path.split(stem)
+    try:
+        return any(os.path.splitext(n)[0].lower() == name.lower() and os.path.splitext(n)[1].lower()
+                   in IMAGE_EXTENSIONS for n in os.listdir(folder or "."))
+    except OSError:
+        return False
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -139,7 +169,7 @@ def _valid_utf8(path: str) -> bool:
 def scan(
     roots: Iterable[str],
     exclude: Sequence[str] = (),
-    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    extensions: frozenset[str] = INDEXED_EXTENSIONS,
 ) -> ScanResult:
     """Every image file under `roots`, each real file and folder once, in a stable order.
 
@@ -177,6 +207,8 @@ def scan(
                 continue
             subdirs = []
             here, xmps = len(names), []
+            stills = {stem.lower() for stem, ext in map(os.path.splitext, (e.name for e in entries))
+                      if ext.lower() in IMAGE_EXTENSIONS}
             for entry in entries:
                 name = entry.name
                 if name.startswith(".") or name in JUNK_DIRS or name in JUNK_FILES:
@@ -196,10 +228,13 @@ def scan(
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append(entry.path)
                     continue
-                if os.path.splitext(name)[1].lower() not in extensions:
+                stem, ext = os.path.splitext(name)
+                if ext.lower() not in extensions:
                     if name.endswith(SIDECAR_EXTENSIONS) and stat.S_ISREG(st.st_mode):
                         xmps.append((name, st.st_mtime_ns))
                     continue
+                if ext.lower() in MOTION_EXTENSIONS and stem.lower() in stills:
+                    continue  # a Live Photo's motion: its still is the item
                 if not stat.S_ISREG(st.st_mode):
                     skipped.append(Skipped(entry.path, "not a regular file (device, pipe or socket)"))
                     continue

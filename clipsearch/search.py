@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.ann import AnnIndex
-from clipsearch.config import IMAGE_EXTENSIONS
+from clipsearch.config import INDEXED_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.results import Hit, ImageRecord
 from clipsearch.store import RowSource, Store
@@ -41,12 +41,13 @@ class Filters:
     tags: frozenset[str] = frozenset()  # every one of these tags (clipsearch tag)
     place: str | None = None  # names a place of the photo's GPS position, by prefix
     camera: str | None = None  # names its camera or lens, by prefix
+    kind: str | None = None  # "photo" or "video": one kind only
 
     @classmethod
     def make(cls, within: str | os.PathLike[str] | None = None, after: str | datetime | None = None,
              before: str | datetime | None = None, ext: str | Iterable[str] | None = None,
              tags: str | Iterable[str] | None = None, *, place: str | None = None,
-             camera: str | None = None) -> Filters:
+             camera: str | None = None, kind: str | None = None) -> Filters:
         """Validate user-facing values: dates as YYYY[-MM[-DD[THH:MM[:SS]]]], ext as 'jpg,png'."""
         start, end = parse_date(after, "--after"), parse_date(before, "--before")
         if start and end and start >= end:
@@ -57,12 +58,14 @@ class Filters:
             if value is not None and not tokens(value):
                 raise BadInputError(f"{flag} {value!r} has no letters or digits to match; give a name, "
                                     f"for example {'Lisbon' if flag == '--place' else 'X100V'}")
+        if kind not in (None, "photo", "video"):
+            raise BadInputError(f"kind {kind!r} is neither 'photo' nor 'video'")
         return cls(os.fspath(within) if within else None, start, end, parse_extensions(ext), wanted,
-                   place or None, camera or None)
+                   place or None, camera or None, kind)
 
     def __bool__(self) -> bool:
         return bool(self.within or self.after or self.before or self.ext or self.tags or self.place
-                    or self.camera)
+                    or self.camera or self.kind)
 
 
 def parse_date(value: str | datetime | None, flag: str) -> datetime | None:
@@ -84,13 +87,13 @@ def parse_extensions(ext: str | Iterable[str] | None) -> frozenset[str]:
     if not ext:
         return frozenset()
     items = ext.split(",") if isinstance(ext, str) else list(ext)
-    known = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    known = sorted(e.lstrip(".") for e in INDEXED_EXTENSIONS)
     wanted: set[str] = set()
     for item in (i.strip().lower().lstrip(".") for i in items):
         if not item:
             continue
         if item not in known:
-            raise BadInputError(f"--ext {item!r} is not an image type clipsearch indexes; choose "
+            raise BadInputError(f"--ext {item!r} is not a file type clipsearch indexes; choose "
                                 f"from: {', '.join(known)}")
         wanted |= next((group for group in _SAME_FORMAT if item in group), {item})
     return frozenset(wanted)
@@ -102,7 +105,7 @@ def allowed_ids(store: RowSource, filters: Filters, words: WordIndex | None = No
     if not filters:
         return None
     columns = ["id", "path"] + (["taken", "mtime_ns"] if filters.after or filters.before else []) + (
-        ["hash"] if filters.tags else [])
+        ["hash"] if filters.tags else []) + (["t"] if filters.kind and store.has_video else [])
     table = store.read(columns)
     mask = pa.array(np.ones(table.num_rows, bool))
     paths = table.column("path")
@@ -115,6 +118,10 @@ def allowed_ids(store: RowSource, filters: Filters, words: WordIndex | None = No
     for bound, keep_after in ((filters.after, True), (filters.before, False)):
         if bound is not None:
             mask = pc.and_(mask, _date_mask(table, bound, keep_after))
+    if filters.kind:
+        photo = pc.is_null(table.column("t")) if "t" in table.column_names else pa.array(
+            np.ones(table.num_rows, bool))
+        mask = pc.and_(mask, photo if filters.kind == "photo" else pc.invert(photo))
     if filters.tags:
         mask = pc.and_(mask, pc.is_in(table.column("hash"), value_set=tagged_hashes(store, filters.tags)))
     if filters.place or filters.camera:

@@ -64,6 +64,7 @@ def schema(dim: int) -> pa.Schema:
         pa.field("taken", pa.string()),  # EXIF capture time, ISO 8601, as the camera wrote it
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         *WORD_FIELDS,
+        *VIDEO_FIELDS,
     ])
 
 
@@ -82,6 +83,14 @@ WORD_FIELDS = [
     pa.field("sidecar_ns", pa.int64()),  # the XMP sidecars' newest mtime when read; 0: none
 ]
 WORD_COLUMNS = [f.name for f in WORD_FIELDS]
+# A video is a row per sampled frame (clipsearch.video): the video's path, size, hash and
+# creation time (`taken`), the frame's time; photos have both null. Appended to an older index,
+# all null, by its next `index`
+VIDEO_FIELDS = [
+    pa.field("t", pa.float64()),  # seconds into the video
+    pa.field("duration", pa.float64()),  # the video's, in seconds
+]
+VIDEO_COLUMNS = [f.name for f in VIDEO_FIELDS]
 
 
 TAGS_TABLE = "tags"
@@ -262,6 +271,10 @@ class RowSource:
     def has_words(self) -> bool:
         return "words" in self.names
 
+    @property
+    def has_video(self) -> bool:
+        return "t" in self.names
+
     def captions_version(self) -> int | None:
         return None
 
@@ -273,7 +286,8 @@ class RowSource:
     def meta_columns(self) -> list[str]:
         """What a search returns of a row: META_COLUMNS and the word columns where the rows
         have them (an index from before them is searched as it was until `index` fills them)."""
-        return META_COLUMNS + (WORD_COLUMNS if self.has_words else [])
+        return META_COLUMNS + (WORD_COLUMNS if self.has_words else []) + (
+            VIDEO_COLUMNS if self.has_video else [])
 
     def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
         """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
@@ -500,6 +514,14 @@ class Store(RowSource):
             (self._table.merge_insert("path").when_matched_update_all()
              .when_not_matched_insert_all().execute(self._conformed(rows)))
 
+    def rewrite(self, rows: pa.Table, paths: Sequence[str]) -> None:
+        """Put `rows` (new ids) in place of every row at `paths`, in one commit: a video's frames
+        are several rows a path, which a merge by path cannot match one to one."""
+        with writing(self.path):
+            (self._table.merge_insert("id").when_not_matched_insert_all()
+             .when_not_matched_by_source_delete(f"path IN ({sql_list(list(paths))})")
+             .execute(self._conformed(rows)))
+
     def _conformed(self, rows: pa.Table) -> pa.Table:
         """`rows` in the table's column order and types; a column they lack is null."""
         target = self._table.schema
@@ -509,8 +531,8 @@ class Store(RowSource):
         return rows.select(target.names).cast(target)
 
     def add_word_columns(self) -> None:
-        """Append the word columns, all null (LanceDB writes no data for it)."""
-        missing = [f for f in WORD_FIELDS if f.name not in self.names]
+        """Append the word and video columns, all null (LanceDB writes no data for it)."""
+        missing = [f for f in WORD_FIELDS + VIDEO_FIELDS if f.name not in self.names]
         if missing:
             with writing(self.path):
                 self._table.add_columns(pa.schema(missing))

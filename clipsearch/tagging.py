@@ -198,25 +198,32 @@ def tag_new(store: Store, tagger: Tagger, added: Sequence[str], removed: Sequenc
     """Bring the stored tags in step with one commit: tag the content it `added` (hashes) and
     forget the tags of content it `removed` that no row holds any more. What a whole `tag_store`
     would give, at the cost of the change: a watcher commits every few seconds."""
-    import pyarrow as pa
 
     added = sorted(set(added))
     rows = store.by_hashes(added, ["hash", "vector"]) if added else None
     batches = []
     if rows is not None and len(rows):
-        stored = np.asarray(rows.column("hash").to_pylist(), dtype=object)
-        hashes, first = np.unique(stored, return_index=True)
-        vectors = store.matrix(rows.column("vector"))[first]
-        picked, cols = tagger.choose(probs := tagger.scores(vectors))
+        # every row: a video's frames are rows of one content, each may show something else
+        hashes = np.asarray(rows.column("hash").to_pylist(), dtype=object)
+        picked, cols = tagger.choose(probs := tagger.scores(store.matrix(rows.column("vector"))))
         names = np.asarray(tagger.labels.labels, dtype=object)
-        batches.append(pa.table([pa.array(hashes[picked].tolist(), pa.string()),
-                                 pa.array(names[cols].tolist(), pa.string()),
-                                 pa.array(probs[picked, cols], pa.float32())], schema=TAGS_SCHEMA))
+        batches.append(_best_per_content(hashes[picked], names[cols], probs[picked, cols]))
     removed = sorted(set(removed))
     if removed:
         held = set(store.by_hashes(removed, ["hash"]).column("hash").to_pylist())
         removed = [h for h in removed if h not in held]
     store.amend_tags(batches[0] if batches else None, [*added, *removed])
+
+
+def _best_per_content(hashes: np.ndarray, labels: np.ndarray, scores: np.ndarray):
+    """Tag rows with each (content, label) once, at its best score: a video is tagged with what
+    any of its frames shows."""
+    import pyarrow as pa
+
+    table = pa.table([pa.array(hashes.tolist(), pa.string()), pa.array(labels.tolist(), pa.string()),
+                      pa.array(scores, pa.float32())], schema=TAGS_SCHEMA)
+    best = table.group_by(["hash", "label"], use_threads=False).aggregate([("score", "max")])
+    return best.rename_columns(["hash", "label", "score"]).select(TAGS_SCHEMA.names).cast(TAGS_SCHEMA)
 
 
 def tag_store(store: Store, tagger: Tagger, per_image: bool = True, batch_rows: int = 8_192) -> Tagged:
@@ -228,13 +235,17 @@ def tag_store(store: Store, tagger: Tagger, per_image: bool = True, batch_rows: 
     the hashes seen and the tags kept do.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     names = np.asarray(tagger.labels.labels, dtype=object)
     seen: set[str] = set()
     tags_of: dict[str, list[tuple[str, float]]] = {}  # each tagged content's tags, for per_image
     paths: list[tuple[str, str]] = []
     counts = {"images": 0, "untagged": 0}
-    columns = ["hash", "vector", *(["path"] if per_image else [])]
+    videos = store.has_video
+    columns = ["hash", "vector", *(["path"] if per_image or videos else []), *(["t"] if videos else [])]
+    frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # videos' tags, kept to the end
+    video_paths: dict[str, str] = {}
 
     def scored() -> Iterator[pa.RecordBatch]:
         for batch in store.batches(columns, batch_rows=batch_rows):
@@ -245,6 +256,19 @@ def tag_store(store: Store, tagger: Tagger, per_image: bool = True, batch_rows: 
             hashes = np.asarray(batch.column("hash").to_pylist(), dtype=object)
             # every row is scored (a copy scores as its original), each content's tags kept once
             rows, cols = tagger.choose(probs := tagger.scores(vectors))
+            if videos and batch.column("t").null_count < batch.num_rows:
+                video = pc.is_valid(batch.column("t")).to_numpy(zero_copy_only=False)
+                on = video[rows]
+                frames.append((hashes[rows[on]], names[cols[on]], probs[rows[on], cols[on]]))
+                video_paths.update(zip(np.asarray(batch.column("path").to_pylist(), object)[video].tolist(),
+                                       hashes[video].tolist(), strict=True))
+                photo = np.flatnonzero(~video)
+                keep_rows = ~video[rows]
+                rows, cols = rows[keep_rows], cols[keep_rows]
+                remap = np.full(len(hashes), -1)
+                remap[photo] = np.arange(len(photo))
+                rows, hashes, vectors, probs = remap[rows], hashes[photo], vectors[photo], probs[photo]
+                batch = batch.take(pa.array(photo))
             counts["images"] += len(hashes)
             counts["untagged"] += len(hashes) - len(np.unique(rows))
             _, first = np.unique(hashes, return_index=True)
@@ -262,6 +286,21 @@ def tag_store(store: Store, tagger: Tagger, per_image: bool = True, batch_rows: 
                                    pa.array(names[cols].tolist(), pa.string()),
                                    pa.array(probs[rows, cols], pa.float32())], schema=TAGS_SCHEMA)
 
-    store.write_tags(scored(), tagger.to_dict() | {"table_version": store.version})
-    each = sorted((ImageTags(path, tags_of.get(h, [])) for path, h in paths), key=lambda i: i.path)
+    def with_videos() -> Iterator[pa.RecordBatch]:
+        yield from scored()
+        tagged: set[str] = set()
+        if frames:
+            best = _best_per_content(*(np.concatenate(parts) for parts in zip(*frames, strict=True)))
+            for h, label, score in zip(*(best.column(c).to_pylist() for c in ("hash", "label", "score")),
+                                       strict=True):
+                tags_of.setdefault(h, []).append((label, score))
+                tagged.add(h)
+            yield from best.to_batches()
+        counts["images"] += len(video_paths)
+        counts["untagged"] += sum(h not in tagged for h in video_paths.values())
+        paths.extend(video_paths.items())
+
+    store.write_tags(with_videos(), tagger.to_dict() | {"table_version": store.version})
+    each = sorted((ImageTags(path, sorted(tags_of.get(h, []), key=lambda t: -t[1])) for path, h in paths),
+                  key=lambda i: i.path)
     return Tagged(counts["images"], counts["untagged"], each)

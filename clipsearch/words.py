@@ -107,8 +107,14 @@ def read_meta(path: str, data: bytes | None = None) -> Meta:
     them) and of its sidecars. Never raises: what cannot be read becomes a note."""
     meta = Meta()
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as opened:
-            _read_image(opened, meta)
+        from clipsearch.images import is_video_name
+        from clipsearch.video import read_tags
+
+        if is_video_name(path):
+            read_tags(path, meta)
+        else:
+            with Image.open(io.BytesIO(data) if data is not None else path) as opened:
+                _read_image(opened, meta)
     except Exception as exc:  # a photo is never dropped for its metadata
         meta.notes.append(f"metadata unreadable ({type(exc).__name__})")
     for side in sidecars(path):

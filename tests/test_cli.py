@@ -49,7 +49,7 @@ def test_search_json_paths_and_table(photos, db):
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
-    assert set(hits[0]) == {"path", "score", "rank"}
+    assert set(hits[0]) == {"path", "score", "rank", "kind"} and hits[0]["kind"] == "photo"
     assert all(Path(h["path"]).is_file() for h in hits)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)

@@ -269,7 +269,7 @@ def test_a_server_on_the_same_index_answers_the_same(fast_library):
         code, output = running.stop()
     assert code == 0, output
     assert quick[3] == through[3] == [] and quick[1] == through[1]
-    assert [{k: h[k] for k in ("path", "score", "rank")} for h in api] == json.loads(quick[1])
+    assert [{k: h[k] for k in ("path", "score", "rank", "kind")} for h in api] == json.loads(quick[1])
 
 
 def test_a_damaged_snapshot_is_a_detour_not_an_error(fast_library, tmp_path):

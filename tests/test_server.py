@@ -90,7 +90,8 @@ def test_search_answers_what_the_engine_answers_with_ids_and_metadata(server, in
     for hit in page["hits"]:
         # the query's "rocket" is also rocket.jpg's name: fused hits say so (clipsearch.wordsearch)
         assert set(hit) == {"id", "path", "score", "rank", "width", "height", "taken", "tags", "place",
-                            "camera", "lens", "keywords", "people", "clip", "words", "caption"}
+                            "camera", "lens", "keywords", "people", "clip", "words", "caption", "kind",
+                            "duration", "motion"}
         record = records[hit["id"]]
         assert (hit["path"], hit["width"], hit["height"], hit["taken"], hit["tags"], hit["camera"]) == (
             record.path, record.width, record.height, record.taken, record.tags, record.camera)
@@ -155,7 +156,7 @@ def test_bad_queries_get_the_clis_message_as_json(server, library):
         ({"q": "   "}, 400, "the query is empty"),
         ({"q": "cat", "after": "last week"}, 400, "--after 'last week' is not a date"),
         ({"q": "cat", "tag": "nope"}, 400, "--tag 'nope' is not a tag in this index; tags: "),
-        ({"q": "cat", "ext": "docx"}, 400, "--ext 'docx' is not an image type"),
+        ({"q": "cat", "ext": "docx"}, 400, "--ext 'docx' is not a file type"),
         ({"q": "cat", "in": "/nowhere/at/all"}, 400, "--in: folder not found: /nowhere/at/all"),
         ({"q": "cat", "k": "many"}, 422, "k: Input should be a valid integer"),
         ({"q": "cat", "k": 0}, 422, "k: Input should be greater than or equal to 1"),

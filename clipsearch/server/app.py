@@ -12,9 +12,9 @@ import logging
 import mimetypes
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import Depends, File, Query, Request, UploadFile
@@ -40,6 +40,7 @@ from clipsearch.errors import (
 )
 from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
 from clipsearch.results import Hit, ImageRecord, Page
+from clipsearch.scan import motion_of
 from clipsearch.server.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ GALLERY_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'
 # and bytes never change while the id exists
 IMMUTABLE = "private, max-age=31536000, immutable"
 _MEDIA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".hif": "image/heif", ".avif": "image/avif",
-                ".jfif": "image/jpeg", ".jpe": "image/jpeg", ".webp": "image/webp"}
+                ".jfif": "image/jpeg", ".jpe": "image/jpeg", ".webp": "image/webp",
+                ".mp4": "video/mp4", ".m4v": "video/x-m4v", ".mov": "video/quicktime",
+                ".mkv": "video/x-matroska", ".webm": "video/webm", ".avi": "video/x-msvideo",
+                ".3gp": "video/3gpp"}
 # the first match decides: subclasses before their bases
 _STATUS: list[tuple[type[ClipsearchError], int]] = [
     (UnknownImageError, 404), (UnknownJobError, 404), (ImageChangedError, 404), (BadInputError, 400),
@@ -104,6 +108,11 @@ class HitOut(BaseModel):
     keywords: list[str] = []
     people: list[str] = []
     caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
+    motion: bool = False  # a Live Photo: its video plays at /api/images/{id}/motion
+    kind: str = "photo"  # or "video" (clipsearch.video)
+    t: float | None = None  # a video's best moment, in seconds
+    moments: list[dict] | None = None  # a video's best moments: {"t", "score"}, best first
+    duration: float | None = None  # a video's, in seconds
 
 
 class PageOut(BaseModel):
@@ -133,6 +142,8 @@ class ImageOut(BaseModel):
     keywords: list[str] = []
     people: list[str] = []
     caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
+    t: float | None = None  # a video's frame: its second
+    duration: float | None = None  # a video's, in seconds
 
 
 @dataclass(frozen=True)
@@ -148,11 +159,12 @@ class Asked:
     tags: list[str] | None
     place: str | None = None
     camera: str | None = None
+    kind: str | None = None
 
     def options(self) -> dict:
         return {"k": self.k, "offset": self.offset, "within": self.within, "after": self.after,
                 "before": self.before, "ext": self.ext, "tags": self.tags, "place": self.place,
-                "camera": self.camera}
+                "camera": self.camera, "kind": self.kind}
 
 
 def asked(
@@ -169,8 +181,10 @@ def asked(
                                        "(case-insensitive, by prefix: Lisb, Portugal).")] = None,
     camera: Annotated[str | None, Query(max_length=200, description="Taken with a camera or lens of "
                                         "this name (case-insensitive, by prefix).")] = None,
+    kind: Annotated[Literal["photo", "video"] | None, Query(
+        description="One kind only: photo or video.")] = None,
 ) -> Asked:
-    return Asked(k, offset, within, after, before, ext, tag, place, camera)
+    return Asked(k, offset, within, after, before, ext, tag, place, camera, kind)
 
 
 def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
@@ -283,24 +297,37 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
              responses={200: {"content": {MEDIA_TYPE: {}}, "description": "The thumbnail."}})
     def thumbnail(id: int, request: Request,
                   size: Annotated[int, Query(description=f"One of {', '.join(map(str, SIZES))}.")] = 256,
+                  t: Annotated[float | None, Query(
+                      ge=0, description="A video's frame at this second (default: the row's own "
+                                        "moment, the one a search found).")] = None,
                   ) -> Response:
-        """The image scaled to fit a size x size box, upright (EXIF orientation applied)."""
+        """The image scaled to fit a size x size box, upright (EXIF orientation applied); for a
+        video, its frame at `t` (display rotation applied)."""
         if size not in SIZES:
             raise BadInputError(f"size={size} is not a thumbnail size; choose one of: "
                                 f"{', '.join(map(str, SIZES))}")
         index = served.get()
         record = index.record(id, tags=False)
+        read = lambda: index.indexed_bytes(record)  # noqa: E731
+        if record.t is not None:
+            at = record.t if t is None else t
+            read = lambda: index.frame_bytes(record, at)  # noqa: E731
+            record = replace(record, hash=f"{record.hash}-t{at:.2f}")  # each moment its own thumbnail
+        elif t is not None:
+            raise BadInputError(f"t={t}: image {id} is a photo, not a video; leave t out")
         etag = f'"{record.hash}-{size}"'
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        data = thumbs.get(record, size, lambda: index.indexed_bytes(record))
+        data = thumbs.get(record, size, read)
         return Response(data, media_type=MEDIA_TYPE, headers=headers)
 
     @app.get("/api/images/{id}/file", tags=["images"],
              responses={200: {"content": {"image/*": {}}, "description": "The original file."}})
     def original(id: int, request: Request) -> Response:
-        """The original file's bytes, as indexed."""
+        """The original file, as indexed (checked by its size and modification time), straight
+        from disk: HTTP Range requests are answered, so a browser seeks in a video by fetching
+        only what it plays."""
         index = served.get()
         record = index.record(id, tags=False)
         etag = f'"{record.hash}"'
@@ -308,8 +335,19 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
                    "Content-Disposition": f"inline; filename*=UTF-8''{quote(Path(record.path).name)}"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
-        data = index.indexed_bytes(record)
-        return Response(data, media_type=media_type(record.path), headers=headers)
+        return FileResponse(index.indexed_file(record), media_type=media_type(record.path), headers=headers)
+
+    @app.get("/api/images/{id}/motion", tags=["images"],
+             responses={200: {"content": {"video/*": {}}, "description": "The Live Photo's video."}})
+    def motion(id: int) -> Response:
+        """The video of a Live Photo (the still `id` and a video beside it with its name), which
+        is not indexed itself; Range requests are answered."""
+        index = served.get()
+        record = index.record(id, tags=False)
+        path = motion_of(index.indexed_file(record)) if record.t is None else None
+        if path is None:
+            raise UnknownImageError(f"image {id} has no Live Photo video beside it")
+        return FileResponse(path, media_type=media_type(path))
 
     @app.get("/api/tags", tags=["images"])
     def tags() -> dict:
@@ -346,7 +384,8 @@ def hit_dict(hit: Hit, image: ImageRecord | None) -> dict:
     if image is not None:
         extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags,
                  "place": image.place, "camera": image.camera, "lens": image.lens,
-                 "keywords": image.keywords, "people": image.people, "caption": image.caption}
+                 "keywords": image.keywords, "people": image.people, "caption": image.caption,
+                 "duration": image.duration, "motion": image.t is None and motion_of(image.path) is not None}
     return {"id": hit.id, **hit.to_dict(), **extra}
 
 

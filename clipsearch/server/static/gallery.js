@@ -5,8 +5,8 @@
 
 const PAGE = 48;
 const $ = (id) => document.getElementById(id);
-const FILTERS = ["in", "after", "before", "ext", "place", "camera", "rerank", "min_match", "collapse"];
-const TEXT_FILTERS = ["in", "after", "before", "ext", "place", "camera"];  // sent as they are
+const FILTERS = ["in", "after", "before", "ext", "place", "camera", "kind", "rerank", "min_match", "collapse"];
+const TEXT_FILTERS = ["in", "after", "before", "ext", "place", "camera", "kind"];  // sent as they are
 const MAX_GROUPS = 200;  // duplicate groups shown at once; `clipsearch dupes` lists them all
 
 const ui = {
@@ -14,7 +14,7 @@ const ui = {
   filters: $("filters"), toggle: $("toggle-filters"), tags: $("tags"), folders: $("folders"),
   in: $("f-in"), after: $("f-after"), before: $("f-before"), ext: $("f-ext"), rerank: $("f-rerank"),
   min: $("f-min"), clear: $("clear-filters"), viewer: $("viewer"), drop: $("drop"),
-  place: $("f-place"), camera: $("f-camera"), places: $("places"), cameras: $("cameras"),
+  place: $("f-place"), camera: $("f-camera"), places: $("places"), cameras: $("cameras"), kind: $("f-kind"),
   collapse: $("f-collapse"), dupes: $("dupes-link"), live: $("live"), fresh: $("fresh"),
 };
 const LIVE_EVERY = 3000;  // ms between two looks at /api/status when the server watches its folders
@@ -30,7 +30,7 @@ let current = -1;           // the hit open in the viewer
 let shownImages = null;     // how many photos the index held when the shown results were asked for
 
 function emptyState() {
-  return { q: "", similar: null, upload: null, view: "", in: "", after: "", before: "", ext: "",
+  return { q: "", similar: null, upload: null, view: "", in: "", after: "", before: "", ext: "", kind: "",
            place: "", camera: "", tags: [], rerank: false, min_match: "", collapse: false };
 }
 
@@ -80,6 +80,7 @@ function showState() {
   ui.ext.value = state.ext;
   ui.place.value = state.place;
   ui.camera.value = state.camera;
+  ui.kind.value = state.kind;
   ui.rerank.checked = state.rerank;
   ui.min.value = state.min_match;
   ui.collapse.checked = state.collapse;
@@ -252,6 +253,13 @@ function matchedText(hit) {
   return Object.entries(hit.words || {}).map(([field, found]) => `${field}: ${found.join(", ")}`).join(" · ");
 }
 
+function clock(seconds) {  // as players show a time: 1:42, 1:02:03
+  const whole = Math.floor(seconds || 0);
+  const h = Math.floor(whole / 3600), m = Math.floor(whole / 60) % 60, s = whole % 60;
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(s)}` : `${m}:${two(s)}`;
+}
+
 function basename(path) {
   return path.split(/[\\/]/).pop();
 }
@@ -275,6 +283,15 @@ function tile(hit, index, caption) {
   img.addEventListener("load", () => tile.classList.add("loaded"));
   img.addEventListener("error", () => tile.classList.add("broken"));
   open.append(img);
+  if (hit.kind === "video" || hit.motion) {
+    // a video at the second of its best moment, or a Live Photo's motion
+    const badge = document.createElement("span");
+    badge.className = "play";
+    badge.textContent = hit.kind === "video" ? `▶ ${clock(hit.t)}` : "▶ live";
+    badge.setAttribute("aria-label", hit.kind === "video" ? `video, at ${clock(hit.t)}` : "Live Photo");
+    open.append(badge);
+    tile.classList.add("playable");
+  }
   const score = document.createElement("figcaption");
   score.className = "score";
   score.textContent = caption;
@@ -400,7 +417,19 @@ function openViewer(index) {
     large.src = thumb(hit.id, sharp);
   }
   img.alt = hit.caption || basename(hit.path);
-  $("v-path").textContent = hit.path;
+  const video = $("v-video");
+  if (hit.kind === "video" || hit.motion) {
+    // played from the moment the search found; the server answers Range requests, so the
+    // browser fetches what it plays, not the whole file
+    video.poster = thumb(hit.id, 512);
+    video.src = hit.kind === "video" ? `/api/images/${hit.id}/file#t=${hit.t}` : `/api/images/${hit.id}/motion`;
+    video.hidden = false;
+    img.hidden = true;
+  } else {
+    stopVideo();
+    img.hidden = false;
+  }
+  $("v-path").textContent = hit.kind === "video" ? `${hit.path} @ ${clock(hit.t)}` : hit.path;
   $("v-caption").textContent = hit.caption || "";
   const parts = [`#${hit.rank}`, scoreText(hit)];
   if (hit.width && hit.height) parts.push(`${hit.width} × ${hit.height}`);
@@ -422,8 +451,17 @@ function openViewer(index) {
   if (index >= hits.length - 4) loadMore();
 }
 
+function stopVideo() {
+  const video = $("v-video");
+  video.pause();
+  video.removeAttribute("src");
+  video.load();  // lets the connection go
+  video.hidden = true;
+}
+
 function closeViewer() {
   if (ui.viewer.hidden) return;
+  stopVideo();
   ui.viewer.hidden = true;
   document.body.classList.remove("viewing");
   const tile = ui.grid.querySelector(`.tile[data-index="${current}"] .open`);
@@ -520,12 +558,13 @@ async function loadTagsAndFolders() {
 function fromFilters() {
   const min = ui.min.value.trim();
   return { ...state, in: ui.in.value.trim(), after: ui.after.value, before: ui.before.value,
-           ext: ui.ext.value, place: ui.place.value.trim(), camera: ui.camera.value.trim(),
+           ext: ui.ext.value, place: ui.place.value.trim(), camera: ui.camera.value.trim(), kind: ui.kind.value,
            rerank: ui.rerank.checked || min !== "", min_match: min,
            collapse: ui.collapse.checked };
 }
 
-for (const input of [ui.after, ui.before, ui.ext, ui.rerank, ui.in, ui.min, ui.collapse, ui.place, ui.camera]) {
+for (const input of [ui.after, ui.before, ui.ext, ui.rerank, ui.in, ui.min, ui.collapse, ui.place, ui.camera,
+                     ui.kind]) {
   input.addEventListener("change", () => go(fromFilters()));
 }
 ui.toggle.addEventListener("click", () => showFilters(ui.filters.hidden));

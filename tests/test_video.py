@@ -1,0 +1,262 @@
+"""Videos (clipsearch.video): made here with PyAV from the shapes task's pictures, indexed beside
+photos with the trained CLIP, found at the second a scene was planted, upright when the phone
+held them upright, and served with HTTP Range requests; bad files are reported, never fatal."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from benchmarks import shapes
+from benchmarks.videos import make_video, truncate
+from clipsearch.cli import app
+from clipsearch.engine import open_index
+from tests import serving
+from tests.test_gallery import _script_errors, _wait
+
+runner = CliRunner()
+PLANTED = shapes.Scene((shapes.Obj("red", "circle"),))
+PLANTED_AT = 12.0  # seconds: the planted scene runs from here for SCENE seconds
+SCENE = 4.0
+
+
+def picture(scene: shapes.Scene, seed: int) -> Image.Image:
+    return shapes.render(scene, random.Random(seed))
+
+
+@pytest.fixture(scope="module")
+def library(shapes_models, tmp_path_factory):
+    """Photos and videos: `party.mp4` shows six scenes of four seconds, the red circle from
+    PLANTED_AT; `phone.mp4` is stored landscape and displayed portrait (its top half red);
+    truncated, empty and audio-only files beside them; a Live Photo (IMG_0001.png and .MOV).
+    Indexed through the CLI."""
+    root = tmp_path_factory.mktemp("videos")
+    photos = root / "photos"
+    photos.mkdir()
+    others = [s for s in shapes.singles() if s != PLANTED]
+    for i, scene in enumerate(others[:4]):
+        picture(scene, i).save(photos / f"photo{i}.png")
+    scenes = [(picture(s, 10 + i), SCENE) for i, s in enumerate(others[4:9])]
+    scenes.insert(int(PLANTED_AT // SCENE), (picture(PLANTED, 99), SCENE))
+    make_video(str(photos / "party.mp4"), scenes, size=(128, 128), created="2023-07-04T20:31:07Z")
+    half = Image.new("RGB", (128, 96), (40, 160, 60))
+    half.paste((215, 40, 40), (0, 0, 64, 96))  # the stored left half: the displayed top half
+    make_video(str(photos / "phone.mp4"), [(half, 10.0)], size=(128, 96), rotation=-90)
+    make_video(str(root / "cut.mp4"), scenes[:2], size=(128, 128))
+    shutil.copy(truncate(str(root / "cut.mp4"), 0.5), photos / "cut.mp4")
+    (photos / "empty.mov").write_bytes(b"")
+    # a Live Photo: the still and its motion, one item
+    picture(others[0], 7).save(photos / "IMG_0001.png")
+    make_video(str(photos / "IMG_0001.MOV"), [(picture(others[0], 7), 2.0)], size=(64, 64))
+    _audio_only(photos / "voice.m4v")
+    db = root / "db"
+    result = runner.invoke(app, ["index", str(photos), "--db", str(db), "--model",
+                                 f"local-dir:{shapes_models.clip_dir}", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    return photos, db, json.loads(result.stdout)
+
+
+def _audio_only(path: Path) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+
+
+def search(db: Path, *args: str) -> list[dict]:
+    result = runner.invoke(app, ["search", *args, "--db", str(db), "--json", "--no-server", "--words", "off"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_planted_scene_is_found_at_its_second(library):
+    photos, db, summary = library
+    hits = search(db, PLANTED.caption(), "-k", "3")
+    video = next(h for h in hits if h["kind"] == "video")
+    assert video["path"] == str(photos / "party.mp4") and hits.index(video) == 0, hits
+    assert abs(video["t"] - PLANTED_AT) <= 2.0, video
+    assert video["moments"][0]["t"] == video["t"] and len({m["t"] for m in video["moments"]}) == len(
+        video["moments"]), video
+    assert [h["path"] for h in hits].count(video["path"]) == 1  # one hit per video
+    table = runner.invoke(app, ["search", PLANTED.caption(), "--db", str(db), "--no-server", "-k", "1",
+                                "--words", "off"])
+    assert f"@ 0:{int(video['t']):02d}" in table.stdout, table.stdout
+
+
+def test_one_kind_only(library):
+    photos, db, _summary = library
+    only_photos = search(db, PLANTED.caption(), "-k", "20", "--photos")
+    only_videos = search(db, PLANTED.caption(), "-k", "20", "--videos")
+    assert {h["kind"] for h in only_photos} == {"photo"} and len(only_photos) == 5
+    assert sorted(h["path"] for h in only_videos) == [str(photos / "party.mp4"), str(photos / "phone.mp4")]
+    both = runner.invoke(app, ["search", "x", "--db", str(db), "--photos", "--videos", "--no-server"])
+    assert both.exit_code == 2 and "choose one of --photos and --videos" in both.output
+
+
+def test_bad_videos_are_reported_and_the_rest_indexed(library):
+    photos, _db, summary = library
+    skipped = {Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == {"cut.mp4", "empty.mov", "voice.m4v"}, skipped
+    assert "truncated" in skipped["cut.mp4"] and "empty file" in skipped["empty.mov"]
+    assert "no video track" in skipped["voice.m4v"]
+    assert summary["added"] == 7 and summary["frames"] >= 6 + 3, summary  # the Live Photo's video is no item
+
+
+def test_a_portrait_phone_video_is_upright_and_dated(library):
+    photos, db, _summary = library
+    index = open_index(db)
+    rows = index.store.by_paths([str(photos / "phone.mp4")], ["id", "t", "width", "height"]).to_pylist()
+    assert {(r["width"], r["height"]) for r in rows} == {(96, 128)}
+    # one key frame at 0 s; the frames at 4 and 8 s were found by seeking
+    times = sorted(r["t"] for r in rows)
+    assert len(times) == 3, rows
+    assert all(abs(t - want) <= 1.0 for t, want in zip(times, [0, 4, 8], strict=True)), rows
+    from clipsearch.video import frame_at
+
+    frame = frame_at(str(photos / "phone.mp4"), 5.0)
+    assert frame.size == (96, 128)
+    top, bottom = frame.getpixel((48, 20)), frame.getpixel((48, 108))
+    assert top[0] > 180 > top[1] and bottom[1] > 120 > bottom[0], (top, bottom)
+    party = index.store.by_paths([str(photos / "party.mp4")], ["taken", "duration"]).to_pylist()[0]
+    assert party["taken"] == "2023-07-04T20:31:07" and party["duration"] == pytest.approx(24.0, abs=0.2)
+    dated = search(db, PLANTED.caption(), "--videos", "--after", "2023-07-04", "--before", "2023-07-05")
+    assert [h["path"] for h in dated] == [str(photos / "party.mp4")]  # phone.mp4 has only its mtime
+
+
+def test_copied_and_moved_videos_keep_their_moments_without_decoding(library, tmp_path):
+    photos, db, _summary = library
+    copy_db = tmp_path / "db"
+    shutil.copytree(db, copy_db)
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    original = open_index(copy_db).store.by_paths([str(photos / "party.mp4")], ["t"]).column("t").to_pylist()
+
+    def index() -> dict:
+        result = runner.invoke(app, ["index", str(folder), "--db", str(copy_db), "--device", "cpu", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    copied = index()
+    assert copied["added"] == 7 and copied["embedded"] == 0 and copied["frames"] == 0, copied
+    (folder / "party.mp4").rename(folder / "renamed.mp4")
+    moved = index()
+    # (a move, counted as added and removed: the original library holds the same content too)
+    assert moved["embedded"] == moved["frames"] == 0 and moved["added"] == moved["removed"] == 1, moved
+    hits = search(copy_db, PLANTED.caption(), "-k", "1", "--videos", "--in", str(folder))
+    assert hits[0]["path"] == str(folder / "renamed.mp4") and abs(hits[0]["t"] - PLANTED_AT) <= 2.0
+    times = open_index(copy_db).store.by_paths([str(folder / "renamed.mp4")], ["t"]).column("t").to_pylist()
+    assert sorted(times) == sorted(original)
+    assert not open_index(copy_db).store.by_paths([str(folder / "party.mp4")], ["t"]).num_rows
+
+
+@pytest.fixture(scope="module")
+def served(library):
+    """The library's index behind a real HTTP server, in this process (uvicorn on a free port)."""
+    import uvicorn
+
+    from clipsearch.server.app import ServedIndex, create_app
+
+    _photos, db, _summary = library
+    port = serving.free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServedIndex(db, device="cpu")), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):  # bounded: up in well under 20 s
+        if server.started:
+            break
+        threading.Event().wait(0.1)
+    assert server.started
+    yield serving.Server(None, f"http://127.0.0.1:{port}", None)
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_the_server_seeks_in_a_video_and_shows_its_moments(library, served):
+    photos, _db, _summary = library
+    client = served
+    asked = {"q": PLANTED.caption(), "k": "2", "kind": "video", "words": "0"}
+    page = client.get("/api/search", asked).json()
+    hit = page["hits"][0]
+    assert hit["kind"] == "video" and abs(hit["t"] - PLANTED_AT) <= 2.0 and hit["duration"] > 20
+    size = (photos / "party.mp4").stat().st_size
+    part = client.get(f"/api/images/{hit['id']}/file", headers={"Range": "bytes=100-299"})
+    assert part.status == 206 and len(part.body) == 200
+    assert part.headers["content-range"] == f"bytes 100-299/{size}"
+    assert part.body == (photos / "party.mp4").read_bytes()[100:300]
+    assert part.headers["content-type"] == "video/mp4"
+    shown = client.get(f"/api/images/{hit['id']}/thumbnail", {"size": "256"})
+    other = client.get(f"/api/images/{hit['id']}/thumbnail", {"size": "256", "t": "1"})
+    assert shown.status == other.status == 200 and shown.body != other.body
+    past = client.get(f"/api/images/{hit['id']}/thumbnail", {"t": "999"})
+    assert past.status == 400 and "past the end" in past.json()["error"]
+    # the Live Photo: its still is the hit, its video plays beside it
+    hits = client.get("/api/search", {"q": "IMG_0001", "k": "20"}).json()["hits"]
+    assert not any(h["path"].endswith(".MOV") for h in hits)
+    live = next(h for h in hits if h["path"].endswith("IMG_0001.png"))
+    assert live["motion"] is True and not any(h["motion"] for h in hits if h is not live)
+    motion = client.get(f"/api/images/{live['id']}/motion", headers={"Range": "bytes=0-9"})
+    assert motion.status == 206 and motion.body == (photos / "IMG_0001.MOV").read_bytes()[:10]
+    assert motion.headers["content-type"] == "video/quicktime"
+    plain = next(h for h in hits if h["kind"] == "photo" and not h["motion"])
+    none = client.get(f"/api/images/{plain['id']}/motion")
+    assert none.status == 404 and "no Live Photo video" in none.json()["error"]
+
+
+@pytest.mark.slow
+def test_the_gallery_plays_a_video_from_its_moment(served, browser):
+    from selenium.webdriver.common.by import By
+
+
+    hit = served.get("/api/search", {"q": PLANTED.caption(), "k": "1", "kind": "video", "words": "0"}).json()
+    t = hit["hits"][0]["t"]
+    browser.get(f"{served.url}/?q={PLANTED.caption().replace(' ', '+')}&kind=video")
+    tile = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".tile.playable"), "a video tile")[0]
+    assert tile.find_element(By.CSS_SELECTOR, ".play").text == f"▶ 0:{int(t):02d}"
+    tile.find_element(By.CSS_SELECTOR, ".open").click()
+    # playing from its moment: the browser seeks there through Range requests
+    state = "const v = document.getElementById('v-video'); return [v.readyState, v.currentTime, !!v.error]"
+    _wait(browser, lambda d: (s := d.execute_script(state))[0] >= 2 and abs(s[1] - t) < 1.5,
+          "the video at its second")
+    assert not browser.execute_script(state)[2] and browser.find_element(By.ID, "v-video").is_displayed()
+    assert not browser.find_element(By.ID, "v-img").is_displayed()
+    assert _script_errors(browser) == []
+
+
+def test_a_re_encoded_video_is_a_duplicate_and_a_shared_opening_is_not(shapes_models, tmp_path):
+    others = [s for s in shapes.singles() if s != PLANTED]
+    scenes = [(picture(s, 10 + i), SCENE) for i, s in enumerate([others[4], PLANTED, *others[5:8]])]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_video(str(folder / "trip.mp4"), scenes, size=(128, 128))
+    make_video(str(folder / "trip-small.mp4"), scenes, size=(96, 96), crf=38)  # a re-encode
+    # the same opening scene, then other pictures of other things
+    make_video(str(folder / "other.mp4"), scenes[:1] + [(picture(s, 50 + i), SCENE) for i, s in
+                                                         enumerate(others[:4])], size=(128, 128))
+    db = tmp_path / "db"
+    assert runner.invoke(app, ["index", str(folder), "--db", str(db), "--model",
+                               f"local-dir:{shapes_models.clip_dir}", "--device", "cpu"]).exit_code == 0
+    result = runner.invoke(app, ["dupes", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    groups = [sorted(Path(m["path"]).name for m in g["members"]) for g in json.loads(result.stdout)]
+    assert groups == [["trip-small.mp4", "trip.mp4"]], groups
+    tagged = runner.invoke(app, ["tag", "--db", str(db), "--labels", "blue square,photo", "--json"])
+    assert tagged.exit_code == 0, tagged.output
+    tags = {Path(i["path"]).name: [t["label"] for t in i["tags"]] for i in json.loads(tagged.stdout)}
+    assert set(tags) == {"trip.mp4", "trip-small.mp4", "other.mp4"}, tags
+    # blue shapes are in the middle of trip, never in other: a video is tagged with what any of
+    # its frames shows, not its first frame alone
+    assert "blue square" in tags["trip.mp4"] and "blue square" in tags["trip-small.mp4"], tags
+    assert "blue square" not in tags["other.mp4"], tags
