@@ -260,3 +260,28 @@ def test_a_re_encoded_video_is_a_duplicate_and_a_shared_opening_is_not(shapes_mo
     # its frames shows, not its first frame alone
     assert "blue square" in tags["trip.mp4"] and "blue square" in tags["trip-small.mp4"], tags
     assert "blue square" not in tags["other.mp4"], tags
+
+
+def test_what_a_watcher_sees_a_changed_video_and_a_live_photos_motion(library, tmp_path):
+    from clipsearch.build import open_builder
+
+    photos, db, _summary = library
+    copy_db = tmp_path / "db"
+    shutil.copytree(db, copy_db)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    clip = folder / "clip.mp4"
+    make_video(str(clip), [(picture(PLANTED, 1), SCENE)], size=(64, 64))
+    make_video(str(folder / "IMG_0002.mov"), [(picture(PLANTED, 2), 1.0)], size=(64, 64))
+    picture(PLANTED, 2).save(folder / "IMG_0002.jpg")
+    with open_builder(copy_db, device="cpu") as builder:
+        added = builder.update([str(clip), str(folder / "IMG_0002.mov"), str(folder / "IMG_0002.jpg")])
+        assert (added.added, added.frames) == (2, 1), added  # the clip and the still; the motion is no item
+        # the clip edited into a longer one: its rows replaced, all in one commit
+        make_video(str(clip), [(picture(PLANTED, 1), SCENE), (picture(shapes.singles()[5], 3), SCENE)],
+                   size=(64, 64))
+        changed = builder.update([str(clip)])
+    assert (changed.updated, changed.frames) == (1, 2), changed
+    store = open_index(copy_db).store
+    assert sorted(store.by_paths([str(clip)], ["t"]).column("t").to_pylist()) == [0.0, 4.0]
+    assert not store.by_paths([str(folder / "IMG_0002.mov")], ["t"]).num_rows
