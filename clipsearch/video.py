@@ -11,7 +11,6 @@ path, size, hash and creation time, and the frame's time `t`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import re
@@ -24,11 +23,9 @@ from PIL import Image
 
 from clipsearch.errors import UnreadableImageError
 
-log = logging.getLogger("clipsearch")
-
-# At least one frame every MAX_GAP seconds, a scene change at most every MIN_GAP: 4 s keeps a
-# phone video's moments (benchmarks/video.py: a scene planted anywhere is found within 2 s) at
-# 900 rows an hour, 2 MB of vectors
+# At least one frame every MAX_GAP seconds, a scene change at most every MIN_GAP: 4 s finds a
+# scene within 2 s of where it starts (tests/test_video.py) at 900 rows an hour, 2 MB a row's
+# worth of vectors and words (benchmarks/video.py)
 MAX_GAP = 4.0
 MIN_GAP = 1.0
 # What counts as a new scene since the last kept frame: a quarter of the colours moved (the
@@ -50,7 +47,6 @@ class VideoInfo:
     width: int  # of the upright picture
     height: int
     created: str | None  # ISO 8601 without zone, local time, as `taken` is for photos
-    rotation: int = 0  # counter-clockwise degrees the display matrix turns the picture
     notes: list[str] = field(default_factory=list)  # what did not decode (a corrupt tail)
 
 
@@ -180,7 +176,8 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
                 if t - last_t < MIN_GAP:
                     continue
                 sig = _signature(frame)
-                if t - last_t >= gap or _new_scene(sig, last_sig):
+                # past MAX_FRAMES only the gap keeps frames: a video's rows stay bounded
+                if t - last_t >= gap or (len(kept) < MAX_FRAMES and _new_scene(sig, last_sig)):
                     kept.append(t)
                     last_t, last_sig = t, sig
                     yield t, _picture(frame, min_side)
@@ -193,8 +190,6 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
             if info is not None:
                 info.notes = found.notes
             return
-        except UnreadableImageError:
-            raise
         if not kept:
             raise UnreadableImageError(path, "no frame decodes; the video codec may be unsupported or "
                                              "the file truncated")

@@ -24,7 +24,10 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
                              "serve", "eval", "dupes", "ray", "diskcache", "change", "watch", "words",
-                             "captions"}
+                             "captions", "video"}
+    video = sections["video"]
+    assert video["speed"]["phone"]["embedded_frames"] >= 1 and video["speed"]["phone"]["realtime"] > 0
+    assert video["search"]["rows"] == 2_000 + 900 and 0 < video["search"]["video_hits_share"] <= 1
     captioned = sections["captions"]
     assert captioned["speed"]["fp32"]["captions_per_s"] > 0 and captioned["background"]["queries_during"] > 0
     assert captioned["background"]["photos"] == 4 and captioned["background"]["ratio"] > 0
