@@ -206,7 +206,7 @@ class Builder:
         manifest.root_devices.pop(old, None)
         store.save_manifest()
         summary = self.index([new])
-        summary.moved += int(same.sum())
+        summary.moved += len({p for p, k in zip(paths, same, strict=True) if k})  # a video's frames: one
         return summary
 
     def _note_roots(self, folders: Sequence[str], offline: dict[str, str]) -> None:

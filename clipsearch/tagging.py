@@ -198,7 +198,6 @@ def tag_new(store: Store, tagger: Tagger, added: Sequence[str], removed: Sequenc
     """Bring the stored tags in step with one commit: tag the content it `added` (hashes) and
     forget the tags of content it `removed` that no row holds any more. What a whole `tag_store`
     would give, at the cost of the change: a watcher commits every few seconds."""
-
     added = sorted(set(added))
     rows = store.by_hashes(added, ["hash", "vector"]) if added else None
     batches = []
