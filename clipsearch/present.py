@@ -116,11 +116,13 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
 
 def _previews(found: Sequence[Hit], protocol: str) -> None:
     from clipsearch.preview import row, thumbnail_png
+    from clipsearch.video import clock
 
     reranked = any(h.itm is not None for h in found)
     for h in found:
         scores = f"{h.score:.3f}" + (f"  itm {h.itm:.3f}  clip {h.clip:.3f}" if reranked else "")
-        sys.stdout.write(row(thumbnail_png(h.path), f"{h.rank:>3}  {scores}  {safe(h.path)}", protocol))
+        where = safe(h.path) + (f"  @ {clock(h.t)}" if h.t is not None else "")
+        sys.stdout.write(row(thumbnail_png(h.path, h.t), f"{h.rank:>3}  {scores}  {where}", protocol))
     sys.stdout.flush()
 
 

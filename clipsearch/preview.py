@@ -65,12 +65,23 @@ def row(png: bytes | None, text: str, protocol: str) -> str:
     return f"{picture} {text}\n"
 
 
-def thumbnail_png(path: str) -> bytes | None:
-    """A PNG thumbnail of the image at `path`, or None when it cannot be read now."""
+def thumbnail_png(path: str, t: float | None = None) -> bytes | None:
+    """A PNG thumbnail of the image at `path` (a video's frame at `t` seconds), or None when it
+    cannot be read now."""
+    import io
+
     from clipsearch.errors import UnreadableImageError
-    from clipsearch.images import read_file, thumbnail
+    from clipsearch.images import is_video_name, read_file, thumbnail
 
     try:
+        if is_video_name(path):  # one frame decoded, never the whole file read
+            from clipsearch.video import frame_at
+
+            picture = frame_at(path, t or 0.0, PIXELS)
+            picture.thumbnail((PIXELS, PIXELS))
+            out = io.BytesIO()
+            picture.save(out, "PNG")
+            return out.getvalue()
         return thumbnail(read_file(path), path, PIXELS, "PNG")
     except (UnreadableImageError, OSError):
         return None

@@ -93,6 +93,10 @@ def test_a_planted_scene_is_found_at_its_second(library):
     table = runner.invoke(app, ["search", PLANTED.caption(), "--db", str(db), "--no-server", "-k", "1",
                                 "--words", "off"])
     assert f"@ 0:{int(video['t']):02d}" in table.stdout, table.stdout
+    # beside a thumbnail of that moment (one frame decoded, not the file read whole)
+    shown = runner.invoke(app, ["search", PLANTED.caption(), "--db", str(db), "--no-server", "-k", "1",
+                                "--words", "off", "--preview=kitty"])
+    assert shown.exit_code == 0 and "\x1b_G" in shown.stdout and f"@ 0:{int(video['t']):02d}" in shown.stdout
 
 
 def test_one_kind_only(library):
