@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from clipsearch import limits
+from clipsearch.config import VIDEO_EXTENSIONS
 from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted, ServeError
 from clipsearch.files import replacing
 from clipsearch.results import Hit, Progress
@@ -170,8 +171,8 @@ class Server:
         """The hits `Index.similar` would return for an image file, sent as an upload; the server
         finds indexed content by its hash, so an indexed photo is not embedded again."""
         path = os.path.abspath(os.path.expanduser(os.fspath(image)))
-        if limits.breach(k=k, tags=tags):
-            return None
+        if limits.breach(k=k, tags=tags) or os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+            return None  # a video is averaged from its indexed frames, or its first decoded, here
         try:
             if os.path.getsize(path) > limits.MAX_UPLOAD:
                 return None
