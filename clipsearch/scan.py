@@ -137,17 +137,23 @@ def motion_of(photo: str) -> str | None:
     return None
 
 
-def is_motion(path: str) -> bool:
-    """Whether `path` is a Live Photo's video: a still of its name is beside it."""
-    stem, ext = os.path.splitext(path)
+def stills_in(names: Iterable[str]) -> set[str]:
+    """The lower-case stems of the photos among file `names` (one folder's)."""
+    return {stem.lower() for stem, ext in map(os.path.splitext, names) if ext.lower() in IMAGE_EXTENSIONS}
+
+
+def is_motion(path: str, stills: set[str] | None = None) -> bool:
+    """Whether `path` is a Live Photo's video: a still of its name is beside it. `stills`: its
+    folder's (stills_in), when the caller has listed the folder already."""
+    stem, ext = os.path.splitext(os.path.basename(path))
     if ext.lower() not in MOTION_EXTENSIONS:
         return False
-    folder, name = os.path.split(stem)
-    try:
-        return any(os.path.splitext(n)[0].lower() == name.lower() and os.path.splitext(n)[1].lower()
-                   in IMAGE_EXTENSIONS for n in os.listdir(folder or "."))
-    except OSError:
-        return False
+    if stills is None:
+        try:
+            stills = stills_in(os.listdir(os.path.dirname(path) or "."))
+        except OSError:
+            return False
+    return stem.lower() in stills
 
 
 def is_under(path: str, root: str) -> bool:
@@ -207,8 +213,7 @@ def scan(
                 continue
             subdirs = []
             here, xmps = len(names), []
-            stills = {stem.lower() for stem, ext in map(os.path.splitext, (e.name for e in entries))
-                      if ext.lower() in IMAGE_EXTENSIONS}
+            stills = stills_in(e.name for e in entries)
             for entry in entries:
                 name = entry.name
                 if name.startswith(".") or name in JUNK_DIRS or name in JUNK_FILES:
@@ -228,12 +233,11 @@ def scan(
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append(entry.path)
                     continue
-                stem, ext = os.path.splitext(name)
-                if ext.lower() not in extensions:
+                if os.path.splitext(name)[1].lower() not in extensions:
                     if name.endswith(SIDECAR_EXTENSIONS) and stat.S_ISREG(st.st_mode):
                         xmps.append((name, st.st_mtime_ns))
                     continue
-                if ext.lower() in MOTION_EXTENSIONS and stem.lower() in stills:
+                if is_motion(name, stills):
                     continue  # a Live Photo's motion: its still is the item
                 if not stat.S_ISREG(st.st_mode):
                     skipped.append(Skipped(entry.path, "not a regular file (device, pipe or socket)"))

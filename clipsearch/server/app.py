@@ -13,6 +13,7 @@ import mimetypes
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import quote
@@ -308,10 +309,10 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
                                 f"{', '.join(map(str, SIZES))}")
         index = served.get()
         record = index.record(id, tags=False)
-        read = lambda: index.indexed_bytes(record)  # noqa: E731
+        read = partial(index.indexed_bytes, record)
         if record.t is not None:
             at = record.t if t is None else t
-            read = lambda: index.frame_bytes(record, at)  # noqa: E731
+            read = partial(index.frame_bytes, record, at)
             record = replace(record, hash=f"{record.hash}-t{at:.2f}")  # each moment its own thumbnail
         elif t is not None:
             raise BadInputError(f"t={t}: image {id} is a photo, not a video; leave t out")
