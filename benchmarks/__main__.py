@@ -32,6 +32,7 @@ from benchmarks import (
     memory,
     precision,
     query,
+    raw,
     rerank,
     scale,
     serve,
@@ -61,7 +62,8 @@ SIZES = {  # mode -> section -> size
              "words": {"sizes": [100_000, 1_000_000], "read_photos": 200},
              "captions": {"photos": 16, "precisions": ("fp32", "bf16"), "size": "base",
                           "background_photos": 1000},
-             "video": {"seconds": 60.0, "photos": 100_000, "hours": 1000.0, "long_minutes": (1, 120)}},
+             "video": {"seconds": 60.0, "photos": 100_000, "hours": 1000.0, "long_minutes": (1, 120)},
+             "raw": {"n": 16, "megapixels": 24.0}},
     "quick": {"photos": 48, "queries_over": 100_000, "cold_runs": 3, "scale": [100_000],
               "rerank": ("auto",), "candidates": 20, "tag_images": 100_000, "labels": 100,
               "tag_streamed": 200_000, "memory": [100, 200], "precision_photos": 32,
@@ -74,7 +76,8 @@ SIZES = {  # mode -> section -> size
               "words": {"sizes": [100_000], "read_photos": 100},
               "captions": {"photos": 8, "precisions": ("fp32", "bf16"), "size": "base",
                            "background_photos": 100},
-              "video": {"seconds": 30.0, "photos": 100_000, "hours": 100.0, "long_minutes": (1, 10)}},
+              "video": {"seconds": 30.0, "photos": 100_000, "hours": 100.0, "long_minutes": (1, 10)},
+              "raw": {"n": 8, "megapixels": 12.0}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
@@ -89,10 +92,11 @@ SIZES = {  # mode -> section -> size
               "captions": {"photos": 2, "precisions": ("fp32",), "size": "tiny", "background_photos": 4,
                            "idle_seconds": 2.0},
               "video": {"seconds": 4.0, "size": (320, 240), "photos": 2_000, "hours": 1.0,
-                        "long_minutes": ()}},
+                        "long_minutes": ()},
+              "raw": {"n": 4, "megapixels": 0.3, "rounds": 1}},
 }
 SECTIONS = ["throughput", "query", "scale", "rerank", "tagging", "memory", "precision", "serve", "eval",
-            "dupes", "ray", "diskcache", "change", "watch", "words", "captions", "video"]
+            "dupes", "ray", "diskcache", "change", "watch", "words", "captions", "video", "raw"]
 
 
 def machine() -> dict:
@@ -141,6 +145,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return captions.measure(work, **size["captions"])
     if name == "video":
         return video.measure(work, **size["video"])
+    if name == "raw":
+        return raw.measure(work, **size["raw"])
     raise ValueError(name)
 
 
@@ -148,7 +154,7 @@ def show(name: str, figures: dict) -> None:
     {"throughput": throughput, "query": query, "scale": scale, "rerank": rerank, "tagging": tagging,
      "memory": memory, "precision": precision, "serve": serve, "eval": evaluation,
      "dupes": dupes, "ray": cluster, "diskcache": diskcache, "change": change,
-     "watch": watch, "words": words, "captions": captions, "video": video}[name].report(figures)
+     "watch": watch, "words": words, "captions": captions, "video": video, "raw": raw}[name].report(figures)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.errors import IndexInterrupted, UnreadableImageError
-from clipsearch.images import content_hash, decode, read_file
+from clipsearch.images import decode, identity, read_file
 from clipsearch.results import CaptionSummary, Progress, Skipped
 from clipsearch.store import CAPTIONS_SCHEMA, under_sql
 from clipsearch.words import STOP_WORDS, WORD
@@ -171,7 +171,7 @@ def _load(item: tuple[str, list[str]], min_side: int):
         except UnreadableImageError as exc:
             reason = str(exc)
             continue
-        if content_hash(data) != digest:
+        if identity(path, data) != digest:
             reason = "it changed since it was indexed; run clipsearch index, then caption again"
             continue
         try:

@@ -31,10 +31,22 @@ COMMIT_EVERY = 256
 # kill, a crash or a power cut would otherwise throw away (a small library would never commit)
 COMMIT_SECONDS = 10.0
 
+# The RAW formats LibRaw reads (clipsearch.raw), by their cameras' extensions
+RAW_EXTENSIONS = frozenset(
+    {
+        ".3fr", ".ari", ".arw", ".bay", ".cap", ".cr2", ".cr3", ".crw", ".cs1", ".dcr", ".dcs",
+        ".dng", ".drf", ".eip", ".erf", ".fff", ".gpr", ".iiq", ".k25", ".kdc", ".mdc", ".mef",
+        ".mfw", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".ori", ".pef", ".ptx", ".pxn", ".qtk",
+        ".raf", ".raw", ".rdc", ".rw2", ".rwl", ".rwz", ".sr2", ".srf", ".srw", ".sti", ".x3f",
+    }
+)
+# What a camera set to RAW + JPEG (or HEIF) writes beside the RAW: the pair is one photo, shown
+# through this rendition, the RAW named as its original (clipsearch.scan.is_companion)
+RENDITION_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".heic", ".heif", ".hif"})
 IMAGE_EXTENSIONS = frozenset(
     {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff",
-        ".bmp", ".heic", ".heif", ".hif", ".avif",
+        *RENDITION_EXTENSIONS, ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".avif",
+        *RAW_EXTENSIONS,
     }
 )
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".3gp"})

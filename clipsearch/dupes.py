@@ -26,9 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clipsearch.config import RAW_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.layers import within
 from clipsearch.results import Hit, ImageRecord
+from clipsearch.scan import originals_of
 from clipsearch.store import RowSource
 
 if TYPE_CHECKING:
@@ -47,11 +49,12 @@ _LOOKUP_MAX = 4_096
 # nothing; of the lossy formats, phones write HEIC and JPEG, while WebP, AVIF and GIF are what the
 # web and messengers re-encode to.
 _FORMAT_RANK = {
-    **dict.fromkeys(("png", "tif", "tiff", "bmp"), 0),
-    **dict.fromkeys(("heic", "heif", "hif"), 1),
-    **dict.fromkeys(("jpg", "jpeg", "jpe", "jfif"), 2),
+    **dict.fromkeys((e.lstrip(".") for e in RAW_EXTENSIONS), 0),
+    **dict.fromkeys(("png", "tif", "tiff", "bmp"), 1),
+    **dict.fromkeys(("heic", "heif", "hif"), 2),
+    **dict.fromkeys(("jpg", "jpeg", "jpe", "jfif"), 3),
 }
-_OTHER_FORMAT = 3
+_OTHER_FORMAT = 4
 _FORMAT_NAME = {"jpe": "JPEG", "jpg": "JPEG", "jfif": "JPEG", "tif": "TIFF", "hif": "HEIF"}
 
 
@@ -62,11 +65,13 @@ class Member:
 
     image: ImageRecord
     similarity: float
+    original: str | None = None  # the RAW of a RAW + JPEG pair: it goes where the JPEG goes
 
     def to_dict(self) -> dict:
         i = self.image
-        return {"id": i.id, "path": i.path, "size": i.bytes, "width": i.width, "height": i.height,
-                "taken": i.taken, "similarity": round(self.similarity, 6)}
+        out = {"id": i.id, "path": i.path, "size": i.bytes, "width": i.width, "height": i.height,
+               "taken": i.taken, "similarity": round(self.similarity, 6)}
+        return out | {"original": self.original} if self.original else out
 
 
 @dataclass(frozen=True)
@@ -183,11 +188,13 @@ def _find(source: RowSource, ann: AnnIndex | None, rows: pa.Table, threshold: fl
     members = [i for c in clusters for r in c for i in copies.get(r, [r])]
     records = {r["id"]: ImageRecord.from_row(r)
                for r in source.fetch(members, source.meta_columns).to_pylist()}
+    originals = originals_of(r.path for r in records.values())  # each folder listed once
     groups = []
     for cluster in clusters:
         images = [records[i] for r in cluster for i in copies.get(r, [r]) if i in records]
         kind = "exact" if len(cluster) == 1 else "near"
-        groups.append(_group(images, kind, {i.id: content_of.get(i.id, i.id) for i in images}, vectors))
+        groups.append(_group(images, kind, {i.id: content_of.get(i.id, i.id) for i in images}, vectors,
+                             originals))
     groups.sort(key=lambda g: (g.kind != "exact", -len(g.members), g.keeper.image.path))
     return [Group(n, g.kind, g.members, g.reason) for n, g in enumerate(groups, 1)]
 
@@ -302,8 +309,9 @@ def _complete_linkage(pairs: dict[tuple[int, int], float]) -> list[list[int]]:
 
 
 def _group(images: list[ImageRecord], kind: str, content_of: dict[int, int],
-           vectors: dict[int, np.ndarray]) -> Group:
-    ranked = sorted(images, key=preference)
+           vectors: dict[int, np.ndarray], originals: dict[str, str]) -> Group:
+    """`originals`: the RAW of each member that is a RAW + JPEG pair's JPEG."""
+    ranked = sorted(images, key=lambda i: preference(i, i.path in originals))
     keeper = ranked[0]
     kept = vectors.get(content_of[keeper.id])
     members = []
@@ -311,8 +319,8 @@ def _group(images: list[ImageRecord], kind: str, content_of: dict[int, int],
         same = content_of[image.id] == content_of[keeper.id]
         theirs = vectors.get(content_of[image.id])
         similarity = 1.0 if same or kept is None or theirs is None else float(kept @ theirs)
-        members.append(Member(image, similarity))
-    return Group(0, kind, members, reason(ranked[0], ranked[1]))
+        members.append(Member(image, similarity, originals.get(image.path)))
+    return Group(0, kind, members, reason(ranked[0], ranked[1], originals))
 
 
 # -- the keeper rule -------------------------------------------------------------------------
@@ -324,13 +332,15 @@ def _pixels(image: ImageRecord) -> int:
     return (image.width or 0) * (image.height or 0)
 
 
-def preference(image: ImageRecord) -> tuple:
+def preference(image: ImageRecord, paired: bool = False) -> tuple:
     """Sort key of the keeper rule, best first: largest resolution; then the original over a
-    re-encode (a photo that still has its camera's capture time, which re-encoding usually strips,
-    then the format, _FORMAT_RANK); then earliest capture time; then the larger file (re-encoding
-    a lossy file only loses); then shortest path."""
-    return (-_pixels(image), image.taken is None, _FORMAT_RANK.get(_format(image.path), _OTHER_FORMAT),
-            image.taken or "", -image.bytes, len(image.path), image.path)
+    re-encode (a RAW + JPEG pair, `paired`, whose RAW is the camera's own; a photo that still
+    has its camera's capture time, which re-encoding usually strips; then the format,
+    _FORMAT_RANK, RAW first); then earliest capture time; then the larger file (re-encoding a
+    lossy file only loses); then shortest path."""
+    return (-_pixels(image), not paired, image.taken is None,
+            _FORMAT_RANK.get(_format(image.path), _OTHER_FORMAT), image.taken or "", -image.bytes,
+            len(image.path), image.path)
 
 
 def _format_name(path: str) -> str:
@@ -338,11 +348,15 @@ def _format_name(path: str) -> str:
     return _FORMAT_NAME.get(ext, ext.upper() or "no extension")
 
 
-def reason(keeper: ImageRecord, runner_up: ImageRecord) -> str:
-    """Why `keeper` is preferred to the next best member, in words."""
+def reason(keeper: ImageRecord, runner_up: ImageRecord, originals: dict[str, str] | None = None) -> str:
+    """Why `keeper` is preferred to the next best member, in words (`originals`: the RAWs of
+    the members that are RAW + JPEG pairs)."""
+    originals = originals or {}
     if _pixels(keeper) != _pixels(runner_up):
         return (f"largest: {keeper.width}x{keeper.height} "
                 f"(next {runner_up.width or '?'}x{runner_up.height or '?'})")
+    if keeper.path in originals and runner_up.path not in originals:
+        return f"same size; the original: its RAW is beside it ({os.path.basename(originals[keeper.path])})"
     if runner_up.taken is None and keeper.taken is not None:
         return "same size; the original: it has the camera's capture time, which the copies lost"
     mine, theirs = (_FORMAT_RANK.get(_format(i.path), _OTHER_FORMAT) for i in (keeper, runner_up))
@@ -387,6 +401,8 @@ def collapse(source: RowSource, ann: AnnIndex, hits: Sequence[Hit], vector: np.n
             for n, i in enumerate(ranked, 1)]
 
 
-def extras(groups: Iterable[Group]) -> list[str]:
-    """Every member's path but each group's keeper: what `dupes --paths --extras` prints."""
-    return [m.image.path for g in groups for m in g.extras]
+def paths(groups: Iterable[Group], extras: bool = False) -> list[str]:
+    """Every member's path (with `extras`, all but each group's keeper): what `dupes --paths`
+    prints. A RAW + JPEG pair's RAW follows its JPEG: a pair is removed whole or not at all."""
+    members = (m for g in groups for m in (g.extras if extras else g.members))
+    return [p for m in members for p in (m.image.path, m.original) if p]

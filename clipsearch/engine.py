@@ -291,7 +291,7 @@ class Index:
                 hits, texts, self.scorer, self.feature_cache(), k + offset, min_match,
                 workers=config.default_workers()))
             timing["rerank"] = time.perf_counter() - reranked
-        return _page(_captioned(self, hits[offset:offset + k]), considered, timing, started)
+        return _page(_finished(self, hits[offset:offset + k]), considered, timing, started)
 
     def similar(
         self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
@@ -329,7 +329,7 @@ class Index:
             wanted *= 2
         hits = _asked_first(hits, own)[:k + offset]
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
-        return _page(_captioned(self, hits[offset:offset + k]), considered, timing, started)
+        return _page(_finished(self, hits[offset:offset + k]), considered, timing, started)
 
     def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
         """The unit vector a parsed query stands for (clipsearch.query.combine)."""
@@ -383,7 +383,7 @@ class Index:
         the path of an indexed, unchanged file."""
         import numpy as np
 
-        from clipsearch.images import content_hash, decode, is_video_name, read_file
+        from clipsearch.images import decode, identity, is_video_name, read_file
 
         if isinstance(image, int):
             rows = self.store.fetch([image], ["vector"])
@@ -404,7 +404,7 @@ class Index:
                 # indexed and unchanged: not even read
                 return np.asarray(row["vector"], np.float32), row["id"]
             data = read_file(name)
-        row = self.store.row_by_hash(content_hash(data), ["vector"])
+        row = self.store.row_by_hash(identity(name, data), ["vector"])
         if row:
             return np.asarray(row["vector"], np.float32), None  # the same content is indexed elsewhere
         embedder = self.embedder
@@ -563,7 +563,7 @@ class Index:
     def indexed_bytes(self, record: ImageRecord) -> bytes:
         """The bytes of a record's file, exactly as they were indexed: a file that has since
         vanished or changed is refused, never read as something else."""
-        from clipsearch.images import content_hash, read_file
+        from clipsearch.images import identity, read_file
 
         refresh = "run clipsearch index on its folder to bring the index up to date"
         try:
@@ -571,7 +571,7 @@ class Index:
         except UnreadableImageError as exc:
             reason = exc.reason if os.path.exists(record.path) else "the file no longer exists"
             raise ImageChangedError(f"{record.path}: {reason}; {refresh}") from None
-        if content_hash(data) != record.hash:
+        if identity(record.path, data) != record.hash:
             raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
         return data
 
@@ -862,12 +862,17 @@ def _check_page(k: int, offset: int) -> None:
         raise BadInputError(f"offset must be 0 or more, not {offset}")
 
 
-def _captioned(index: Index, hits: list[Hit]) -> list[Hit]:
+def _finished(index: Index, hits: list[Hit]) -> list[Hit]:
+    """A page's hits with their captions and their RAW originals (a RAW + JPEG pair's)."""
     from dataclasses import replace
+
+    from clipsearch.scan import originals_of
 
     images = index.captioned([h.image for h in hits if h.image is not None])
     by_id = {i.id: i for i in images}
-    return [replace(h, image=by_id[h.id], caption=by_id[h.id].caption) if h.id in by_id else h for h in hits]
+    originals = originals_of(h.path for h in hits if h.t is None)
+    return [replace(h, image=by_id[h.id], caption=by_id[h.id].caption, original=originals.get(h.path))
+            if h.id in by_id else replace(h, original=originals.get(h.path)) for h in hits]
 
 
 def _page(hits: list[Hit], considered: int, seconds: dict[str, float], started: float) -> Page:

@@ -10,6 +10,7 @@ loses at most seconds of it, and the next run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -31,7 +32,16 @@ from clipsearch.images import is_video_name, load_image, prepare_photo, read_fil
 from clipsearch.kept import COLUMNS as KEPT_COLUMNS
 from clipsearch.kept import Kept
 from clipsearch.results import IndexSummary, Progress, Skipped
-from clipsearch.scan import FileEntry, ScanResult, is_motion, is_photo_name, is_under, scan
+from clipsearch.scan import (
+    FileEntry,
+    ScanResult,
+    is_companion,
+    is_photo_name,
+    is_under,
+    scan,
+    stills_of,
+    with_pairs,
+)
 from clipsearch.store import Store, under_sql
 from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
 
@@ -203,12 +213,16 @@ class Indexer:
         a root of `roots` that is missing or empty."""
         started = time.monotonic()
         files, skipped = [], []
-        for path in dict.fromkeys(paths):  # once each, in order
+        # a file that comes or goes changes the role of its pair's other half (a RAW beside a
+        # JPEG is the JPEG's original, alone it is a photo): both are looked at again
+        paths = with_pairs(paths)
+        stills = functools.cache(stills_of)  # each folder listed once, however many of its files
+        for path in paths:  # once each, in order
             if os.path.isdir(path):
                 found = scan([path])
                 files += found.files
                 skipped += found.skipped
-            elif is_photo_name(path) and not is_motion(path):
+            elif is_photo_name(path) and not is_companion(path, stills(os.path.dirname(path))):
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))

@@ -144,8 +144,9 @@ def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
         print(json.dumps([g.to_dict() for g in groups], indent=2, ensure_ascii=False))
         return
     if fmt in ("paths", "paths0"):
-        paths_out([m.image.path for g in groups for m in (g.extras if extras else g.members)],
-                  fmt == "paths0")
+        from clipsearch.dupes import paths
+
+        paths_out(paths(groups, extras), fmt == "paths0")
         return
     if not groups:
         err.print("no duplicates found")

@@ -25,6 +25,9 @@ class Hit:
     # (second, score), best first; None for a photo
     t: float | None = None
     moments: list[tuple[float, float]] | None = None
+    # a RAW + JPEG pair's RAW (clipsearch.scan.originals_of): the hit is shown through `path`,
+    # the JPEG; None for a photo without one
+    original: str | None = None
 
     @property
     def kind(self) -> str:
@@ -41,6 +44,8 @@ class Hit:
             out["words"] = self.words
         if self.caption is not None:
             out["caption"] = self.caption
+        if self.original is not None:
+            out["original"] = self.original
         return out
 
     @classmethod
@@ -48,7 +53,7 @@ class Hit:
         """A hit from its JSON form (the server's hits carry more fields, which are ignored)."""
         return cls(rank=int(data["rank"]), path=str(data["path"]), score=float(data["score"]),
                    itm=data.get("itm"), clip=data.get("clip"), id=data.get("id"), words=data.get("words"),
-                   caption=data.get("caption"), t=data.get("t"),
+                   caption=data.get("caption"), t=data.get("t"), original=data.get("original"),
                    moments=[(m["t"], m["score"]) for m in data["moments"]] if data.get("moments") else None)
 
 

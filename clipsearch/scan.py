@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from clipsearch.config import IMAGE_EXTENSIONS, INDEXED_EXTENSIONS
+from clipsearch.config import IMAGE_EXTENSIONS, INDEXED_EXTENSIONS, RAW_EXTENSIONS, RENDITION_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.results import Skipped
 
@@ -122,7 +122,8 @@ def sidecar_names(photo_name: str) -> list[str]:
 
 # A still and a video beside it with the same name are one Live Photo (iPhones export
 # IMG_1234.HEIC + IMG_1234.MOV, Android motion photos' exports .MP4): the still is indexed, the
-# video is its motion, never a second item
+# video is its motion, never a second item. Likewise a RAW beside a JPEG or HEIF of its name
+# (a camera set to RAW + JPEG): the JPEG is indexed and shown, the RAW is its original.
 MOTION_EXTENSIONS = frozenset({".mov", ".mp4"})
 
 
@@ -137,23 +138,90 @@ def motion_of(photo: str) -> str | None:
     return None
 
 
-def stills_in(names: Iterable[str]) -> set[str]:
-    """The lower-case stems of the photos among file `names` (one folder's)."""
-    return {stem.lower() for stem, ext in map(os.path.splitext, names) if ext.lower() in IMAGE_EXTENSIONS}
+def originals_of(photos: Iterable[str]) -> dict[str, str]:
+    """The RAW original beside each JPEG or HEIF of `photos` that has one (one folder listing
+    per folder): photo -> RAW."""
+    by_folder: dict[str, list[str]] = {}
+    for photo in photos:
+        if os.path.splitext(photo)[1].lower() in RENDITION_EXTENSIONS:
+            by_folder.setdefault(os.path.dirname(photo), []).append(photo)
+    out: dict[str, str] = {}
+    for folder, wanted in by_folder.items():
+        try:
+            names = sorted(os.listdir(folder or "."))
+        except OSError:
+            continue
+        raws = {}
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in RAW_EXTENSIONS and not name.startswith("."):
+                raws.setdefault(stem.lower(), name)
+        for photo in wanted:
+            stem = os.path.splitext(os.path.basename(photo))[0].lower()
+            if stem in raws:
+                out[photo] = os.path.join(folder, raws[stem])
+    return out
 
 
-def is_motion(path: str, stills: set[str] | None = None) -> bool:
-    """Whether `path` is a Live Photo's video: a still of its name is beside it. `stills`: its
+def stills_in(names: Iterable[str]) -> dict[str, bool]:
+    """The lower-case stems of the photos among file `names` (one folder's), each with whether
+    a JPEG or HEIF is among them (which makes a RAW of its name the pair's original)."""
+    out: dict[str, bool] = {}
+    for stem, ext in map(os.path.splitext, names):
+        ext = ext.lower()
+        if ext in IMAGE_EXTENSIONS:
+            key = stem.lower()
+            out[key] = out.get(key, False) or ext in RENDITION_EXTENSIONS
+    return out
+
+
+def stills_of(folder: str) -> dict[str, bool]:
+    """stills_in of the files in `folder` ({} when it cannot be listed)."""
+    try:
+        return stills_in(os.listdir(folder or "."))
+    except OSError:
+        return {}
+
+
+def is_companion(path: str, stills: dict[str, bool] | None = None) -> bool:
+    """Whether `path` is part of another file's item rather than an item itself: a Live Photo's
+    video (a still of its name is beside it) or the RAW of a RAW + JPEG pair. `stills`: its
     folder's (stills_in), when the caller has listed the folder already."""
     stem, ext = os.path.splitext(os.path.basename(path))
-    if ext.lower() not in MOTION_EXTENSIONS:
+    ext = ext.lower()
+    if ext not in MOTION_EXTENSIONS and ext not in RAW_EXTENSIONS:
         return False
     if stills is None:
+        stills = stills_of(os.path.dirname(path))
+    paired = stills.get(stem.lower())
+    return paired is not None and (ext in MOTION_EXTENSIONS or paired)
+
+
+def with_pairs(paths: Iterable[str]) -> list[str]:
+    """`paths`, each followed by the indexable files beside it with its name and another
+    extension: a pair's other half, whose role changes when its partner comes or goes. One
+    folder listing per folder; folders in `paths` are kept as they are."""
+    paths = list(dict.fromkeys(paths))
+    stems: dict[str, dict[str, list[str]]] = {}  # folder -> lower-case stem -> names
+    for path in paths:
+        folder = os.path.dirname(path)
+        if folder in stems or os.path.isdir(path):
+            continue
         try:
-            stills = stills_in(os.listdir(os.path.dirname(path) or "."))
+            names = sorted(os.listdir(folder or "."))
         except OSError:
-            return False
-    return stem.lower() in stills
+            names = []
+        stems[folder] = {}
+        for name in names:
+            if is_photo_name(name):
+                stems[folder].setdefault(os.path.splitext(name)[0].lower(), []).append(name)
+    out: list[str] = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        out.append(path)
+        out += [os.path.join(folder, other) for other in stems.get(folder, {}).get(
+            os.path.splitext(name)[0].lower(), []) if other != name]
+    return list(dict.fromkeys(out))
 
 
 def is_under(path: str, root: str) -> bool:
@@ -237,8 +305,8 @@ def scan(
                     if name.endswith(SIDECAR_EXTENSIONS) and stat.S_ISREG(st.st_mode):
                         xmps.append((name, st.st_mtime_ns))
                     continue
-                if is_motion(name, stills):
-                    continue  # a Live Photo's motion: its still is the item
+                if is_companion(name, stills):
+                    continue  # a Live Photo's motion or a pair's RAW: the still is the item
                 if not stat.S_ISREG(st.st_mode):
                     skipped.append(Skipped(entry.path, "not a regular file (device, pipe or socket)"))
                     continue

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.ann import AnnIndex
-from clipsearch.config import INDEXED_EXTENSIONS
+from clipsearch.config import INDEXED_EXTENSIONS, RAW_EXTENSIONS
 from clipsearch.errors import BadInputError
 from clipsearch.results import Hit, ImageRecord
 from clipsearch.store import RowSource, Store
@@ -93,8 +93,10 @@ def parse_extensions(ext: str | Iterable[str] | None) -> frozenset[str]:
         if not item:
             continue
         if item not in known:
+            plain = sorted(e.lstrip(".") for e in INDEXED_EXTENSIONS - RAW_EXTENSIONS)
             raise BadInputError(f"--ext {item!r} is not a file type clipsearch indexes; choose "
-                                f"from: {', '.join(known)}")
+                                f"from: {', '.join(plain)}, or a RAW format LibRaw reads (cr2, cr3, "
+                                f"nef, arw, raf, dng, orf, rw2 ... {len(RAW_EXTENSIONS)} in all)")
         wanted |= next((group for group in _SAME_FORMAT if item in group), {item})
     return frozenset(wanted)
 

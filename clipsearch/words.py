@@ -17,7 +17,7 @@ import os
 import re
 import unicodedata
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -107,11 +107,20 @@ def read_meta(path: str, data: bytes | None = None) -> Meta:
     them) and of its sidecars. Never raises: what cannot be read becomes a note."""
     meta = Meta()
     try:
-        from clipsearch.images import is_video_name
+        from clipsearch.images import RAW_HEAD, is_raw_name, is_video_name
         from clipsearch.video import read_tags
 
         if is_video_name(path):
             read_tags(path, meta)
+        elif is_raw_name(path):
+            from clipsearch.raw import read_tags as read_raw_tags
+
+            if data is None:
+                with open(path, "rb") as f:
+                    data = f.read(RAW_HEAD)  # where a RAW keeps its metadata
+            tags = read_raw_tags(data, path)
+            if tags is not None:
+                read_exif(tags.base, tags.detail, tags.gps, meta)
         else:
             with Image.open(io.BytesIO(data) if data is not None else path) as opened:
                 _read_image(opened, meta)
@@ -130,26 +139,7 @@ def read_meta(path: str, data: bytes | None = None) -> Meta:
 
 def _read_image(img: Image.Image, meta: Meta) -> None:
     exif = img.getexif()
-    make, model = _text(exif.get(ExifTags.Base.Make)), _text(exif.get(ExifTags.Base.Model))
-    if model and make and model.lower().startswith(make.split()[0].lower()):
-        make = None  # "Canon" + "Canon EOS R5": the model already says it
-    meta.camera = " ".join(p for p in (make, model) if p) or None
-    try:
-        detail = exif.get_ifd(ExifTags.IFD.Exif)
-        meta.lens = _text(detail.get(ExifTags.Base.LensModel))
-    except Exception:
-        meta.notes.append("EXIF sub-IFD unreadable")
-    try:
-        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
-    except Exception:
-        gps = {}
-        meta.notes.append("GPS block unreadable")
-    if gps:
-        position = _position(gps)
-        if isinstance(position, str):
-            meta.notes.append(position)
-        else:
-            meta.lat, meta.lon = position
+    read_exif(exif, lambda: exif.get_ifd(ExifTags.IFD.Exif), lambda: exif.get_ifd(ExifTags.IFD.GPSInfo), meta)
     iptc = IptcImagePlugin.getiptcinfo(img) if img.format in ("JPEG", "TIFF") else None
     if iptc:
         for key, kind in (((2, 25), "keywords"), ((2, 5), "title"), ((2, 105), "title"),
@@ -160,6 +150,31 @@ def _read_image(img: Image.Image, meta: Meta) -> None:
     packet = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
     if packet:
         _read_xmp(packet.encode() if isinstance(packet, str) else packet, meta, "embedded XMP")
+
+
+def read_exif(base: Mapping, detail: Mapping | Callable[[], Mapping],
+               gps: Mapping | Callable[[], Mapping], meta: Meta) -> None:
+    """Camera, lens and position from an EXIF's first IFD, its EXIF IFD and its GPS IFD (each
+    sub-IFD given, or read when asked: a malformed one becomes a note)."""
+    make, model = _text(base.get(ExifTags.Base.Make)), _text(base.get(ExifTags.Base.Model))
+    if model and make and model.lower().startswith(make.split()[0].lower()):
+        make = None  # "Canon" + "Canon EOS R5": the model already says it
+    meta.camera = " ".join(p for p in (make, model) if p) or None
+    try:
+        meta.lens = _text((detail() if callable(detail) else detail).get(ExifTags.Base.LensModel))
+    except Exception:
+        meta.notes.append("EXIF sub-IFD unreadable")
+    try:
+        block = gps() if callable(gps) else gps
+    except Exception:
+        block = {}
+        meta.notes.append("GPS block unreadable")
+    if block:
+        position = _position(block)
+        if isinstance(position, str):
+            meta.notes.append(position)
+        else:
+            meta.lat, meta.lon = position
 
 
 def _text(value: object) -> str | None:

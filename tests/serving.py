@@ -3,6 +3,7 @@ HTTP with the standard library, stopped by a signal. Every wait is bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -168,3 +170,28 @@ def run_cli(*args, env: dict | None = None) -> tuple[int, str, str, list[str]]:
     probe = next(line for line in reversed(lines) if line.startswith("heavy: "))
     rest = "\n".join(line for line in lines if line != probe and "No pretrained weights" not in line)
     return r.returncode, r.stdout, rest, [m for m in probe[len("heavy: "):].split(",") if m]
+
+
+@contextlib.contextmanager
+def in_process(db: Path) -> Iterator[Server]:
+    """The index at `db` behind a real HTTP server in this process (uvicorn on a free port, in a
+    thread): no model load in a second process, for tests that only need the API."""
+    import uvicorn
+
+    from clipsearch.server.app import ServedIndex, create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServedIndex(db, device="cpu")), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):  # bounded: up in well under 20 s
+        if server.started:
+            break
+        threading.Event().wait(0.1)
+    assert server.started
+    try:
+        yield Server(None, f"http://127.0.0.1:{port}", None)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -24,7 +24,10 @@ def test_the_suite_runs_every_section_at_smoke_size(tmp_path):
     sections = figures["sections"]
     assert set(sections) == {"throughput", "query", "scale", "rerank", "tagging", "memory", "precision",
                              "serve", "eval", "dupes", "ray", "diskcache", "change", "watch", "words",
-                             "captions", "video"}
+                             "captions", "video", "raw"}
+    raw = sections["raw"]
+    assert raw["photos"] == 4 and raw["share"] == {"preview": 0.75, "demosaic": 0.25}, raw
+    assert raw["raw_per_s"] > 0 and raw["ratio"] > 0
     video = sections["video"]
     assert video["speed"]["phone"]["embedded_frames"] >= 1 and video["speed"]["phone"]["realtime"] > 0
     assert video["search"]["rows"] == 2_000 + 900 and 0 < video["search"]["video_hits_share"] <= 1

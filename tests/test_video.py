@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -167,25 +166,9 @@ def test_copied_and_moved_videos_keep_their_moments_without_decoding(library, tm
 
 @pytest.fixture(scope="module")
 def served(library):
-    """The library's index behind a real HTTP server, in this process (uvicorn on a free port)."""
-    import uvicorn
-
-    from clipsearch.server.app import ServedIndex, create_app
-
-    _photos, db, _summary = library
-    port = serving.free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServedIndex(db, device="cpu")), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):  # bounded: up in well under 20 s
-        if server.started:
-            break
-        threading.Event().wait(0.1)
-    assert server.started
-    yield serving.Server(None, f"http://127.0.0.1:{port}", None)
-    server.should_exit = True
-    thread.join(timeout=30)
+    """The library's index behind a real HTTP server, in this process."""
+    with serving.in_process(library[1]) as server:
+        yield server
 
 
 def test_the_server_seeks_in_a_video_and_shows_its_moments(library, served):

@@ -39,9 +39,10 @@ from clipsearch.errors import (
     UnknownJobError,
     UnreadableImageError,
 )
+from clipsearch.images import is_raw_name
 from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
 from clipsearch.results import Hit, ImageRecord, Page
-from clipsearch.scan import motion_of
+from clipsearch.scan import motion_of, originals_of
 from clipsearch.server.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
 
 if TYPE_CHECKING:
@@ -325,18 +326,37 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
 
     @app.get("/api/images/{id}/file", tags=["images"],
              responses={200: {"content": {"image/*": {}}, "description": "The original file."}})
-    def original(id: int, request: Request) -> Response:
-        """The original file, as indexed (checked by its size and modification time), straight
-        from disk: HTTP Range requests are answered, so a browser seeks in a video by fetching
-        only what it plays."""
+    def file(id: int, request: Request) -> Response:
+        """The file as indexed (checked by its size and modification time), straight from disk,
+        for a browser to show: HTTP Range requests are answered, so a browser seeks in a video by
+        fetching only what it plays. A RAW photo comes as a JPEG (its camera's embedded preview,
+        or its sensor data developed, made once); /original has the RAW itself."""
         index = served.get()
         record = index.record(id, tags=False)
         etag = f'"{record.hash}"'
+        name = Path(record.path).name
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE,
-                   "Content-Disposition": f"inline; filename*=UTF-8''{quote(Path(record.path).name)}"}
+                   "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
+        if is_raw_name(record.path):
+            data = thumbs.rendition(record, partial(index.indexed_bytes, record))
+            headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(Path(name).stem)}.jpg"
+            return Response(data, media_type="image/jpeg", headers=headers)
         return FileResponse(index.indexed_file(record), media_type=media_type(record.path), headers=headers)
+
+    @app.get("/api/images/{id}/original", tags=["images"],
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "The original file, to download."}})
+    def original(id: int) -> Response:
+        """The original file, to download: the RAW of a RAW + JPEG pair (the JPEG is what is
+        indexed and shown), else the indexed file itself, RAWs included."""
+        index = served.get()
+        record = index.record(id, tags=False)
+        path = index.indexed_file(record)
+        if record.t is None:
+            path = originals_of([path]).get(path, path)
+        return FileResponse(path, media_type=media_type(path), filename=Path(path).name)
 
     @app.get("/api/images/{id}/motion", tags=["images"],
              responses={200: {"content": {"video/*": {}}, "description": "The Live Photo's video."}})

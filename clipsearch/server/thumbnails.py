@@ -27,6 +27,7 @@ class Thumbnails:
         bound = config.thumbnail_cache_bytes() if max_bytes is None else max_bytes
         suffix = ".webp" if WEBP else ".jpg"
         self._caches = {size: DiskCache(root, str(size), bound, suffix) for size in SIZES}
+        self._renditions = DiskCache(root, "raw", bound, ".jpg")
 
     def get(self, record: ImageRecord, size: int, read: Callable[[], bytes]) -> bytes:
         """The thumbnail of `record` fitting a `size` box; `read()` gives the indexed bytes and
@@ -38,6 +39,16 @@ class Thumbnails:
         data = make(read(), record.path, size)
         cache.write(record.hash, data)
         return data
+
+    def rendition(self, record: ImageRecord, read: Callable[[], bytes]) -> bytes:
+        """The JPEG a browser shows of a RAW `record` (clipsearch.raw.rendition), made once."""
+        from clipsearch.raw import rendition
+
+        cached = self._renditions.read(record.hash)
+        if cached is None:
+            cached = rendition(read(), record.path)
+            self._renditions.write(record.hash, cached)
+        return cached
 
     def verify(self) -> tuple[int, int]:
         """Check every cached thumbnail: (checked, deleted as damaged; they are made again)."""

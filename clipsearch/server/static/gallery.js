@@ -429,7 +429,8 @@ function openViewer(index) {
     stopVideo();
     img.hidden = false;
   }
-  $("v-path").textContent = hit.kind === "video" ? `${hit.path} @ ${clock(hit.t)}` : hit.path;
+  $("v-path").textContent = hit.kind === "video" ? `${hit.path} @ ${clock(hit.t)}`
+    : hit.original ? `${hit.path} + ${basename(hit.original)}` : hit.path;
   $("v-caption").textContent = hit.caption || "";
   const parts = [`#${hit.rank}`, scoreText(hit)];
   if (hit.width && hit.height) parts.push(`${hit.width} × ${hit.height}`);
@@ -441,7 +442,9 @@ function openViewer(index) {
   $("v-matched").textContent = hit.words && Object.keys(hit.words).length ? `matched ${matchedText(hit)}` : "";
   const tags = $("v-tags");
   tags.replaceChildren(...hit.tags.map((t) => tagChip(t, "v-tag")));
-  $("v-original").href = `/api/images/${hit.id}/file`;
+  // the file to keep: a RAW + JPEG pair's RAW, else the file itself (a RAW's, not its rendition)
+  $("v-original").href = `/api/images/${hit.id}/original`;
+  $("v-original").textContent = hit.original ? `Original (${basename(hit.original)})` : "Original";
   ui.viewer.hidden = false;
   document.body.classList.add("viewing");
   ui.viewer.querySelector(".close").focus({ preventScroll: true });
