@@ -285,12 +285,8 @@ def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
             return Prepared(reason=exc.reason, unread=True)
         digest = content_hash(data)
         _register_formats()
-        meta = read_meta(path, data)
-        if known(digest):
-            return Prepared(digest, meta=meta)
-        decoded = decode(data, path, min_side)
-        return Prepared(digest, preprocess(decoded.image), decoded.width, decoded.height, decoded.taken,
-                        meta=meta)
+        return _decoded_unless_known(digest, read_meta(path, data), known,
+                                     lambda: decode(data, path, min_side), preprocess)
     except UnreadableImageError as exc:
         return Prepared(reason=exc.reason)
     except Exception as exc:  # one bad file must never end the run
@@ -317,11 +313,19 @@ def _prepare_raw(path: str, known: Callable[[str], bool], min_side: int | None,
         digest, head = raw_file_identity(path)
     except UnreadableImageError as exc:
         return Prepared(reason=exc.reason, unread=True)
-    meta = read_meta(path, head)
+    return _decoded_unless_known(digest, read_meta(path, head), known,
+                                 lambda: decode_file(path, min_side, head), preprocess)
+
+
+def _decoded_unless_known(digest: str, meta: Meta, known: Callable[[str], bool],
+                          decoded: Callable[[], Decoded],
+                          preprocess: Callable[[Image.Image], object]) -> Prepared:
+    """The Prepared of content `digest`: with its pixels, decoded and preprocessed, unless the
+    index already holds that content."""
     if known(digest):
         return Prepared(digest, meta=meta)
-    decoded = decode_file(path, min_side, head)
-    return Prepared(digest, preprocess(decoded.image), decoded.width, decoded.height, decoded.taken,
+    picture = decoded()
+    return Prepared(digest, preprocess(picture.image), picture.width, picture.height, picture.taken,
                     meta=meta)
 
 
