@@ -31,12 +31,14 @@ def mosaic(picture: Image.Image) -> np.ndarray:
 
 def make_dng(path: str, picture: Image.Image, *, orientation: int = 1, preview: int | None = None,
              make: str = "Canon", model: str = "Canon EOS R5", taken: str | None = None,
-             lens: str | None = None, gps: tuple[float, float] | None = None, bits: int = 16) -> str:
+             lens: str | None = None, gps: tuple[float, float] | None = None, bits: int = 16,
+             xmp: bytes | None = None) -> str:
     """Write `picture` (as stored, before `orientation`, the EXIF value) as a DNG at `path`.
     `preview`: embed a JPEG preview of this long side (a camera's), stored as the sensor is, as
     cameras store theirs; `taken` ("2024:07:14 18:30:00"), `lens` and `gps` (lat, lon) go into
-    the EXIF and GPS IFDs. `bits`: 16, or 12 packed as many cameras store their data (a quarter
-    smaller; PiDNG's lossless JPEG compressor does not build on Python 3.10+)."""
+    the EXIF and GPS IFDs; `xmp`, a packet, into the XMP tag (as Lightroom writes a DNG's
+    keywords). `bits`: 16, or 12 packed as many cameras store their data (a quarter smaller;
+    PiDNG's lossless JPEG compressor does not build on Python 3.10+)."""
     from pidng.defs import CalibrationIlluminant, DNGVersion, PhotometricInterpretation
     from pidng.dng import DNG, Tag, Type, dngIFD, dngTag
 
@@ -63,6 +65,8 @@ def make_dng(path: str, picture: Image.Image, *, orientation: int = 1, preview: 
             dngTag(Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]])]
     more += [dngTag(Tag.DNGVersion, DNGVersion.V1_4), dngTag(Tag.DNGBackwardVersion, DNGVersion.V1_0),
              dngTag(Tag.UniqueCameraModel, model)]
+    if xmp:
+        more.append(dngTag(Tag.XMP_Metadata, list(xmp)))
     main.tags += more
     if taken or lens:
         exif = dngIFD()

@@ -87,7 +87,7 @@ def hash_file(path: str) -> str:
 # capture time to the sub-second, the maker notes), its last 64 KiB and 16 blocks of 64 KiB
 # spread over the rest (sensor noise, unique to each shot), as digiKam identifies large files.
 # Reading 2 MiB instead of all of it is what lets a RAW index at the speed of a JPEG (and a
-# NAS send a twentieth of the bytes). Distinct shots always differ there; an edit in place
+# NAS send a few MiB, not the whole file). Distinct shots always differ there; an edit in place
 # changes the headers. `person` keeps these digests apart from whole-content ones.
 RAW_HEAD = 1 << 20
 _RAW_BLOCK, _RAW_BLOCKS = 1 << 16, 16

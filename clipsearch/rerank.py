@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from clipsearch.errors import BadInputError, UnreadableImageError
-from clipsearch.images import content_hash, decode, read_file
+from clipsearch.images import content_hash, decode, identity, read_file
 from clipsearch.query import Term
 from clipsearch.results import Hit
 
@@ -74,7 +74,7 @@ def candidate_features(scorer: ItmScorer, cache: FeatureCache, paths: Sequence[s
                 image = None if cached is not None else frame_at(path, at[path], scorer.decode_min_side)
                 return _Candidate(path, key, cached, image)
             data = read_file(path)
-            key = content_hash(data)
+            key = identity(path, data)
             cached = cache.get(key)
             image = None if cached is not None else decode(data, path, scorer.decode_min_side).image
             return _Candidate(path, key, cached, image)

@@ -121,6 +121,9 @@ def read_meta(path: str, data: bytes | None = None) -> Meta:
             tags = read_raw_tags(data, path)
             if tags is not None:
                 read_exif(tags.base, tags.detail, tags.gps, meta)
+                packet = tags.base.get(0x02BC)  # XMP in the RAW itself (DNG: Lightroom's keywords)
+                if isinstance(packet, bytes | str):
+                    _read_xmp(packet.encode() if isinstance(packet, str) else packet, meta, "embedded XMP")
         else:
             with Image.open(io.BytesIO(data) if data is not None else path) as opened:
                 _read_image(opened, meta)

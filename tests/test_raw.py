@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from benchmarks import shapes
 from benchmarks.raws import make_dng
+from benchmarks.words import sidecar
 from clipsearch import raw
 from clipsearch.cli import app
 from clipsearch.images import load_image
@@ -63,7 +64,8 @@ def library(shapes_models, tmp_path_factory):
         shapes.render(scene, random.Random(i)).save(photos / f"other{i}.png")
     sea = singles[5]
     make_dng(str(photos / "card" / "sea.dng"), picture(sea, 1), preview=SIDE,
-             taken="2024:07:14 18:30:00", lens="RF 24-70mm F2.8 L IS USM", gps=(38.7223, -9.1393))
+             taken="2024:07:14 18:30:00", lens="RF 24-70mm F2.8 L IS USM", gps=(38.7223, -9.1393),
+             xmp=sidecar(["regatta"]).encode())
     picture(sea, 1).save(photos / "exports" / "sea.jpg", quality=90)  # what an editor exported
     make_dng(str(photos / "card" / "bare.dng"), picture(singles[6], 2))  # no preview: demosaiced
     make_dng(str(photos / "card" / "small.dng"), picture(singles[7], 3), preview=48)  # too small
@@ -150,6 +152,8 @@ def test_orientation_dates_and_words_come_from_the_raw(library):
                      "--before", "2024-07-31")
     assert found and Path(found[0]["path"]).name == "sea.dng", found
     assert found[0]["words"].get("place"), found[0]
+    keyword = cli_json("search", "regatta", "--db", str(db), "-k", "1")  # from the DNG's own XMP
+    assert Path(keyword[0]["path"]).name == "sea.dng" and keyword[0]["words"] == {"keywords": ["regatta"]}
     info = cli_json("search", "canon eos r5", "--db", str(db), "-k", "20", "--camera", "eos r5")
     # every DNG says Canon EOS R5; the pair's JPEG, saved here without EXIF, says nothing
     assert {Path(h["path"]).name for h in info} == {"sea.dng", "bare.dng", "small.dng", "turned.dng"}, info
