@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -155,12 +155,21 @@ def _reading(path: str) -> Iterator[None]:
 def _capture_time(img: Image.Image) -> str | None:
     try:
         exif = img.getexif()
-        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        if not raw:
-            return None
-        text = raw.decode("ascii", "ignore") if isinstance(raw, bytes) else str(raw)
-        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
+        return exif_time(exif.get_ifd(_EXIF_IFD), exif)
     except Exception:  # EXIF in the wild is often malformed; a missing date is not an error
+        return None
+
+
+def exif_time(detail: Mapping, base: Mapping) -> str | None:
+    """The capture time of an EXIF (its EXIF IFD's DateTimeOriginal, else its first IFD's
+    DateTime), ISO 8601 without zone, as the camera wrote it; None when missing or malformed."""
+    value = detail.get(_DATETIME_ORIGINAL) or base.get(_DATETIME)
+    if not value:
+        return None
+    text = value.decode("ascii", "ignore") if isinstance(value, bytes) else str(value)
+    try:
+        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
+    except ValueError:
         return None
 
 

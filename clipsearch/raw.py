@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 from PIL import Image, ImageOps
 
 from clipsearch.errors import UnreadableImageError
-from clipsearch.images import RAW_HEAD, Decoded
+from clipsearch.images import RAW_HEAD, Decoded, exif_time
 from clipsearch.words import Meta, read_exif
 
 # The preview is used when its short side is at least this share of what the caller asked for
@@ -64,21 +63,21 @@ def decode_file(path: str, min_side: int | None, head: bytes) -> RawDecoded:
 def _decode(source, head: bytes, path: str, min_side: int | None) -> RawDecoded:
     import rawpy
 
-    tags = read_tags(head, path if isinstance(source, str) else source.data)
-    taken = _taken(tags)
     try:
         with rawpy.imread(source) as raw:
+            thumb = _thumb(raw)  # extracted once: the picture, and the metadata of some formats
+            taken = _taken(read_tags(head, lambda: thumb))
             sizes = raw.sizes
             flip = sizes.flip
             quarter = _FLIP_TO_ORIENTATION.get(flip, 1) in (5, 6, 7, 8)
             width, height = (sizes.height, sizes.width) if quarter else (sizes.width, sizes.height)
             need = int(min_side * _PREVIEW_SHARE) if min_side else _view_side(width, height)
-            preview = _preview(raw, width, height, need, flip, min_side)
+            preview = _preview(thumb, width, height, need, flip, min_side) if thumb else None
             if preview is not None:
                 return RawDecoded(preview, width, height, taken, via="preview")
             pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
     except rawpy.LibRawFileUnsupportedError:
-        raise UnreadableImageError(path, _unsupported(head, tags)) from None
+        raise UnreadableImageError(path, _unsupported(head, read_tags(head))) from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError):
         raise UnreadableImageError(
             path, "truncated or corrupt RAW file; copy it again from its card or source") from None
@@ -89,18 +88,37 @@ def _decode(source, head: bytes, path: str, min_side: int | None) -> RawDecoded:
     return RawDecoded(Image.fromarray(pixels), width, height, taken, via="demosaic")
 
 
+def _thumb(raw) -> bytes | None:
+    """The RAW's embedded preview when it is a JPEG (LibRaw's choice: its largest), else None."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except rawpy.LibRawError:  # none, or a broken one: the sensor data may still be whole
+        return None
+    return thumb.data if thumb.format == rawpy.ThumbFormat.JPEG else None
+
+
+def _fits(size: tuple[int, int], width: int, height: int, need: int) -> bool:
+    """Whether a preview of `size` stands for a photo of `width` x `height`: its short side at
+    least `need` and its shape the photo's."""
+    w, h = size
+    photo, preview = max(width, height) / max(1, min(width, height)), max(w, h) / max(1, min(w, h))
+    return min(w, h) >= need and abs(preview - photo) <= _ASPECT_SLACK * 2
+
+
 def rendition(data: bytes, path: str) -> bytes:
     """A JPEG of the RAW file `data` that a browser shows: the camera's embedded preview as it
     is, when it is large enough (_view_side) and needs no turning; else decode()'s, encoded."""
     import rawpy
 
     with contextlib.suppress(rawpy.LibRawError, OSError), rawpy.imread(_Unread(data)) as raw:
-        thumb = raw.extract_thumb()
-        if thumb.format == rawpy.ThumbFormat.JPEG and raw.sizes.flip == 0:
-            with Image.open(io.BytesIO(thumb.data)) as img:
-                view = _view_side(raw.sizes.width, raw.sizes.height)
-                if min(img.size) >= view and img.getexif().get(0x0112, 1) in (None, 1):
-                    return thumb.data
+        thumb, sizes = _thumb(raw), raw.sizes
+        if thumb and sizes.flip == 0:
+            with Image.open(io.BytesIO(thumb)) as img:
+                if (_fits(img.size, sizes.width, sizes.height, _view_side(sizes.width, sizes.height))
+                        and img.getexif().get(0x0112, 1) in (None, 1)):
+                    return thumb
     out = io.BytesIO()
     decode(data, path).image.save(out, "JPEG", quality=90)
     return out.getvalue()
@@ -123,24 +141,14 @@ def _view_side(width: int, height: int) -> int:
     return min(VIEW_SIDE, min(width, height) // 2)
 
 
-def _preview(raw, width: int, height: int, need: int, flip: int, min_side: int | None) -> Image.Image | None:
-    """The embedded preview, upright and reduced toward `min_side`, when it is a JPEG of the
-    photo's shape whose short side is at least `need`; else None."""
-    import rawpy
-
+def _preview(thumb: bytes, width: int, height: int, need: int, flip: int,
+             min_side: int | None) -> Image.Image | None:
+    """The embedded preview `thumb` (JPEG), upright and reduced toward `min_side`, when it
+    _fits the photo; else None."""
     try:
-        thumb = raw.extract_thumb()
-    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
-        return None
-    except rawpy.LibRawError:  # a broken preview: the sensor data may still be whole
-        return None
-    if thumb.format != rawpy.ThumbFormat.JPEG:
-        return None
-    try:
-        with Image.open(io.BytesIO(thumb.data)) as img:
+        with Image.open(io.BytesIO(thumb)) as img:
             w, h = img.size
-            if min(w, h) < need or abs(max(w, h) / max(1, min(w, h))
-                                       - max(width, height) / max(1, min(width, height))) > _ASPECT_SLACK * 2:
+            if not _fits((w, h), width, height, need):
                 return None
             if min_side:
                 img.draft("RGB", (min_side, min_side))
@@ -191,16 +199,7 @@ def _camera(tags: Tags | None) -> str | None:
 
 
 def _taken(tags: Tags | None) -> str | None:
-    if tags is None:
-        return None
-    try:
-        text = tags.detail.get(0x9003) or tags.base.get(0x0132)  # DateTimeOriginal, DateTime
-        if not text:
-            return None
-        text = text.decode("ascii", "ignore") if isinstance(text, bytes) else str(text)
-        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
-    except Exception:  # malformed dates are common; a missing date is not an error
-        return None
+    return None if tags is None else exif_time(tags.detail, tags.base)
 
 
 # -- metadata ------------------------------------------------------------------------------
@@ -224,11 +223,11 @@ class Tags:
         return cls(exif, *ifds)
 
 
-def read_tags(data: bytes, whole: str | bytes | None = None) -> Tags | None:
+def read_tags(data: bytes, preview: Callable[[], bytes | None] | None = None) -> Tags | None:
     """The EXIF of a RAW file from `data`, its first bytes (images.RAW_HEAD) or all of them,
     where the common containers keep it: a TIFF structure (DNG, NEF, CR2, ARW, PEF, ORF, RW2
-    ...), Canon CR3's CMT boxes; else the embedded preview's, from `whole` (the file's path or
-    bytes; `data` without it). None when none of them holds any."""
+    ...), Canon CR3's CMT boxes; else its embedded preview JPEG's (`preview()` gives it). None
+    when none of them holds any."""
     magic = data[:4]
     try:
         if data[4:12] == b"ftypcrx ":
@@ -239,10 +238,22 @@ def read_tags(data: bytes, whole: str | bytes | None = None) -> Tags | None:
         elif magic[:2] in (b"II", b"MM") and magic[2:] in (b"U\x00", b"RO", b"RS", b"\x00U"):
             # Panasonic RW2 and Olympus ORF: TIFF with a magic number of their own
             exif.load(magic[:2] + (b"*\x00" if magic[:2] == b"II" else b"\x00*") + data[4:])
-        else:
-            return _preview_tags(whole if whole is not None else data)
+        elif preview is not None and (jpeg := preview()):
+            with Image.open(io.BytesIO(jpeg)) as img:
+                exif = img.getexif()
         return Tags.of(exif) if len(exif) else None
     except Exception:  # metadata in the wild is often malformed; the pixels may still be fine
+        return None
+
+
+def preview_of(path: str) -> bytes | None:
+    """The embedded preview JPEG of the RAW file at `path` (LibRaw reads only it), else None."""
+    import rawpy
+
+    try:
+        with rawpy.imread(path) as raw:
+            return _thumb(raw)
+    except (rawpy.LibRawError, OSError):
         return None
 
 
@@ -257,15 +268,3 @@ def _cr3_tags(data: bytes) -> Tags | None:
             exif.load(data[at + 4:at - 4 + size])
         found.append(exif)
     return Tags(*found) if len(found[0]) else None
-
-
-def _preview_tags(whole: str | bytes) -> Tags | None:
-    import rawpy
-
-    with rawpy.imread(whole if isinstance(whole, str) else _Unread(whole)) as raw:
-        thumb = raw.extract_thumb()
-    if thumb.format != rawpy.ThumbFormat.JPEG:
-        return None
-    with Image.open(io.BytesIO(thumb.data)) as img:
-        exif = img.getexif()
-        return Tags.of(exif) if len(exif) else None

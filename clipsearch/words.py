@@ -113,12 +113,13 @@ def read_meta(path: str, data: bytes | None = None) -> Meta:
         if is_video_name(path):
             read_tags(path, meta)
         elif is_raw_name(path):
+            from clipsearch.raw import preview_of
             from clipsearch.raw import read_tags as read_raw_tags
 
             if data is None:
                 with open(path, "rb") as f:
                     data = f.read(RAW_HEAD)  # where a RAW keeps its metadata
-            tags = read_raw_tags(data, path)
+            tags = read_raw_tags(data, lambda: preview_of(path))
             if tags is not None:
                 read_exif(tags.base, tags.detail, tags.gps, meta)
                 packet = tags.base.get(0x02BC)  # XMP in the RAW itself (DNG: Lightroom's keywords)
