@@ -41,7 +41,7 @@ def measure(work: Path, sizes: list[int]) -> dict:
         # the export is a one-off of an index's first run, made beforehand: its peak (about
         # 1.6 GB, model included) is not that of indexing
         seed_export(work / f"db-{n}", parse_model_spec("ViT-B-32", str(checkpoint)).to_dict(), work)
-        # fp32, as the figures in the README were measured before auto became the default
+        # fp32, as the figures in docs/benchmarks.md were measured before auto became the default
         cmd = [script, "index", str(folder), "--db", str(work / f"db-{n}"), "--model", "ViT-B-32",
                "--pretrained", str(checkpoint), "--precision", "fp32", "-q"]
         seconds, r = timed(lambda cmd=cmd: subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *cmd],

@@ -162,7 +162,7 @@ def measure(work: Path, n_photos: int = 300, runs: int = 2, rows: int = 100_000)
                              "--pretrained", str(checkpoint), "-q"], env)
         figures["ours_first_s"].append(s)
         figures["ours_first_mb"].append(mb)
-        # the README's flow: a search straight after the first index, while the export runs
+        # the set-up command's flow: a search straight after the first index, while the export runs
         q, _ = _timed([clipsearch, "search", QUERY, "--db", str(db), "-k", "5", "--json"], env)
         figures["ours_first_results_s"].append(s + q)
         started = time.perf_counter()

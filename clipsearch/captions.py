@@ -15,7 +15,7 @@ candidate's caption scores the share of the query's words it holds (a prefix fro
 counts half, as words do) and the share of the query's adjacent word pairs it holds in that order
 ("red circle" is not "circle ... red"): bag-of-words matching cannot tell "a red circle left of a
 blue square" from its twins, the pairs can. The score is added to the fused score at
-CAPTION_WEIGHT times a best word match's, set by measurement on the shapes task (README).
+CAPTION_WEIGHT times a best word match's, set by measurement on the shapes task (docs/guides/captions.md).
 """
 
 from __future__ import annotations

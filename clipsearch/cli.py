@@ -911,7 +911,7 @@ def dupes(
     threshold: Annotated[float | None, typer.Option(
         "--threshold", metavar="COSINE",
         help="How alike (CLIP cosine) near-duplicates are at least [default: 0.95, calibrated; "
-             "see the README].")] = None,
+             "see docs/guides/duplicates.md].")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Identical content (same bytes) only.")] = False,
     within: Within = None,
     extras: Annotated[bool, typer.Option(

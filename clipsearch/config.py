@@ -7,7 +7,7 @@ from pathlib import Path
 
 # ViT-B-32 trained on LAION-2B for 34B samples: the best text-to-image retrieval of the
 # 224 px ViT-B/32 class in open_clip's published benchmark (MSCOCO R@5 65.4%, Flickr30k R@1
-# 66.8%, vs 55.9% / 58.8% for OpenAI's ViT-B/32) at the same 14.8 GFLOPs per image. See README.
+# 66.8%, vs 55.9% / 58.8% for OpenAI's ViT-B/32) at the same 14.8 GFLOPs per image. See docs/models.md.
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 

@@ -36,7 +36,7 @@ from clipsearch.store import RowSource
 if TYPE_CHECKING:
     from clipsearch.ann import AnnIndex
 
-# Calibrated on generated copies against distinct photos (README, "Duplicates"; benchmarks/dupes.py).
+# Calibrated on generated copies against distinct photos (docs/guides/duplicates.md; benchmarks/dupes.py).
 DEFAULT_THRESHOLD = 0.95
 EXACT_MAX = 16_384  # distinct contents compared all against all (about a second here)
 AROUND_MAX = 2_048  # rows a search's collapse follows near-duplicate pairs to, at most

@@ -5,7 +5,7 @@ that starts with it (`2041` finds IMG_2041, `Lisb` finds Lisbon) at half weight;
 match. Photos are scored with BM25 (k1 1.2, b 0.75) over the words of every row, so a word that
 most photos carry (a camera everyone has, the root folder's name) counts for little.
 
-Fusion (chosen on the hybrid shapes set, benchmarks/words.py; figures in the README): over
+Fusion (chosen on the hybrid shapes set, benchmarks/words.py; figures in docs/benchmarks.md): over
 CLIP's best POOL rows and the WORD_POOL best word matches, a photo scores 1 / (60 + its CLIP
 rank) plus (its BM25 / the best BM25) / 61: reciprocal rank fusion for CLIP's side, and for the
 words' side the share of the best match, which a rank would lose. A photo that matches every

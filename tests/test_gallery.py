@@ -119,7 +119,7 @@ def test_the_gallery_in_a_real_browser(server, browser, tmp_path):
     chip = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, '#tags .chip[data-tag="sky"]'), "chips")
     driver.save_screenshot(str(tmp_path / "gallery.png"))
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
-    if os.environ.get("CLIPSEARCH_SCREENSHOT"):  # how the README's picture is made
+    if os.environ.get("CLIPSEARCH_SCREENSHOT"):  # how the README's and the docs' picture is made
         shutil.copy(tmp_path / "gallery.png", os.environ["CLIPSEARCH_SCREENSHOT"])
     chip.click()
     sky = server.get("/api/search", {"q": "a photo of a rocket", "tag": "sky", "k": 48}).json()["hits"]

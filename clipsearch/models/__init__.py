@@ -245,7 +245,7 @@ def native_bf16() -> bool:
 
 def auto_precision(device: str) -> str:
     """What `auto` means on `device`: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32.
-    `clipsearch eval` measured no recall lost to bf16 (README, Measuring search quality)."""
+    `clipsearch eval` measured no recall lost to bf16 (docs/guides/eval.md)."""
     kind = device.split(":")[0]
     if kind == "cuda":
         return "fp16"

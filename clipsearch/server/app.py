@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi import Path as InPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -89,6 +90,9 @@ class ServedIndex:
     @property
     def opened(self) -> Index | None:
         return self._index
+
+
+RowId = Annotated[int, InPath(description="An indexed row's id, as hits and /api/images give it.")]
 
 
 # -- response shapes (for /docs; routes build the JSON themselves) -------------------------------
@@ -236,9 +240,12 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         q: Annotated[str, Query(description="What to look for; the query language of `clipsearch "
                                 "search` (\"beach\" + 2:\"sunset\" - \"people\").")],
         ask: Annotated[Asked, Depends(asked)],
-        rerank: bool = False,
-        candidates: Annotated[int | None, Query(ge=1)] = None,
-        min_match: Annotated[float | None, Query(description="Implies rerank.")] = None,
+        rerank: Annotated[bool, Query(description="BLIP re-ranks the top candidates: hits gain "
+                                      "itm (match probability) and clip, and score is itm + clip.")] = False,
+        candidates: Annotated[int | None, Query(ge=1, description="How many CLIP hits BLIP reads "
+                                                "[default: 24].")] = None,
+        min_match: Annotated[float | None, Query(description="Drop hits whose BLIP match probability "
+                                                 "is below this (0-1); implies rerank.")] = None,
         collapse: Annotated[bool, Query(description="One hit per group of duplicate photos: "
                                         "its suggested keeper (see /api/dupes).")] = False,
         words: Annotated[bool, Query(description="Also match the query's words with the photos' own "
@@ -253,7 +260,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         return _page(index, page, started, ask.offset, query=q)
 
     @app.get("/api/similar/{id}", response_model=PageOut, tags=["search"])
-    def similar(id: int, ask: Annotated[Asked, Depends(asked)]) -> JSONResponse:
+    def similar(id: RowId, ask: Annotated[Asked, Depends(asked)]) -> JSONResponse:
         """Images that look like the indexed image `id` (which comes first)."""
         started = time.perf_counter()
         _check_limits(ask)
@@ -291,13 +298,13 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
                 "groups": [g.to_dict() for g in groups]}
 
     @app.get("/api/images/{id}", response_model=ImageOut, tags=["images"])
-    def image(id: int) -> dict:
+    def image(id: RowId) -> dict:
         """What the index knows about one image."""
         return served.get().record(id).to_dict()
 
     @app.get("/api/images/{id}/thumbnail", tags=["images"],
              responses={200: {"content": {MEDIA_TYPE: {}}, "description": "The thumbnail."}})
-    def thumbnail(id: int, request: Request,
+    def thumbnail(id: RowId, request: Request,
                   size: Annotated[int, Query(description=f"One of {', '.join(map(str, SIZES))}.")] = 256,
                   t: Annotated[float | None, Query(
                       ge=0, description="A video's frame at this second (default: the row's own "
@@ -326,7 +333,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
 
     @app.get("/api/images/{id}/file", tags=["images"],
              responses={200: {"content": {"image/*": {}}, "description": "The original file."}})
-    def file(id: int, request: Request) -> Response:
+    def file(id: RowId, request: Request) -> Response:
         """The file as indexed (checked by its size and modification time), straight from disk,
         for a browser to show: HTTP Range requests are answered, so a browser seeks in a video by
         fetching only what it plays. A RAW photo comes as a JPEG (its camera's embedded preview,
@@ -348,7 +355,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
     @app.get("/api/images/{id}/original", tags=["images"],
              responses={200: {"content": {"application/octet-stream": {}},
                               "description": "The original file, to download."}})
-    def original(id: int) -> Response:
+    def original(id: RowId) -> Response:
         """The original file, to download: the RAW of a RAW + JPEG pair (the JPEG is what is
         indexed and shown), else the indexed file itself, RAWs included."""
         index = served.get()
@@ -360,7 +367,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
 
     @app.get("/api/images/{id}/motion", tags=["images"],
              responses={200: {"content": {"video/*": {}}, "description": "The Live Photo's video."}})
-    def motion(id: int) -> Response:
+    def motion(id: RowId) -> Response:
         """The video of a Live Photo (the still `id` and a video beside it with its name), which
         is not indexed itself; Range requests are answered."""
         index = served.get()
