@@ -119,6 +119,8 @@ def measure(label: str, name: str, folder: Path, device: str, precision: str, ba
     if precision != "fp32":
         del embedder
         embedder = load_embedder(spec, device, precision)
+    # the tower's forward without the vectors' normalisation and copy out, as the rows timed
+    # through open_clip alone are, so that every row measures the same thing
     row["images_per_s"] = round(_images_per_second(embedder._encode_images, size, batch, device, dtype,
                                                    rounds), 1)
     del embedder

@@ -79,6 +79,8 @@ def _type(schema: dict, spec: dict) -> str:
         return " or ".join(kinds) + (" or null" if len(kinds) < len(schema["anyOf"]) else "")
     if "enum" in schema:
         return " \\| ".join(f"`{v}`" for v in schema["enum"])
+    if schema.get("format") == "binary" or schema.get("contentMediaType") == "application/octet-stream":
+        return "file"
     if schema.get("type") == "array":
         return f"list of {_type(schema.get('items', {}), spec)}"
     return schema.get("type", "any")
@@ -124,7 +126,11 @@ def http_page(spec: dict | None = None) -> str:
             body = op.get("requestBody")
             if body:
                 for kind, content in body.get("content", {}).items():
-                    lines += [f"Body: `{kind}`, {_type(content.get('schema', {}), spec)}.", ""]
+                    schema = content.get("schema", {})
+                    named = schemas.get(schema.get("$ref", "").rsplit("/", 1)[-1], schema)
+                    fields = ", ".join(f"`{f}` ({_type(fs, spec)})"
+                                       for f, fs in named.get("properties", {}).items())
+                    lines += [f"Body: `{kind}` with {fields}." if fields else f"Body: `{kind}`.", ""]
             lines += ["| status | meaning |", "|---|---|"]
             for status, answer in op.get("responses", {}).items():
                 shape = ""
