@@ -33,18 +33,29 @@ def peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def vit_b_32_checkpoint(folder: Path) -> Path:
-    """open_clip's ViT-B-32 with random weights, saved as a .safetensors file (`--pretrained FILE`)."""
-    import open_clip
-    import torch
+def save_checkpoint(model, path: Path) -> Path:
+    """`model`'s weights as a .safetensors file, the way a user's `--pretrained FILE` comes."""
     from safetensors.torch import save_file
 
-    path = Path(folder) / "vit-b-32-random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def random_checkpoint(folder: Path, name: str, filename: str) -> Path:
+    """open_clip's `name` with random weights (seed 0) in `folder`/`filename`, made once."""
+    import open_clip
+    import torch
+
+    path = Path(folder) / filename
     if not path.exists():
         torch.manual_seed(0)
-        state = open_clip.create_model("ViT-B-32").state_dict()
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        save_checkpoint(open_clip.create_model(name), path)
     return path
+
+
+def vit_b_32_checkpoint(folder: Path) -> Path:
+    """open_clip's ViT-B-32 with random weights, saved as a .safetensors file (`--pretrained FILE`)."""
+    return random_checkpoint(folder, "ViT-B-32", "vit-b-32-random.safetensors")
 
 
 def vit_b_32_embedder(folder: Path, device: str = "cpu", precision: str = "fp32"):

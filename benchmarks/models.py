@@ -61,8 +61,8 @@ def measure(label: str, name: str, folder: Path, device: str, precision: str, ba
             rounds: int, export: bool) -> dict:
     import open_clip
     import torch
-    from safetensors.torch import save_file
 
+    from benchmarks.common import save_checkpoint
     from clipsearch.models import (
         auto_precision,
         load_embedder,
@@ -93,8 +93,7 @@ def measure(label: str, name: str, folder: Path, device: str, precision: str, ba
         row["images_per_s"] = round(_images_per_second(visual, size, batch, device, dtype, rounds), 1)
         row["path"] = "open_clip image tower alone"
         return row
-    path = folder / f"{name}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path = save_checkpoint(model, folder / f"{name}.safetensors")
     del model
     spec = parse_model_spec(name, str(path))
     row["path"] = "clipsearch (--pretrained FILE)"

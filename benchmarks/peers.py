@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ClusteredVectors, photos, random_index
+from benchmarks.common import ClusteredVectors, photos, random_checkpoint, random_index
 
 RCLIP = "rclip==3.3.0"
 MODEL = "ViT-B-32-256"
@@ -41,15 +41,7 @@ QUERY = "a dog on a beach"
 
 
 def _checkpoint(work: Path) -> Path:
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    path = work / "vit-b-32-256-random.safetensors"
-    torch.manual_seed(0)
-    state = open_clip.create_model(MODEL).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+    return random_checkpoint(work, MODEL, "vit-b-32-256-random.safetensors")
 
 
 def _rclip_datadir(work: Path, checkpoint: Path) -> Path:
