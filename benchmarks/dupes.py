@@ -33,7 +33,6 @@ import numpy as np
 from benchmarks import shapes, trained, variants
 from benchmarks.common import ROOT, ClusteredVectors, random_index, script, vit_b_32_embedder
 
-CACHE = ROOT / ".pytest_cache" / "d" / "clipsearch-trained"
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 UPSCALE = 3
 
@@ -101,7 +100,7 @@ def calibrate_trained(work: Path, compositions: int = 32) -> dict:
     hardest negative), each drawing with every kind of copy."""
     from clipsearch import index_folders
 
-    models = trained.models(CACHE)
+    models = trained.models()
     trained.register_clip_config(work / "model_configs")
     folder = work / "shapes-photos"
     rng = random.Random(7)

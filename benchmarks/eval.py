@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import shapes, trained
-from benchmarks.common import ROOT, script
+from benchmarks.common import script
 
-CACHE = ROOT / ".pytest_cache" / "d" / "clipsearch-trained"
 CANDIDATES = 4  # a caption's group of twins is four pictures
 
 
@@ -26,7 +25,7 @@ def measure(work: Path, precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), 
     from clipsearch.eval.datasets import read_captions, read_classes
     from clipsearch.eval.runner import gallery, retrieval, zeroshot
 
-    models = trained.models(CACHE)
+    models = trained.models()
     trained.register_clip_config(work / "model_configs")
     splits = [shapes.write_eval_split(work / f"shapes-{seed}", seed=seed)
               for seed in range(1, renderings + 1)]

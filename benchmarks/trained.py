@@ -64,6 +64,17 @@ class Trained:
     log: dict  # steps, seconds and final losses of each training
 
 
+# The same weights on every x86 machine: a float sum's result depends on its order, which each
+# SIMD width and thread count sets differently, and 220 or 5,000 steps of such differences took an
+# AVX2 EPYC and an AVX-512 Xeon to models on either side of the tests' bars. So training runs in a
+# child process whose kernels are pinned before torch loads: ATen's and oneDNN's AVX2 code paths
+# (every x86 CI machine has AVX2) and two threads (set again in the child, since OpenMP reads its
+# variable once).
+THREADS = 2
+PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": str(THREADS),
+          "MKL_NUM_THREADS": str(THREADS), "CUDA_VISIBLE_DEVICES": ""}
+
+
 def recipe_key() -> str:
     """Changes whenever anything that shapes the weights changes, so a stale cache is retrained."""
     import torch
@@ -72,16 +83,37 @@ def recipe_key() -> str:
     return hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
 
 
-def models(cache: Path) -> Trained:
+# where the tests cache them too (pytest's cache folder, never committed): whichever runs first
+# trains them for both
+CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "d" / "clipsearch-trained"
+
+
+def models(cache: Path = CACHE) -> Trained:
     """The trained models, from `cache` when it has them for this recipe, else trained now."""
     folder = Path(cache) / recipe_key()
     clip_dir, blip_dir = folder / "clip", folder / "blip"
     log_file = folder / "log.json"
     if not log_file.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        log = {"clip": train_clip(clip_dir), "blip": train_blip(blip_dir)}
-        log_file.write_text(json.dumps(log, indent=1))
+        pinned("benchmarks.trained", folder)
     return Trained(clip_dir / "shapes-clip.safetensors", clip_dir, blip_dir, json.loads(log_file.read_text()))
+
+
+def pinned(module: str, *args: Path) -> None:
+    """Run `python -m module args` with the kernels and threads pinned (PINNED); its output is
+    shown, its failure raised."""
+    import os
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", module, *map(str, args)], env={**os.environ, **PINNED},
+                   cwd=Path(__file__).resolve().parent.parent, check=True)
+
+
+def _pin_threads() -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.set_num_interop_threads(1)
 
 
 def register_clip_config(folder: Path) -> None:
@@ -336,3 +368,13 @@ def train_blip(folder: Path, steps: int = BLIP_STEPS, seed: int = SEED) -> dict:
     processor.save_pretrained(folder)
     return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
             "loss": round(sum(losses[-20:]) / 20, 4)}
+
+
+if __name__ == "__main__":  # pinned() runs this: train both models into the folder named
+    import sys
+
+    _pin_threads()
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    log = {"clip": train_clip(out / "clip"), "blip": train_blip(out / "blip")}
+    (out / "log.json").write_text(json.dumps(log, indent=1))

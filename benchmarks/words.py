@@ -233,11 +233,10 @@ def measure(work: Path, sizes: list[int], read_photos: int, embedder=None, clip_
             ) -> dict:
     from benchmarks import trained
     from benchmarks.common import vit_b_32_embedder
-    from benchmarks.eval import CACHE
 
     if clip_dir is None:
         trained.register_clip_config(work / "model_configs")
-        clip_dir = trained.models(CACHE).clip_dir
+        clip_dir = trained.models().clip_dir
     return {"quality": quality(work, clip_dir),
             "read": read_cost(work, read_photos, embedder or vit_b_32_embedder(work)),
             "latency": latency(work, sizes)}
