@@ -182,8 +182,9 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
 
 # Training the shapes models takes about 12 minutes on a fresh 2-core machine, and most of the
 # suite never uses them: so the modules that do run last, and the training starts as collection
-# ends, in the background at the lowest priority, where it takes the CPU the other tests leave
-# idle (they wait on servers, browsers and disks much of the time) without slowing them.
+# ends, in the background at the lowest priority, where it takes mostly the CPU the other tests
+# leave idle (they wait on servers, browsers and disks much of the time). On a 2-core EPYC the
+# two slowed each other enough that the whole run took about as long as training first did.
 _training: dict = {}
 
 
