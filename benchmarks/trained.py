@@ -28,13 +28,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import shapes
+from benchmarks.common import ROOT
 
 CLIP_NAME = "clipsearch-shapes"
 CLIP_CFG = {
@@ -85,7 +89,7 @@ def recipe_key() -> str:
 
 # where the tests cache them too (pytest's cache folder, never committed): whichever runs first
 # trains them for both
-CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "d" / "clipsearch-trained"
+CACHE = ROOT / ".pytest_cache" / "d" / "clipsearch-trained"
 
 
 def models(cache: Path = CACHE) -> Trained:
@@ -101,12 +105,8 @@ def models(cache: Path = CACHE) -> Trained:
 def pinned(module: str, *args: Path) -> None:
     """Run `python -m module args` with the kernels and threads pinned (PINNED); its output is
     shown, its failure raised."""
-    import os
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-m", module, *map(str, args)], env={**os.environ, **PINNED},
-                   cwd=Path(__file__).resolve().parent.parent, check=True)
+    subprocess.run([sys.executable, "-m", module, *map(str, args)], env={**os.environ, **PINNED}, cwd=ROOT,
+                   check=True)
 
 
 def _pin_threads() -> None:
@@ -371,8 +371,6 @@ def train_blip(folder: Path, steps: int = BLIP_STEPS, seed: int = SEED) -> dict:
 
 
 if __name__ == "__main__":  # pinned() runs this: train both models into the folder named
-    import sys
-
     _pin_threads()
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
