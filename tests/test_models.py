@@ -103,6 +103,40 @@ def test_a_torch_saved_state_dict_loads(tiny_model, tiny_checkpoint, tmp_path, e
                           torch.from_numpy(embedder.embed_texts(["x"])), atol=1e-6)
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_an_fp16_checkpoint_runs_at_the_precision_asked(tiny_model, tiny_checkpoint, tmp_path, embedder,
+                                                       suffix):
+    """Weights are often published in fp16: they load, and run in fp32, giving the fp32 weights'
+    vectors within fp16's rounding (they failed with a dtype mismatch before)."""
+    from safetensors.torch import load_file, save_file
+
+    half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(tiny_checkpoint)).items()}
+    path = tmp_path / f"half{suffix}"
+    if suffix == ".pt":
+        torch.save({"state_dict": half}, path)
+    else:
+        save_file(half, str(path))
+    for precision in ("fp32", "bf16"):
+        other = load_embedder(parse_model_spec(TINY, str(path)), "cpu", precision)
+        wanted = torch.float32 if precision == "fp32" else torch.bfloat16
+        assert {p.dtype for p in other.model.parameters()} == {wanted}
+        got, exact = other.embed_texts(["a dog on a beach"])[0], embedder.embed_texts(["a dog on a beach"])[0]
+        assert float(got @ exact) > 0.99
+
+
+def test_a_blip_saved_in_fp16_runs_in_fp32(tiny_blip_dir, tmp_path):
+    """transformers 5 loads weights in the type they were saved in unless told otherwise."""
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    from clipsearch.models.blip import load_scorer
+
+    folder = tmp_path / "half"
+    BlipForImageTextRetrieval.from_pretrained(tiny_blip_dir).half().save_pretrained(folder)
+    BlipProcessor.from_pretrained(tiny_blip_dir).save_pretrained(folder)
+    scorer = load_scorer(str(folder), "cpu", "fp32")
+    assert {p.dtype for p in scorer.model.parameters()} == {torch.float32}
+
+
 def test_search_refuses_a_checkpoint_changed_since_indexing(tiny_model, tiny_checkpoint, photos, tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(tiny_checkpoint.read_bytes())

@@ -160,14 +160,19 @@ def load_pretrained(model_class: str, name: str, device: str, precision: str, fl
     precision = resolve_precision(precision, device, flag.replace("-model", "-precision"))
     source, local = _source(name, flag, example)
     import transformers
+    from packaging.version import Version
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     what = "caption model" if flag == "--caption-model" else "re-rank model"
     try:
-        dtype = {"dtype": torch.bfloat16} if bf16_weights and precision == "bf16" else {}
-        model = getattr(transformers, model_class).from_pretrained(source, local_files_only=local, **dtype)
+        # transformers 5 loads weights in the type they were saved in (fp16 ones too) unless told;
+        # the argument was torch_dtype before 4.56
+        dtype = torch.bfloat16 if bf16_weights and precision == "bf16" else torch.float32
+        named = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+        model = getattr(transformers, model_class).from_pretrained(source, local_files_only=local,
+                                                                   **{named: dtype})
         processor = transformers.BlipProcessor.from_pretrained(source, local_files_only=local)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

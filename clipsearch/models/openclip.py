@@ -235,7 +235,8 @@ def _loading_only_once(dtype: torch.dtype = torch.float32) -> Iterator[None]:
     - For bf16 or fp16 (`dtype`), a .safetensors checkpoint is read a tensor at a time and each
       converted as it is read (_read_converted), rather than mapped whole and the model converted
       once loaded: the fp32 weights are never all in memory beside the converted ones (ViT-B-32:
-      the peak of a first `index` 550 MB lower).
+      the peak of a first `index` 550 MB lower). Whatever type a checkpoint stores (fp16 ones
+      are common), the weights are assigned at `dtype`.
     """
     import safetensors.torch
     # nn.MultiheadAttention calls the init functions it imported by name
@@ -244,6 +245,8 @@ def _loading_only_once(dtype: torch.dtype = torch.float32) -> Iterator[None]:
     load_state_dict = torch.nn.Module.load_state_dict
 
     def assigning(self, state_dict, strict=True, assign=False):
+        # assigned tensors keep their stored type: an fp16 checkpoint must still run at `dtype`
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         return load_state_dict(self, state_dict, strict=strict, assign=True)
 
     load_file = safetensors.torch.load_file
