@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from benchmarks import (
     captions,
     change,
     cluster,
+    common,
     diskcache,
     dupes,
+    fixtures,
     memory,
     precision,
     query,
@@ -43,7 +46,6 @@ from benchmarks import (
     words,
 )
 from benchmarks import eval as evaluation
-from benchmarks.common import vit_b_32_embedder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -79,12 +81,13 @@ SIZES = {  # mode -> section -> size
               "video": {"seconds": 30.0, "photos": 100_000, "hours": 100.0, "long_minutes": (1, 10)},
               "raw": {"n": 8, "megapixels": 12.0}},
     "smoke": {"photos": 2, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
-              "rerank": ("fp32",), "candidates": 2, "tag_images": 500, "labels": 3,
+              "rerank": ("fp32",), "candidates": 2, "rerank_model": str(fixtures.FOLDER / fixtures.BLIP),
+              "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
               "serve": {"images": 2_000, "n_photos": 40, "seconds": 2, "cli_runs": 1, "big_photos": 2},
               "eval": {"precisions": ("fp32",), "renderings": 1},
               "dupes": {"sizes": [2_000], "compositions": 2, "sample_photos": 2},
-              "ray": {"n": 4, "rows": 200},
+              "ray": {"n": 4, "rows": 200, "per_photo": False},
               "diskcache": {"entries": 500, "writes": 100, "writes_before": 20},
               "change": {"sizes": [300], "scan_sizes": [], "churn": 0},
               "watch": {"samples": 2, "burst": 6, "settle": 0.3},
@@ -117,7 +120,7 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
     if name == "scale":
         return scale.measure(work, size["scale"])
     if name == "rerank":
-        return rerank.measure(work, size["candidates"], size["rerank"])
+        return rerank.measure(work, size["candidates"], size["rerank"], size.get("rerank_model"))
     if name == "tagging":
         return {**tagging.measure(work, size["tag_images"], size["labels"], shared["embedder"]),
                 "streamed": tagging.measure_streamed(work, size["tag_streamed"], size["labels"])}
@@ -172,20 +175,25 @@ def main() -> None:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
 
     work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
-    results = {"mode": chosen, "machine": machine(), "sections": {}, "failed": {}}
+    results = {"mode": chosen, "machine": machine(), "sections": {}, "failed": {}, "seconds": {}}
     print(f"# clipsearch benchmarks ({chosen}): {results['machine']['processor']}, "
           f"{results['machine']['cpus']} CPUs, torch {results['machine']['torch']}, "
           f"GPU: {results['machine']['gpu'] or 'none'}")
     try:
-        shared = {"embedder": vit_b_32_embedder(work)}
+        if chosen == "smoke":  # does everything still run: a tiny model does for that
+            common.use_tiny_model(work)
+        shared = {"embedder": common.bench_embedder(work)}
         for name in sections:
             print(f"\n## {name}", flush=True)
+            started = time.perf_counter()
             try:
                 results["sections"][name] = figures = run_section(name, work, SIZES[chosen], shared)
                 show(name, figures)
             except Exception as exc:  # one broken section must not hide the others' figures
                 results["failed"][name] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
+            results["seconds"][name] = round(time.perf_counter() - started, 1)
+            print(f"  ({name}: {results['seconds'][name]:.0f} s)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{chosen}.json"

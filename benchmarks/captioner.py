@@ -10,12 +10,12 @@ vision tower with it and the slot head of benchmarks.trained (frozen, it named b
 under half the unseen compositions).
 
 Saved with save_pretrained (model and processor): the layout of a user's `--caption-model DIR`.
+It is part of the committed fixtures (benchmarks.fixtures); `python -m benchmarks.trained --write`
+trains it after the ITM model it starts from.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from pathlib import Path
@@ -30,36 +30,22 @@ HIDE = 0.4
 MASK_ID = 4  # [MASK] in the shapes tokenizer (benchmarks.trained)
 
 
-def recipe_key(blip_dir: Path) -> str:
-    """Changes with this recipe, the ITM model it starts from, and torch."""
+def train(folder: Path, itm, steps: int = STEPS, seed: int = SEED, renderings: int = trained.RENDERINGS,
+          batch: int = BATCH) -> dict:
+    """Train the captioner from `itm` (benchmarks.trained's BLIP ITM model, in fp32) and save it
+    to `folder`; the training's log."""
     import torch
-
-    source = Path(__file__).read_bytes() + str(Path(blip_dir).resolve()).encode()
-    return hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
-
-
-def model(cache: Path, blip_dir: Path) -> Path:
-    """The trained captioner's folder, from `cache` when it has one for this recipe."""
-    folder = Path(cache) / f"captioner-{recipe_key(blip_dir)}"
-    if not (folder / "log.json").exists():
-        trained.pinned("benchmarks.captioner", folder, blip_dir)
-    return folder
-
-
-def train(folder: Path, blip_dir: Path, steps: int = STEPS, seed: int = SEED) -> dict:
-    import torch
-    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
+    from transformers import BlipForConditionalGeneration
 
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    itm = BlipForImageTextRetrieval.from_pretrained(blip_dir)
-    processor = BlipProcessor.from_pretrained(blip_dir)
+    processor = trained._blip_processor()
     captioner = BlipForConditionalGeneration(trained.blip_config())
     captioner.vision_model.load_state_dict(itm.vision_model.state_dict())
     # BLIP's decoder shares the encoder's weights but its causal self-attention: start from them
     captioner.text_decoder.bert.load_state_dict(itm.text_encoder.state_dict(), strict=False)
-    pool = trained._pool(trained._scenes(), seed + 2)
+    pool = trained._pool(trained._scenes(), seed + 2, renderings)
     pixels = processor(images=[image for _, image in pool], return_tensors="pt")["pixel_values"]
     texts = [scene.caption() for scene, _ in pool]
 
@@ -78,12 +64,10 @@ def train(folder: Path, blip_dir: Path, steps: int = STEPS, seed: int = SEED) ->
         return out.loss + trained.AUX * trained._aux_loss(head, visual[:, 0, :], batch)
 
     losses = trained._train(captioner, captioner.config.vision_config.hidden_size, pool, rng, loss_of,
-                            steps, LR, BATCH, 0.05)
+                            steps, LR, batch, 0.05)
     captioner.eval()
-    captioner.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
-            "loss": round(sum(losses[-20:]) / 20, 4)}
+    trained.save_pretrained(captioner, processor, folder)
+    return trained.log_of(losses, started)
 
 
 def accuracy(captions: dict[str, str], scenes: dict[str, shapes.Scene]) -> dict[str, float]:
@@ -110,12 +94,3 @@ def _named(words: list[str]) -> list[str]:
 def _objects(words: list[str]) -> list[tuple[str, str]]:
     pairs = zip(words, words[1:], strict=False)
     return sorted((a, b) for a, b in pairs if a in shapes.COLOURS and b in shapes.SHAPES)
-
-
-if __name__ == "__main__":  # trained.pinned runs this: train into the first folder from the second
-    import sys
-
-    trained._pin_threads()
-    out = Path(sys.argv[1])
-    log = train(out, Path(sys.argv[2]))
-    (out / "log.json").write_text(json.dumps(log, indent=1))

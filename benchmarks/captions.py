@@ -133,7 +133,7 @@ def background(work: Path, n: int, size: str, seconds_idle: float = 10.0) -> dic
         asker.start()
         deadline = started + 3600
         while time.monotonic() < deadline and captioned() < n:
-            time.sleep(1.0)
+            time.sleep(0.25)
         total = time.monotonic() - started
         done.set()
         asker.join(timeout=30)

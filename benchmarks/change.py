@@ -31,6 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import common
 from benchmarks.common import ROOT, random_index, script, seed_export
 from clipsearch.ann import FLAT_MAX
 
@@ -42,12 +43,12 @@ CHANGED = 10
 _CHILD = """
 import hashlib, json, os, resource, sys, time
 import numpy as np
-db, folder, what = sys.argv[1:4]
+db, folder, what, dim = sys.argv[1:5]
 from clipsearch.distributed import Embedded
 
 def stub(paths, _known):
     for path in paths:
-        v = np.random.default_rng(len(path)).normal(size=512).astype(np.float32)
+        v = np.random.default_rng(len(path)).normal(size=int(dim)).astype(np.float32)
         yield Embedded(path, hashlib.blake2b(path.encode(), digest_size=16).hexdigest(),
                        v / np.linalg.norm(v), 640, 480)
 
@@ -85,7 +86,7 @@ print(json.dumps(out))
 
 def _child(db: Path, folder: Path, what: str) -> dict:
     env = {**os.environ, "CLIPSEARCH_HOME": str(db.parent / "home"), "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", _CHILD, str(db), str(folder), what],
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(db), str(folder), what, str(common.DIM)],
                        capture_output=True, text=True, env=env, cwd=ROOT)
     if r.returncode:
         raise RuntimeError(r.stderr[-1500:])

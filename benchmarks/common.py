@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DIM = 512  # ViT-B-32's embedding size
+# The model every section embeds with: ViT-B-32 with random weights (weights do not change speed).
+# The smoke run (`--smoke`: does everything still run) swaps in a tiny one of the same kind
+# (use_tiny_model), in open_clip's hub layout so that the sections' child processes load it by
+# its path alone. Read them as common.MODEL and common.DIM, after the swap.
+MODEL = "ViT-B-32"
+DIM = 512  # the model's embedding size
+TINY_CFG = {"embed_dim": 32,
+            "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
 
 
 def timed(fn):
@@ -58,11 +66,44 @@ def vit_b_32_checkpoint(folder: Path) -> Path:
     return random_checkpoint(folder, "ViT-B-32", "vit-b-32-random.safetensors")
 
 
-def vit_b_32_embedder(folder: Path, device: str = "cpu", precision: str = "fp32"):
-    """ViT-B-32 with random weights, loaded the way `--pretrained FILE` is."""
-    from clipsearch.models import load_embedder, parse_model_spec
+def use_tiny_model(folder: Path) -> None:
+    """Make every section embed with a tiny ViT (TINY_CFG, random weights) instead of ViT-B-32."""
+    import json
 
-    return load_embedder(parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(folder))), device, precision)
+    import open_clip
+    import torch
+
+    global MODEL, DIM
+    hub = Path(folder) / "tiny-model"
+    hub.mkdir(parents=True, exist_ok=True)
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(TINY_CFG["embed_dim"], open_clip.model.CLIPVisionCfg(**TINY_CFG["vision_cfg"]),
+                           open_clip.model.CLIPTextCfg(**TINY_CFG["text_cfg"]))
+    save_checkpoint(model, hub / "open_clip_model.safetensors")
+    MODEL, DIM = f"local-dir:{hub}", TINY_CFG["embed_dim"]
+
+
+def model_args(folder: Path) -> list[str]:
+    """The benchmark's model as a user passes it to `clipsearch index`: --model, --pretrained."""
+    if MODEL.startswith("local-dir:"):
+        return ["--model", MODEL]
+    weights = random_checkpoint(folder, MODEL, f"{MODEL.lower()}-random.safetensors")
+    return ["--model", MODEL, "--pretrained", str(weights)]
+
+
+def model_spec(folder: Path):
+    """The benchmark's model as clipsearch's ModelSpec."""
+    from clipsearch.models import parse_model_spec
+
+    return parse_model_spec(*model_args(folder)[1::2])
+
+
+def bench_embedder(folder: Path, device: str = "cpu", precision: str = "fp32"):
+    """The benchmark's model, loaded the way a user's local weights are."""
+    from clipsearch.models import load_embedder
+
+    return load_embedder(model_spec(folder), device, precision)
 
 
 def photos(folder: Path, n: int, size: tuple[int, int] = (4000, 3000), grain: float = 6.0) -> list[str]:
@@ -94,7 +135,8 @@ class ClusteredVectors:
     random isotropic vectors would have no neighbourhoods at all, which no real collection looks
     like and which no approximate index can search."""
 
-    def __init__(self, dim: int = DIM, topics: int = 2000, spread: float = 0.9, seed: int = 0):
+    def __init__(self, dim: int | None = None, topics: int = 2000, spread: float = 0.9, seed: int = 0):
+        dim = dim or DIM
         self.rng = np.random.default_rng(seed)
         centres = self.rng.standard_normal((topics, dim)).astype(np.float32)
         self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
@@ -215,7 +257,7 @@ def script(doc: str, title: str, options: dict[str, dict], measure, report) -> N
 
 
 def seed_export(db: Path, model: dict, work: Path) -> None:
-    """Put the exported text tower of the benchmark's ViT-B-32 where an index at `db` keeps it:
+    """Put the exported text tower of the benchmark's model where an index at `db` keeps it:
     exported once per benchmark run (about 10 s, a one-off cost of a real index's first run, not
     of its throughput or memory) and copied to every index after that."""
     import shutil
@@ -226,7 +268,7 @@ def seed_export(db: Path, model: dict, work: Path) -> None:
     target = folder(db, model)
     kept = Path(work) / "exports" / target.name
     if not kept.is_dir():
-        export(vit_b_32_embedder(work), kept)
+        export(bench_embedder(work), kept)
     if not target.exists():
         shutil.copytree(kept, target)
 
@@ -237,4 +279,4 @@ def prepare_fast(store, work: Path) -> float:
     from clipsearch.build import prepare_fast as prepare
 
     seconds, _ = timed(lambda: seed_export(store.path, store.manifest.model, work))
-    return seconds + timed(lambda: prepare(store, lambda: vit_b_32_embedder(work), retry=True))[0]
+    return seconds + timed(lambda: prepare(store, lambda: bench_embedder(work), retry=True))[0]

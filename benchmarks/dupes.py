@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import shapes, trained, variants
-from benchmarks.common import ROOT, ClusteredVectors, random_index, script, vit_b_32_embedder
+from benchmarks import fixtures, shapes, variants
+from benchmarks.common import ROOT, ClusteredVectors, bench_embedder, random_index, script
 
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 UPSCALE = 3
@@ -100,8 +100,7 @@ def calibrate_trained(work: Path, compositions: int = 32) -> dict:
     hardest negative), each drawing with every kind of copy."""
     from clipsearch import index_folders
 
-    models = trained.models()
-    trained.register_clip_config(work / "model_configs")
+    models = fixtures.models(work)
     folder = work / "shapes-photos"
     rng = random.Random(7)
     groups: dict[str, list[Path]] = {}
@@ -137,7 +136,7 @@ def calibrate_random(work: Path, photos: int | None = None) -> dict:
     groups = {str(p): variants.write(p, folder / "copies" / p.stem) for p in sorted(folder.iterdir())
               if p.is_file()}
     db = work / "sample-db"
-    index_folders([folder], db, embedder=vit_b_32_embedder(work), workers=2)
+    index_folders([folder], db, embedder=bench_embedder(work), workers=2)
     return _cosines(db, groups, [])
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import photos, script, seed_export, timed, vit_b_32_checkpoint
+from benchmarks.common import model_args, model_spec, photos, script, seed_export, timed
 
 # A wrapper process per run, so that its children's peak is that one run's alone.
 PEAK_OF_CHILD = """
@@ -25,10 +25,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 def measure(work: Path, sizes: list[int]) -> dict:
-    from clipsearch.models import parse_model_spec
-
     script = str(Path(sys.executable).parent / "clipsearch")
-    checkpoint = vit_b_32_checkpoint(work)
     library = work / "library"
     all_photos = photos(library / "all", max(sizes), size=(1600, 1200))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_HOME": str(work / "home")}
@@ -40,10 +37,10 @@ def measure(work: Path, sizes: list[int]) -> dict:
             os.link(p, folder / Path(p).name)
         # the export is a one-off of an index's first run, made beforehand: its peak (about
         # 1.6 GB, model included) is not that of indexing
-        seed_export(work / f"db-{n}", parse_model_spec("ViT-B-32", str(checkpoint)).to_dict(), work)
+        seed_export(work / f"db-{n}", model_spec(work).to_dict(), work)
         # fp32, as the figures in docs/benchmarks.md were measured before auto became the default
-        cmd = [script, "index", str(folder), "--db", str(work / f"db-{n}"), "--model", "ViT-B-32",
-               "--pretrained", str(checkpoint), "--precision", "fp32", "-q"]
+        cmd = [script, "index", str(folder), "--db", str(work / f"db-{n}"), *model_args(work), "--precision",
+               "fp32", "-q"]
         seconds, r = timed(lambda cmd=cmd: subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, *cmd],
                                                           capture_output=True, text=True, env=env))
         if r.returncode:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import photos, script, timed, vit_b_32_embedder
+from benchmarks.common import bench_embedder, photos, script, timed
 from benchmarks.query import QUERIES
 
 
@@ -27,7 +27,7 @@ def measure(work: Path, n: int = 64, device: str = "cpu", batch_size: int = 32) 
     images = [load_image(p).image for p in paths]
     out, reference = {}, None
     for mode in modes:
-        embedder = vit_b_32_embedder(work, device, mode)
+        embedder = bench_embedder(work, device, mode)
         pixels = torch.stack([embedder.preprocess(im) for im in images])
         embedder.embed_images(pixels[:4])  # warm-up
         seconds, vectors = timed(lambda e=embedder, p=pixels: np.concatenate(

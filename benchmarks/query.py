@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import (
+    bench_embedder,
+    model_spec,
     percentile_ms,
     prepare_fast,
     random_index,
     script,
     timed,
-    vit_b_32_checkpoint,
-    vit_b_32_embedder,
 )
 
 QUERIES = [
@@ -39,11 +39,10 @@ def warm(work: Path, images: int, embedder=None) -> dict:
     """A text query in a process that has everything loaded: with the exported text encoder
     (what every path uses once an index has one) and with the torch one, on the same index."""
     from clipsearch.engine import Index
-    from clipsearch.models import parse_model_spec
 
-    spec = parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(work)))
+    spec = model_spec(work)
     store = random_index(work / "db-query", images, model=spec.to_dict())
-    embedder = embedder or vit_b_32_embedder(work)
+    embedder = embedder or bench_embedder(work)
     out: dict = {"images": images, "export_and_snapshot_s": prepare_fast(store, work)}
     for name, encoder in (("torch", embedder), ("onnx", None)):
         index = Index(store, embedder=embedder, text_encoder=encoder)
@@ -72,12 +71,11 @@ def cold(work: Path, runs: int = 5, images: int = 100_000) -> dict:
     fast path (exported text tower, row snapshot) and on the torch path (CLIPSEARCH_FAST_QUERY=0),
     alternating, with what each one's imports cost alone."""
     from clipsearch.ann import current
-    from clipsearch.models import parse_model_spec
 
     script = str(Path(sys.executable).parent / "clipsearch")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_HOME": str(work / "home")}
     fast, slow = {**env, "CLIPSEARCH_FAST_QUERY": "1"}, {**env, "CLIPSEARCH_FAST_QUERY": "0"}
-    spec = parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(work)))
+    spec = model_spec(work)
     store = random_index(work / "db-cold", images, model=spec.to_dict(), words=True)  # words matched too
     current(store)
     snapshot_s = prepare_fast(store, work)  # the export is copied from the warm section's, if it ran

@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks.common import photos, script, seed_export, timed, vit_b_32_embedder
+from benchmarks.common import bench_embedder, photos, script, seed_export, timed
 
 TARGET_RATIO = 0.8
 
@@ -71,7 +71,7 @@ def measure(work: Path, n: int = 16, megapixels: float = 24.0, preview_share: fl
     from clipsearch.raw import decode
 
     started = time.perf_counter()
-    embedder = embedder or vit_b_32_embedder(work, precision="bf16")
+    embedder = embedder or bench_embedder(work, precision="bf16")
     width = int((megapixels * 1e6 * 3 / 2) ** 0.5) // 2 * 2
     size = (width, width * 2 // 3 // 2 * 2)
     jpeg_folder, raw_folder = work / "raw-bench" / "jpeg", work / "raw-bench" / "raw"

@@ -28,13 +28,13 @@ import numpy as np
 
 from benchmarks.common import (
     ROOT,
+    model_spec,
     percentile_ms,
     photos,
     prepare_fast,
     random_index,
     script,
     timed,
-    vit_b_32_checkpoint,
 )
 from benchmarks.query import QUERIES
 from clipsearch.ann import current
@@ -90,9 +90,7 @@ def _env(work: Path) -> dict:
 
 
 def _spec(work: Path) -> dict:
-    from clipsearch.models import parse_model_spec
-
-    return parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(work))).to_dict()
+    return model_spec(work).to_dict()
 
 
 def warm_search(work: Path, images: int, cli_runs: int) -> dict:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DIM, random_index, script, timed, vit_b_32_embedder
+from benchmarks import common
+from benchmarks.common import bench_embedder, random_index, script, timed
 
 
 def measure(work: Path, images: int, labels: int, embedder=None) -> dict:
@@ -31,7 +32,7 @@ def measure(work: Path, images: int, labels: int, embedder=None) -> dict:
     names = [*BUILTIN_LABELS, *(f"object {i}" for i in range(labels))][:labels]
     chosen = label_set(names, threshold=0.5)
     prompts = sum(len(p) for p in chosen.prompts.values())
-    embedder = embedder or vit_b_32_embedder(work)
+    embedder = embedder or bench_embedder(work)
     embed_s, tagger = timed(lambda: Tagger.embed(chosen, embedder.embed_texts))
     # random-weight label vectors sit at cosine ~0 from everything; shift the threshold so that
     # a realistic few tags per image are kept and written
@@ -39,8 +40,8 @@ def measure(work: Path, images: int, labels: int, embedder=None) -> dict:
     threshold = float(np.quantile(probs, 1 - 3 / labels))
     tagger = Tagger(label_set(names, threshold=threshold), tagger.vectors, tagger.background)
     tag_s, tagged = timed(lambda: tag_store(store, tagger))
-    common = collections.Counter(t for i in tagged.per_image[:2000] for t, _ in i.tags)
-    label = common.most_common(1)[0][0] if common else names[0]
+    counted = collections.Counter(t for i in tagged.per_image[:2000] for t, _ in i.tags)
+    label = counted.most_common(1)[0][0] if counted else names[0]
     filter_s, allowed = timed(lambda: allowed_ids(store, Filters.make(tags=[label])))
     return {"images": images, "labels": labels, "texts": prompts + 5, "embed_labels_s": embed_s,
             "tag_s": tag_s, "tags_kept": sum(len(i.tags) for i in tagged.per_image), "tag_filter_s": filter_s,
@@ -104,7 +105,7 @@ def report(f: dict) -> None:
     if "streamed" in f:
         report_streamed(f["streamed"])
     print(f"  {f['labels']} labels x {(f['texts'] - 5) // f['labels']} prompts + background = {f['texts']} "
-          f"texts; index of {f['images']:,} images ({DIM}-d)")
+          f"texts; index of {f['images']:,} images ({common.DIM}-d)")
     print(f"  embed label prompts (ViT-B-32 text tower, once per `tag`): {f['embed_labels_s']:6.2f} s")
     print(f"  score + choose + commit {f['images']:,} images: {f['tag_s']:6.2f} s ({f['tags_kept']:,} tags; "
           "target <= 5 s)")

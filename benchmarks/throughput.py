@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import photos, script, seed_export, timed, vit_b_32_embedder
+from benchmarks.common import bench_embedder, photos, script, seed_export, timed
 
 
 def preprocessed(embedder, paths: list[str], batch_size: int) -> tuple[list, float]:
@@ -61,8 +61,8 @@ def measure(work: Path, n: int, embedder=None, batch_size: int = 32, bf16: bool 
 
     from clipsearch import index_folders
 
-    embedder = embedder or vit_b_32_embedder(work)
-    fast = vit_b_32_embedder(work, precision="bf16") if bf16 else None
+    embedder = embedder or bench_embedder(work)
+    fast = bench_embedder(work, precision="bf16") if bf16 else None
     threads = torch.get_num_threads()
     warm_up = work / "warm-up"  # first-use costs (LanceDB's import, table creation paths) out of the timing
     photos(warm_up, 1, (640, 480))

@@ -1,5 +1,5 @@
-"""Tiny CLIP and BLIP ITM models trained on the shapes task (benchmarks.shapes) in under five
-minutes on two CPU cores: seeded, cached in a folder the caller chooses, never downloaded.
+"""Tiny CLIP and BLIP ITM models trained on the shapes task (benchmarks.shapes) in about five
+minutes on two CPU cores: seeded, never downloaded.
 
 - CLIP: open_clip's ModifiedResNet layout (layers [1, 1, 1, 1], width 32, 64 px) with a 3-layer
   text tower, trained contrastively. A picture has many true captions (the whole scene, each
@@ -18,23 +18,30 @@ minutes on two CPU cores: seeded, cached in a folder the caller chooses, never d
 CLIP is trained for 220 steps, where it still confuses some twins (300 steps reach R@1 1.0 on
 the held-out split, leaving nothing for a re-ranker to show); BLIP for 5,000.
 
-`models(folder)` returns the saved artefacts, training only what the folder lacks. The saved
-forms are the ones users' weights take: an open_clip checkpoint file with an open_clip hub-layout
-folder beside it, and a save_pretrained folder for BLIP.
+The trained models are committed test fixtures (tests/fixtures/shapes/, read through
+benchmarks.fixtures), written by this recipe and benchmarks.captioner's:
+
+    python -m benchmarks.trained --write tests/fixtures/shapes    # about 12 minutes on 2 cores
+
+Nothing trains them by itself: a test fails when the recipe's sources (this file, shapes.py,
+captioner.py) no longer match the key the fixtures were written with, and says to run that command.
+The saved forms are the ones users' weights take, in fp16 (open_clip and clipsearch convert on
+load): an open_clip checkpoint file and save_pretrained folders for BLIP and the captioner.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import shapes
@@ -53,25 +60,17 @@ AUX = 1.0  # weight of the auxiliary slot loss
 GENERIC = 0.25  # target weight of "a photo." for a picture with shapes
 RENDERINGS = 24  # pictures of each training scene
 SEED = 0
-# CLIP's own seed. A new torch release retrains both models (recipe_key), and 220 steps leave CLIP
-# short of perfect on purpose (the re-ranker must have mistakes to fix), so which thresholds a
-# trained CLIP clears depends on its seed: with torch 2.14, seed 0's model fell just short on four
-# of the quality tests (tag precision 0.75, one false duplicate merge); seed 2's clears them all.
+# CLIP's own seed. 220 steps leave CLIP short of perfect on purpose (the re-ranker must have
+# mistakes to fix), so which thresholds a trained CLIP clears depends on its seed: with torch 2.14,
+# seed 0's model fell just short on four of the quality tests (tag precision 0.75, one false
+# duplicate merge); seed 2's clears them all.
 CLIP_SEED = 2
-
-
-@dataclass(frozen=True)
-class Trained:
-    clip_checkpoint: Path  # --pretrained FILE, with CLIP_NAME registered
-    clip_dir: Path  # --model local-dir:FOLDER (open_clip hub layout)
-    blip_dir: Path  # --rerank-model FOLDER
-    log: dict  # steps, seconds and final losses of each training
 
 
 # The same weights on every x86 machine: a float sum's result depends on its order, which each
 # SIMD width and thread count sets differently, and 220 or 5,000 steps of such differences took an
-# AVX2 EPYC and an AVX-512 Xeon to models on either side of the tests' bars. So training runs in a
-# child process whose kernels are pinned before torch loads: ATen's and oneDNN's AVX2 code paths
+# AVX2 EPYC and an AVX-512 Xeon to models on either side of the tests' bars. So `--write` trains in
+# a child process whose kernels are pinned before torch loads: ATen's and oneDNN's AVX2 code paths
 # (every x86 CI machine has AVX2) and two threads (set again in the child, since OpenMP reads its
 # variable once).
 THREADS = 2
@@ -79,30 +78,10 @@ PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_
           "MKL_NUM_THREADS": str(THREADS), "CUDA_VISIBLE_DEVICES": ""}
 
 
-def recipe_key() -> str:
-    """Changes whenever anything that shapes the weights changes, so a stale cache is retrained."""
-    import torch
-
-    source = b"".join(Path(m.__file__).read_bytes() for m in (shapes,)) + Path(__file__).read_bytes()
-    return hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:16]
+CLIP_FILE = "shapes-clip.safetensors"  # --pretrained FILE, with CLIP_NAME registered
 
 
-# where the tests cache them too (pytest's cache folder, never committed): whichever runs first
-# trains them for both
-CACHE = ROOT / ".pytest_cache" / "d" / "clipsearch-trained"
-
-
-def models(cache: Path = CACHE) -> Trained:
-    """The trained models, from `cache` when it has them for this recipe, else trained now."""
-    folder = Path(cache) / recipe_key()
-    clip_dir, blip_dir = folder / "clip", folder / "blip"
-    log_file = folder / "log.json"
-    if not log_file.exists():
-        pinned("benchmarks.trained", folder)
-    return Trained(clip_dir / "shapes-clip.safetensors", clip_dir, blip_dir, json.loads(log_file.read_text()))
-
-
-def pinned(module: str, *args: Path) -> None:
+def pinned(module: str, *args: str | Path) -> None:
     """Run `python -m module args` with the kernels and threads pinned (PINNED); its output is
     shown, its failure raised."""
     subprocess.run([sys.executable, "-m", module, *map(str, args)], env={**os.environ, **PINNED}, cwd=ROOT,
@@ -125,9 +104,10 @@ def register_clip_config(folder: Path) -> None:
     open_clip.add_model_config(folder)
 
 
-def _pool(scenes: list[shapes.Scene], seed: int) -> list[tuple[shapes.Scene, object]]:
+def _pool(scenes: list[shapes.Scene], seed: int, renderings: int = RENDERINGS,
+          ) -> list[tuple[shapes.Scene, object]]:
     rng = random.Random(seed)
-    return [(scene, shapes.render(scene, rng)) for scene in scenes for _ in range(RENDERINGS)]
+    return [(scene, shapes.render(scene, rng)) for scene in scenes for _ in range(renderings)]
 
 
 def _scenes() -> list[shapes.Scene]:
@@ -215,8 +195,9 @@ def _weight(caption: shapes.Caption, scene: shapes.Scene) -> float:
 
 def _train(model, width: int, pool: list, rng: random.Random, loss_of, steps: int, lr: float,
            batch_size: int, weight_decay: float) -> list[float]:
-    """The loop both models share: AdamW with warm-up and cosine decay over `steps` batches drawn
-    from `pool`, with the auxiliary slot head (of input `width`) trained alongside; the losses."""
+    """The loop every model here shares: AdamW with warm-up and cosine decay over `steps` batches
+    drawn from `pool`, with the auxiliary slot head (of input `width`) trained alongside; the
+    losses."""
     import torch
 
     head = torch.nn.Linear(width, sum(SLOTS))
@@ -235,6 +216,38 @@ def _train(model, width: int, pool: list, rng: random.Random, loss_of, steps: in
     return losses
 
 
+def log_of(losses: list[float], started: float) -> dict:
+    """What a training records: steps, seconds, the mean loss of the last 20 steps, and of the
+    first and last 5 (the recipe tests' check that it learns)."""
+    def mean(xs: list[float]) -> float:
+        return round(sum(xs) / len(xs), 4)
+
+    return {"steps": len(losses), "seconds": round(time.perf_counter() - started, 1),
+            "loss": mean(losses[-20:]), "first5": mean(losses[:5]), "last5": mean(losses[-5:])}
+
+
+def save_clip(model, path: Path) -> Path:
+    """The open_clip checkpoint as users' weights come (`--pretrained FILE`), in fp16: half the
+    size, and clipsearch loads it at any precision."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              str(path))
+    return path
+
+
+def save_pretrained(model, processor, folder: Path) -> Path:
+    """A transformers model and its processor as save_pretrained writes them (`--rerank-model`,
+    `--caption-model`), in fp16; `model` itself stays as it was."""
+    import copy
+
+    copy.deepcopy(model).half().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def _soft_ce(logits, truth):
     """Cross-entropy against targets spread evenly over each row's true columns (rows with none
     are left out)."""
@@ -245,10 +258,12 @@ def _soft_ce(logits, truth):
     return -(target * torch.log_softmax(logits[has], dim=1)).sum(dim=1).mean()
 
 
-def train_clip(folder: Path, steps: int = CLIP_STEPS, seed: int = CLIP_SEED) -> dict:
+def train_clip(path: Path, steps: int = CLIP_STEPS, seed: int = CLIP_SEED, renderings: int = RENDERINGS,
+               batch: int = CLIP_BATCH) -> dict:
+    """Train CLIP and save its checkpoint to `path`; the training's log. (Fewer `steps`,
+    `renderings` of each scene and a smaller `batch`: the recipe's test.)"""
     import open_clip
     import torch
-    from safetensors.torch import save_file
 
     from clipsearch.models.openclip import encode_text_unpadded
 
@@ -260,7 +275,7 @@ def train_clip(folder: Path, steps: int = CLIP_STEPS, seed: int = CLIP_SEED) -> 
                            open_clip.model.CLIPTextCfg(**cfg["text_cfg"]))
     preprocess = open_clip.image_transform(shapes.SIZE, is_train=False)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    pool = _pool(_scenes(), seed)
+    pool = _pool(_scenes(), seed, renderings)
     pixels = torch.stack([preprocess(image) for _, image in pool])
 
     def loss_of(step: int, picks: list[int], batch: list[shapes.Scene], head) -> torch.Tensor:
@@ -278,15 +293,10 @@ def train_clip(folder: Path, steps: int = CLIP_STEPS, seed: int = CLIP_SEED) -> 
         n = len(texts)
         return (_soft_ce(logits, truth) + _soft_ce(logits[:, :n].T, truth[:, :n].T)) / 2 + AUX * aux
 
-    losses = _train(model, cfg["embed_dim"], pool, rng, loss_of, steps, CLIP_LR, CLIP_BATCH, 0.1)
+    losses = _train(model, cfg["embed_dim"], pool, rng, loss_of, steps, CLIP_LR, batch, 0.1)
     model.eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "shapes-clip.safetensors"))
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
-            "loss": round(sum(losses[-20:]) / 20, 4)}
+    save_clip(model, path)
+    return log_of(losses, started)
 
 
 def blip_config():
@@ -327,7 +337,10 @@ def _negative(scene: shapes.Scene, pool: list, rng: random.Random, hard_share: f
             return caption
 
 
-def train_blip(folder: Path, steps: int = BLIP_STEPS, seed: int = SEED) -> dict:
+def train_blip(folder: Path, steps: int = BLIP_STEPS, seed: int = SEED, renderings: int = RENDERINGS,
+               batch: int = BLIP_BATCH):
+    """Train BLIP ITM and save it to `folder`; the training's log and the model (in fp32: the
+    captioner starts from it)."""
     import torch
     from transformers import BlipForImageTextRetrieval
 
@@ -336,7 +349,7 @@ def train_blip(folder: Path, steps: int = BLIP_STEPS, seed: int = SEED) -> dict:
     rng = random.Random(seed + 1)
     model = BlipForImageTextRetrieval(blip_config())
     processor = _blip_processor()
-    pool = _pool(_scenes(), seed + 1)
+    pool = _pool(_scenes(), seed + 1, renderings)
     pixels = processor(images=[image for _, image in pool], return_tensors="pt")["pixel_values"]
 
     def loss_of(step: int, picks: list[int], batch: list[shapes.Scene], head) -> torch.Tensor:
@@ -362,17 +375,46 @@ def train_blip(folder: Path, steps: int = BLIP_STEPS, seed: int = SEED) -> dict:
             + AUX * _aux_loss(head, visual[:, 0, :], batch)
 
     losses = _train(model, model.config.vision_config.hidden_size, pool, rng, loss_of, steps, BLIP_LR,
-                    BLIP_BATCH, 0.05)
+                    batch, 0.05)
     model.eval()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
-            "loss": round(sum(losses[-20:]) / 20, 4)}
+    save_pretrained(model, processor, folder)
+    return log_of(losses, started), model
 
 
-if __name__ == "__main__":  # pinned() runs this: train both models into the folder named
+def write(out: Path) -> dict:
+    """Train CLIP, BLIP ITM and the captioner, and write them to `out` as the fixtures are kept
+    (benchmarks.fixtures), with the recipe's key and the trainings' logs. They are written beside
+    `out` and moved in at the end, so a failed or interrupted run leaves the old ones whole."""
+    import torch
+
+    from benchmarks import captioner, fixtures
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    log = {"clip": train_clip(work / CLIP_FILE)}
+    log["blip"], itm = train_blip(work / fixtures.BLIP)
+    log["captioner"] = captioner.train(work / fixtures.CAPTIONER, itm)
+    recipe = {"key": fixtures.recipe_key(), "written_with": {"torch": torch.__version__, **PINNED},
+              "log": log}
+    (work / fixtures.RECIPE).write_text(json.dumps(recipe, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the shapes models as the tests' fixtures.")
+    parser.add_argument("--write", type=Path, required=True, metavar="DIR",
+                        help="where to write them (the committed ones: tests/fixtures/shapes)")
+    args = parser.parse_args()
+    if any(os.environ.get(k) != v for k, v in PINNED.items()):
+        pinned("benchmarks.trained", "--write", args.write.resolve())  # the same weights on any x86 CPU
+        return
     _pin_threads()
-    out = Path(sys.argv[1])
-    out.mkdir(parents=True, exist_ok=True)
-    log = {"clip": train_clip(out / "clip"), "blip": train_blip(out / "blip")}
-    (out / "log.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps(write(args.write)["log"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,11 +22,12 @@ import numpy as np
 
 from benchmarks.common import (
     ClusteredVectors,
+    model_args,
+    model_spec,
     percentile_ms,
     random_index,
     script,
     timed,
-    vit_b_32_checkpoint,
 )
 from benchmarks.videos import make_video
 
@@ -86,7 +87,6 @@ def long_memory(work: Path, minutes: list[float]) -> dict:
     import subprocess
     import sys
 
-    checkpoint = vit_b_32_checkpoint(work)
     out = {}
     for m in minutes:
         folder = work / f"long-{m:g}"
@@ -98,9 +98,9 @@ def long_memory(work: Path, minutes: list[float]) -> dict:
         make_video(str(folder / "long.mp4"), scenes, size=(160, 120), fps=10, keyint=10, crf=35)
         begun = time.perf_counter()
         db = work / f"db-long-{m:g}"
-        done = subprocess.run([sys.executable, "-c", PEAK, "index", str(folder), "--db", str(db), "--model",
-                               "ViT-B-32", "--pretrained", str(checkpoint), "--device", "cpu", "--precision",
-                               "bf16", "--quiet"], capture_output=True, text=True, check=False)
+        done = subprocess.run([sys.executable, "-c", PEAK, "index", str(folder), "--db", str(db),
+                               *model_args(work), "--device", "cpu", "--precision", "bf16", "--quiet"],
+                              capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - begun
         peak = next((float(line.split()[1]) for line in done.stderr.splitlines()
                      if line.startswith("peak_mb")), None)
@@ -113,16 +113,15 @@ def _index_run(work: Path, folder: Path, seconds: float, decode_s: float) -> dic
     export too) by a first run over a one-second clip, as every video after a library's first
     finds them; the model's load is timed apart."""
     from clipsearch import index_folders
-    from clipsearch.models import load_embedder, parse_model_spec
+    from clipsearch.models import load_embedder
     from clipsearch.store import Store
 
-    checkpoint = vit_b_32_checkpoint(work)
-    spec = parse_model_spec("ViT-B-32", str(checkpoint))
+    spec = model_spec(work)
     load_s, embedder = timed(lambda: load_embedder(spec, "cpu", "bf16"))
     db, first = work / "db-video", work / "first"
     first.mkdir()
     make_video(str(first / "first.mp4"), _scenes(1.0), size=(320, 240), fps=30, keyint=30)
-    options = {"model": "ViT-B-32", "pretrained": str(checkpoint), "device": "cpu", "precision": "bf16",
+    options = {"model": spec.name, "pretrained": spec.pretrained, "device": "cpu", "precision": "bf16",
                "embedder": embedder}
     first_s, _ = timed(lambda: index_folders([first], db, **options))
     index_s, summary = timed(lambda: index_folders([folder], db, **options))

@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import ROOT, photos, script, seed_export, vit_b_32_checkpoint
+from benchmarks.common import ROOT, model_args, model_spec, photos, script, seed_export
 from clipsearch.watch import SETTLE_SECONDS
 
 TARGET_P95_S, TARGET_RATIO, TARGET_EXTRA_MB, TARGET_QUERY_X = 5.0, 0.9, 300.0, 3.0
@@ -38,7 +38,7 @@ SIZE = (1600, 1200)
 _CHILD = """
 import json, os, shutil, sys, threading, time
 from pathlib import Path
-mode, db, source, checkpoint, work, settle = sys.argv[1:7]
+mode, db, source, model, work, settle = sys.argv[1:7]
 QUERY_EVERY = 1.0
 single, burst = sorted(Path(source, "single").iterdir()), Path(source, "burst")
 
@@ -52,7 +52,7 @@ from clipsearch.build import index_folders, open_builder
 from clipsearch.engine import open_index
 from clipsearch.models import load_embedder, parse_model_spec
 from clipsearch.watch import Watcher
-embedder = load_embedder(parse_model_spec("ViT-B-32", checkpoint), "cpu", "fp32")
+embedder = load_embedder(parse_model_spec(*json.loads(model)), "cpu", "fp32")
 root = Path(db).parent / "library"
 root.mkdir(exist_ok=True)
 from PIL import Image
@@ -145,7 +145,7 @@ def _child(mode: str, work: Path, source: Path, settle: float) -> dict:
     folder = work / f"watch-{mode}"
     folder.mkdir(parents=True, exist_ok=True)
     r = subprocess.run([sys.executable, "-c", _CHILD, mode, str(folder / "db"), str(source),
-                        str(vit_b_32_checkpoint(work)), str(work), str(settle)],
+                        json.dumps(model_args(work)[1::2]), str(work), str(settle)],
                        capture_output=True, text=True, cwd=ROOT, timeout=7200)
     if r.returncode != 0:
         raise RuntimeError(f"the {mode} child failed: {r.stderr[-2000:]}")
@@ -165,11 +165,9 @@ def measure(work: Path, samples: int = 40, burst: int = 1000, settle: float = SE
         photos(source / "single", samples, size=SIZE)
         photos(source / "burst", burst, size=SIZE, grain=7.0)  # other grain: other content
     photos(source / "burst2", max(3, burst // 5), size=SIZE, grain=8.0)
-    from clipsearch.models import parse_model_spec
-
     # the text export both children copy in, made here once (not inside a process measured)
     probe = work / "watch-export-probe"
-    seed_export(probe, parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(work))).to_dict(), work)
+    seed_export(probe, model_spec(work).to_dict(), work)
     shutil.rmtree(probe, ignore_errors=True)
     watched = _child("watch", work, source, settle)
     plain = _child("index", work, source, settle)

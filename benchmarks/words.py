@@ -199,13 +199,12 @@ def read_cost(work: Path, n: int, embedder) -> dict:
 
 # -- what words cost a query ---------------------------------------------------------------------------
 def latency(work: Path, sizes: list[int], queries: int = 20) -> dict:
-    from benchmarks.common import prepare_fast, random_index, vit_b_32_checkpoint
+    from benchmarks.common import model_spec, prepare_fast, random_index
     from clipsearch import onnxtext
     from clipsearch.engine import Index
-    from clipsearch.models import parse_model_spec
     from clipsearch.snapshot import Snapshot
 
-    spec = parse_model_spec("ViT-B-32", str(vit_b_32_checkpoint(work)))
+    spec = model_spec(work)
     out = {}
     asked = [f"{city} sunset" for city in CITIES] + ["IMG_0004211", "a dog on a beach", "Pixel wedding"]
     for n in sizes:
@@ -231,14 +230,13 @@ def _timings(index, asked: list[str]) -> dict:
 
 def measure(work: Path, sizes: list[int], read_photos: int, embedder=None, clip_dir: Path | None = None,
             ) -> dict:
-    from benchmarks import trained
-    from benchmarks.common import vit_b_32_embedder
+    from benchmarks import fixtures
+    from benchmarks.common import bench_embedder
 
     if clip_dir is None:
-        trained.register_clip_config(work / "model_configs")
-        clip_dir = trained.models().clip_dir
+        clip_dir = fixtures.models(work).clip_dir
     return {"quality": quality(work, clip_dir),
-            "read": read_cost(work, read_photos, embedder or vit_b_32_embedder(work)),
+            "read": read_cost(work, read_photos, embedder or bench_embedder(work)),
             "latency": latency(work, sizes)}
 
 

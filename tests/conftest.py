@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -180,69 +177,31 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
     return folder
 
 
-# Training the shapes models takes about 12 minutes on a fresh 2-core machine, and most of the
-# suite never uses them: so the modules that do run last, and the training starts as collection
-# ends, in the background at the lowest priority, where it takes mostly the CPU the other tests
-# leave idle (they wait on servers, browsers and disks much of the time). On a 2-core EPYC the
-# two slowed each other enough that the whole run took about as long as training first did.
-_training: dict = {}
+# Under pytest-xdist (`-n 2`, with --dist loadgroup as pyproject.toml sets) each module runs whole
+# on one worker, so module fixtures (servers, browsers, indexes) are made once; the modules that
+# start a Ray runtime share a group, since two runtimes on one machine contend for its ports.
+_GROUPS = {"test_distributed": "ray", "test_benchmarks": "ray"}
 
 
 def pytest_collection_modifyitems(config, items):
-    late = {item.module for item in items if "shapes_models" in item.fixturenames}
-    items.sort(key=lambda item: item.module in late)  # stable: each module stays in one piece
-
-
-def pytest_collection_finish(session):
-    needs = set().union(*(item.fixturenames for item in session.items)) if session.items else set()
-    if session.config.option.collectonly or "shapes_models" not in needs:
-        return
-    cache = Path(session.config.cache.mkdir("clipsearch-trained"))
-    code = ("import sys; from pathlib import Path; from benchmarks import captioner, trained; "
-            "cache = Path(sys.argv[1]); m = trained.models(cache); "
-            "sys.argv[2] == 'yes' and captioner.model(cache, m.blip_dir)")
-    log = cache / "background.log"
-    with log.open("w") as out:
-        _training["log"] = log
-        _training["process"] = subprocess.Popen(
-            [sys.executable, "-c", code, str(cache), "yes" if "shapes_captioner" in needs else "no"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: os.nice(19))
-
-
-def pytest_sessionfinish(session):
-    process = _training.get("process")
-    if process and process.poll() is None:  # an interrupted run leaves no training behind
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _background_training() -> None:
-    """Wait for the background training, if any; its failure is the fixture's, with its log."""
-    process = _training.pop("process", None)
-    if process and process.wait() != 0:
-        raise RuntimeError(f"training the shapes models failed:\n{_training['log'].read_text()[-3000:]}")
+    for item in items:
+        name = item.module.__name__.rpartition(".")[2]
+        item.add_marker(pytest.mark.xdist_group(_GROUPS.get(name, name)))
 
 
 @pytest.fixture(scope="session")
-def shapes_models(request, tmp_path_factory):
-    """CLIP and BLIP ITM trained on the shapes task (benchmarks.shapes): a few minutes the first
-    time, then read from pytest's cache folder (keyed by the training recipe)."""
-    from benchmarks import trained
+def shapes_models(tmp_path_factory):
+    """CLIP, BLIP ITM and the captioner trained on the shapes task (benchmarks.shapes): the
+    committed fixtures (benchmarks.fixtures), with CLIP's hub-layout folder made for the session."""
+    from benchmarks import fixtures
 
-    _background_training()
-    models = trained.models(Path(request.config.cache.mkdir("clipsearch-trained")))
-    trained.register_clip_config(tmp_path_factory.mktemp("shapes_config"))
-    return models
+    return fixtures.models(tmp_path_factory.mktemp("shapes_models"))
 
 
 @pytest.fixture(scope="session")
-def shapes_captioner(shapes_models, request) -> Path:
-    """A BLIP captioner trained on the shapes task from the trained ITM model (benchmarks.captioner):
-    about a minute the first time, then read from pytest's cache folder."""
-    from benchmarks import captioner
-
-    _background_training()
-    return captioner.model(Path(request.config.cache.mkdir("clipsearch-trained")), shapes_models.blip_dir)
+def shapes_captioner(shapes_models) -> Path:
+    """The BLIP captioner trained on the shapes task from the trained ITM model (benchmarks.captioner)."""
+    return shapes_models.captioner_dir
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import margins
 import numpy as np
 import pytest
 from conftest import TINY, sample_files
@@ -40,6 +41,9 @@ def test_every_planted_group_is_found_and_no_distinct_photos_are_merged(planted)
     for g in groups:
         assert len({owner[m["path"]] for m in g["members"]}) == 1, g
     assert len(groups) == len(planted.groups) == 13
+    # how far the default threshold (0.95) sits below each copy's similarity to its keeper
+    margins.at_least(min(m["similarity"] for g in groups for m in g["members"]), 0.95,
+                     "a planted copy's similarity to its keeper")
     # numbered, near-duplicate groups (copies of other formats are in them), largest first
     assert [g["group"] for g in groups] == list(range(1, 14))
     assert all(g["kind"] == "near" for g in groups)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import margins
 import pytest
 import serving
 from typer.testing import CliRunner
@@ -41,7 +42,7 @@ def test_a_description_finds_the_pictures_it_describes(shapes_index, shapes_spli
         right += [_has(s, colour, shape) for s in found]
     # each object is in about 1 picture of 8 here, so chance is 0.12; measured: 0.78
     print(f"precision@3 of the 12 colour-and-shape queries: {sum(right) / len(right):.2f}")
-    assert sum(right) / len(right) >= 0.7
+    margins.at_least(sum(right) / len(right), 0.7, "precision@3 of colour-and-shape queries")
 
 
 def test_arithmetic_moves_a_query_from_one_colour_to_another(shapes_index, shapes_split):
@@ -81,7 +82,9 @@ def test_tags_name_the_shapes_in_each_picture(tagged, shapes_split):
     print(f"shape tags: precision {precision:.2f}, recall {recall:.2f}, exactly right on "
           f"{sum(exact) / len(exact):.0%} of {len(exact)} pictures")
     # measured: precision 0.8, recall 0.8, exactly right 56% (chance: 1 in 8)
-    assert precision >= TAG_ACCURACY and recall >= TAG_ACCURACY and sum(exact) / len(exact) >= 0.45
+    margins.at_least(precision, TAG_ACCURACY, "shape tags' precision")
+    margins.at_least(recall, TAG_ACCURACY, "shape tags' recall")
+    margins.at_least(sum(exact) / len(exact), 0.45, "pictures whose shape tags are exactly right")
     assert tags[str(shapes_split.blank)] == set()  # nothing beats the background
 
 
@@ -92,7 +95,7 @@ def test_a_tag_filters_the_search(tagged, shapes_split):
     assert found == {p for p, t in tags.items() if "circle" in t} and len(found) > 10
     with_circles = [_has(shapes_split.scenes[p], None, "circle") for p in found]
     base = sum(_has(s, None, "circle") for s in shapes_split.scenes.values()) / len(shapes_split.scenes)
-    assert sum(with_circles) / len(with_circles) >= base + 0.1  # the tag means something
+    margins.at_least(sum(with_circles) / len(with_circles), base + 0.1, "circles among 'circle'-tagged")
 
 
 def _clip_and_reranked(index, caption: str) -> tuple[str, str]:
@@ -130,7 +133,8 @@ def test_rerank_fixes_mistakes_that_clip_makes(seen_index, shapes_models):
         if clip_top == path and reranked_top != path:
             broken.append(scene)
     print(f"re-rank fixed {len(fixed)} of CLIP's mistakes and made {len(broken)} in {len(pictures)} captions")
-    assert len(fixed) >= 8 and len(fixed) > 2 * len(broken), (fixed, broken)
+    margins.at_least(len(fixed), 8, "CLIP mistakes the re-rank fixes")
+    margins.at_least(len(fixed), 2 * len(broken) + 1, "fixed beyond twice the broken")
     scene = fixed[0]
     alone = cli("search", scene.caption(), "--db", db, "-k", 1, "--paths")
     reranked = cli("search", scene.caption(), "--db", db, "-k", 1, "--paths", "--rerank", "--candidates", 4,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import margins
 import numpy as np
 import pytest
 from conftest import sample_files
@@ -19,15 +20,15 @@ def test_index_vectors_equal_open_clip_reference(embedder, photos, tmp_path, bat
     assert sorted(stored) == sorted(str(p) for p in files)
     expected = reference_image_vectors(embedder, files)
     got = np.stack([stored[str(p)] for p in files])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    margins.close(got, expected, 1e-5, "stored image vectors against open_clip's")
+    margins.close(np.linalg.norm(got, axis=1), 1.0, 1e-5, "stored vectors' norms")
 
 
 @pytest.mark.parametrize("query", ["a cat", "kids building a sandcastle on a sunny beach", "ß 東京 🚀"])
 def test_text_query_vector_equals_open_clip_reference(embedder, sample_index, query):
     index = open_index(sample_index, embedder=embedder)
     got = embedder.embed_texts([query])[0]
-    np.testing.assert_allclose(got, reference_text_vector(embedder, query), atol=1e-5)
+    margins.close(got, reference_text_vector(embedder, query), 1e-5, "query vectors against open_clip's")
     # and the search scores are the cosines with exactly those vectors
     stored = stored_vectors(sample_index)
     for hit in index.search(query, k=5):
@@ -38,7 +39,7 @@ def test_embedding_texts_in_batches_matches_one_by_one(embedder):
     texts = [f"photo number {i}" for i in range(7)]
     together = embedder.embed_texts(texts, batch_size=3)
     alone = np.stack([embedder.embed_texts([t])[0] for t in texts])
-    np.testing.assert_allclose(together, alone, atol=1e-5)
+    margins.close(together, alone, 1e-5, "texts embedded in batches against one by one")
 
 
 def test_text_vectors_cut_after_end_of_text_equal_the_full_context(embedder):
