@@ -177,16 +177,17 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
     return folder
 
 
-# Under pytest-xdist (`-n 2`, with --dist loadgroup as pyproject.toml sets) each module runs whole
-# on one worker, so module fixtures (servers, browsers, indexes) are made once; the modules that
-# start a Ray runtime share a group, since two runtimes on one machine contend for its ports.
-_GROUPS = {"test_distributed": "ray", "test_benchmarks": "ray"}
+# Under pytest-xdist (-n 2, --dist loadfile) each module runs whole on one worker, in the order
+# collected: the longest start first, so that neither worker is left with them at the end.
+FIRST = ("test_benchmarks", "test_interrupt", "test_concurrency", "test_distributed")
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
+    def rank(item) -> int:
         name = item.module.__name__.rpartition(".")[2]
-        item.add_marker(pytest.mark.xdist_group(_GROUPS.get(name, name)))
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: each module stays in one piece, in its own order
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ def run(kernel: str, threads: int, tests: list[str], out: Path) -> dict:
            "MKL_NUM_THREADS": str(threads), "CLIPSEARCH_MARGINS": str(out), "HF_HUB_OFFLINE": "1"}
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
     used = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                             *tests], env=env, cwd=ROOT, capture_output=True, text=True)
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", "-m",
+                             "not slow", *tests], env=env, cwd=ROOT, capture_output=True, text=True)
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     said = tested.stdout.strip().splitlines() or [tested.stderr[-500:]]
     return {"kernel": kernel, "threads": threads, "ran_as": used.stdout.strip(), "exit": tested.returncode,
