@@ -61,11 +61,6 @@ def random_checkpoint(folder: Path, name: str, filename: str) -> Path:
     return path
 
 
-def vit_b_32_checkpoint(folder: Path) -> Path:
-    """open_clip's ViT-B-32 with random weights, saved as a .safetensors file (`--pretrained FILE`)."""
-    return random_checkpoint(folder, "ViT-B-32", "vit-b-32-random.safetensors")
-
-
 def use_tiny_model(folder: Path) -> None:
     """Make every section embed with a tiny ViT (TINY_CFG, random weights) instead of ViT-B-32."""
     import json
