@@ -177,19 +177,6 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
     return folder
 
 
-# Under pytest-xdist (-n 2, --dist loadfile) each module runs whole on one worker, in the order
-# collected: the longest start first, so that neither worker is left with them at the end.
-FIRST = ("test_benchmarks", "test_interrupt", "test_concurrency", "test_distributed")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        name = item.module.__name__.rpartition(".")[2]
-        return FIRST.index(name) if name in FIRST else len(FIRST)
-
-    items.sort(key=rank)  # stable: each module stays in one piece, in its own order
-
-
 @pytest.fixture(scope="session")
 def shapes_models(tmp_path_factory):
     """CLIP, BLIP ITM and the captioner trained on the shapes task (benchmarks.shapes): the
