@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # its path alone. Read them as common.MODEL and common.DIM, after the swap.
 MODEL = "ViT-B-32"
 DIM = 512  # the model's embedding size
+# 224 px like the real models, so that JPEG draft decoding behaves as it does for users (the
+# tests' tiny model too)
 TINY_CFG = {"embed_dim": 32,
             "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}

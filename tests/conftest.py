@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import common
+
 # The torch-free query path exports each new index's text tower to ONNX (about 2 s even for the
 # tiny model) and snapshots its rows. Tests of other things run without it, as indexes did before
 # it existed; test_fastpath.py turns it on. Subprocesses inherit the setting.
@@ -26,12 +28,7 @@ os.environ.setdefault("CLIPSEARCH_PRECISION", "fp32")
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_images"
 TINY = "clipsearch-tiny-test"
-TINY_CFG = {
-    "embed_dim": 32,
-    # 224 px like the real models, so JPEG draft decoding behaves as it does for users
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY_CFG = common.TINY_CFG  # the benchmarks' smoke-run model, the same tiny ViT
 
 
 @pytest.fixture(scope="session")

@@ -30,11 +30,6 @@ def at_least(value: float, bar: float, what: str) -> None:
     assert value >= bar, f"{what}: {value} < {bar}"
 
 
-def at_most(value: float, bar: float, what: str) -> None:
-    _record(what, value, bar, bar - value)
-    assert value <= bar, f"{what}: {value} > {bar}"
-
-
 def close(got, want, atol: float, what: str) -> None:
     """Every element of `got` within `atol` of `want`; the margin is what is left of `atol`."""
     worst = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)), initial=0.0))
