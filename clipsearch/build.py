@@ -61,18 +61,22 @@ class Builder:
     def __init__(self, store: Store, spec: ModelSpec, *, device: str = "auto", precision: str = "fp32",
                  batch_size: int = config.DEFAULT_BATCH_SIZE, workers: int | None = None,
                  progress: ProgressCallback | None = None, embedder: Embedder | None = None,
-                 commit_every: int = config.COMMIT_EVERY, fanout: Fanout | None = None) -> None:
+                 commit_every: int = config.COMMIT_EVERY, fanout: Fanout | None = None,
+                 commit_seconds: float = config.COMMIT_SECONDS) -> None:
         self.store = store
         # whether the text export is left to a job of its own (clipsearch.exportjob): what the
         # CLI's `index` does, so that it ends when the rows are searchable
         self.background_export = False
+        # whether a commit prepares the torch-free query path (export and snapshot): not for a
+        # throw-away index that no new process will search (eval's galleries)
+        self.fast_path = True
         self._images_only = False
         self._owns_embedder = False  # an embedder handed in is the caller's (a server's): kept whole
         self.spec = spec
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.workers = config.default_workers() if workers is None else workers
         self.progress = progress
-        self.commit_every = commit_every
+        self.commit_every, self.commit_seconds = commit_every, commit_seconds
         self.fanout = fanout
         self._embedder = embedder
 
@@ -250,7 +254,8 @@ class Builder:
         from clipsearch.indexer import Indexer
 
         return Indexer(self.store, self.embedder, batch_size=self.batch_size, workers=self.workers,
-                       progress=self.progress, commit_every=self.commit_every, fanout=self.fanout)
+                       progress=self.progress, commit_every=self.commit_every, fanout=self.fanout,
+                       commit_seconds=self.commit_seconds)
 
     def _commit(self, indexer: Indexer | None, summary: IndexSummary, compact: bool, changed: bool = False,
                 ) -> IndexSummary:
@@ -273,8 +278,9 @@ class Builder:
             if self.progress:
                 self.progress(Progress("prepare", 0, 1))
 
-        summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact,
-                                          open_export=False, background=self.background_export)[1]
+        if self.fast_path:
+            summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact,
+                                              open_export=False, background=self.background_export)[1]
         return summary
 
 
@@ -284,6 +290,7 @@ def open_builder(
     device: str = "auto", precision: str | None = None, batch_size: int = config.DEFAULT_BATCH_SIZE,
     workers: int | None = None, progress: ProgressCallback | None = None, embedder: Embedder | None = None,
     commit_every: int = config.COMMIT_EVERY, ray: RayOptions | None = None, fanout: Fanout | None = None,
+    commit_seconds: float = config.COMMIT_SECONDS,
 ) -> Iterator[Builder]:
     """The index at `db` (created with this model if there is none), opened for writing: the
     writer's lock is held until the block ends. Arguments as in `index_folders`."""
@@ -320,7 +327,7 @@ def open_builder(
                                        precision=precision, batch_size=batch_size)
         yield Builder(store, spec, device=device, precision=precision, batch_size=batch_size,
                       workers=workers, progress=progress, embedder=embedder, commit_every=commit_every,
-                      fanout=fanout)
+                      fanout=fanout, commit_seconds=commit_seconds)
 
 
 def index_folders(
@@ -342,6 +349,8 @@ def index_folders(
     compact: bool = False,
     prune_offline: bool = False,
     background_export: bool = False,
+    commit_seconds: float = config.COMMIT_SECONDS,
+    fast_path: bool = True,
 ) -> IndexSummary:
     """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
 
@@ -360,6 +369,10 @@ def index_folders(
     its indexed photos found: clipsearch.roots), which are otherwise kept.
     `background_export`: leave the text encoder's export for the torch-free query to a process
     of its own (clipsearch.exportjob) instead of making it before returning.
+    `commit_every`, `commit_seconds`: a run commits what it embedded after that many photos or
+    that many seconds, whichever comes first; an interrupted run loses at most that.
+    `fast_path=False`: leave out what the torch-free query reads (an index no new process will
+    search: it saves the text export's 10 s).
     """
     if not roots:
         raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
@@ -372,8 +385,8 @@ def index_folders(
         builder = held.enter_context(open_builder(
             db, model=model, pretrained=pretrained, device=device, precision=precision,
             batch_size=batch_size, workers=workers, progress=progress or None, embedder=embedder,
-            commit_every=commit_every, ray=ray, fanout=fanout))
-        builder.background_export = background_export
+            commit_every=commit_every, ray=ray, fanout=fanout, commit_seconds=commit_seconds))
+        builder.background_export, builder.fast_path = background_export, fast_path
         if background_export:
             builder.embed_images_only(owns_embedder=embedder is None)
         return builder.index(folders, exclude, compact, prune_offline)

@@ -104,16 +104,17 @@ def report(p):
 
 summary = clipsearch.index_folders(
     [sys.argv[1]], sys.argv[2], model=sys.argv[3], device="cpu", batch_size=4, workers=2,
-    commit_every=int(sys.argv[5]), progress=report, ray=RayOptions(sys.argv[6]) if sys.argv[6] else None)
+    commit_every=int(sys.argv[5]), progress=report, ray=RayOptions(sys.argv[6]) if sys.argv[6] else None,
+    commit_seconds=float(sys.argv[7]))
 print("finished", json.dumps(summary.to_dict()), flush=True)
 """
 
 
 def start_writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0,
-                 commit_every: int = 16, ray: str = "") -> subprocess.Popen:
+                 commit_every: int = 16, ray: str = "", commit_seconds: float = 10.0) -> subprocess.Popen:
     """`ray`: the address of a Ray cluster to index through."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(photos), str(db), f"local-dir:{model_dir}", str(pause),
-         str(commit_every), ray],
+         str(commit_every), ray, str(commit_seconds)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -89,6 +89,14 @@ def test_an_index_run_leaves_an_export_and_a_snapshot(fast_library):
     assert report["max_abs_difference"] <= 1e-5 and report["texts"] >= 15
 
 
+def test_an_index_no_new_process_will_search_is_made_without_it(photos, tmp_path, embedder, fast):
+    """eval's throw-away galleries: no export, no snapshot, and searched all the same."""
+    db = tmp_path / "db"
+    summary = index_folders([photos], db, embedder=embedder, fast_path=False)
+    assert summary.added == 13 and not (db / "fast").exists()
+    assert len(open_index(db, embedder=embedder).search("a horse", k=3)) == 3
+
+
 def test_the_export_matches_open_clips_encode_text(fast_library, embedder, fast):
     """Against open_clip's own encode_text on the full 77-token context, not our torch path."""
     import torch

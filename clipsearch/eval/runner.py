@@ -135,12 +135,14 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
         _link(images, links)
         indexing = {k: options[k] for k in ("model", "pretrained", "device", "precision", "batch_size",
                                             "workers", "embedder") if k in options}
-        summary = index_folders([links], path, progress=progress, **indexing)
+        # a throw-away gallery is searched here, in this process: the torch-free path's export
+        # would cost each gallery about 10 s for nothing
+        summary = index_folders([links], path, progress=progress, fast_path=db is not None, **indexing)
         index = open_index(path, **{k: options[k] for k in ("device", "precision", "rerank_model",
                                                             "rerank_precision", "embedder", "caption_model",
                                                             "caption_precision") if k in options})
         if options.get("caption_model"):  # every image captioned first (clipsearch.captions)
-            index.caption(progress=progress)
+            index.caption(progress=progress, prepare=db is not None)
         table, matrix = index.store.vectors(["id", "path"])  # one read, not a lookup per image
         mine = sorted((int(Path(path).stem), id_, row) for row, (id_, path) in enumerate(
             zip(table.column("id").to_pylist(), table.column("path").to_pylist(), strict=True))
