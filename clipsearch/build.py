@@ -117,7 +117,7 @@ class Builder:
         indexer.keep_offline = not prune_offline
         summary = indexer.run(folders, exclude)
         summary.words_filled = filled
-        self._note_roots(folders, indexer.offline)
+        self._note_roots(folders, indexer.offline, indexer.mounts)
         summary.offline = dict(indexer.offline)
         self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
         self.store.save_manifest()
@@ -185,14 +185,18 @@ class Builder:
         moved = [new + p[len(old):] for p in paths]
         same = np.array([size_and_mtime(m) == (size, mtime) for m, size, mtime in zip(
             moved, rows.column("size").to_pylist(), rows.column("mtime_ns").to_pylist(), strict=True)], bool)
-        kept = rows.filter(pa.array(same))
+        # a path already indexed under `new` (the library copied there and indexed, then moved)
+        # keeps its own row: a second one would show every such photo twice
+        present = set(store.read(["path"], under_sql([new])).column("path").to_pylist())
+        taken = np.array([m in present for m in moved], bool)
+        kept = rows.filter(pa.array(same & ~taken))
         if len(kept):
             first = store.manifest.next_id or store.highest_id() + 1
             store.manifest.next_id = first + len(kept)
             store.save_manifest()  # before the rows: an id is never handed out twice
             kept = kept.set_column(0, "id", pa.array(range(first, first + len(kept)), pa.int64()))
-            kept = kept.set_column(1, "path", pa.array([m for m, k in zip(moved, same, strict=True) if k],
-                                                       pa.string()))
+            kept = kept.set_column(1, "path", pa.array(
+                [m for m, k in zip(moved, same & ~taken, strict=True) if k], pa.string()))
             if store.has_words:  # their names and folders say the new place; the rest stays
                 from clipsearch.words import repath
 
@@ -202,7 +206,7 @@ class Builder:
                 kept = kept.set_column(kept.schema.get_field_index("words"), "words",
                                        pa.array(words, pa.list_(pa.string())))
             store.add(kept)
-        Kept(store).keep(rows.filter(pa.array(~same)).select(COLUMNS))  # found by its hash if it is there
+        Kept(store).keep(rows.filter(pa.array(~same & ~taken)).select(COLUMNS))  # found by its hash if there
         store.delete_paths(paths)
         manifest = store.manifest
         manifest.roots = sorted({new if r == old else r for r in manifest.roots} | {new})
@@ -213,11 +217,14 @@ class Builder:
         summary.moved += len({p for p, k in zip(paths, same, strict=True) if k})  # a video's frames: one
         return summary
 
-    def _note_roots(self, folders: Sequence[str], offline: dict[str, str]) -> None:
-        """Remember each root's device while it is there, and since when one is offline."""
+    def _note_roots(self, folders: Sequence[str], offline: dict[str, str], mounts: dict[str, int]) -> None:
+        """Remember each root's device while it is there, and since when one is offline; and the
+        nested mounts under the scanned `folders` (those away stay remembered)."""
         from clipsearch import roots
 
         manifest = self.store.manifest
+        manifest.mounts = {**{m: d for m, d in manifest.mounts.items()
+                              if m in offline or not any(is_under(m, f) for f in folders)}, **mounts}
         for root in folders:
             if root in offline:
                 manifest.offline.setdefault(root, roots.now_iso())

@@ -679,7 +679,7 @@ def tag_command(
     """
     from clipsearch import present
     from clipsearch.engine import open_index
-    from clipsearch.tagging import label_set
+    from clipsearch.tagging import label_set, read_labels_file
 
     with _errors():
         chosen = label_set(labels, labels_file, threshold, top)
@@ -689,7 +689,7 @@ def tag_command(
 
             summary = TagSummary.from_dict(server.run_job({
                 "kind": "tag", "labels": labels, "threshold": threshold, "top": top, "write_xmp": write_xmp,
-                "labels_file": str(labels_file.resolve()) if labels_file else None, "per_image": as_json},
+                "labels_text": read_labels_file(labels_file) if labels_file else None, "per_image": as_json},
                 lambda _p: None))
         else:
             summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp, per_image=as_json)

@@ -18,6 +18,7 @@ that it almost always shares its list (benchmarks/dupes.py measures the planted 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -332,15 +333,34 @@ def _pixels(image: ImageRecord) -> int:
     return (image.width or 0) * (image.height or 0)
 
 
+# A folder that holds copies rather than the photos a person filed, and a file named as a copy
+# (what file managers and phones call the second one): never the keeper while the filed one is there
+_COPY_FOLDER = re.compile(r"back\s*-?\s*ups?|(?:^|\W)cop(?:y|ies)(?:\W|$)|duplicate|(?:^|\W)dupes?(?:\W|$)"
+                          r"|(?:^|\W)trash(?:\W|$)|recycle", re.IGNORECASE)
+_COPY_NAME = re.compile(r"(?:^|[\s_.\-(])cop(?:y|ie)(?:[\s_\-]*\(?\d+\)?)?\)?$|\s\(\d+\)$|~\d*$",
+                        re.IGNORECASE)
+
+
+def _copy_folder(path: str) -> str | None:
+    """The folder of `path` whose name says it holds copies (backup/, Copies, Duplicates ...)."""
+    return next((f for f in os.path.dirname(path).split(os.sep) if f and _COPY_FOLDER.search(f)), None)
+
+
+def _copy_name(path: str) -> bool:
+    return bool(_COPY_NAME.search(os.path.splitext(os.path.basename(path))[0]))
+
+
 def preference(image: ImageRecord, paired: bool = False) -> tuple:
     """Sort key of the keeper rule, best first: largest resolution; then the original over a
     re-encode (a RAW + JPEG pair, `paired`, whose RAW is the camera's own; a photo that still
     has its camera's capture time, which re-encoding usually strips; then the format,
     _FORMAT_RANK, RAW first); then earliest capture time; then the larger file (re-encoding a
-    lossy file only loses); then shortest path."""
+    lossy file only loses); then the copy a person filed: not in a backup- or copy-like folder,
+    not named as a copy, with the user's keywords, the oldest file; then shortest path."""
     return (-_pixels(image), not paired, image.taken is None,
             _FORMAT_RANK.get(_format(image.path), _OTHER_FORMAT), image.taken or "", -image.bytes,
-            len(image.path), image.path)
+            _copy_folder(image.path) is not None, _copy_name(image.path), not image.keywords,
+            image.mtime_ns, len(image.path), image.path)
 
 
 def _format_name(path: str) -> str:
@@ -367,6 +387,16 @@ def reason(keeper: ImageRecord, runner_up: ImageRecord, originals: dict[str, str
     if keeper.bytes != runner_up.bytes:
         return (f"same size, format and capture time; largest file, the least compressed "
                 f"({keeper.bytes:,} bytes, next {runner_up.bytes:,})")
+    if (folder := _copy_folder(runner_up.path)) and not _copy_folder(keeper.path):
+        return (f"identical but for the path; the one you filed: the other is in {folder}/, "
+                "a folder of copies")
+    if _copy_name(runner_up.path) and not _copy_name(keeper.path):
+        return ("identical but for the path; the other is named as a copy "
+                f"({os.path.basename(runner_up.path)})")
+    if keeper.keywords and not runner_up.keywords:
+        return "identical but for the path; the one with your keywords"
+    if keeper.mtime_ns != runner_up.mtime_ns:
+        return "identical but for the path; the oldest file, the others copies of it"
     if len(keeper.path) != len(runner_up.path):
         return "identical but for the path; shortest path"
     return "identical but for the path; first path in order"
@@ -403,6 +433,28 @@ def collapse(source: RowSource, ann: AnnIndex, hits: Sequence[Hit], vector: np.n
 
 def paths(groups: Iterable[Group], extras: bool = False) -> list[str]:
     """Every member's path (with `extras`, all but each group's keeper): what `dupes --paths`
-    prints. A RAW + JPEG pair's RAW follows its JPEG: a pair is removed whole or not at all."""
-    members = (m for g in groups for m in (g.extras if extras else g.members))
-    return [p for m in members for p in (m.image.path, m.original) if p]
+    prints. A RAW + JPEG pair's RAW follows its JPEG, unless a kept member uses it too.
+
+    With `extras` nothing is listed that a keeper needs: neither a keeper's own file nor its RAW
+    (two renditions of one shot share it), by path or as the same file reached another way (a
+    symlinked or bind-mounted alias of a root: same device and inode)."""
+    groups = list(groups)
+    members = [m for g in groups for m in (g.extras if extras else g.members)]
+    listed = [p for m in members for p in (m.image.path, m.original) if p]
+    if not extras:
+        return listed
+    needed = {p for g in groups for p in (g.keeper.image.path, g.keeper.original) if p}
+    needed_files = {f for p in needed if (f := _file_of(p)) is not None}
+    out: dict[str, None] = {}
+    for path in listed:
+        if path not in needed and (_file_of(path) or (-1, -1)) not in needed_files:
+            out.setdefault(path)
+    return list(out)
+
+
+def _file_of(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

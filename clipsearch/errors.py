@@ -71,6 +71,11 @@ class IndexBusyError(ClipsearchError):
     """Another process is writing to the same index."""
 
 
+class NotAllowedError(ClipsearchError):
+    """A request the server answers only with a stronger credential: a job (a write) needs the
+    local secret the CLI reads, not the gallery's token."""
+
+
 class ServeError(ClipsearchError):
     """The server cannot start (its port is taken, its address is not this machine's ...)."""
 

@@ -7,11 +7,13 @@ import hashlib
 import io
 import os
 import re
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -76,7 +78,7 @@ def hash_file(path: str) -> str:
     """content_hash of the file at `path`, read a MiB at a time: a 4 GB video never sits in memory."""
     with _reading(path):
         digest = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             while chunk := f.read(_HASH_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
@@ -112,7 +114,7 @@ def raw_identity(size: int, read_at: Callable[[int, int], bytes]) -> str:
 def raw_file_identity(path: str) -> tuple[str, bytes]:
     """raw_identity of the RAW file at `path`, read from the file (2 MiB of it), and its first
     RAW_HEAD bytes (its metadata)."""
-    with _reading(path), open(path, "rb") as f:
+    with _reading(path), open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(RAW_HEAD)
 
@@ -134,8 +136,30 @@ def identity(path: str, data: bytes) -> str:
 
 
 def read_file(path: str) -> bytes:
-    with _reading(path), open(path, "rb") as f:
-        return f.read()
+    """The bytes of the regular file at `path` (as long as it was when opened: one still being
+    written is read again by the next run, which sees its new size)."""
+    with _reading(path), open_regular(path) as f:
+        return f.read(os.fstat(f.fileno()).st_size)
+
+
+class NotRegularFileError(OSError):
+    pass
+
+
+def open_regular(path: str) -> BinaryIO:
+    """`path` opened for reading when it is a regular file. Opened without blocking first: a FIFO
+    would hang the open itself (a watcher with it), and a device such as /dev/zero never ends."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextlib.contextmanager
@@ -148,6 +172,8 @@ def _reading(path: str) -> Iterator[None]:
         raise UnreadableImageError(path, "permission denied; make the file readable") from None
     except IsADirectoryError:
         raise UnreadableImageError(path, "is a folder, not an image file") from None
+    except NotRegularFileError:
+        raise UnreadableImageError(path, "not a regular file (device, pipe or socket)") from None
     except OSError as exc:
         raise UnreadableImageError(path, f"cannot read file ({exc.strerror or exc})") from None
 

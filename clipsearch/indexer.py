@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -194,7 +195,8 @@ class Indexer:
         # roots that look unplugged rather than emptied (clipsearch.roots): their rows are kept,
         # unless the run was asked to prune them
         self.keep_offline = True
-        self.offline: dict[str, str] = {}  # root -> why it counts as offline
+        self.offline: dict[str, str] = {}  # root (or folder below one) -> why it counts as offline
+        self.mounts: dict[str, int] = {}  # the nested mounts a scan found (clipsearch.scan)
         self.roots: list[str] = list(store.manifest.roots)  # where folder words start
         self._sidecars: dict[str, int] = {}  # path -> its sidecars' mtime, for the files read
 
@@ -204,6 +206,7 @@ class Indexer:
         started = time.monotonic()
         self.roots = list(dict.fromkeys([*roots, *self.roots]))
         found = scan(roots, exclude)
+        self.mounts = found.mounts
         self.progress(Progress("scan", len(found), len(found)))
         return self._apply(found, list(roots), started, list(roots))
 
@@ -223,9 +226,14 @@ class Indexer:
                 files += found.files
                 skipped += found.skipped
             elif is_photo_name(path) and not is_companion(path, stills(os.path.dirname(path))):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     st = os.stat(path)
+                except OSError:
+                    continue  # gone again (its row, if it has one, goes) or unreadable
+                if stat.S_ISREG(st.st_mode):
                     files.append(FileEntry(path, st.st_size, st.st_mtime_ns))
+                else:  # `x.jpg -> /dev/zero` or a FIFO: never read, and the watcher goes on
+                    skipped.append(Skipped(path, "not a regular file (device, pipe or socket)"))
         files = list({f.path: f for f in files}.values())  # a folder and a photo in it: one row
         touched = [r for r in roots if any(is_under(p, r) or is_under(r, p) for p in paths)]
         self.roots = list(dict.fromkeys([*roots, *self.roots]))
@@ -290,10 +298,16 @@ class Indexer:
             self.offline = {r: why for r in scanned_roots
                             if (why := root_state.lost(r, paths, present, devices.get(r))) is not None}
             protected = protected + list(self.offline)
+        mounts, asked = self.store.manifest.mounts, {}
         for row in np.flatnonzero(~present):
             path = paths[int(row)].as_py()
-            if not any(is_under(path, p) for p in protected):
-                self._gone.add(path)
+            if any(is_under(path, p) for p in protected):
+                continue
+            # under a folder link or a nested mount whose drive is away: offline, as a root is
+            if self.keep_offline and (away := root_state.away(path, self.roots, mounts, asked)):
+                self.offline.setdefault(*away)
+                continue
+            self._gone.add(path)
         changed = np.flatnonzero(~same)
         candidates = [found.entry(int(i)) for i in changed]
         stored_paths = [e.path for e, i in zip(candidates, changed, strict=True) if known[i]]

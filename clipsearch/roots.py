@@ -7,6 +7,7 @@ them). Nothing under an offline root is removed; `--prune-offline` removes on pu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import numpy as np
@@ -53,6 +54,30 @@ def lost(root: str, stored: pa.Array, found: np.ndarray, recorded_device: int | 
     if recorded_device is not None and now is not None and now != recorded_device \
             and seen < FEW_FOUND_ON_NEW_DEVICE * rows:
         return f"it is on another device now and holds only {seen} of its {rows} indexed photos"
+    return None
+
+
+def away(path: str, roots: Sequence[str], mounts: dict[str, int],
+         asked: dict[str, str | None] | None = None) -> tuple[str, str] | None:
+    """The folder between `path` and its root that is not there the way a root can be offline,
+    and why: a symlinked folder or a nested mount (`mounts`, as recorded while it was mounted)
+    that is missing or empty. Rows under it are kept, as under an offline root. `asked` keeps
+    each folder's answer for one run. None when there is no such folder."""
+    asked = {} if asked is None else asked
+    root = max((r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)), key=len, default=None)
+    if root is None:
+        return None
+    folder = os.path.dirname(path)
+    while len(folder) > len(root):
+        if folder not in asked:
+            link = os.path.islink(folder)
+            why = absent(folder) if link or folder in mounts else None
+            asked[folder] = None if why is None else (
+                f"it links to a folder that {why.removeprefix('it ')}" if link
+                else f"it was a drive of its own when indexed, and {why}")
+        if asked[folder] is not None:
+            return folder, asked[folder]
+        folder = os.path.dirname(folder)
     return None
 
 

@@ -38,6 +38,9 @@ class ScanResult:
         self.paths, self.sizes, self.mtimes, self.skipped = paths, sizes, mtimes, skipped
         # photo path -> the newest mtime of its XMP sidecars, for the photos that have one
         self.sidecars = sidecars or {}
+        # folders below a root on a device of their own (a nested mount) -> that device: once
+        # unmounted, such a folder is an empty one on its parent's (clipsearch.roots.away)
+        self.mounts: dict[str, int] = {}
 
     @classmethod
     def of(cls, files: Sequence[FileEntry], skipped: list[Skipped],
@@ -128,13 +131,17 @@ MOTION_EXTENSIONS = frozenset({".mov", ".mp4"})
 
 
 def motion_of(photo: str) -> str | None:
-    """The Live Photo video beside the still at `photo`, if there is one."""
+    """The Live Photo video beside the still at `photo`, if there is one: a regular file, never a
+    link (one planted beside a photo would hand out whatever it points to)."""
     stem, ext = os.path.splitext(photo)
     if ext.lower() not in IMAGE_EXTENSIONS:
         return None
     for suffix in (".MOV", ".mov", ".MP4", ".mp4"):
-        if os.path.isfile(stem + suffix):
-            return stem + suffix
+        try:
+            if stat.S_ISREG(os.lstat(stem + suffix).st_mode):
+                return stem + suffix
+        except OSError:
+            continue
     return None
 
 
@@ -261,6 +268,7 @@ def scan(
     # symlink) is found once the walk is done, not through a set of tuples (150 bytes a file)
     devices, inodes = array.array("Q"), array.array("Q")
     sidecars: dict[str, int] = {}
+    mounts: dict[str, int] = {}
     for root in roots:
         stack = [root]
         while stack:
@@ -273,6 +281,7 @@ def scan(
             if (st.st_dev, st.st_ino) in seen_dirs:
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
+            folder_device = st.st_dev
             try:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
@@ -300,6 +309,8 @@ def scan(
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append(entry.path)
+                    if st.st_dev != folder_device:
+                        mounts[entry.path] = st.st_dev
                     continue
                 if os.path.splitext(name)[1].lower() not in extensions:
                     if name.endswith(SIDECAR_EXTENSIONS) and stat.S_ISREG(st.st_mode):
@@ -331,6 +342,7 @@ def scan(
     chunks.append(pa.array(names, pa.string()))
     found = ScanResult(pa.chunked_array(chunks, pa.string()), np.frombuffer(sizes, np.int64),
                        np.frombuffer(mtimes, np.int64), skipped, sidecars)
+    found.mounts = mounts
     return _first_of_each(found, np.frombuffer(devices, np.uint64), np.frombuffer(inodes, np.uint64))
 
 
@@ -347,8 +359,10 @@ def _first_of_each(found: ScanResult, dev: np.ndarray, ino: np.ndarray) -> ScanR
     if not repeat.any():
         return found
     keep = ~repeat
-    return ScanResult(found.paths.filter(pa.array(keep)), found.sizes[keep], found.mtimes[keep],
-                      found.skipped, found.sidecars)
+    out = ScanResult(found.paths.filter(pa.array(keep)), found.sizes[keep], found.mtimes[keep],
+                     found.skipped, found.sidecars)
+    out.mounts = found.mounts
+    return out
 
 
 def _match_sidecars(folder: str, photos: list[str], xmps: list[tuple[str, int]],

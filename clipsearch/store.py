@@ -124,6 +124,9 @@ class Manifest:
     # each root's device when last seen, and since when a root counts as offline (clipsearch.roots)
     root_devices: dict[str, int] = field(default_factory=dict)
     offline: dict[str, str] = field(default_factory=dict)
+    # folders below a root on a drive of their own when last scanned -> its device: unmounted,
+    # one is an empty folder, and its rows are kept as an offline root's (clipsearch.roots.away)
+    mounts: dict[str, int] = field(default_factory=dict)
     # the table version the stored tags are in step with, when a commit amended them (a `tag`
     # run records its own in the label set)
     tags_version: int = -1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,20 +64,25 @@ class LabelSet:
 
 
 def label_set(labels: str | Sequence[str] | None = None, labels_file: str | os.PathLike[str] | None = None,
-              threshold: float = DEFAULT_THRESHOLD, top: int | None = None) -> LabelSet:
+              threshold: float = DEFAULT_THRESHOLD, top: int | None = None, *,
+              labels_text: str | None = None) -> LabelSet:
     """Build a label set from a comma list, a file (one `label` or `label: prompt; prompt` per
-    line, '#' comments; `{}` in a prompt stands for the label), or the built-in photo subjects
-    when neither is given."""
+    line, '#' comments; `{}` in a prompt stands for the label) or such a file's text (what the
+    CLI hands a server: it never opens a path a request names), or the built-in photo subjects
+    when none is given."""
     check_threshold(threshold)
     if top is not None and top < 1:
         raise BadInputError(f"--top must be at least 1, not {top}")
     entries: list[tuple[str, list[str]]] = []
     if labels_file is not None:
-        entries += _read_labels_file(os.fspath(labels_file))
+        labels_text = read_labels_file(os.fspath(labels_file))
+        entries += _parse_labels(labels_text, f"--labels-file {os.fspath(labels_file)}")
+    elif labels_text is not None:
+        entries += _parse_labels(labels_text, "the labels file")
     if labels:
         items = labels.split(",") if isinstance(labels, str) else list(labels)
         entries += [(item.strip(), []) for item in items if item.strip()]
-    if labels_file is None and not labels:
+    if labels_text is None and not labels:
         entries = [(label, []) for label in BUILTIN_LABELS]
     if not entries:
         raise BadInputError("no labels given; pass --labels 'cat,dog,beach' or a --labels-file")
@@ -93,14 +99,29 @@ def check_threshold(threshold: float) -> None:
         raise BadInputError(f"--threshold {threshold} is not between 0 and 1")
 
 
-def _read_labels_file(path: str) -> list[tuple[str, list[str]]]:
+MAX_LABELS_FILE = 1 << 20  # a million characters: far more labels than anyone tags with
+
+
+def read_labels_file(path: str | os.PathLike[str]) -> str:
+    """A labels file's text (a regular file of UTF-8, at most MAX_LABELS_FILE characters)."""
+    path = os.fspath(path)
     try:
         with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise BadInputError(f"--labels-file {path} is not a regular file; give a text file of labels")
+            text = f.read(MAX_LABELS_FILE + 1)
     except OSError as exc:
         raise BadInputError(f"--labels-file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise BadInputError(f"--labels-file {path} is not UTF-8 text; save it as UTF-8") from None
+    if len(text) > MAX_LABELS_FILE:
+        raise BadInputError(f"--labels-file {path} is over {MAX_LABELS_FILE:,} characters; "
+                            "give one label a line")
+    return text
+
+
+def _parse_labels(text: str, source: str) -> list[tuple[str, list[str]]]:
+    lines = text.splitlines()
     entries = []
     for number, line in enumerate(lines, start=1):
         line = line.split("#", 1)[0].strip()
@@ -110,7 +131,7 @@ def _read_labels_file(path: str) -> list[tuple[str, list[str]]]:
         label = label.strip()
         prompts = [p.strip() for p in rest.split(";") if p.strip()]
         if not label or (rest.strip() and not prompts):
-            raise BadInputError(f"--labels-file {path}, line {number}: write 'label' or "
+            raise BadInputError(f"{source}, line {number}: write 'label' or "
                                 f"'label: prompt; prompt', not {line!r}")
         entries.append((label, prompts))
     return entries

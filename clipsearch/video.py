@@ -11,6 +11,7 @@ path, size, hash and creation time, and the frame's time `t`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -167,13 +168,15 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
         duration = found.duration or 0.0
         gap = max(MAX_GAP, min(duration, 86_400.0) / MAX_FRAMES)
         kept: list[float] = []
-        last_t, last_sig, rotation = -math.inf, None, 0
+        last_t, last_sig, rotation, last_seen = -math.inf, None, 0, 0.0
         try:
             stream.codec_context.skip_frame = "NONKEY"
             for frame in container.decode(stream):
                 t = float(frame.time if frame.time is not None else 0.0)
                 rotation = frame.rotation or 0
-                if t - last_t < MIN_GAP:
+                last_seen = max(last_seen, t)
+                # a header with no length (or a wrong one) set too small a gap: the rows stay bounded
+                if t - last_t < MIN_GAP or len(kept) >= MAX_FRAMES:
                     continue
                 sig = _signature(frame)
                 # past MAX_FRAMES only the gap keeps frames: a video's rows stay bounded
@@ -195,8 +198,10 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
                                              "the file truncated")
         if rotation and round(rotation / 90) % 2 and info is not None:
             info.width, info.height = found.height, found.width
-        end = duration if duration else kept[-1]
-        yield from _fill(container, stream, kept, end, gap, min_side)
+        # filled up to the frames that decoded, not to what a header claims (4e9 s would be
+        # millions of seeks): at most a gap past the last key frame, the tail of its group
+        end = min(duration, last_seen + max(gap, MIN_GAP)) if duration else last_seen
+        yield from _fill(container, stream, kept, end, gap, min_side, MAX_FRAMES - len(kept))
         if duration and kept[-1] < duration - 2 * gap - 1:
             note = (f"the video ends at {clock(kept[-1])} of the {clock(duration)} its header says "
                     "(truncated?); indexed what decoded")
@@ -206,12 +211,13 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
 
 
 def _fill(container, stream, kept: list[float], end: float, gap: float, min_side: int | None,
-          ) -> Iterator[tuple[float, Image.Image]]:
-    """Frames between key frames that are more than `gap` apart, found by seeking."""
+          most: int = MAX_FRAMES) -> Iterator[tuple[float, Image.Image]]:
+    """Frames between key frames that are more than `gap` apart, found by seeking: at most `most`."""
     av = _av()
     bounds = [*kept, end]
-    targets = [a + gap * i for a, b in zip(bounds, bounds[1:], strict=False) if b - a > 1.5 * gap
-               for i in range(1, math.ceil((b - a) / gap)) if a + gap * i < b - MIN_GAP]
+    targets = list(itertools.islice(
+        (a + gap * i for a, b in zip(bounds, bounds[1:], strict=False) if b - a > 1.5 * gap
+         for i in range(1, math.ceil((b - a) / gap)) if a + gap * i < b - MIN_GAP), max(most, 0)))
     if not targets:
         return
     stream.codec_context.skip_frame = "NONREF"  # the pictures nothing else refers to are skipped

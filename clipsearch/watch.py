@@ -336,6 +336,11 @@ class Watcher:
                 job.state, job.error = "failed", str(exc)
             except Exception as exc:  # a job's bug must not end the watching
                 job.state, job.error = "failed", f"internal error ({type(exc).__name__}: {exc})"
+            finally:
+                # `tag` and `caption` write through the served index's own handle: the builder
+                # reads back what they wrote (the manifest's sidecar choice too) before its next
+                # batch, or it would go on with, and later save, the choice the user just changed
+                self.builder.store.refresh()
 
     # -- roots ---------------------------------------------------------------------------------
     def _check_roots(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -97,7 +98,15 @@ def _open(image: str) -> tuple[str, bytes, ET.Element, ET.Element]:
     there is no sidecar yet."""
     path = sidecar_path(image)
     data = b""
-    if os.path.exists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        # a link (to a sidecar another tool shares) or a device: writing would replace the link
+        # with a file of its own, or read forever
+        raise SidecarError(path, "not a regular file (a link, a device or a pipe); left untouched")
+    if mode is not None:
         try:
             with open(path, "rb") as f:
                 data = f.read()

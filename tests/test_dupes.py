@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from clipsearch.cli import app
 
 runner = CliRunner()
+FILED = "identical but for the path; the one you filed: the other is in copies/, a folder of copies"
 
 
 def cli(*args):
@@ -70,9 +71,9 @@ def test_json_fields_keeper_first_and_similarities(planted):
     # the byte copy is the same content: the same vector
     assert by_name["rocket_copy.jpg"]["similarity"] == by_name["rocket.jpg"]["similarity"]
     # at full size, the original (with its capture time) is kept over its re-encodes, and over
-    # its byte copy, whose path is longer
+    # its byte copy, in a folder of copies
     assert rocket["keeper"]["path"].endswith("space/rocket.jpg")
-    assert rocket["reason"] == "identical but for the path; shortest path"
+    assert rocket["reason"] == FILED
     # without capture times, a lossless file is kept over lossy ones of the same size
     coffee = next(g for g in groups if any(m["path"].endswith("food/coffee.webp") for m in g["members"]))
     assert Path(coffee["keeper"]["path"]).name == "coffee_png.png"
@@ -96,8 +97,8 @@ def test_exact_finds_identical_content_only(planted):
         assert [m["path"] for m in g["members"]] == [
             str(keeper), str(planted.photos / "copies" / keeper.stem / f"{keeper.stem}_copy{keeper.suffix}")]
         assert len({Path(m["path"]).read_bytes() for m in g["members"]}) == 1
-        # same bytes, same everything: the shorter path is kept
-        assert g["reason"] == "identical but for the path; shortest path"
+        # same bytes, same everything: the photo a person filed is kept, not the one in copies/
+        assert g["reason"] == FILED
         assert "/copies/" not in g["keeper"]["path"]
 
 
@@ -232,6 +233,22 @@ def keeper_cases(tiny_checkpoint, tmp_path_factory):
     copies.mkdir()
     base.save(copies / "photo-copy.jpg", quality=90)
     shutil.copy(copies / "photo-copy.jpg", copies / "p.jpg")
+    filed = cases / "filed" / "Lisbon 2019"  # the backup's path is the shorter one
+    filed.mkdir(parents=True)
+    base.save(filed / "IMG_2041.jpg", quality=90)
+    (cases / "filed" / "backup").mkdir()
+    shutil.copy(filed / "IMG_2041.jpg", cases / "filed" / "backup" / "IMG_2041.jpg")
+    oldest = cases / "oldest"
+    oldest.mkdir()
+    base.save(oldest / "the-first-one.jpg", quality=90)
+    shutil.copy(oldest / "the-first-one.jpg", oldest / "later.jpg")
+    os.utime(oldest / "the-first-one.jpg", (1_600_000_000, 1_600_000_000))
+    same = cases / "same"
+    same.mkdir()
+    base.save(same / "photo.jpg", quality=90)
+    shutil.copy(same / "photo.jpg", same / "p.jpg")
+    for name in ("photo.jpg", "p.jpg"):  # copied with their times (cp -p): nothing tells them apart
+        os.utime(same / name, (1_600_000_000, 1_600_000_000))
     db = root / "db"
     index_folders([cases], db, model=TINY, pretrained=str(tiny_checkpoint), device="cpu", workers=2)
     return cases, db
@@ -243,7 +260,10 @@ def keeper_cases(tiny_checkpoint, tmp_path_factory):
     ("format", "photo-exported-version.png", "same size; original format: PNG over JPEG"),
     ("burst", "a-much-longer-name.jpg", "same size and format; taken first: 2020-05-01T10:00:01"),
     ("quality", "large-file-with-a-long-name.jpg", "same size, format and capture time; largest file"),
-    ("copies", "p.jpg", "identical but for the path; shortest path"),
+    ("copies", "p.jpg", "identical but for the path; the other is named as a copy (photo-copy.jpg)"),
+    ("filed", "IMG_2041.jpg", "identical but for the path; the one you filed: the other is in backup/"),
+    ("oldest", "the-first-one.jpg", "identical but for the path; the oldest file"),
+    ("same", "p.jpg", "identical but for the path; shortest path"),
 ])
 def test_the_keeper_rule(keeper_cases, case, keeper, reason):
     cases, db = keeper_cases
@@ -251,6 +271,7 @@ def test_the_keeper_rule(keeper_cases, case, keeper, reason):
     assert len(groups) == 1
     group = groups[0]
     assert Path(group["keeper"]["path"]).name == keeper
+    assert case != "filed" or Path(group["keeper"]["path"]).parent.name == "Lisbon 2019"
     assert group["reason"].startswith(reason), group["reason"]
 
 
@@ -285,6 +306,28 @@ def test_an_index_of_one_image_and_an_empty_index(tmp_path, tiny_checkpoint):
         assert cli("dupes", "--db", db, "--paths", "--extras").stdout == ""
     missing = cli("dupes", "--db", tmp_path / "nothing-here")
     assert missing.exit_code != 0 and "no index at" in missing.stderr
+
+
+def test_a_file_indexed_twice_through_an_alias_is_never_an_extra(tmp_path, tiny_checkpoint):
+    """A root indexed again through a symlinked alias: two rows name one file, and whichever is
+    kept, the other is that same file, so --extras lists nothing; a real copy is still listed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(photos / "red.png")
+    alias = tmp_path / "alias"
+    alias.symlink_to(photos, target_is_directory=True)
+    db = tmp_path / "db"
+    for root in (photos, alias):
+        r = cli("index", root, "--db", db, "--model", TINY, "--pretrained", tiny_checkpoint, "-q")
+        assert r.exit_code == 0, r.output
+    (group,) = dupes_json(db, "--exact")
+    assert {m["path"] for m in group["members"]} == {str(photos / "red.png"), str(alias / "red.png")}
+    assert cli("dupes", "--db", db, "--paths", "--extras").stdout == ""
+    shutil.copy(photos / "red.png", photos / "red copy.png")
+    r = cli("index", photos, "--db", db, "--model", TINY, "--pretrained", tiny_checkpoint, "-q")
+    assert r.exit_code == 0, r.output
+    listed = cli("dupes", "--db", db, "--paths", "--extras").stdout.splitlines()
+    assert listed == [str(photos / "red copy.png")]
 
 
 def _store_with(folder: Path, vectors: np.ndarray):

@@ -3,9 +3,11 @@ comes back without embedding anything, and --prune-offline removes on purpose.""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from helpers import row_paths
+from test_derived import _on_small_volume, needs_root
 from typer.testing import CliRunner
 
 from clipsearch import index_folders, open_index
@@ -111,6 +113,72 @@ def test_a_library_moved_to_a_new_disk_is_re_pointed_without_embedding(embedder,
     assert open_index(db).search(photos.name, k=1)[0].words is None
     r = CliRunner().invoke(app, ["roots", "move", str(photos), str(moved), "--db", str(db)])
     assert r.exit_code == 2 and "holds nothing under" in r.output
+
+
+def test_moving_a_root_onto_one_already_indexed_leaves_one_row_a_path(embedder, photos, tmp_path):
+    """`rsync -a` the library to its new place, index that, then say it moved: each photo is still
+    one row, and the next run finds every one unchanged."""
+    db, copy = tmp_path / "db", tmp_path / "nas" / "Library"
+    _index(embedder, [photos], db)
+    shutil.copytree(photos, copy)  # copy2: sizes and times as the originals', as rsync -a keeps them
+    _index(embedder, [photos, copy], db)
+    r = CliRunner().invoke(app, ["roots", "move", str(photos), str(copy), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    paths = row_paths(db)
+    assert len(paths) == len(set(paths)) == 13 and all(p.startswith(str(copy)) for p in paths), paths
+    again = _index(embedder, [copy], db)
+    assert (again.added, again.removed, again.unchanged) == (0, 0, 13)
+    hits = [h.path for h in open_index(db).search("food", k=30)]
+    assert len(hits) == len(set(hits)) == 13  # no photo shows twice
+
+
+def test_a_folder_link_whose_drive_is_away_keeps_its_rows(embedder, photos, tmp_path):
+    """`~/Photos/NAS -> /mnt/nas` with the share not there: the link's rows stay, the run says
+    why, and they come back without embedding; with --prune-offline they go on purpose."""
+    db, nas = tmp_path / "db", tmp_path / "mnt" / "nas"
+    nas.mkdir(parents=True)
+    for name in ("astronaut.jpg", "rocket.jpg"):
+        (photos / "space" / name).rename(nas / name)
+    (photos / "NAS").symlink_to(nas, target_is_directory=True)
+    first = _index(embedder, [photos], db)
+    assert first.added == 13
+    away = tmp_path / "elsewhere"
+    nas.rename(away)  # unmounted: the link points nowhere
+    run = _index(embedder, [photos], db)
+    assert (run.removed, run.offline) == (0, {str(photos / "NAS"): run.offline[str(photos / "NAS")]})
+    assert run.offline[str(photos / "NAS")].startswith("it links to a folder that is missing")
+    assert len(row_paths(db)) == 13
+    nas.mkdir()  # mounted again, empty: still away
+    assert _index(embedder, [photos], db).removed == 0
+    nas.rmdir()
+    away.rename(nas)
+    back = _index(embedder, [photos], db)
+    assert (back.added, back.removed, back.embedded, back.offline) == (0, 0, 0, {})
+    nas.rename(away)
+    assert _index(embedder, [photos], db, prune_offline=True).removed == 2
+
+
+@needs_root
+def test_a_nested_mount_whose_drive_is_away_keeps_its_rows(photos, tmp_path, tiny_local_dir):
+    """A drive mounted inside the library (not a link): unmounted, it is an empty folder on the
+    library's own disk, which the index remembers was a drive of its own."""
+    nas = photos / "nas"
+    steps = _on_small_volume(tmp_path, "8m", f"""
+        mkdir -p {nas} && mount -t tmpfs -o size=8m tmpfs {nas} && cp -p {photos}/space/* {nas}/ || exit 98
+        step index cs index {photos} --db {tmp_path}/db --model local-dir:{tiny_local_dir} --json -q
+        umount {nas}
+        step again cs index {photos} --db {tmp_path}/db --json
+        """)
+    code, out, err = steps["index"]
+    assert code == 0, err
+    assert json.loads(out)["added"] == 13 + 3
+    code, out, err = steps["again"]
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["removed"] == 0 and list(again["offline"]) == [str(nas)], again
+    assert "it was a drive of its own when indexed, and it is empty" in again["offline"][str(nas)]
+    assert f"note: {nas} looks offline" in err
+    assert len(row_paths(tmp_path / "db")) == 16
 
 
 def _rows(db):

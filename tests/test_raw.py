@@ -199,6 +199,31 @@ def test_dupes_keeps_a_pair_whole(library, tmp_path):
     assert str(photos / "card" / "IMG_0002.DNG") not in extras
 
 
+def test_dupes_never_lists_the_raw_a_kept_rendition_uses(library, tmp_path):
+    """Two renditions of one shot beside its RAW (`IMG_0002.JPG` and a byte-identical
+    `IMG_0002.jpg`): both pair with `IMG_0002.DNG`; the extra rendition is listed, the RAW the
+    keeper uses is not."""
+    photos, db, _summary = library
+    copy_db = tmp_path / "db"
+    shutil.copytree(db, copy_db)
+    second = photos / "card" / "IMG_0002.jpg"
+    shutil.copy(photos / "card" / "IMG_0002.JPG", second)
+    try:
+        assert runner.invoke(app, ["index", str(photos), "--db", str(copy_db)]).exit_code == 0
+        result = runner.invoke(app, ["dupes", "--db", str(copy_db), "--exact", "--json"])
+        extras = runner.invoke(app, ["dupes", "--db", str(copy_db), "--exact", "--paths", "--extras"])
+    finally:
+        second.unlink()
+    group = next(g for g in json.loads(result.stdout) if any(Path(m["path"]).stem == "IMG_0002"
+                                                            for m in g["members"]))
+    assert {m.get("original") for m in group["members"]} == {str(photos / "card" / "IMG_0002.DNG")}
+    assert extras.exit_code == 0, extras.output
+    listed = extras.stdout.splitlines()
+    extra = next(m["path"] for m in group["members"][1:])
+    assert extra in listed and group["keeper"]["path"] not in listed
+    assert str(photos / "card" / "IMG_0002.DNG") not in listed
+
+
 def test_a_jpeg_that_comes_or_goes_changes_what_its_raw_is(library, tmp_path):
     from clipsearch.build import open_builder
     from clipsearch.engine import open_index
@@ -245,3 +270,14 @@ def test_the_server_shows_a_raw_and_hands_out_its_original(library):
         kept = client.get(f"/api/images/{pair['id']}/original")
         assert shown.body == (photos / "card" / "IMG_0002.JPG").read_bytes()
         assert kept.body == (photos / "card" / "IMG_0002.DNG").read_bytes()
+        # a link in the RAW's place (a synced folder, an unpacked archive) is not handed out
+        raw_file, secret = photos / "card" / "IMG_0002.DNG", photos.parent / "secret.key"
+        secret.write_text("not for the gallery")
+        raw_file.rename(photos.parent / "IMG_0002.DNG.away")
+        raw_file.symlink_to(secret)
+        try:
+            refused = client.get(f"/api/images/{pair['id']}/original")
+        finally:
+            raw_file.unlink()
+            (photos.parent / "IMG_0002.DNG.away").rename(raw_file)
+        assert refused.status == 404 and "is not a regular file" in refused.json()["error"]

@@ -117,6 +117,49 @@ def test_bad_videos_are_reported_and_the_rest_indexed(library):
     assert summary["added"] == 7 and summary["frames"] >= 6 + 3, summary  # the Live Photo's video is no item
 
 
+class _Counting:
+    """A container whose seeks are counted (and stopped past `most`): the rest is the real one's."""
+
+    def __init__(self, container, most: int) -> None:
+        self._container, self.seeks, self.most = container, 0, most
+
+    def seek(self, *args, **kwargs):
+        self.seeks += 1
+        if self.seeks > self.most:
+            raise AssertionError(f"more than {self.most} seeks")
+        return self._container.seek(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+
+@pytest.mark.parametrize("claimed", [1e6, None])
+def test_a_header_that_lies_about_the_length_costs_no_more(tmp_path, monkeypatch, claimed):
+    """A 20 s video whose header claims a million seconds is filled up to its last frame, not to
+    the claim; with no length at all, it still keeps at most MAX_FRAMES moments (a key frame a
+    second, one kept every 4 s: 5 moments, over the 3 allowed here)."""
+    import contextlib
+    import dataclasses
+
+    from clipsearch import video
+
+    path = make_video(str(tmp_path / "v.mp4"), [(picture(PLANTED, 1), 20.0)], keyint=15)
+    probed, opened, counted = video.probe, video._open, []
+    monkeypatch.setattr(video, "probe", lambda c, p: dataclasses.replace(probed(c, p), duration=claimed))
+    monkeypatch.setattr(video, "MAX_FRAMES", 3)
+
+    @contextlib.contextmanager
+    def counting(p):
+        with opened(p) as container:
+            counted.append(_Counting(container, most=20))
+            yield counted[-1]
+
+    monkeypatch.setattr(video, "_open", counting)
+    got = [t for t, _ in video.frames(path)]
+    assert len(got) <= 3 and max(got) <= 20.0, got
+    assert counted[0].seeks <= 3
+
+
 def test_a_portrait_phone_video_is_upright_and_dated(library):
     photos, db, _summary = library
     index = open_index(db)
@@ -200,6 +243,19 @@ def test_the_server_seeks_in_a_video_and_shows_its_moments(library, served):
     plain = next(h for h in hits if h["kind"] == "photo" and not h["motion"])
     none = client.get(f"/api/images/{plain['id']}/motion")
     assert none.status == 404 and "no Live Photo video" in none.json()["error"]
+    # a link planted beside a photo, named as its video, is not its video
+    secret = photos.parent / "secret.txt"
+    secret.write_text("not for the gallery")
+    planted = Path(plain["path"]).with_suffix(".MOV")
+    planted.symlink_to(secret)
+    try:
+        refused = client.get(f"/api/images/{plain['id']}/motion")
+        again = next(h for h in client.get("/api/search", {"q": "IMG_0001", "k": "20"}).json()["hits"]
+                     if h["id"] == plain["id"])
+    finally:
+        planted.unlink()
+    assert refused.status == 404 and b"not for the gallery" not in refused.body
+    assert again["motion"] is False
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ against the exact rows (path, content hash) it must leave."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -15,6 +16,7 @@ import serving
 from PIL import Image
 from typer.testing import CliRunner
 
+from clipsearch import client
 from clipsearch.cli import app
 from clipsearch.images import content_hash
 from clipsearch.store import Store
@@ -181,6 +183,47 @@ def test_the_cli_hands_writing_commands_to_the_server(live, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_a_device_or_a_pipe_named_as_a_photo_never_stalls_the_watcher(live):
+    """`x.jpg -> /dev/zero` would read forever and a FIFO would block the open: both are skipped
+    with their reason, and the photo written after them is found as any other."""
+    import os
+
+    folder = live.photos / "hostile"
+    folder.mkdir()
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    os.mkfifo(folder / "pipe.jpg")
+    after = folder / "after.png"
+    try:
+        settled(live.db, {**rows(live.db), str(after): photo(after, 30)}, "the photo after them")
+        skipped = {s["path"]: s["reason"] for s in live.idle()["skipped"]}
+        assert skipped.get(str(folder / "pipe.jpg"), "").startswith("not a regular file"), skipped
+        assert skipped.get(str(folder / "zero.jpg"), "").startswith("not a regular file"), skipped
+    finally:
+        for name in ("zero.jpg", "pipe.jpg"):
+            (folder / name).unlink()
+
+
+def test_sidecars_turned_off_through_the_server_stay_off(live):
+    """`tag --no-write-xmp` handed to a watching server: the photos it finds after that get no
+    sidecar, and the index remembers the choice."""
+    def tag(*flags: str) -> None:
+        r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels", LABELS, "--threshold", "0",
+                                     *flags])
+        assert r.exit_code == 0, r.output
+
+    folder = live.photos / "sidecars"
+    tag("--write-xmp")
+    on = folder / "on.png"
+    settled(live.db, {**rows(live.db), str(on): photo(on, 20)}, "a photo while sidecars are on")
+    until(lambda: Path(f"{on}.xmp").is_file(), "the new photo's sidecar")
+    tag("--no-write-xmp")
+    off = folder / "off.png"
+    settled(live.db, {**rows(live.db), str(off): photo(off, 21)}, "a photo once they are off")
+    live.idle()
+    assert not Path(f"{off}.xmp").exists()
+    assert Store.open(live.db).manifest.xmp_sidecars is False
+
+
 def test_state_changes_from_other_sites_are_refused(live):
     body = b'{"kind": "optimize"}'
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
@@ -189,22 +232,48 @@ def test_state_changes_from_other_sites_are_refused(live):
         assert r.status == 403 and r.json()["error"].startswith("refused"), headers
     r = live.server.request("POST", "/api/jobs", body=body, headers={
         "Content-Type": "application/json", "Origin": f"http://127.0.0.1:{live.server.port}",
-        "Sec-Fetch-Site": "same-origin"})
+        "Sec-Fetch-Site": "same-origin", **_writer(live)})
     assert r.status == 202 and r.json()["kind"] == "optimize"
 
 
-def test_a_job_is_cancelled_at_its_next_safe_point(live, tmp_path):
-    import json
+def _writer(live) -> dict:
+    return {"Authorization": f"Bearer {client.read(live.db).secret}"}
 
+
+def test_jobs_need_the_local_secret_and_never_open_a_path_they_name(live, tmp_path):
+    """Reading the gallery is not enough to change the index; a job's labels arrive as text."""
+    def post(job: dict, headers: dict) -> tuple[int, dict]:
+        r = live.server.request("POST", "/api/jobs", body=json.dumps(job).encode(),
+                                headers={"Content-Type": "application/json", **headers})
+        return r.status, r.json()
+
+    secret = client.read(live.db).secret
+    for headers in ({}, {"Cookie": f"clipsearch_token={secret}"}):  # a cookie the browser adds by itself
+        status, answer = post({"kind": "optimize"}, headers)
+        assert status == 403 and "needs the local secret the clipsearch CLI sends" in answer["error"], answer
+    status, answer = post({"kind": "tag", "labels_file": "/etc/passwd"}, _writer(live))
+    assert status == 422 and answer["error"].startswith("labels_file: Extra inputs"), answer
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# what the CLI reads and sends\nsky: a photo of the sky\nstone\n", encoding="utf-8")
+    r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels-file", str(labels),
+                                 "--threshold", "0"])
+    assert r.exit_code == 0 and "with 2 labels" in r.output, r.output
+    assert {t["label"] for t in live.server.get("/api/tags").json()["tags"]} == {"sky", "stone"}
+    r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels", LABELS, "--threshold", "0.4"])
+    assert r.exit_code == 0, r.output  # the module's labels again
+
+
+def test_a_job_is_cancelled_at_its_next_safe_point(live, tmp_path):
     folder = tmp_path / "cancelled"
     for i in range(300):
         photo(folder / f"{i}.png", 1000 + i, size=(48, 32))
     before = rows(live.db)
     r = live.server.request("POST", "/api/jobs", body=json.dumps({"kind": "index", "folders": [str(folder)]})
-                            .encode(), headers={"Content-Type": "application/json"})
+                            .encode(), headers={"Content-Type": "application/json", **_writer(live)})
     assert r.status == 202, r.body
     job = r.json()["id"]
-    assert live.server.request("DELETE", f"/api/jobs/{job}").status == 200
+    assert live.server.request("DELETE", f"/api/jobs/{job}").status == 403  # cancelling writes too
+    assert live.server.request("DELETE", f"/api/jobs/{job}", headers=_writer(live)).status == 200
     state = lambda: live.server.get(f"/api/jobs/{job}").json()  # noqa: E731
     final = until(lambda: (j := state())["state"] not in ("queued", "running") and j, "the job ended")
     assert final["state"] == "cancelled" and final["result"] is None

@@ -120,6 +120,18 @@ def test_an_unreadable_sidecar_is_left_untouched(tmp_path, content, reason):
     assert [p.name for p in tmp_path.iterdir()] == ["a.jpg.xmp"]  # no temporary file left behind
 
 
+def test_a_sidecar_that_is_a_link_or_a_device_is_left_as_it_is(tmp_path):
+    shared = tmp_path / "shared.xmp"
+    shared.write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    (tmp_path / "a.jpg.xmp").symlink_to(shared)  # another tool's sidecar, shared through a link
+    (tmp_path / "b.jpg.xmp").symlink_to("/dev/zero")
+    for image in ("a.jpg", "b.jpg"):
+        with pytest.raises(SidecarError, match="not a regular file"):
+            merge_subjects(str(tmp_path / image), ["beach"])
+    assert (tmp_path / "a.jpg.xmp").is_symlink() and (tmp_path / "b.jpg.xmp").is_symlink()
+    assert shared.read_text() == "<x:xmpmeta xmlns:x='adobe:ns:meta/'/>"
+
+
 def test_tag_write_xmp_writes_each_tagged_photo_and_reports_bad_sidecars(photos, tmp_path, embedder):
     db = tmp_path / "db"
     index_folders([photos], db, embedder=embedder, workers=0)

@@ -36,6 +36,7 @@ from clipsearch.errors import (
     ImageChangedError,
     IndexNotFoundError,
     ModelLoadError,
+    NotAllowedError,
     UnknownImageError,
     UnknownJobError,
     UnreadableImageError,
@@ -65,6 +66,7 @@ _MEDIA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".hif": "image/hei
 # the first match decides: subclasses before their bases
 _STATUS: list[tuple[type[ClipsearchError], int]] = [
     (UnknownImageError, 404), (UnknownJobError, 404), (ImageChangedError, 404), (BadInputError, 400),
+    (NotAllowedError, 403),
     (UnreadableImageError, 422), (IndexNotFoundError, 503), (ModelLoadError, 503),
 ]
 log = logging.getLogger("clipsearch.server")
@@ -196,7 +198,8 @@ def asked(
 def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
                loopback_only: bool = True, thumbnails: Thumbnails | None = None,
                settings: dict | None = None, watcher: Watcher | None = None,
-               stopping: threading.Event | None = None) -> FastAPIOffline:
+               stopping: threading.Event | None = None, writer_tokens: tuple[str, ...] = (),
+               ) -> FastAPIOffline:
     """The API and gallery of `served`; with `watcher` (serve --watch), its status and jobs."""
     from clipsearch.server import live
     from clipsearch.server.security import Guard
@@ -206,7 +209,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         description="Search a photo library by what is in the pictures. Every search takes the "
                     "query language and filters of `clipsearch search`.")
     app.add_middleware(Guard, tokens=tokens, token_required=token_required, loopback_only=loopback_only,
-                       max_body=MAX_UPLOAD)
+                       max_body=MAX_UPLOAD, writer_tokens=writer_tokens)
     thumbs = thumbnails or Thumbnails()
     _add_error_handlers(app)
 
@@ -361,8 +364,11 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         index = served.get()
         record = index.record(id, tags=False)
         path = index.indexed_file(record)
-        if record.t is None:
-            path = originals_of([path]).get(path, path)
+        if record.t is None and (raw := originals_of([path]).get(path)) is not None:
+            path = index.partner_file(record, raw)
+            if path is None:
+                raise UnknownImageError(f"image {id}'s original {raw} is not a regular file (a link?); "
+                                        "it is not served")
         return FileResponse(path, media_type=media_type(path), filename=Path(path).name)
 
     @app.get("/api/images/{id}/motion", tags=["images"],
@@ -373,6 +379,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         index = served.get()
         record = index.record(id, tags=False)
         path = motion_of(index.indexed_file(record)) if record.t is None else None
+        path = index.partner_file(record, path) if path is not None else None
         if path is None:
             raise UnknownImageError(f"image {id} has no Live Photo video beside it")
         return FileResponse(path, media_type=media_type(path))

@@ -9,21 +9,25 @@ import threading
 import time
 from typing import Annotated, Literal
 
-from fastapi import Body
-from pydantic import BaseModel, Field
+from fastapi import Body, Request
+from pydantic import BaseModel, ConfigDict, Field
 
-from clipsearch.errors import BadInputError, UnknownJobError
+from clipsearch.errors import BadInputError, NotAllowedError, UnknownJobError
+from clipsearch.server.security import WRITER
 from clipsearch.watch import Watcher
 
 
 class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a field this server does not know is an error, not ignored
+
     kind: Literal["index", "tag", "optimize", "forget", "move", "caption"]
     folders: list[str] = Field(default_factory=list, max_length=1000)
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     compact: bool = False
     prune_offline: bool = False
     labels: str | None = None
-    labels_file: str | None = None
+    # a labels file's text, which the CLI reads: the server never opens a path a request names
+    labels_text: str | None = Field(default=None, max_length=1 << 20)
     threshold: float = 0.5
     top: int | None = None
     write_xmp: bool | None = None
@@ -70,10 +74,12 @@ def add_routes(app, served, watcher: Watcher | None, stop: threading.Event) -> N
         return {**watcher.status(), **base}
 
     @app.post("/api/jobs", status_code=202, tags=["service"])
-    def submit(job: Annotated[JobIn, Body()]) -> dict:
+    def submit(job: Annotated[JobIn, Body()], request: Request) -> dict:
         """Run a writing command here (the watcher holds the index's lock): `index` folders (they
         are watched from then on), `tag`, `optimize`, `forget` paths (`folders`), or `move` a
-        root (`folders`: old, new). Poll GET /api/jobs/{id}."""
+        root (`folders`: old, new). Poll GET /api/jobs/{id}. Needs the local secret (what the
+        CLI sends): the gallery's token reads, it starts no job."""
+        _writer(request)
         if watcher is None or stop.is_set():
             raise BadInputError("this server does not watch its folders (start it with serve --watch); "
                                 "run the command without it")
@@ -86,11 +92,19 @@ def add_routes(app, served, watcher: Watcher | None, stop: threading.Event) -> N
         return _job(watcher, id).to_dict()
 
     @app.delete("/api/jobs/{id}", tags=["service"])
-    def cancel(id: str) -> dict:
-        """Stop a job at its next safe point; what it committed stays."""
+    def cancel(id: str, request: Request) -> dict:
+        """Stop a job at its next safe point; what it committed stays. Needs the local secret."""
+        _writer(request)
         job = _job(watcher, id)
         job.cancel.set()
         return job.to_dict()
+
+
+def _writer(request: Request) -> None:
+    if not request.scope.get(WRITER):
+        raise NotAllowedError(
+            "a job changes the index, which needs the local secret the clipsearch CLI sends (it reads "
+            "it from the index folder); run the command with the CLI on the machine that serves it")
 
 
 def _job(watcher: Watcher | None, id: str):
@@ -113,7 +127,7 @@ def _work(job: JobIn, served, watcher: Watcher):
     if job.kind == "tag":
         from clipsearch.tagging import label_set
 
-        chosen = label_set(job.labels, job.labels_file, job.threshold, job.top)
+        chosen = label_set(job.labels, None, job.threshold, job.top, labels_text=job.labels_text)
         return lambda _progress: served.get().tag(chosen, write_xmp=job.write_xmp,
                                                   per_image=job.per_image).to_dict()
 

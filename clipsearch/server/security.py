@@ -9,6 +9,9 @@
   The token travels percent-encoded in that address and in the cookie, so any printable token
   (`;`, `+`, `&`, non-Latin-1 letters) survives both; cookies are parsed as browsers send them
   (Starlette's parser), so another local web app's odd cookie cannot lock the gallery out.
+- Writes (jobs) need more than reading does: the discovery file's secret, which only the user
+  who started the server can read, sent as `Authorization: Bearer` (never a cookie, which a
+  browser would attach by itself). The gallery's token reads; it starts nothing.
 - Request bodies are bounded (uploads): past the limit the answer is 413, whatever the parser
   made of the cut-off body.
 - No CORS headers are ever sent, and responses may not be embedded by other sites.
@@ -31,6 +34,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 from starlette.requests import cookie_parser
 
 COOKIE = "clipsearch_token"
+WRITER = "clipsearch.writer"  # the request scope's key: whether it carries the writer's secret
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MIN_TOKEN_LENGTH = 16
 
@@ -93,9 +97,10 @@ def _foreign(headers: dict[str, str], host: str) -> str | None:
 
 class Guard:
     def __init__(self, app, *, tokens: Iterable[str], token_required: bool, loopback_only: bool,
-                 max_body: int) -> None:
+                 max_body: int, writer_tokens: Iterable[str] = ()) -> None:
         self.app = app
         self.tokens = [t.encode("utf-8") for t in tokens if t]
+        self.writer_tokens = [t.encode("utf-8") for t in writer_tokens if t]
         self.token_required = token_required
         self.loopback_only = loopback_only
         self.max_body = max_body
@@ -125,6 +130,9 @@ class Guard:
             if "token" in query and scope["method"] in ("GET", "HEAD"):
                 await _set_cookie_and_strip(scope, query, given, send)
                 return
+        auth = headers.get("authorization", "")
+        bearer = auth[7:].strip().encode("latin-1") if auth.lower().startswith("bearer ") else None
+        scope[WRITER] = bearer is not None and any(hmac.compare_digest(bearer, t) for t in self.writer_tokens)
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.max_body:
             await _error(send, 413, _too_large(self.max_body))

@@ -135,7 +135,7 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
         app = create_app(served, tokens=tuple(t for t in (token, secret) if t),
                          token_required=bool(token) or not is_loopback(host),
                          loopback_only=is_loopback(host), settings=settings, watcher=watcher,
-                         stopping=stopping)
+                         stopping=stopping, writer_tokens=(secret,))
         searching = Searching(app)
         if watcher is not None:
             watcher.busy = lambda: searching.count > 0
