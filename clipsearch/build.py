@@ -253,7 +253,9 @@ class Builder:
         store.delete_paths(forgotten)
         Kept(store).forget(hashes)
         held = set(store.by_hashes(hashes, ["hash"]).column("hash").to_pylist())
-        summary.cache_files = _drop_cached([h for h in hashes if h not in held])
+        gone = [h for h in hashes if h not in held]
+        store.forget_captions(gone)
+        summary.cache_files = _drop_cached(gone)
         self._commit(None, IndexSummary(), False, changed=True)
         return summary
 
@@ -530,7 +532,8 @@ def _drop_cached(hashes: Sequence[str]) -> int:
     """Delete the cached thumbnails and re-rank features of these contents; how many files."""
     root, dropped = config.cache_dir(), 0
     for digest in hashes:
-        for cached in (*root.glob(f"thumbnails/*/{digest}.*"), *root.glob(f"itm-features/*/{digest}.*")):
+        for cached in (*root.glob(f"thumbnails/*/{digest}.*"), *root.glob(f"thumbnails/*/{digest}-t*.*"),
+                       *root.glob(f"itm-features/*/{digest}.*")):
             with contextlib.suppress(OSError):
                 cached.unlink()
                 dropped += 1

@@ -601,15 +601,16 @@ class Index:
             return None
         return partner if stat.S_ISREG(st.st_mode) else None
 
-    def frame_bytes(self, record: ImageRecord, t: float) -> bytes:
-        """A video record's frame at `t` seconds, upright, as PNG (the thumbnails' source)."""
+    def frame_bytes(self, record: ImageRecord, t: float, size: int | None = None) -> bytes:
+        """A video record's frame at `t` seconds, upright, as PNG (the thumbnails' source): its
+        short side at most `size`, when given (a 4K frame is not decoded whole for a thumbnail)."""
         import io
 
         from clipsearch.video import frame_at
 
         if record.duration is not None and t > record.duration + 1:
             raise BadInputError(f"t={t:g} is past the end of {record.path} ({record.duration:.1f} s)")
-        image = frame_at(self.indexed_file(record), t)
+        image = frame_at(self.indexed_file(record), t, size)
         out = io.BytesIO()
         image.save(out, "PNG")
         return out.getvalue()

@@ -235,8 +235,19 @@ def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+def exclusions(patterns: Sequence[str]) -> list[str]:
+    """Patterns as `excluded` compares them: `~` expanded (a shell leaves it in `--exclude=~/x`)."""
+    return [os.path.expanduser(p) for p in patterns if p]
+
+
+def excluded(path: str, rel: str, patterns: Sequence[str], is_dir: bool = False) -> bool:
+    """Whether the file or folder at `path` (`rel` to its root) matches one of `patterns` as
+    people write them: a name ('Screenshots', '*.gif'), a path below the root ('Private/*'), a
+    path anywhere ('*/Screenshots/*', which also leaves out a root's own Screenshots/), or an
+    absolute one ('/home/me/Photos/Private'); a folder also as 'NAME/'."""
+    name = os.path.basename(path)
+    forms = [name, rel, path] + ([name + os.sep, rel + os.sep, path + os.sep] if is_dir else [])
+    return any(fnmatch.fnmatch(form, p) for p in patterns for form in forms)
 
 
 def _valid_utf8(path: str) -> bool:
@@ -256,9 +267,10 @@ def scan(
 
     Hidden entries (names starting with '.', which covers macOS '._*' and '.DS_Store') and known
     junk folders are skipped. Symlinks are followed; a folder reached twice (a loop, or two links
-    to one place) is walked once. `exclude` holds glob patterns matched against the path relative
-    to its root and against the bare name.
+    to one place) is walked once. `exclude` holds glob patterns (`excluded`); an excluded folder
+    is not walked.
     """
+    exclude = exclusions(exclude)
     chunks: list[pa.Array] = []
     names: list[str] = []  # the paths of the current chunk
     sizes, mtimes = array.array("q"), array.array("q")
@@ -296,7 +308,7 @@ def scan(
                 if name.startswith(".") or name in JUNK_DIRS or name in JUNK_FILES:
                     continue
                 rel = os.path.relpath(entry.path, root)
-                if exclude and excluded(rel, name, exclude):
+                if exclude and excluded(entry.path, rel, exclude, entry.is_dir()):
                     continue
                 try:
                     st = entry.stat()  # follows symlinks

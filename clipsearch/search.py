@@ -68,19 +68,30 @@ class Filters:
                     or self.camera or self.kind)
 
 
+# file times are nanoseconds since 1970 in 64 bits: about 1677-09-21 to 2262-04-11
+FIRST_YEAR, LAST_YEAR = 1678, 2261
+
+
 def parse_date(value: str | datetime | None, flag: str) -> datetime | None:
-    if value is None or isinstance(value, datetime):
+    if value is None:
         return value
-    match = _DATE.match(value.strip())
-    try:
-        if not match:
-            raise ValueError
-        y, mo, d, h, mi, s = (int(g) if g else None for g in match.groups())
-        return datetime(y, mo or 1, d or 1, h or 0, mi or 0, s or 0)
-    except ValueError:
-        raise BadInputError(
-            f"{flag} {value!r} is not a date; write YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM"
-        ) from None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        match = _DATE.match(value.strip())
+        try:
+            if not match:
+                raise ValueError
+            y, mo, d, h, mi, s = (int(g) if g else None for g in match.groups())
+            parsed = datetime(y, mo or 1, d or 1, h or 0, mi or 0, s or 0)
+        except ValueError:
+            raise BadInputError(
+                f"{flag} {value!r} is not a date; write YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM"
+            ) from None
+    if not FIRST_YEAR <= parsed.year <= LAST_YEAR:
+        raise BadInputError(f"{flag} {value!s}: give a year from {FIRST_YEAR} to {LAST_YEAR} "
+                            "(no photo is older or newer)")
+    return parsed
 
 
 def parse_extensions(ext: str | Iterable[str] | None) -> frozenset[str]:

@@ -303,6 +303,12 @@ class Snapshot(RowSource):
     def row(self, path: str, columns: Sequence[str]) -> dict | None:
         return self._first(pc.equal(self._rows.column("path"), path), columns)
 
+    def by_paths(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        mask = pc.is_in(self._rows.column("path"), value_set=pa.array(list(paths), pa.string()))
+        if self._alive is not None:
+            mask = pc.and_(mask, self._alive)
+        return self._rows.select(list(columns)).filter(mask)
+
     def row_by_hash(self, digest: str, columns: Sequence[str]) -> dict | None:
         return self._first(pc.equal(self._rows.column("hash"), digest), columns)
 

@@ -278,6 +278,10 @@ class RowSource:
     def has_video(self) -> bool:
         return "t" in self.names
 
+    def by_paths(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        """The rows stored for these paths (in no particular order)."""
+        raise NotImplementedError
+
     def captions_version(self) -> int | None:
         return None
 
@@ -610,6 +614,15 @@ class Store(RowSource):
             table.merge_insert("hash").when_matched_update_all().when_not_matched_insert_all().execute(rows)
             if table.version % 64 == 0:  # a caption run commits every few seconds: drop old versions
                 table.optimize(cleanup_older_than=_KEEP_OLD_VERSIONS)
+
+    def forget_captions(self, hashes: Sequence[str]) -> None:
+        """Drop the captions of these contents (forgotten: no row holds them any more)."""
+        table = self._captions_table()
+        if table is None or not hashes:
+            return
+        with writing(self.path):
+            for i in range(0, len(hashes), _IN_CHUNK):
+                table.delete(f"hash IN ({sql_list(list(hashes[i:i + _IN_CHUNK]))})")
 
     def _captions_table(self):
         if self._captions_handle is None:

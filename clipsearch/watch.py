@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from clipsearch import roots as root_state
-from clipsearch.errors import ClipsearchError, IndexInterrupted
+from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted
 from clipsearch.results import IndexSummary, Progress
 from clipsearch.scan import (
     JUNK_DIRS,
     SIDECAR_EXTENSIONS,
     excluded,
+    exclusions,
     is_photo_name,
     is_under,
     scan,
@@ -53,6 +54,7 @@ FALLBACK_POLL = 10.0  # seconds between scans of a folder the system would not w
 QUERY_YIELD = 0.5  # the longest an image waits for the searches in flight (they come first)
 SKIPPED_SHOWN = 50
 JOBS_KEPT = 100  # finished jobs whose result can still be asked for
+JOBS_QUEUED = 100  # jobs waiting at once: past it a new one is refused, not held in memory
 WATCH_LIMIT = ("the system's limit of inotify watches is reached (raise it: sudo sysctl "
                "fs.inotify.max_user_watches=524288)")
 
@@ -79,8 +81,12 @@ class Job:
                 "result": self.result, "error": self.error}
 
 
-def _ignored(path: str) -> bool:
-    return any(part.startswith(".") or part in JUNK_DIRS for part in path.split(os.sep) if part)
+def _ignored(path: str, roots: Sequence[str] = ()) -> bool:
+    """Hidden or junk below its root (a root may itself sit in a hidden folder: ~/.local/photos)."""
+    root = max((r for r in roots if is_under(path, r)), key=len, default=None)
+    rel = os.path.relpath(path, root) if root else path
+    parts = [part for part in rel.split(os.sep) if part and part != "."]
+    return any(part.startswith(".") or part in JUNK_DIRS for part in parts)
 
 
 class Watcher:
@@ -98,7 +104,7 @@ class Watcher:
         self.builder = builder
         self.roots: list[str] = sorted(set(roots))
         self.settle, self.poll, self.rescan_every = settle, poll, rescan_every
-        self.exclude = list(exclude)
+        self.exclude = exclusions(exclude)
         self.busy, self.note = busy, note
         # work for the quiet moments (serve --captions): one short slice per turn, True while
         # there is more; files that change and jobs come first
@@ -139,6 +145,9 @@ class Watcher:
     def submit(self, kind: str, run: Callable[[Callable[[Progress], None]], dict]) -> Job:
         job = Job(str(next(self._ids)), kind, run)
         with self._lock:
+            if len(self._jobs) >= JOBS_QUEUED:
+                raise BadInputError(f"{len(self._jobs)} jobs are waiting already; let them finish (GET "
+                                    "/api/status lists them) and send this one again")
             self._jobs.append(job)
             self._all_jobs[job.id] = job
             finished = [j for j in self._all_jobs.values() if j.state not in ("queued", "running")]
@@ -178,11 +187,11 @@ class Watcher:
     def saw(self, path: str, is_dir: bool = False) -> None:
         """A path that changed: a photo, or a folder (created, moved or removed); a photo's XMP
         sidecar stands for its photos, whose words are read again (clipsearch.words)."""
-        if not is_dir and path.endswith(SIDECAR_EXTENSIONS) and not _ignored(path):
+        if not is_dir and path.endswith(SIDECAR_EXTENSIONS) and not _ignored(path, self.roots):
             for photo in photos_of_sidecar(path, is_photo_name):
                 self.saw(photo)
             return
-        if _ignored(path) or not (is_dir or is_photo_name(path)) or path in self.roots:
+        if _ignored(path, self.roots) or not (is_dir or is_photo_name(path)) or path in self.roots:
             return
         if self._excluded(path):
             return
@@ -197,9 +206,16 @@ class Watcher:
         self._wake.set()
 
     def _excluded(self, path: str) -> bool:
-        root = next((r for r in self.roots if is_under(path, r)), None)
-        return bool(self.exclude) and root is not None and excluded(
-            os.path.relpath(path, root), os.path.basename(path), self.exclude)
+        """`path` or a folder between it and its root matches an --exclude pattern."""
+        root = max((r for r in self.roots if is_under(path, r)), key=len, default=None)
+        if not self.exclude or root is None:
+            return False
+        folder, is_dir = path, os.path.isdir(path)
+        while len(folder) > len(root):
+            if excluded(folder, os.path.relpath(folder, root), self.exclude, is_dir):
+                return True
+            folder, is_dir = os.path.dirname(folder), True
+        return False
 
     def _settled(self) -> list[str]:
         """The pending paths whose size and mtime were still for the settle time."""

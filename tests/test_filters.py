@@ -68,6 +68,7 @@ def test_top_k_is_taken_among_what_the_filters_allow(dated):
 @pytest.mark.parametrize("kwargs, message", [
     ({"after": "yesterday"}, "--after 'yesterday' is not a date; write YYYY, YYYY-MM, YYYY-MM-DD"),
     ({"before": "2020-02-30"}, "--before '2020-02-30' is not a date"),
+    ({"after": "0201"}, "--after 0201: give a year from 1678 to 2261 (no photo is older or newer)"),
     ({"after": "2021", "before": "2020"}, "--after 2021-01-01 00:00 is not before --before 2020-01-01"),
     ({"ext": "docx"}, "--ext 'docx' is not a file type clipsearch indexes; choose from: 3gp, avi, avif, bmp"),
 ])

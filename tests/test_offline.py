@@ -83,13 +83,23 @@ def test_forget_removes_a_photo_for_good(embedder, photos, tmp_path, tiny_local_
     coffee = photos / "food" / "coffee.webp"
     digest = open_index(db).store.row(str(coffee), ["hash"])["hash"]
     thumb = cache / "thumbnails" / "256" / f"{digest}.webp"
+    moment = thumb.with_name(f"{digest}-t1.00.webp")  # a video's moment has its own thumbnail
     thumb.parent.mkdir(parents=True)
     thumb.write_bytes(b"a cached thumbnail")
-    r = CliRunner().invoke(app, ["forget", str(photos / "food"), "--db", str(db)])
-    assert r.exit_code == 0 and "forgot 1 photos, their kept vectors and 1 cached files" in r.output, r.output
-    assert "still on disk" in r.output and str(coffee) not in row_paths(db) and not thumb.exists()
+    moment.write_bytes(b"a moment's thumbnail")
+    import pyarrow as pa
+
     from clipsearch.kept import Kept
-    from clipsearch.store import Store
+    from clipsearch.store import CAPTIONS_SCHEMA, Store
+
+    caption = {"hash": digest, "caption": "a cup", "model": "m", "identity": "i", "precision": "fp32"}
+    Store.open(db).add_captions(pa.Table.from_pylist([caption], CAPTIONS_SCHEMA))
+    r = CliRunner().invoke(app, ["forget", str(photos / "food"), "--db", str(db)])
+    assert r.exit_code == 0 and "forgot 1 photos, their kept vectors and 2 cached files" in r.output, r.output
+    assert "still on disk" in r.output and str(coffee) not in row_paths(db)
+    assert not thumb.exists() and not moment.exists()
+    captions = Store.open(db).read_captions()  # none left, or none of this photo's
+    assert captions is None or digest not in captions.column("hash").to_pylist()
 
     assert digest not in Kept(Store.open(db))
     back = _index(embedder, [photos], db)  # nothing kept: embedded again

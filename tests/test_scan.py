@@ -37,6 +37,33 @@ def test_exclude_globs_match_relative_paths_and_names(tmp_path):
     assert _names(result, tmp_path) == ["keep.jpg", "trip/ok.jpg"]
 
 
+@pytest.mark.parametrize("pattern", [
+    "*/Screenshots/*",  # the docs' example: a root's own Screenshots/ too
+    "Screenshots", "Screenshots/", "Screenshots/*",  # a folder's name, and its path below the root
+    "{root}/Screenshots", "{root}/Screenshots/*",  # absolute
+])
+def test_exclude_patterns_match_as_people_write_them(tmp_path, pattern):
+    root = tmp_path / "Photos"
+    for rel in ["keep.jpg", "Screenshots/s.png", "Screenshots/old/o.png", "trip/ok.jpg"]:
+        _touch(root / rel)
+    result = scan([str(root)], exclude=[pattern.format(root=root)])
+    assert _names(result, root) == ["keep.jpg", "trip/ok.jpg"], pattern
+
+
+def test_exclude_patterns_with_a_tilde_and_the_watchers_events(tmp_path, monkeypatch):
+    from clipsearch.watch import Watcher
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / "Photos"
+    for rel in ["keep.jpg", "Private/p.jpg"]:
+        _touch(root / rel)
+    assert _names(scan([str(root)], exclude=["~/Photos/Private"]), root) == ["keep.jpg"]
+    watcher = Watcher(None, [str(root)], exclude=["~/Photos/Private", "*/Screenshots/*"])
+    assert watcher._excluded(str(root / "Private" / "later.jpg"))
+    assert watcher._excluded(str(root / "Screenshots" / "deep" / "s.png"))
+    assert not watcher._excluded(str(root / "keep.jpg"))
+
+
 def test_symlinks_followed_once_and_loops_survived(tmp_path):
     root = tmp_path / "root"
     _touch(root / "a" / "one.jpg")

@@ -150,11 +150,35 @@ def test_rerank_and_min_match_behave_as_in_the_cli(server, index):
     assert deep.status == 400 and "re-ranked pages reach at most rank 200" in deep.json()["error"]
 
 
+def test_pages_of_other_sites_make_the_server_do_nothing(server, library):
+    """<img src="http://127.0.0.1:PORT/api/dupes?threshold=0.05"> on a page elsewhere (another
+    port of 127.0.0.1 is same-site): refused before any work; a link to the gallery still opens it."""
+    for site in ("cross-site", "same-site"):
+        for path, params in (("/api/search", {"q": "cat", "rerank": "1"}), ("/api/images/1/thumbnail", {}),
+                             ("/api/dupes", {"threshold": "0.05"}), ("/", {})):
+            r = server.get(path, params, headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors"})
+            assert r.status == 403 and f"Sec-Fetch-Site: {site}" in r.json()["error"], (site, path, r.body)
+        opened = server.get("/", headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "navigate",
+                                          "Sec-Fetch-Dest": "document"})
+        assert opened.status == 200 and b"<html" in opened.body.lower()
+    # the gallery itself, a typed address or a bookmark, a program such as curl
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+        assert server.get("/api/search", {"q": "cat"}, headers=headers).status == 200, headers
+    low = server.get("/api/dupes", {"threshold": "0.05"})
+    assert low.status == 400 and "below 0.8 nearly every pair of photos matches" in low.json()["error"]
+    assert server.get("/api/dupes", {"threshold": "0.8"}).status == 200
+    hit = server.get("/api/search", {"q": "cat", "k": 1}).json()["hits"][0]
+    endless = server.get(f"/api/images/{hit['id']}/thumbnail", {"t": "inf"})
+    assert endless.status == 400 and "a finite number" in endless.json()["error"]
+
+
 def test_bad_queries_get_the_clis_message_as_json(server, library):
     cases = [
         ({"q": '"beach" + "sun'}, 400, "bad query '\"beach\" + \"sun': this quote is never closed"),
         ({"q": "   "}, 400, "the query is empty"),
         ({"q": "cat", "after": "last week"}, 400, "--after 'last week' is not a date"),
+        ({"q": "cat", "after": "0002-01-01"}, 400, "--after 0002-01-01: give a year from 1678 to 2261"),
+        ({"q": "cat", "before": "9999"}, 400, "--before 9999: give a year from 1678 to 2261"),
         ({"q": "cat", "tag": "nope"}, 400, "--tag 'nope' is not a tag in this index; tags: "),
         ({"q": "cat", "ext": "docx"}, 400, "--ext 'docx' is not a file type"),
         ({"q": "cat", "in": "/nowhere/at/all"}, 400, "--in: folder not found: /nowhere/at/all"),

@@ -311,6 +311,33 @@ def _watching(builder, roots, **options):
     return watcher, stop, thread, notes
 
 
+def test_a_root_inside_a_hidden_folder_is_watched_and_the_job_queue_is_bounded(tmp_path, embedder):
+    from test_change import _write, stub
+
+    from clipsearch import index_folders
+    from clipsearch.build import open_builder
+    from clipsearch.errors import BadInputError
+    from clipsearch.watch import JOBS_QUEUED, Watcher
+
+    db, root = tmp_path / "db", tmp_path / ".local" / "photos"  # hidden above the root, not in it
+    root.mkdir(parents=True)
+    index_folders([root], db, embedder=embedder)
+    with open_builder(db, fanout=stub(Store.open(db).manifest.dim), workers=0) as builder:
+        watcher, stop, thread, _ = _watching(builder, [str(root)])
+        try:
+            path = _write(root, "a.jpg")
+            _write(root / ".thumbnails", "b.jpg")  # hidden below the root: not a photo of the library
+            settled(db, {path: content_hash(Path(path).read_bytes())}, "a photo in a hidden folder's root")
+        finally:
+            stop.set()
+            thread.join(30)
+        idle = Watcher(builder, [str(root)])  # not running: its jobs only wait
+        for _ in range(JOBS_QUEUED):
+            idle.submit("optimize", lambda _progress: {})
+        with pytest.raises(BadInputError, match=f"{JOBS_QUEUED} jobs are waiting already"):
+            idle.submit("optimize", lambda _progress: {})
+
+
 def test_an_index_from_an_earlier_release_is_watched_and_takes_changes(tmp_path):
     from test_change import _write, stub
     from test_legacy_index import FIXTURE

@@ -9,6 +9,7 @@ content that was indexed.
 from __future__ import annotations
 
 import logging
+import math
 import mimetypes
 import threading
 import time
@@ -69,6 +70,9 @@ _STATUS: list[tuple[type[ClipsearchError], int]] = [
     (NotAllowedError, 403),
     (UnreadableImageError, 422), (IndexNotFoundError, 503), (ModelLoadError, 503),
 ]
+# /api/dupes compares every pair above its threshold: far below the default (0.95) a request
+# (even one a web page makes blindly) would hold about n^2/2 pairs in memory
+API_MIN_THRESHOLD = 0.8
 log = logging.getLogger("clipsearch.server")
 
 
@@ -288,14 +292,17 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
     @app.get("/api/dupes", tags=["images"])
     def dupes(
         threshold: Annotated[float | None, Query(
-            gt=0, le=1, description=f"How alike (CLIP cosine) near-duplicates are at least "
-                                    f"[default {DEFAULT_THRESHOLD}].")] = None,
+            gt=0, le=1, description=f"How alike (CLIP cosine) near-duplicates are at least, from "
+                                    f"{API_MIN_THRESHOLD} [default {DEFAULT_THRESHOLD}].")] = None,
         exact: Annotated[bool, Query(description="Identical content only.")] = False,
         within: Annotated[str | None, Query(alias="in", max_length=4096,
                                             description="Only images under this folder.")] = None,
     ) -> dict:
         """Groups of duplicate photos (the fields of `clipsearch dupes --json`), identical
         copies first, then near-duplicates, largest first; each names its keeper and why."""
+        if threshold is not None and threshold < API_MIN_THRESHOLD:
+            raise BadInputError(f"threshold={threshold}: below {API_MIN_THRESHOLD} nearly every pair of "
+                                "photos matches, which is no duplicate; the CLI's clipsearch dupes takes any")
         groups = served.get().dupes(threshold, exact=exact, within=within)
         return {"threshold": DEFAULT_THRESHOLD if threshold is None else threshold, "exact": exact,
                 "groups": [g.to_dict() for g in groups]}
@@ -321,9 +328,11 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         index = served.get()
         record = index.record(id, tags=False)
         read = partial(index.indexed_bytes, record)
+        if t is not None and not math.isfinite(t):
+            raise BadInputError(f"t={t}: give a second of the video, a finite number")
         if record.t is not None:
-            at = record.t if t is None else t
-            read = partial(index.frame_bytes, record, at)
+            at = record.t if t is None else round(t, 1)
+            read = partial(index.frame_bytes, record, at, size)
             record = replace(record, hash=f"{record.hash}-t{at:.2f}")  # each moment its own thumbnail
         elif t is not None:
             raise BadInputError(f"t={t}: image {id} is a photo, not a video; leave t out")

@@ -15,6 +15,11 @@
 - Request bodies are bounded (uploads): past the limit the answer is 413, whatever the parser
   made of the cut-off body.
 - No CORS headers are ever sent, and responses may not be embedded by other sites.
+- A page on another site (another port of 127.0.0.1 included: that is `same-site`) cannot make
+  the server work for it either: with `<img src=".../api/dupes?threshold=0.05">` it cannot read
+  the answer, but the server would still build it. Whatever the browser says came from another
+  page (Sec-Fetch-Site other than `same-origin` or `none`) is refused, except a top-level
+  navigation to the gallery itself (a link to it). Programs (curl, the CLI) send no such header.
 - A request that changes state (anything but GET and HEAD, e.g. handing a folder to the
   watcher) is refused when it comes from another origin: a web page on the internet can post
   to a loopback server (a "simple" request needs no CORS), so the browser's Sec-Fetch-Site and
@@ -95,6 +100,17 @@ def _foreign(headers: dict[str, str], host: str) -> str | None:
     return None
 
 
+def _from_another_page(headers: dict[str, str], path: str) -> str | None:
+    """Why a request seems made by another site's page (None if not): the gallery's own pages
+    say same-origin, a typed address or a bookmark says none, programs say nothing."""
+    site = headers.get("sec-fetch-site")
+    if site is None or site in ("same-origin", "none"):
+        return None
+    if path == "/" and headers.get("sec-fetch-mode") == "navigate":
+        return None  # a link to the gallery opens it; what the page then asks is same-origin
+    return f"refused: this request came from another site's page (Sec-Fetch-Site: {site})"
+
+
 class Guard:
     def __init__(self, app, *, tokens: Iterable[str], token_required: bool, loopback_only: bool,
                  max_body: int, writer_tokens: Iterable[str] = ()) -> None:
@@ -117,6 +133,9 @@ class Guard:
                                     "against DNS rebinding)")
             return
         if scope["method"] not in ("GET", "HEAD") and (why := _foreign(headers, host)) is not None:
+            await _error(send, 403, why)
+            return
+        if (why := _from_another_page(headers, scope["path"])) is not None:
             await _error(send, 403, why)
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True,
