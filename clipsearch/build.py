@@ -115,7 +115,10 @@ class Builder:
         filled = self.fill_words(folders)
         indexer = self._indexer()
         indexer.keep_offline = not prune_offline
-        summary = indexer.run(folders, exclude)
+        # patterns once given stay: a later run (a watcher's start-up scan) must not add them back
+        patterns = list(dict.fromkeys([*self.store.manifest.exclude, *exclude]))
+        self.store.manifest.exclude = patterns
+        summary = indexer.run(folders, patterns)
         summary.words_filled = filled
         self._note_roots(folders, indexer.offline, indexer.mounts)
         summary.offline = dict(indexer.offline)
@@ -232,6 +235,39 @@ class Builder:
                 manifest.offline.pop(root, None)
                 if (dev := roots.device(root)) is not None:
                     manifest.root_devices[root] = dev
+
+    def remove_root(self, root: str) -> IndexSummary:
+        """`root` is no longer indexed: its rows go (their vectors kept a while, as for any
+        removed photo: clipsearch.kept), and it leaves the roots; its files are not touched."""
+        from clipsearch.kept import COLUMNS, Kept
+        from clipsearch.store import under_sql
+
+        store, root = self.store, os.path.abspath(os.path.expanduser(root)).rstrip(os.sep)
+        manifest = store.manifest
+        if root not in manifest.roots:
+            raise BadInputError(f"{root} is not a root of this index; its roots: "
+                                f"{', '.join(manifest.roots) or 'none'} (clipsearch roots lists them)")
+        rows = store.read(["path", *COLUMNS], under_sql([root]))
+        paths = sorted(set(rows.column("path").to_pylist()))
+        Kept(store).keep(rows.select(COLUMNS))
+        store.delete_paths(paths)
+        manifest.roots = [r for r in manifest.roots if r != root]
+        manifest.offline.pop(root, None)
+        manifest.root_devices.pop(root, None)
+        manifest.mounts = {m: d for m, d in manifest.mounts.items() if not is_under(m, root)}
+        store.save_manifest()
+        return self._commit(None, IndexSummary(removed=len(paths)), False, changed=True)
+
+    def include(self, pattern: str) -> list[str]:
+        """Stop leaving out what `pattern` (an --exclude given before) matches; the exclusions left.
+        The next index run adds what it had left out."""
+        manifest = self.store.manifest
+        if pattern not in manifest.exclude:
+            raise BadInputError(f"{pattern!r} is not an exclusion of this index; its exclusions: "
+                                f"{', '.join(repr(p) for p in manifest.exclude) or 'none'}")
+        manifest.exclude = [p for p in manifest.exclude if p != pattern]
+        self.store.save_manifest()
+        return list(manifest.exclude)
 
     def compact(self) -> None:
         """Merge the table's files and fold the structures' deltas into their bases, now."""

@@ -820,8 +820,75 @@ def optimize(db: Db = None) -> None:
         present.compacted(compact(db))
 
 
-roots_app = typer.Typer(help="The folders an index was built from.", no_args_is_help=True, cls=_Group)
+roots_app = typer.Typer(help="The folders an index was built from, and what it leaves out.", cls=_Group,
+                        invoke_without_command=True)
 app.add_typer(roots_app, name="roots")
+
+
+@roots_app.callback()
+def roots_list(ctx: typer.Context, db: Db = None, as_json: Json = False) -> None:
+    """The folders an index was built from (offline ones say since when) and the --exclude
+    patterns it keeps leaving out.
+
+    Example: clipsearch roots
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from clipsearch import present
+    from clipsearch.engine import open_index
+
+    with _errors():
+        present.roots(open_index(db, device="cpu").info(), as_json)
+
+
+def _root_job(db: Path | None, kind: str, value: str, here: Callable) -> dict:
+    """`kind` through the server that watches this index, else `here(builder)`."""
+    server = _watcher(db)
+    if server is not None:
+        return server.run_job({"kind": kind, "folders": [value]}, lambda _p: None)
+    from clipsearch.build import open_builder
+
+    with open_builder(db) as builder:
+        return here(builder)
+
+
+@roots_app.command("remove")
+def roots_remove(
+    folder: Annotated[Path, typer.Argument(help="A root of the index (clipsearch roots lists them).")],
+    db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Stop indexing FOLDER: its photos leave the index (their files are not touched), and a
+    watching server stops watching it.
+
+    Example: clipsearch roots remove /media/old-disk/Photos
+    """
+    from clipsearch import present
+    from clipsearch.results import IndexSummary
+
+    root = os.path.abspath(os.path.expanduser(folder))
+    with _errors():
+        summary = _root_job(db, "remove-root", root, lambda b: b.remove_root(root).to_dict())
+    present.summary(IndexSummary.from_dict(summary), as_json)
+
+
+@roots_app.command("include")
+def roots_include(
+    pattern: Annotated[str, typer.Argument(
+        help="An --exclude pattern the index keeps (clipsearch roots lists them).")],
+    db: Db = None,
+) -> None:
+    """Stop leaving out what an earlier `index --exclude PATTERN` left out; the next index run
+    (or a watching server's next rescan) adds it.
+
+    Example: clipsearch roots include '*/Screenshots/*'
+    """
+    from clipsearch import present
+
+    with _errors():
+        left = _root_job(db, "include", pattern, lambda b: {"exclude": b.include(pattern)})["exclude"]
+    present.message(f"no longer leaving out {pattern!r}; run clipsearch index to add what it left out"
+                    + (f" (still left out: {', '.join(repr(p) for p in left)})" if left else ""))
 
 
 @roots_app.command("move")

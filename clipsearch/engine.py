@@ -835,7 +835,7 @@ class Index:
             model=spec.name, pretrained=spec.pretrained, dim=manifest.dim,
             bytes=self.store.disk_bytes(), ann=describe(rows), videos=videos, frames=frames,
             labels=list((self.store.read_tags(rows=False) or (None, {}))[1].get("prompts", {})),
-            offline=dict(manifest.offline), **self._caption_counts(),
+            offline=dict(manifest.offline), exclude=list(manifest.exclude), **self._caption_counts(),
         )
 
     def _caption_counts(self) -> dict:

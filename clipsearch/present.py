@@ -363,8 +363,8 @@ def info(i: IndexInfo, as_json: bool) -> None:
     for key, value in (
         ("index", i.db),
         ("images", f"{i.images} ({i.videos} videos: {i.frames} moments)" if i.videos else str(i.images)),
-        ("roots", "\n".join(r + (f" (offline since {i.offline[r]})" if r in i.offline else "")
-                            for r in i.roots) or "-"),
+        ("roots", _roots(i) or "-"),
+        ("left out", ", ".join(i.exclude) or "-"),
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
         ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
         ("tags", f"{len(i.labels)} labels (clipsearch tags lists them)" if i.labels else "-"),
@@ -373,6 +373,22 @@ def info(i: IndexInfo, as_json: bool) -> None:
     ):
         table.add_row(key, shown(value))
     out.print(table)
+
+
+def _roots(i: IndexInfo) -> str:
+    return "\n".join(r + (f" (offline since {i.offline[r]})" if r in i.offline else "") for r in i.roots)
+
+
+def roots(i: IndexInfo, as_json: bool) -> None:
+    """`clipsearch roots`: the roots, then the --exclude patterns the index keeps."""
+    if as_json:
+        print(json.dumps({"roots": [{"path": r, "offline_since": i.offline.get(r)} for r in i.roots],
+                          "exclude": i.exclude}, indent=2, ensure_ascii=False))
+        return
+    out.print(shown(_roots(i) or "no roots yet: clipsearch index FOLDER adds one"))
+    if i.exclude:
+        out.print(shown(f"left out: {', '.join(i.exclude)} "
+                        "(clipsearch roots include PATTERN takes one back)"))
 
 
 def check_report(r: CheckReport, as_json: bool) -> None:

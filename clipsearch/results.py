@@ -196,6 +196,7 @@ class IndexInfo:
     caption_models: list[str] = field(default_factory=list)  # what wrote them
     videos: int = 0  # of the `images` (clipsearch.video)
     frames: int = 0  # the videos' rows: the moments a search ranks
+    exclude: list[str] = field(default_factory=list)  # --exclude patterns every run leaves out
 
 
     def to_dict(self) -> dict:

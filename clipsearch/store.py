@@ -127,6 +127,8 @@ class Manifest:
     # folders below a root on a drive of their own when last scanned -> its device: unmounted,
     # one is an empty folder, and its rows are kept as an offline root's (clipsearch.roots.away)
     mounts: dict[str, int] = field(default_factory=dict)
+    # --exclude patterns given to `index`: every later run and a watching server leave them out
+    exclude: list[str] = field(default_factory=list)
     # the table version the stored tags are in step with, when a commit amended them (a `tag`
     # run records its own in the label set)
     tags_version: int = -1

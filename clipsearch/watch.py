@@ -170,6 +170,17 @@ class Watcher:
         self._committed(summary)
         return summary
 
+    def remove_root(self, root: str, _progress=None) -> IndexSummary:
+        """`roots remove` in the watcher's thread: its rows go, and it is watched no more."""
+        summary = self.builder.remove_root(root)
+        root = os.path.abspath(root).rstrip(os.sep)
+        self._unwatch(root)
+        self._offline.pop(root, None)
+        self._missing.discard(root)
+        self.roots = [r for r in self.roots if r != root]
+        self._committed(summary)
+        return summary
+
     def move_root(self, old: str, new: str, _progress=None) -> IndexSummary:
         """`roots move` in the watcher's thread: re-point the rows, watch `new` instead of `old`."""
         summary = self.builder.move_root(old, new)
@@ -198,21 +209,27 @@ class Watcher:
         now = time.monotonic()
         with self._lock:
             if is_dir and os.path.isdir(path):  # moved or copied in: each photo settles on its own
-                found = scan([path], self.exclude)
+                found = scan([path], self._patterns())
                 for p in found.paths.to_pylist():
                     self._pending[p] = (now, size_and_mtime(p))
             else:
                 self._pending[path] = (now, size_and_mtime(path))
         self._wake.set()
 
+    def _patterns(self) -> list[str]:
+        """This watcher's --exclude patterns and those the index keeps (an earlier index run's)."""
+        stored = self.builder.store.manifest.exclude if self.builder is not None else []
+        return exclusions([*self.exclude, *stored])
+
     def _excluded(self, path: str) -> bool:
         """`path` or a folder between it and its root matches an --exclude pattern."""
         root = max((r for r in self.roots if is_under(path, r)), key=len, default=None)
-        if not self.exclude or root is None:
+        patterns = self._patterns()
+        if not patterns or root is None:
             return False
         folder, is_dir = path, os.path.isdir(path)
         while len(folder) > len(root):
-            if excluded(folder, os.path.relpath(folder, root), self.exclude, is_dir):
+            if excluded(folder, os.path.relpath(folder, root), patterns, is_dir):
                 return True
             folder, is_dir = os.path.dirname(folder), True
         return False

@@ -196,3 +196,32 @@ def _rows(db):
 
     table = Store.open(db).read(["path", "hash"])
     return dict(zip(table.column("path").to_pylist(), table.column("hash").to_pylist(), strict=True))
+
+
+def test_exclusions_last_and_a_root_can_be_removed(embedder, photos, tmp_path, tiny_local_dir):
+    """--exclude is kept by the index (a later run, a watcher, forget's advice all honour it),
+    `roots` lists it, `roots include` takes it back, `roots remove` drops a root and its rows."""
+    db = tmp_path / "db"
+    _index(embedder, [photos], db, exclude=["*/space/*"])
+    assert not any("/space/" in p for p in row_paths(db))
+    assert _index(embedder, [photos], db).added == 0  # no --exclude this time: still left out
+    listed = CliRunner().invoke(app, ["roots", "--db", str(db), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == {"roots": [{"path": str(photos), "offline_since": None}],
+                                         "exclude": ["*/space/*"]}
+    assert "left out: */space/*" in CliRunner().invoke(app, ["roots", "--db", str(db)]).output
+    r = CliRunner().invoke(app, ["roots", "include", "*/space/*", "--db", str(db)])
+    assert r.exit_code == 0 and "run clipsearch index to add what it left out" in r.output, r.output
+    assert _index(embedder, [photos], db).added == 3
+    r = CliRunner().invoke(app, ["roots", "include", "*/space/*", "--db", str(db)])
+    assert r.exit_code == 2 and "is not an exclusion of this index" in r.output, r.output
+    other = tmp_path / "scans"
+    shutil.copytree(photos / "food", other)
+    _index(embedder, [other], db)
+    r = CliRunner().invoke(app, ["roots", "remove", str(photos), "--db", str(db), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["removed"] == 13, r.output
+    assert all(p.startswith(str(other)) for p in row_paths(db))
+    assert open_index(db).info().roots == [str(other)]
+    r = CliRunner().invoke(app, ["roots", "remove", str(photos), "--db", str(db)])
+    assert r.exit_code == 2 and f"{photos} is not a root of this index; its roots: {other}" in r.output
+    assert (photos / "space" / "rocket.jpg").exists()  # files are never touched

@@ -422,3 +422,26 @@ def test_index_watch_keeps_going_until_ctrl_c(tmp_path, tiny_local_dir):
     finally:
         proc.kill()
     assert said("stopped watching; everything found is committed"), seen
+
+
+def test_a_watcher_leaves_out_what_an_index_run_excluded(tmp_path, embedder):
+    from test_change import _write, stub
+
+    from clipsearch import index_folders
+    from clipsearch.build import open_builder
+
+    db, root = tmp_path / "db", tmp_path / "photos"
+    kept = _write(root, "a.jpg")
+    index_folders([root], db, embedder=embedder, exclude=["Private"])
+    with open_builder(db, fanout=stub(Store.open(db).manifest.dim), workers=0) as builder:
+        watcher, stop, thread, _ = _watching(builder, [str(root)])  # no --exclude of its own
+        try:
+            _write(root / "Private", "p.jpg")
+            later = _write(root, "b.jpg")
+            expected = {p: content_hash(Path(p).read_bytes()) for p in (kept, later)}
+            settled(db, expected, "the photo outside the excluded folder, and only it")
+            builder.index([str(root)])  # a rescan, as at a watching server's start
+            assert rows(db) == expected
+        finally:
+            stop.set()
+            thread.join(30)

@@ -20,7 +20,7 @@ from clipsearch.watch import Watcher
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a field this server does not know is an error, not ignored
 
-    kind: Literal["index", "tag", "optimize", "forget", "move", "caption"]
+    kind: Literal["index", "tag", "optimize", "forget", "move", "caption", "remove-root", "include"]
     folders: list[str] = Field(default_factory=list, max_length=1000)
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     compact: bool = False
@@ -76,9 +76,10 @@ def add_routes(app, served, watcher: Watcher | None, stop: threading.Event) -> N
     @app.post("/api/jobs", status_code=202, tags=["service"])
     def submit(job: Annotated[JobIn, Body()], request: Request) -> dict:
         """Run a writing command here (the watcher holds the index's lock): `index` folders (they
-        are watched from then on), `tag`, `optimize`, `forget` paths (`folders`), or `move` a
-        root (`folders`: old, new). Poll GET /api/jobs/{id}. Needs the local secret (what the
-        CLI sends): the gallery's token reads, it starts no job."""
+        are watched from then on), `tag`, `optimize`, `forget` paths (`folders`), `move` a root
+        (`folders`: old, new), `remove-root` (`folders`: the root), or `include` again what an
+        --exclude pattern left out (`folders`: the pattern). Poll GET /api/jobs/{id}. Needs the
+        local secret (what the CLI sends): the gallery's token reads, it starts no job."""
         _writer(request)
         if watcher is None or stop.is_set():
             raise BadInputError("this server does not watch its folders (start it with serve --watch); "
@@ -137,6 +138,13 @@ def _work(job: JobIn, served, watcher: Watcher):
         if len(job.folders) != 2:
             raise BadInputError("a move needs two folders: the library's old place and its new one")
         return lambda progress: watcher.move_root(*job.folders, progress).to_dict()
+    if job.kind in ("remove-root", "include"):
+        if len(job.folders) != 1:
+            raise BadInputError(f"a {job.kind} job names one folder or pattern (`folders`), "
+                                f"not {len(job.folders)}")
+        if job.kind == "include":
+            return lambda _progress: {"exclude": watcher.builder.include(job.folders[0])}
+        return lambda progress: watcher.remove_root(job.folders[0], progress).to_dict()
     if job.kind == "forget":
         return lambda _progress: watcher.builder.forget(job.folders).to_dict()
 
