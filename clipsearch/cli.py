@@ -236,6 +236,7 @@ def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
             index.prepare_fast(present.message, background=config.background_export())
             found = ask(index)
     present.hits(found, fmt, none_found, protocol)
+    present.untold(config.db_path(db))
 
 
 def _preview(asked: str) -> str | None:
@@ -278,6 +279,7 @@ def _report(db: Path | None, as_json: bool, ask: Callable[[Index], object], prin
     with _errors():
         answer = ask(open_index(db))
     getattr(present, printer)(answer, as_json)
+    present.untold(config.db_path(db))
 
 
 Model = Annotated[str | None, typer.Option(
@@ -375,6 +377,7 @@ def index(
             found = unchanged.check(config.db_path(db), [normalize_root(f) for f in folders], exclude or ())
             if found is not None:  # nothing to write: no model, no LanceDB
                 present.summary(found, as_json)
+                present.untold(config.db_path(db))
                 return
         with present.progress_bar(not quiet and not as_json) as report:
             if server is not None:
@@ -388,7 +391,8 @@ def index(
                     prune_offline=prune_offline, background_export=config.background_export(),
                 )
         if summary is not None:
-            present.summary(summary, as_json)
+            present.summary(summary, as_json, db=config.db_path(db))
+            present.untold(config.db_path(db))
         if watch and server is None:
             _watch_here(db, folders, device, batch_size, workers, exclude or (), settle, poll, stop)
 

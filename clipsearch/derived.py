@@ -77,9 +77,24 @@ def failed(db: Path, what: str, path: Path, needs: int, exc: BaseException) -> U
 
     space = space_fault(exc)
     reason = describe_write_fault(exc)
-    record = {"needs": int(needs), "reason": reason, "space": space, "path": str(path)}
+    # `told`: whether a command has said so; a background job cannot, so the next command does
+    record = {"needs": int(needs), "reason": reason, "space": space, "path": str(path), "told": False}
     _save(db, what, record)
     return Unwritten(what, str(path), int(needs), reason)
+
+
+def untold(db: Path) -> list[Unwritten]:
+    """The failures no command has told the user of yet (one an export job met, say)."""
+    return [Unwritten(what, str(f.get("path", "")), int(f.get("needs", 0)), str(f.get("reason", "")))
+            for what, f in sorted(failures(db).items()) if f.get("told") is False]
+
+
+def told(db: Path, whats: list[str]) -> None:
+    """The user has been told of these failures: no later command repeats them."""
+    found = failures(db)
+    for what in whats:
+        if what in found and found[what].get("told") is False:
+            _save(db, what, {**found[what], "told": True})
 
 
 def succeeded(db: Path, what: str) -> None:

@@ -202,7 +202,12 @@ def serving(s: Started) -> None:
     print("\n".join(safe(line) for line in lines), flush=True)
 
 
-def summary(s: IndexSummary, as_json: bool) -> None:
+def summary(s: IndexSummary, as_json: bool, db=None) -> None:
+    """An index run's summary; with `db`, what it could not write counts as told there."""
+    if db is not None and s.unwritten:
+        from clipsearch import derived
+
+        derived.told(db, [u.what for u in s.unwritten])
     if as_json:
         print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
         _unwritten(s.unwritten)  # on stderr, as a person running it for a script still needs to know
@@ -258,6 +263,20 @@ def _unwritten(missing: Sequence[Unwritten]) -> None:
            else "run clipsearch index again once the folder can be written")
     message(f"warning: could not write what makes searches fast ({what}) next to the index: "
             f"{'; '.join(reasons)}. The index is intact and searches work, only slower; {fix}")
+
+
+def untold(db) -> None:
+    """What could not be written since the last command that said so (a background export that
+    found the disk full): said once, in the warning's one line."""
+    from clipsearch import derived
+
+    try:
+        missing = derived.untold(db)
+    except OSError:
+        return
+    if missing:
+        _unwritten(missing)
+        derived.told(db, [u.what for u in missing])
 
 
 def tag_summary(s: TagSummary, as_json: bool) -> None:

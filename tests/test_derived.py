@@ -84,6 +84,32 @@ def test_an_export_that_does_not_fit_is_said_remembered_and_made_once_there_is_r
 
 
 @needs_root
+def test_an_export_job_that_finds_the_disk_full_is_told_once_by_the_next_command(
+        photos, tmp_path, tiny_local_dir):
+    """The export runs in a job of its own (the CLI's default): `index` has ended before it fails,
+    so the next command says so, in the same one line, and only once."""
+    steps = _on_small_volume(tmp_path, "6m", f"""
+        export CLIPSEARCH_EXPORT=background
+        step index cs index {photos} --db $VOL/db --model local-dir:{tiny_local_dir} -q
+        for i in $(seq 600); do [ -e $VOL/db/unwritten.json ] && break; sleep 0.1; done  # the job failed
+        step search1 cs search "a horse" --db $VOL/db --json -k 3
+        step search2 cs search "a horse" --db $VOL/db --json -k 3
+        step info cs info --db $VOL/db
+        """)
+    code, _, err = steps["index"]
+    assert code == 0 and "could not write" not in err, err  # the job had not failed yet
+    code, out, err = steps["search1"]
+    assert code == 0 and len(json.loads(out)) == 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "warning: could not write what makes searches fast (the text encoder export, about 1"), err
+    assert lines[0].endswith("MB there and run clipsearch index again")
+    for name in ("search2", "info"):
+        code, _, err = steps[name]
+        assert code == 0 and "could not write" not in err, (name, err)
+
+
+@needs_root
 def test_a_search_structure_that_does_not_fit_is_an_oserror_not_faiss_noise(tmp_path):
     script = f"""
         step save {sys.executable} -c '
