@@ -30,6 +30,7 @@ from clipsearch.results import (
     ImageRecord,
     IndexInfo,
     Page,
+    Skipped,
     TagCount,
     TagSummary,
 )
@@ -706,9 +707,35 @@ class Index:
         if sidecars:
             from clipsearch.xmp import write_sidecars
 
-            summary.sidecars_written = write_sidecars(tagged.per_image, summary.skipped)
+            ok = self._as_indexed([i.path for i in tagged.per_image if i.tags], summary.skipped)
+            summary.sidecars_written = write_sidecars([i for i in tagged.per_image if i.path in ok],
+                                                      summary.skipped)
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _as_indexed(self, paths: Sequence[str], skipped: list[Skipped]) -> set[str]:
+        """Those of `paths` whose files are as indexed (size and modification time); the others
+        go to `skipped`: a sidecar beside a file that is gone or changed would describe something
+        the index has not seen."""
+        wanted, ok, told = set(paths), set(), set()
+        rows = self.store.read(["path", "size", "mtime_ns"])
+        for path, size, mtime in zip(rows.column("path").to_pylist(), rows.column("size").to_pylist(),
+                                     rows.column("mtime_ns").to_pylist(), strict=True):
+            if path not in wanted or path in ok or path in told:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                told.add(path)
+                skipped.append(Skipped(path, "the photo is gone; no sidecar written"))
+                continue
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                told.add(path)
+                skipped.append(Skipped(path, "changed since it was indexed; no sidecar written until "
+                                             "clipsearch index reads it again"))
+            else:
+                ok.add(path)
+        return ok
 
     def caption(self, folders: Sequence[str | os.PathLike[str]] = (), *, limit: int | None = None,
                 progress: Callable[[Progress], None] | None = None, batch_size: int = 8,

@@ -242,3 +242,17 @@ def test_threads_writing_sidecars_with_conflicting_prefixes_keep_their_own(tmp_p
     description = root.find(f".//{RDF}Description")
     assert description.get("{http://two.example/}mark") == "0"
     assert [li.text for li in root.find(f".//{DC}subject").iter(f"{RDF}li")] == ["tag149"]
+
+
+def test_no_sidecar_is_written_beside_a_photo_that_is_gone_or_changed(photos, tmp_path, embedder):
+    db = tmp_path / "db"
+    index_folders([photos], db, embedder=embedder, workers=0)
+    gone, changed = photos / "animals" / "horse.png", photos / "space" / "rocket.jpg"
+    gone.unlink()
+    changed.write_bytes(changed.read_bytes() + b"\0")  # edited since it was indexed
+    r = CliRunner().invoke(app, ["tag", "--db", str(db), "--labels", "dog,cat,space", "--threshold", "0",
+                                 "--write-xmp"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert not Path(f"{gone}.xmp").exists() and not Path(f"{changed}.xmp").exists()
+    assert Path(f"{photos / 'animals' / 'chelsea.heic'}.xmp").exists()
+    assert "the photo is gone; no sidecar written" in r.output and "changed since it was indexed" in r.output
