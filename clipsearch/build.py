@@ -175,7 +175,7 @@ class Builder:
         import numpy as np
         import pyarrow as pa
 
-        from clipsearch.kept import COLUMNS, Kept
+        from clipsearch.kept import Kept, columns
         from clipsearch.store import under_sql
 
         store, old, new = self.store, os.path.abspath(old).rstrip(os.sep), normalize_root(new)
@@ -209,7 +209,8 @@ class Builder:
                 kept = kept.set_column(kept.schema.get_field_index("words"), "words",
                                        pa.array(words, pa.list_(pa.string())))
             store.add(kept)
-        Kept(store).keep(rows.filter(pa.array(~same & ~taken)).select(COLUMNS))  # found by its hash if there
+        # found by its hash if it is there
+        Kept(store).keep(rows.filter(pa.array(~same & ~taken)).select(columns(store)))
         store.delete_paths(paths)
         manifest = store.manifest
         manifest.roots = sorted({new if r == old else r for r in manifest.roots} | {new})
@@ -239,7 +240,7 @@ class Builder:
     def remove_root(self, root: str) -> IndexSummary:
         """`root` is no longer indexed: its rows go (their vectors kept a while, as for any
         removed photo: clipsearch.kept), and it leaves the roots; its files are not touched."""
-        from clipsearch.kept import COLUMNS, Kept
+        from clipsearch.kept import Kept, columns
         from clipsearch.store import under_sql
 
         store, root = self.store, os.path.abspath(os.path.expanduser(root)).rstrip(os.sep)
@@ -247,9 +248,9 @@ class Builder:
         if root not in manifest.roots:
             raise BadInputError(f"{root} is not a root of this index; its roots: "
                                 f"{', '.join(manifest.roots) or 'none'} (clipsearch roots lists them)")
-        rows = store.read(["path", *COLUMNS], under_sql([root]))
+        rows = store.read(["path", *columns(store)], under_sql([root]))
         paths = sorted(set(rows.column("path").to_pylist()))
-        Kept(store).keep(rows.select(COLUMNS))
+        Kept(store).keep(rows.select(columns(store)))
         store.delete_paths(paths)
         manifest.roots = [r for r in manifest.roots if r != root]
         manifest.offline.pop(root, None)

@@ -30,8 +30,8 @@ from clipsearch import roots as root_state
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
 from clipsearch.images import is_video_name, load_image, prepare_photo, read_file
-from clipsearch.kept import COLUMNS as KEPT_COLUMNS
 from clipsearch.kept import Kept
+from clipsearch.kept import columns as kept_columns
 from clipsearch.results import IndexSummary, Progress, Skipped
 from clipsearch.scan import (
     FileEntry,
@@ -264,7 +264,7 @@ class Indexer:
         if self._gone:
             gone = sorted(self._gone)
             # their content may come back (moved out and in again, restored): kept a while
-            removed = self.store.by_paths(sorted(self._gone - self._moved_sources), KEPT_COLUMNS)
+            removed = self.store.by_paths(sorted(self._gone - self._moved_sources), kept_columns(self.store))
             self._kept.keep(removed)
             self.dropped.update(removed.column("hash").to_pylist())
             self.store.delete_paths(gone)
@@ -322,9 +322,15 @@ class Indexer:
         if p.reason is None and p.pixels is None:
             if (source := self._hashes.find(p.hash)) is not None:
                 return _Outcome(entry, p.hash, source=source, meta=p.meta)
+            kept = self._kept.get(p.hash)
+            if kept is not None and kept.times is not None and is_video_name(entry.path):
+                # a video removed lately and back: its frames as they were, nothing decoded
+                return _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
+                                taken=kept.taken, meta=p.meta, video=True, times=kept.times,
+                                vectors=kept.vectors, duration=kept.duration)
             if is_video_name(entry.path):  # decoded and embedded in turn (_embed_video)
                 return _Outcome(entry, p.hash, meta=p.meta, video=True)
-            if (kept := self._kept.get(p.hash)) is not None:
+            if kept is not None:
                 return _Outcome(entry, p.hash, vector=kept.vector, width=kept.width, height=kept.height,
                                 taken=kept.taken, meta=p.meta)
             p = prepare_photo(entry.path, lambda _h: False, min_side, preprocess)  # let go meanwhile

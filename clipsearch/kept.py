@@ -18,6 +18,7 @@ from clipsearch.store import Store, sql_list, writing
 
 TABLE = "kept"
 COLUMNS = ["hash", "vector", "width", "height", "taken"]
+FRAMES = ["t", "duration"]  # a video's: each of its frames is kept, as its rows were
 _IN_CHUNK = 2_000
 
 
@@ -27,6 +28,15 @@ class KeptVector:
     width: int | None
     height: int | None
     taken: str | None
+    # a video: its frames' times (ascending) and vectors, and its length; None for a photo
+    times: list[float] | None = None
+    vectors: np.ndarray | None = None
+    duration: float | None = None
+
+
+def columns(store: Store) -> list[str]:
+    """What to keep of a row of `store` (a video's frame times where the rows have them)."""
+    return COLUMNS + (FRAMES if store.has_video else [])
 
 
 class Kept:
@@ -53,13 +63,22 @@ class Kept:
         return digest in self._hashes
 
     def get(self, digest: str) -> KeptVector | None:
+        """The kept vector of this content; of a video, all its frames."""
         if digest not in self:
             return None
-        query = self._table().search().where(f"hash = {sql_list([digest])}")
-        rows = query.select(COLUMNS).limit(1).to_list()
+        table = self._table()
+        framed = "t" in table.schema.names
+        query = table.search().where(f"hash = {sql_list([digest])}")
+        rows = query.select(COLUMNS + (FRAMES if framed else [])).limit(None if framed else 1).to_list()
         if not rows:
             return None
         row = rows[0]
+        if framed and row["t"] is not None:
+            # one removal's frames: a video removed twice in the window was kept twice, alike
+            frames = sorted({r["t"]: r for r in rows if r["t"] is not None}.values(), key=lambda r: r["t"])
+            vectors = np.stack([np.asarray(r["vector"], np.float32) for r in frames])
+            return KeptVector(vectors[0], row["width"], row["height"], row["taken"],
+                              [r["t"] for r in frames], vectors, row["duration"])
         return KeptVector(np.asarray(row["vector"], np.float32), row["width"], row["height"], row["taken"])
 
     def keep(self, rows: pa.Table) -> None:
@@ -70,11 +89,21 @@ class Kept:
         with writing(self.store.path):
             if days > 0 and len(rows):
                 now = pa.array(np.full(len(rows), int(time.time()), np.int64))
-                data = rows.select(COLUMNS).append_column("removed_at", now)
+                for name, kind in (("t", pa.float64()), ("duration", pa.float64())):
+                    if name not in rows.column_names:  # a photo's row, or an index without videos
+                        rows = rows.append_column(name, pa.nulls(len(rows), kind))
+                data = rows.select(COLUMNS + FRAMES).append_column("removed_at", now)
+                if table is not None and "t" not in table.schema.names:
+                    # kept before videos were: its rows move to a table that has their columns
+                    old = table.to_arrow()
+                    for name in FRAMES:
+                        old = old.append_column(name, pa.nulls(len(old), data.schema.field(name).type))
+                    data = pa.concat_tables([old.select(data.column_names).cast(data.schema), data])
+                    table = None
                 if table is None:
                     import lancedb
 
-                    table = lancedb.connect(self.store.path).create_table(TABLE, data)
+                    table = lancedb.connect(self.store.path).create_table(TABLE, data, mode="overwrite")
                 else:
                     table.add(data.cast(table.schema))
                 self._hashes = None

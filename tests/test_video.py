@@ -225,6 +225,47 @@ def test_copied_and_moved_videos_keep_their_moments_without_decoding(library, tm
     assert not open_index(copy_db).store.by_paths([str(folder / "party.mp4")], ["t"]).num_rows
 
 
+def test_a_video_back_within_the_kept_window_is_not_decoded_again(tmp_path, tiny_local_dir):
+    """A video moved out of the library and back (a mistaken move, a restore) within the week its
+    vectors are kept: its moments come back as they were, nothing decoded; an index from before
+    videos were kept this way has its kept photos carried over."""
+    import time
+
+    import lancedb
+    import pyarrow as pa
+
+    from clipsearch import index_folders
+    from clipsearch.kept import Kept
+    from clipsearch.store import Store
+
+    folder, db = tmp_path / "clips", tmp_path / "db"
+    folder.mkdir()
+    video = make_video(str(folder / "party.mp4"), [(picture(PLANTED, 1), 9.0)], keyint=15)
+    picture(PLANTED, 2).save(folder / "still.png")  # the root is not emptied by the move
+
+    def run():
+        return index_folders([folder], db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+
+    run()
+    before = Store.open(db).by_paths([video], ["t", "vector"]).sort_by("t").to_pydict()
+    # a kept table as an earlier release left it (no frame columns), holding one photo
+    dim = len(before["vector"][0])
+    lancedb.connect(db).create_table("kept", pa.table({
+        "hash": ["an earlier photo"], "vector": pa.array([[0.5] * dim], pa.list_(pa.float32(), dim)),
+        "width": [1], "height": [1], "taken": pa.array([None], pa.string()),
+        "removed_at": [int(time.time())]}))
+    away = tmp_path / "away.mp4"
+    Path(video).rename(away)
+    assert run().removed == 1
+    away.rename(video)
+    back = run()
+    assert (back.added, back.embedded, back.frames) == (1, 0, 0), back
+    after = Store.open(db).by_paths([video], ["t", "vector"]).sort_by("t").to_pydict()
+    assert after["t"] == before["t"] and len(before["t"]) >= 2
+    assert after["vector"] == before["vector"]
+    assert Kept(Store.open(db)).get("an earlier photo") is not None
+
+
 @pytest.fixture(scope="module")
 def served(library):
     """The library's index behind a real HTTP server, in this process."""
