@@ -589,19 +589,6 @@ class Index:
             raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
         return record.path
 
-    def partner_file(self, record: ImageRecord, partner: str) -> str | None:
-        """`partner` (a Live Photo's video, a pair's RAW: found by name beside the indexed file)
-        when it is a regular file of its own, else None: a link planted beside a photo (in a
-        synced or shared folder, an unpacked archive) would hand out whatever it points to."""
-        import stat
-
-        self.indexed_file(record)
-        try:
-            st = os.lstat(partner)
-        except OSError:
-            return None
-        return partner if stat.S_ISREG(st.st_mode) else None
-
     def frame_bytes(self, record: ImageRecord, t: float, size: int | None = None) -> bytes:
         """A video record's frame at `t` seconds, upright, as PNG (the thumbnails' source): its
         short side at most `size`, when given (a 4K frame is not decoded whole for a thumbnail)."""

@@ -64,7 +64,9 @@ def away(path: str, roots: Sequence[str], mounts: dict[str, int],
     that is missing or empty. Rows under it are kept, as under an offline root. `asked` keeps
     each folder's answer for one run. None when there is no such folder."""
     asked = {} if asked is None else asked
-    root = max((r for r in roots if path.startswith(r.rstrip(os.sep) + os.sep)), key=len, default=None)
+    from clipsearch.scan import root_of
+
+    root = root_of(path, roots)
     if root is None:
         return None
     folder = os.path.dirname(path)

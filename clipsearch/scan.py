@@ -147,7 +147,7 @@ def motion_of(photo: str) -> str | None:
 
 def originals_of(photos: Iterable[str]) -> dict[str, str]:
     """The RAW original beside each JPEG or HEIF of `photos` that has one (one folder listing
-    per folder): photo -> RAW."""
+    per folder): photo -> RAW. A regular file, never a link, as for motion_of."""
     by_folder: dict[str, list[str]] = {}
     for photo in photos:
         if os.path.splitext(photo)[1].lower() in RENDITION_EXTENSIONS:
@@ -155,7 +155,8 @@ def originals_of(photos: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for folder, wanted in by_folder.items():
         try:
-            names = sorted(os.listdir(folder or "."))
+            with os.scandir(folder or ".") as it:
+                names = sorted(e.name for e in it if e.is_file(follow_symlinks=False))
         except OSError:
             continue
         raws = {}
@@ -233,6 +234,11 @@ def with_pairs(paths: Iterable[str]) -> list[str]:
 
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def root_of(path: str, roots: Iterable[str]) -> str | None:
+    """The innermost of `roots` that holds `path` (or is it), or None."""
+    return max((r for r in roots if is_under(path, r)), key=len, default=None)
 
 
 def exclusions(patterns: Sequence[str]) -> list[str]:

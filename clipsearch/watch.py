@@ -36,7 +36,7 @@ from clipsearch.scan import (
     excluded,
     exclusions,
     is_photo_name,
-    is_under,
+    root_of,
     scan,
     size_and_mtime,
 )
@@ -83,7 +83,7 @@ class Job:
 
 def _ignored(path: str, roots: Sequence[str] = ()) -> bool:
     """Hidden or junk below its root (a root may itself sit in a hidden folder: ~/.local/photos)."""
-    root = max((r for r in roots if is_under(path, r)), key=len, default=None)
+    root = root_of(path, roots)
     rel = os.path.relpath(path, root) if root else path
     parts = [part for part in rel.split(os.sep) if part and part != "."]
     return any(part.startswith(".") or part in JUNK_DIRS for part in parts)
@@ -223,7 +223,7 @@ class Watcher:
 
     def _excluded(self, path: str) -> bool:
         """`path` or a folder between it and its root matches an --exclude pattern."""
-        root = max((r for r in self.roots if is_under(path, r)), key=len, default=None)
+        root = root_of(path, self.roots)
         patterns = self._patterns()
         if not patterns or root is None:
             return False

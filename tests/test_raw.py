@@ -276,8 +276,9 @@ def test_the_server_shows_a_raw_and_hands_out_its_original(library):
         raw_file.rename(photos.parent / "IMG_0002.DNG.away")
         raw_file.symlink_to(secret)
         try:
-            refused = client.get(f"/api/images/{pair['id']}/original")
+            linked = client.get(f"/api/images/{pair['id']}/original")
         finally:
             raw_file.unlink()
             (photos.parent / "IMG_0002.DNG.away").rename(raw_file)
-        assert refused.status == 404 and "is not a regular file" in refused.json()["error"]
+        # not the pair's original: the original is the indexed JPEG itself
+        assert linked.status == 200 and linked.body == (photos / "card" / "IMG_0002.JPG").read_bytes()

@@ -373,11 +373,8 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         index = served.get()
         record = index.record(id, tags=False)
         path = index.indexed_file(record)
-        if record.t is None and (raw := originals_of([path]).get(path)) is not None:
-            path = index.partner_file(record, raw)
-            if path is None:
-                raise UnknownImageError(f"image {id}'s original {raw} is not a regular file (a link?); "
-                                        "it is not served")
+        if record.t is None:
+            path = originals_of([path]).get(path, path)
         return FileResponse(path, media_type=media_type(path), filename=Path(path).name)
 
     @app.get("/api/images/{id}/motion", tags=["images"],
@@ -388,7 +385,6 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         index = served.get()
         record = index.record(id, tags=False)
         path = motion_of(index.indexed_file(record)) if record.t is None else None
-        path = index.partner_file(record, path) if path is not None else None
         if path is None:
             raise UnknownImageError(f"image {id} has no Live Photo video beside it")
         return FileResponse(path, media_type=media_type(path))
