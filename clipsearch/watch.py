@@ -173,22 +173,23 @@ class Watcher:
     def remove_root(self, root: str, _progress=None) -> IndexSummary:
         """`roots remove` in the watcher's thread: its rows go, and it is watched no more."""
         summary = self.builder.remove_root(root)
+        self._forget_root(root)
+        self._committed(summary)
+        return summary
+
+    def _forget_root(self, root: str) -> None:
+        """No longer watch `root` (moved or removed), nor remember it offline or missing."""
         root = os.path.abspath(root).rstrip(os.sep)
         self._unwatch(root)
         self._offline.pop(root, None)
         self._missing.discard(root)
         self.roots = [r for r in self.roots if r != root]
-        self._committed(summary)
-        return summary
 
     def move_root(self, old: str, new: str, _progress=None) -> IndexSummary:
         """`roots move` in the watcher's thread: re-point the rows, watch `new` instead of `old`."""
         summary = self.builder.move_root(old, new)
-        old = os.path.abspath(old).rstrip(os.sep)
-        self._unwatch(old)
-        self._offline.pop(old, None)
-        self._missing.discard(old)
-        self.roots = sorted({*(r for r in self.roots if r != old), *self.builder.store.manifest.roots})
+        self._forget_root(old)
+        self.roots = sorted({*self.roots, *self.builder.store.manifest.roots})
         for root in self.roots:
             self._watch(root)
         self._committed(summary)
