@@ -175,6 +175,7 @@ def main() -> None:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
 
     work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
+    common.own_cache(work)
     results = {"mode": chosen, "machine": machine(), "sections": {}, "failed": {}, "seconds": {}}
     print(f"# clipsearch benchmarks ({chosen}): {results['machine']['processor']}, "
           f"{results['machine']['cpus']} CPUs, torch {results['machine']['torch']}, "

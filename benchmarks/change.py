@@ -100,7 +100,7 @@ def _ready(work: Path, n: int) -> Path:
 
     db = work / f"change-{n}"
     store = random_index(db, n)
-    seed_export(db, store.manifest.model, work)
+    seed_export(store.manifest.model, work)
     current(store, retry=True)
     prepare(store, lambda: None, retry=True)
     return db
@@ -297,7 +297,7 @@ def scan_one(work: Path, n: int) -> dict:
     store.manifest.roots = [str(root)]
     store.save_manifest()
     store.compact()
-    seed_export(db, store.manifest.model, work)
+    seed_export(store.manifest.model, work)
     from clipsearch.ann import current
     from clipsearch.build import prepare_fast as prepare
 

@@ -67,7 +67,7 @@ def end_to_end(work: Path, n: int, per_photo: bool = True) -> dict:
     for name, extra in (("local", ()), ("ray", ("--ray",))):
         for size, folder in (("", work / "ray-photos"), ("quarter_", quarter))[:2 if per_photo else 1]:
             db = work / f"db-ray-{size}{name}"
-            seed_export(db, model, work)
+            seed_export(model, work)
             seconds, peak = _index(folder, db, model_flags, env, *extra)
             out[f"{size}{name}_s"], out[f"{size}{name}_driver_mb"] = seconds, peak
         out[f"{name}_img_s"] = n / out[f"{name}_s"]
@@ -113,7 +113,7 @@ def commit_rate(work: Path, rows: int) -> dict:
     stamps: list[float] = []
     embedder = bench_embedder(work)
     db = work / "db-stubbed"
-    seed_export(db, model_spec(work).to_dict(), work)
+    seed_export(model_spec(work).to_dict(), work)
     seconds, summary = timed(lambda: index_folders(
         [folder], db, embedder=embedder, fanout=cluster,
         progress=lambda p: p.phase == "embed" and p.done and stamps.append(time.perf_counter())))

@@ -37,7 +37,7 @@ def measure(work: Path, sizes: list[int]) -> dict:
             os.link(p, folder / Path(p).name)
         # the export is a one-off of an index's first run, made beforehand: its peak (about
         # 1.6 GB, model included) is not that of indexing
-        seed_export(work / f"db-{n}", model_spec(work).to_dict(), work)
+        seed_export(model_spec(work).to_dict(), work)
         # fp32, as the figures in docs/benchmarks.md were measured before auto became the default
         cmd = [script, "index", str(folder), "--db", str(work / f"db-{n}"), *model_args(work), "--precision",
                "fp32", "-q"]

@@ -57,7 +57,7 @@ def _rate(work: Path, label: str, folder: Path, embedder, rounds: int) -> float:
     best = 0.0
     for r in range(rounds):  # a new index each round: nothing of the last one is reused
         db = work / f"db-raw-{label}-{r}"
-        seed_export(db, embedder.spec.to_dict(), work)
+        seed_export(embedder.spec.to_dict(), work)
         index_folders([warm], db, embedder=embedder)
         seconds, summary = timed(lambda d=db: index_folders([folder], d, embedder=embedder))
         best = max(best, summary.embedded / seconds)

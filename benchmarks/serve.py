@@ -86,7 +86,7 @@ class Served:
 
 
 def _env(work: Path) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_CACHE": str(work / "cache")}
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}  # the run's own cache (common.own_cache)
 
 
 def _spec(work: Path) -> dict:

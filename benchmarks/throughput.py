@@ -47,7 +47,7 @@ def end_to_end(embedder, folder: Path, db: Path, batch_size: int) -> float:
     from clipsearch import index_folders
 
     shutil.rmtree(db, ignore_errors=True)
-    seed_export(db, embedder.spec.to_dict(), folder.parent)  # the one-off export of a first run
+    seed_export(embedder.spec.to_dict(), folder.parent)  # the one-off export of a first run
     seconds, summary = timed(lambda: index_folders([folder], db, embedder=embedder, batch_size=batch_size))
     assert summary.embedded == len(list(folder.glob("*.jpg"))), summary
     return summary.embedded / seconds
@@ -66,7 +66,7 @@ def measure(work: Path, n: int, embedder=None, batch_size: int = 32, bf16: bool 
     threads = torch.get_num_threads()
     warm_up = work / "warm-up"  # first-use costs (LanceDB's import, table creation paths) out of the timing
     photos(warm_up, 1, (640, 480))
-    seed_export(work / "db warm-up", embedder.spec.to_dict(), work)
+    seed_export(embedder.spec.to_dict(), work)
     index_folders([warm_up], work / "db warm-up", embedder=embedder)
     out = {}
     for label, size in (("12 MP", (4000, 3000)), ("0.3 MP", (640, 480))):

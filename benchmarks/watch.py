@@ -24,7 +24,6 @@ throughput, its peak memory within 300 MB of it; a warm query's p50 during a bur
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,14 +57,14 @@ root.mkdir(exist_ok=True)
 from PIL import Image
 Image.new("RGB", (64, 48), (1, 2, 3)).save(root / "seed.png")  # content no photo below shares
 fast = os.environ.get("CLIPSEARCH_FAST_QUERY")
-os.environ["CLIPSEARCH_FAST_QUERY"] = "0"  # the text export is copied in, not made again (10 s)
+os.environ["CLIPSEARCH_FAST_QUERY"] = "0"  # the text export is seeded below, not made here (10 s)
 index_folders([str(root)], db, embedder=embedder)  # the library exists before it is watched
 os.environ.pop("CLIPSEARCH_FAST_QUERY")
 if fast is not None:
     os.environ["CLIPSEARCH_FAST_QUERY"] = fast
 from benchmarks.common import seed_export
 from clipsearch.store import Store
-seed_export(Path(db), Store.open(db).manifest.model, Path(work))
+seed_export(Store.open(db).manifest.model, Path(work))
 try:  # peaks from here on: the work measured, not a one-off export made above
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -165,10 +164,8 @@ def measure(work: Path, samples: int = 40, burst: int = 1000, settle: float = SE
         photos(source / "single", samples, size=SIZE)
         photos(source / "burst", burst, size=SIZE, grain=7.0)  # other grain: other content
     photos(source / "burst2", max(3, burst // 5), size=SIZE, grain=8.0)
-    # the text export both children copy in, made here once (not inside a process measured)
-    probe = work / "watch-export-probe"
-    seed_export(probe, model_spec(work).to_dict(), work)
-    shutil.rmtree(probe, ignore_errors=True)
+    # the text export both children find, made here once (not inside a process measured)
+    seed_export(model_spec(work).to_dict(), work)
     watched = _child("watch", work, source, settle)
     plain = _child("index", work, source, settle)
     plain_rate = plain["embedded"] / plain["seconds"]

@@ -211,7 +211,7 @@ def latency(work: Path, sizes: list[int], queries: int = 20) -> dict:
         store = random_index(work / f"db-words-{n}", n, model=spec.to_dict(), words=True)
         prepare_fast(store, work)
         figures = {}
-        encoder = onnxtext.open_for(store.path, store.manifest.model)
+        encoder = onnxtext.open_for(store.manifest.model)
         for name, source in (("lancedb", store), ("snapshot", Snapshot.open(store.path))):
             figures[name] = _timings(Index(source, text_encoder=encoder), (asked * 3)[:queries])
         out[str(n)] = figures

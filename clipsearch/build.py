@@ -458,7 +458,7 @@ def needs_export(store: Store) -> bool:
 
 def _needs_export(db: Path, model: dict) -> bool:
     return (config.fast_query() and model.get("backend", "open_clip") == "open_clip"
-            and not onnxtext.exported(db, model) and onnxtext.unsupported(db, model) is None)
+            and not onnxtext.exported(model) and onnxtext.unsupported(model) is None)
 
 
 def prepare_fast(store: Store, embedder: Callable[[], Embedder],
@@ -480,22 +480,25 @@ def prepare_fast(store: Store, embedder: Callable[[], Embedder],
         return None, []
     db, model = store.path, store.manifest.model
     unwritten: list[Unwritten] = []
-    encoder = onnxtext.open_for(db, model) if open_export else None
-    if open_export and encoder is None and onnxtext.exported(db, model):
-        note(f"the exported text encoder in {onnxtext.folder(db, model)} does not load; exporting it again")
-        shutil.rmtree(onnxtext.folder(db, model), ignore_errors=True)
+    if (db / "fast").is_dir() and any((db / "fast").glob("text-*")):
+        with exportjob.exporting(model):
+            onnxtext.adopt(db, model)
+    encoder = onnxtext.open_for(model) if open_export else None
+    if open_export and encoder is None and onnxtext.exported(model):
+        note(f"the exported text encoder in {onnxtext.folder(model)} does not load; exporting it again")
+        shutil.rmtree(onnxtext.folder(model), ignore_errors=True)
     pending = False
     if needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
-        if background and exportjob.start(db):
+        if background and exportjob.start(db, model):
             pending = True
         else:
-            with exportjob.exporting(db):  # after a job that is making it, if there is one
+            with exportjob.exporting(model):  # after a job that is making it, if there is one
                 if needs_export(store):
-                    note("preparing fast searches for this index: exporting the text encoder "
-                         "(once, about 10 s)")
+                    note("preparing fast searches for this model: exporting the text encoder "
+                         "(once per model, about 10 s)")
                     _export(db, model, embedder, unwritten)
-            encoder = onnxtext.open_for(db, model) if open_export else None
-    exported = encoder is not None or (not open_export and onnxtext.exported(db, model))
+            encoder = onnxtext.open_for(model) if open_export else None
+    exported = encoder is not None or (not open_export and onnxtext.exported(model))
     if (exported or pending) and derived.may_write(db, derived.SNAPSHOT, retry):
         from clipsearch import snapshot
 
@@ -529,11 +532,11 @@ def _export(db: Path, model_spec: dict, embedder: Callable[[], Embedder], unwrit
     model = embedder()
     if getattr(model, "precision", None) != "fp32" or model.device != "cpu" or not model.has_text:
         model = load_embedder(model.spec, "cpu", "fp32")
-    folder = onnxtext.folder(db, model_spec)
+    folder = onnxtext.folder(model_spec)
     try:
         export(model, folder)
     except NotExportable as exc:
-        onnxtext.mark_unsupported(db, model_spec, str(exc))
+        onnxtext.mark_unsupported(model_spec, str(exc))
     except (OSError, RuntimeError) as exc:
         if not isinstance(exc, OSError) and not derived.space_fault(exc):
             raise

@@ -101,10 +101,10 @@ def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], No
     if not config.fast_query():
         return []
     model = store.manifest.model
-    folder = onnxtext.folder(store.path, model)
+    folder = onnxtext.folder(model)
     found: list[Checked] = []
     export = None
-    if onnxtext.exported(store.path, model):
+    if onnxtext.exported(model):
         status = _export_status(index, folder)
         export = Checked(derived.EXPORT, str(folder), status, "none" if status == "ok" else "rebuilt")
         if status == "unrecorded-ok":

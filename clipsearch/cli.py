@@ -118,9 +118,10 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Paths = Annotated[bool, typer.Option(
     "--paths", help="Print one absolute path per line (for names without newlines; see --null).")]
 Preview = Annotated[str | None, typer.Option(
-    "--preview", metavar="[=kitty|iterm]",
+    "--preview", metavar="[auto|kitty|iterm|off]",
     help="Show thumbnails beside the hits, in a terminal that displays images (kitty, Ghostty, "
-         "Konsole, iTerm2, WezTerm: detected, or forced with --preview=kitty or --preview=iterm).")]
+         "Konsole, iTerm2, WezTerm: detected, or forced with --preview kitty or --preview iterm; "
+         "off shows none).")]
 Null = Annotated[bool, typer.Option(
     "--null", "-0", help="Print absolute paths each ended by a NUL, for xargs -0 (implies --paths).")]
 NoServer = Annotated[bool, typer.Option(
@@ -232,8 +233,11 @@ def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
             from clipsearch.engine import open_index
 
             index = open_index(db, device=device, **options)
-            # so that the next search takes the fast path
-            index.prepare_fast(present.message, background=config.background_export())
+            # so that the next search takes the fast path; this one loads the CLIP model
+            if index.prepare_fast(present.message, background=config.background_export()):
+                from clipsearch.fastpath import PENDING
+
+                present.message(PENDING)
             found = ask(index)
     present.hits(found, fmt, none_found, protocol)
     present.untold(config.db_path(db))
@@ -245,6 +249,8 @@ def _preview(asked: str) -> str | None:
 
     from clipsearch import present, preview
 
+    if asked.lower() == "off":
+        return None
     protocol = preview.choose(asked, sys.stdout.isatty())
     if protocol is None:
         present.message(f"note: --preview shows thumbnails only in terminals that display images "
@@ -261,7 +267,7 @@ def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], optio
 
     try:
         keep_pandas_out()
-        index = open_fast(config.db_path(db), device=device, **options)
+        index = open_fast(config.db_path(db), device=device, note=present.message, **options)
         return ask(index) if index is not None else None
     except ClipsearchError:
         raise
@@ -1161,8 +1167,28 @@ def _notes_to_stderr() -> None:
         log.addHandler(_Notes(logging.WARNING))
 
 
+def arguments(argv: list[str]) -> list[str]:
+    """`argv` as click should read it: --preview takes a value only when one of its own follows
+    (`--preview kitty`, as `--preview=kitty`); a bare --preview means --preview=auto, and the
+    word after it stays a word of the query."""
+    from clipsearch.preview import CHOICES
+
+    out: list[str] = []
+    words = iter(enumerate(argv))
+    for i, arg in words:
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg != "--preview":
+            out.append(arg)
+        elif i + 1 < len(argv) and argv[i + 1].lower() in CHOICES:
+            out.append(f"--preview={next(words)[1]}")
+        else:
+            out.append("--preview=auto")
+    return out
+
+
 def main() -> None:
     import sys
 
-    # a bare --preview means --preview=auto (click would take the next word as its value)
-    app([f"{a}=auto" if a == "--preview" else a for a in sys.argv[1:]], prog_name="clipsearch")
+    app(arguments(sys.argv[1:]), prog_name="clipsearch")

@@ -149,7 +149,7 @@ class Index:
         if self._text_encoder is None:
             found = None
             if config.fast_query() and self.precision == "fp32":
-                found = onnxtext.open_for(self.store.path, self.store.manifest.model)
+                found = onnxtext.open_for(self.store.manifest.model)
             self._text_encoder = found or self.embedder
 
     @property
@@ -789,19 +789,23 @@ class Index:
 
         return Tagger.embed(labels, self.embed_texts)
 
-    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None, background: bool = False) -> None:
+    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None, background: bool = False) -> bool:
         """Make what the torch-free query path needs for this index's current version (the
-        text export once, a row snapshot per version; clipsearch.fastpath). The export it opens
-        is this index's text encoder from then on, unless the index already has one. With
-        `background` the export is left to a job of its own (clipsearch.exportjob)."""
+        text export once per model, a row snapshot per version; clipsearch.fastpath). The export
+        it opens is this index's text encoder from then on, unless the index already has one.
+        With `background` the export is left to a job of its own (clipsearch.exportjob); True
+        when that job is making it now."""
+        from clipsearch import exportjob, onnxtext
         from clipsearch.build import prepare_fast
 
-        def work() -> None:
+        def work() -> bool:
             encoder, _unwritten = prepare_fast(self.store, lambda: self.embedder, note, background=background)
             if self._text_encoder is None and encoder is not None and self.precision == "fp32":
                 self._text_encoder = encoder
+            model = self.store.manifest.model
+            return background and not onnxtext.exported(model) and exportjob.running(model)
 
-        self._model_call(work)
+        return self._model_call(work)
 
     def tags(self) -> list[TagCount]:
         """Each label of the last `tag` run with how many indexed images carry it, most first."""

@@ -4,10 +4,11 @@ hundred photos, and a first `index` should end when its rows are searchable.
 
 `clipsearch index` and a search that finds no export start the job and go on; searches answer
 through the CLIP model until the export is there, and on the torch-free path from then on (the
-same ranking; scores may differ in the last digits, as the fast path's note says). The job holds
-`fast/export.lock` while it works, so there is at most one per index; one that dies (killed,
-out of memory) leaves nothing half-made (the export is renamed into place whole), and the next
-`index` run or search starts another. What the last one printed is in `fast/export.log`.
+same ranking; scores may differ in the last digits, as the fast path's note says). The export is
+one per model for all of a user's indexes (clipsearch.onnxtext), and so is its job: it holds
+`text-<key>.lock` beside the export while it works. One that dies (killed, out of memory) leaves
+nothing half-made (the export is renamed into place whole), and the next `index` run or search
+starts another. What the last one printed is in `text-<key>.log`.
 
     python -m clipsearch.exportjob INDEX_FOLDER
 """
@@ -24,35 +25,35 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from clipsearch import onnxtext
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, so no job either: exports are made in-process
     fcntl = None
 
-LOCK = "export.lock"
-LOG = "export.log"
 START_SECONDS = 2.0  # the most `start` waits for the job to take its lock
 
 
-def _lock_path(db: Path) -> Path:
-    return Path(db) / "fast" / LOCK
+def _lock_path(model: dict) -> Path:
+    return onnxtext.folder(model).with_suffix(".lock")
 
 
-def _lock_to_look_at(db: Path) -> int | None:
+def _lock_to_look_at(model: dict) -> int | None:
     """The export lock file, opened to look at; None where there are no advisory locks, or no
     export was ever made under it."""
     if fcntl is None:
         return None
     try:
-        return os.open(_lock_path(db), os.O_RDONLY)
+        return os.open(_lock_path(model), os.O_RDONLY)
     except OSError:
         return None
 
 
-def running(db: Path) -> bool:
-    """Whether an export is being made for the index at `db` now (by a job, or by a process
-    that exports itself, under `exporting`)."""
-    fd = _lock_to_look_at(db)
+def running(model: dict) -> bool:
+    """Whether the export of `model` (an index's manifest's model spec) is being made now (by a
+    job, or by a process that exports itself, under `exporting`)."""
+    fd = _lock_to_look_at(model)
     if fd is None:
         return False
     try:
@@ -64,17 +65,16 @@ def running(db: Path) -> bool:
     return False
 
 
-def start(db: Path) -> bool:
-    """Start a job for the index at `db` unless one runs; False where no job can run (no
-    advisory locks: the caller exports in its own process)."""
+def start(db: Path, model: dict) -> bool:
+    """Start a job exporting `model`, the model of the index at `db`, unless one runs; False
+    where no job can run (no advisory locks: the caller exports in its own process)."""
     if fcntl is None:
         return False
-    if running(db):
+    if running(model):
         return True
-    folder = Path(db) / "fast"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        log = open(folder / LOG, "wb")  # noqa: SIM115 - handed to the child; the last job's only
+        onnxtext.exports().mkdir(parents=True, exist_ok=True)
+        log = open(onnxtext.folder(model).with_suffix(".log"), "wb")  # noqa: SIM115 - the child's
     except OSError:
         return False
     with log:
@@ -84,14 +84,14 @@ def start(db: Path) -> bool:
                                start_new_session=True)
     # until it holds its lock (tens of ms), so that a search started next knows it is coming
     deadline = time.monotonic() + START_SECONDS
-    while not running(db) and job.poll() is None and time.monotonic() < deadline:
+    while not running(model) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     return True
 
 
-def wait(db: Path, timeout: float | None = None) -> bool:
-    """Wait until no job exports for `db` (True), or `timeout` seconds passed (False)."""
-    fd = _lock_to_look_at(db)
+def wait(model: dict, timeout: float | None = None) -> bool:
+    """Wait until no job exports `model` (True), or `timeout` seconds passed (False)."""
+    fd = _lock_to_look_at(model)
     if fd is None:
         return True
     done = threading.Event()
@@ -109,22 +109,22 @@ def wait(db: Path, timeout: float | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def exporting(db: Path) -> Iterator[None]:
-    """Hold the export lock of the index at `db` (waiting for a job that holds it) while an
-    export is made here. Work folders found then are what a killed export left: removed."""
+def exporting(model: dict) -> Iterator[None]:
+    """Hold the export lock of `model` (waiting for a job that holds it) while its export is
+    made here. Work folders found then are what a killed export left: removed."""
+    folder = onnxtext.folder(model)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield
         return
-    folder = Path(db) / "fast"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(_lock_path(model), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         # waits for another job, which then has made the export; a quick look by `running` or
         # `wait` holds the lock shared for a moment, which must not turn this one away
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        for stale in folder.glob(".text-*.tmp"):
+        for stale in folder.parent.glob(f".{folder.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         yield
     finally:
@@ -135,12 +135,13 @@ def run(db: Path) -> int:
     """The job: export the text encoder of the index at `db` if it still needs one."""
     with contextlib.suppress(OSError):
         os.nice(10)  # the user's searches come first
-    db = Path(db)
-    with exporting(db):
-        from clipsearch.build import export_for
-        from clipsearch.store import Manifest
+    from clipsearch.build import export_for
+    from clipsearch.store import Manifest
 
-        for failure in export_for(db, Manifest.load(db, lambda: -1)):
+    db = Path(db)
+    manifest = Manifest.load(db, lambda: -1)
+    with exporting(manifest.model):
+        for failure in export_for(db, manifest):
             print(failure, flush=True)
     return 0
 

@@ -3,14 +3,15 @@ query texts are encoded by the exported text tower (clipsearch.onnxtext). It is 
 and the same search code as every other path; only where the rows and the query vector come from
 differs, so a one-off `clipsearch search` needs neither torch, open_clip nor LanceDB.
 
-`prepare` makes what it needs: the export once per model (about 10 s for ViT-B-32), and a
-snapshot for each committed version. Index runs and tag runs call it; so does a search that had
-to take the full path, for indexes built before this existed.
+`prepare` makes what it needs: the export once per model for all of a user's indexes (about
+10 s for ViT-B-32), and a snapshot for each committed version. Index runs and tag runs call it;
+so does a search that had to take the full path, for indexes built before this existed.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,9 +37,15 @@ def keep_pandas_out() -> None:
         pa.array([0])
 
 
-def open_fast(db: Path, *, precision: str = "fp32", **options) -> Index | None:
+PENDING = ("note: this search loads the CLIP model (a few seconds) while fast searches are "
+           "prepared: the text encoder is being exported, once per model")
+
+
+def open_fast(db: Path, *, precision: str = "fp32", note: Callable[[str], None] = lambda _m: None,
+              **options) -> Index | None:
     """The index at `db` on the fast path, or None when it has no current snapshot and export
-    (the caller then opens it the usual way)."""
+    (the caller then opens it the usual way). `note` hears why a search is slow: the export
+    being made, so that the query's vector comes from the CLIP model."""
     if not config.fast_query() or (precision or "fp32").lower() != "fp32":
         return None
     from clipsearch.ann import AnnIndex
@@ -51,12 +58,13 @@ def open_fast(db: Path, *, precision: str = "fp32", **options) -> Index | None:
     ann = AnnIndex.load(db, snapshot.version)
     if ann is None or ann.size != snapshot.count():
         return None  # the full path brings the search structure up to date
-    encoder = onnxtext.open_for(db, snapshot.manifest.model)
+    encoder = onnxtext.open_for(snapshot.manifest.model)
     if encoder is None:
         from clipsearch import exportjob
 
-        if not exportjob.running(db):
+        if not exportjob.running(snapshot.manifest.model):
             return None
+        note(PENDING)
         # the export is being made (clipsearch.exportjob): the rows still come from the snapshot,
         # only the query's vector from the CLIP model until the export is there
     return Index(snapshot, text_encoder=encoder, ann=ann, precision="fp32", **options)

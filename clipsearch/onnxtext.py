@@ -1,7 +1,11 @@
 """Query texts to vectors with the exported text tower, run by onnxruntime: no torch, no
-open_clip. Made by clipsearch.models.export, kept next to the index in
-`fast/text-<model key>/`; a model whose export failed leaves `text-<key>.unsupported` there
-with the reason, so it is not tried again.
+open_clip. Made by clipsearch.models.export, once per model for all of a user's indexes, in
+`exports/text-<model key>/` of the cache folder (clipsearch.config.cache_dir); the key is the
+weights' identity (the model's name and tag, or the checksum of local weights), so two indexes of
+one model share one export (about 244 MB for ViT-B-32) and the second index needs none made. A
+model whose export failed leaves `text-<key>.unsupported` there with the reason, so it is not
+tried again. Older releases kept an export inside each index (`fast/text-<key>/`): `adopt`
+moves it to the shared place.
 
 Once an index has an export, every query on it uses it (the fast path, the full path and the
 server alike), so their results are the same to the last bit.
@@ -11,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from clipsearch import config
 from clipsearch.bpe import Tokenizer
 
 FORMAT = 1  # of the export: a new one makes every index export again
@@ -23,34 +30,64 @@ MODEL = "text.onnx"
 REPORT = "export.json"
 
 
-def folder(db: Path, model: dict) -> Path:
-    """Where the export for the model of an index (its manifest's model spec) lives."""
+def exports() -> Path:
+    """The folder of every export of this user."""
+    return config.cache_dir() / "exports"
+
+
+def folder(model: dict) -> Path:
+    """Where the export for a model (an index's manifest's model spec) lives."""
     identity = {"format": FORMAT, **{k: model.get(k) for k in ("name", "pretrained", "weights_sha256")}}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(db) / "fast" / f"text-{key}"
+    return exports() / f"text-{key}"
 
 
-def unsupported(db: Path, model: dict) -> str | None:
+def unsupported(model: dict) -> str | None:
     """Why the export of this model failed before, or None."""
-    marker = folder(db, model).with_suffix(".unsupported")
+    marker = folder(model).with_suffix(".unsupported")
     try:
         return marker.read_text(encoding="utf-8").strip() or "unsupported"
     except OSError:
         return None
 
 
-def mark_unsupported(db: Path, model: dict, reason: str) -> None:
-    marker = folder(db, model).with_suffix(".unsupported")
+def mark_unsupported(model: dict, reason: str) -> None:
+    marker = folder(model).with_suffix(".unsupported")
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(reason + "\n", encoding="utf-8")
     except OSError:
-        pass  # a read-only index: tried again next time, which costs only time
+        pass  # a read-only cache: tried again next time, which costs only time
 
 
-def exported(db: Path, model: dict) -> bool:
-    found = folder(db, model)
+def exported(model: dict) -> bool:
+    found = folder(model)
     return (found / REPORT).is_file() and (found / MODEL).is_file()
+
+
+def adopt(db: Path, model: dict) -> None:
+    """Move the export an older release made inside the index at `db` to the shared place
+    (unless that has one already), and remove what else those releases kept there. The caller
+    holds the model's export lock (clipsearch.exportjob.exporting)."""
+    old = Path(db) / "fast"
+    mine = old / folder(model).name
+    if (mine / REPORT).is_file() and not exported(model):
+        work = folder(model).with_name(f".{folder(model).name}.{os.getpid()}.tmp")
+        try:
+            work.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(mine, work)  # another file system, often: copied whole, then renamed in
+            work.rename(folder(model))
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+            return  # kept where it is: the full path answers until an export is made
+    if old.is_dir():
+        for stale in old.iterdir():
+            if stale.name.startswith(("text-", ".text-", "export.")):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
 
 
 class OnnxTextEncoder:
@@ -103,11 +140,11 @@ def normalized(features: np.ndarray) -> np.ndarray:
         return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def open_for(db: Path, model: dict) -> OnnxTextEncoder | None:
-    """The index's exported encoder, or None (none yet, or it does not load)."""
-    if not exported(db, model):
+def open_for(model: dict) -> OnnxTextEncoder | None:
+    """The model's exported encoder, or None (none yet, or it does not load)."""
+    if not exported(model):
         return None
     try:
-        return OnnxTextEncoder(folder(db, model))
+        return OnnxTextEncoder(folder(model))
     except Exception:  # a damaged export: the torch path answers, and the next index run re-exports
         return None

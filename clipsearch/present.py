@@ -442,7 +442,7 @@ def progress_bar(enabled: bool = True) -> Iterator[callable]:
         if p.phase == "scan":
             err.print(f"found {p.total} images")
         elif p.phase == "prepare":
-            err.print("preparing fast searches: exporting the text encoder (once per index, about 10 s)")
+            err.print("preparing fast searches: exporting the text encoder (once per model, about 10 s)")
         elif p.phase in PHASES and err.is_terminal:
             if p.phase not in tasks:
                 tasks[p.phase] = bar.add_task(PHASES[p.phase], total=p.total)

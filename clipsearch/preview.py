@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from clipsearch.errors import BadInputError
 
 PROTOCOLS = ("kitty", "iterm")
+CHOICES = ("auto", *PROTOCOLS, "off")  # the values of --preview
 PIXELS = 128  # thumbnail box
 CELLS = (10, 5)  # columns x rows of the terminal one thumbnail takes
 SUPPORTED = "kitty, Ghostty, Konsole (kitty graphics), iTerm2, WezTerm (iTerm2 images)"
@@ -34,7 +35,7 @@ def choose(asked: str, terminal: bool, env: Mapping[str, str] = os.environ) -> s
     if asked == "auto":
         return detect(env) if terminal else None
     if asked not in PROTOCOLS:
-        raise BadInputError(f"--preview={asked} is not an image protocol; choose auto, kitty or iterm")
+        raise BadInputError(f"--preview={asked} is not an image protocol; choose auto, kitty, iterm or off")
     return asked
 
 

@@ -26,7 +26,7 @@ def bars(**options) -> Iterator[Callable[[Progress], None]]:
         if p.phase == "scan":
             tqdm.write(f"found {p.total} images", file=sys.stderr)
         elif p.phase == "prepare":
-            tqdm.write("preparing fast searches: exporting the text encoder (once per index)",
+            tqdm.write("preparing fast searches: exporting the text encoder (once per model)",
                        file=sys.stderr)
         elif p.phase in PHASES:
             bar = shown.get(p.phase)

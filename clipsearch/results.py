@@ -206,7 +206,7 @@ class IndexInfo:
 @dataclass(frozen=True)
 class Progress:
     """Reported through the indexer's callback. `phase` is 'scan', 'embed', 'finish', or
-    'prepare' (the text encoder is being exported for fast searches, once per index)."""
+    'prepare' (the text encoder is being exported for fast searches, once per model)."""
 
     phase: str
     done: int

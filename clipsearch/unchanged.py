@@ -44,8 +44,8 @@ def check(db: Path, folders: Sequence[str], exclude: Sequence[str] = ()) -> Inde
     if (manifest.schema_version < SCHEMA_VERSION or "sidecar_ns" not in snapshot.names
             or derived.failures(db) or not AnnIndex.saved(db, snapshot.version)):
         return None
-    if not (onnxtext.exported(db, model) or onnxtext.unsupported(db, model) is not None
-            or exportjob.running(db)):
+    if not (onnxtext.exported(model) or onnxtext.unsupported(model) is not None
+            or exportjob.running(model)):
         return None
     for folder in folders:
         if (folder not in manifest.roots or folder in manifest.offline

@@ -116,6 +116,16 @@ def sample_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".md")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory) -> Path:
+    """The cache of what module and session fixtures make (text exports, thumbnails) before a
+    test's own is in effect: never the user's."""
+    folder = tmp_path_factory.mktemp("session-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPSEARCH_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch) -> Path:
     """Each test gets its own feature cache, so no test sees another's cached features."""

@@ -334,6 +334,23 @@ def test_preview_draws_thumbnails_beside_the_hits(photos, db):
     assert detect({"TERM": "xterm-256color"}) is None
 
 
+def test_an_options_value_is_its_value_with_or_without_equals(photos, db):
+    """`--preview kitty` is --preview=kitty, not a bare --preview and a word of the query."""
+    from clipsearch.cli import arguments
+
+    assert arguments(["search", "cat", "--preview", "kitty"]) == ["search", "cat", "--preview=kitty"]
+    assert arguments(["search", "--preview", "Off", "astronaut"]) == ["search", "--preview=Off", "astronaut"]
+    assert arguments(["search", "--preview", "astronaut"]) == ["search", "--preview=auto", "astronaut"]
+    assert arguments(["search", "--", "--preview", "kitty"]) == ["search", "--", "--preview", "kitty"]
+    query = ["search", "a photo", "--db", str(db), "-k", "3", "--no-server"]
+    spaced = cli(*arguments([*query, "--preview", "kitty"]))
+    joined = cli("search", "a photo", "--db", db, "-k", 3, "--preview=kitty", "--no-server")
+    assert spaced.exit_code == 0 and spaced.stdout == joined.stdout and spaced.stderr == ""
+    off = cli(*arguments([*query, "--preview", "off"]))
+    plain = cli("search", "a photo", "--db", db, "-k", 3, "--no-server")
+    assert off.exit_code == 0 and off.stdout == plain.stdout and off.stderr == ""
+
+
 def test_a_bare_preview_means_auto(photos, tmp_path, tiny_local_dir):
     import serving
 

@@ -15,8 +15,9 @@ import pytest
 import serving
 from typer.testing import CliRunner
 
-from clipsearch import index_folders, open_index
+from clipsearch import index_folders, onnxtext, open_index
 from clipsearch.cli import app
+from clipsearch.store import Manifest
 
 FAST = {"CLIPSEARCH_FAST_QUERY": "1"}
 
@@ -63,11 +64,22 @@ def test_the_tokenizer_gives_open_clips_token_ids(clean):
 
 # -- an index on the fast path --------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fast_library(tmp_path_factory, tiny_local_dir):
-    """sample_images/ indexed and tagged with the fast path on: export and snapshots made."""
+def made_library(tmp_path_factory, tiny_local_dir):
+    """sample_images/ indexed and tagged with the fast path on: export and snapshots made; the
+    export in a cache folder of its own (the user's, whose indexes of one model share one)."""
+    root = tmp_path_factory.mktemp("fast")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPSEARCH_FAST_QUERY", "1")
-        return serving.index_samples(tmp_path_factory.mktemp("fast"), tiny_local_dir, "sky,flower,stone")
+        mp.setenv("CLIPSEARCH_CACHE", str(root / "cache"))
+        return (*serving.index_samples(root, tiny_local_dir, "sky,flower,stone"), root / "cache")
+
+
+@pytest.fixture
+def fast_library(made_library, monkeypatch):
+    """(photos, db) of the library, with its user's cache (and so its export) in effect."""
+    photos, db, cache = made_library
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(cache))
+    return photos, db
 
 
 @pytest.fixture
@@ -76,7 +88,7 @@ def fast(monkeypatch):
 
 
 def _export_dir(db: Path) -> Path:
-    return next(p for p in (db / "fast").glob("text-*") if p.is_dir())
+    return onnxtext.folder(Manifest.load(db).model)
 
 
 def test_an_index_run_leaves_an_export_and_a_snapshot(fast_library):
@@ -87,6 +99,43 @@ def test_an_index_run_leaves_an_export_and_a_snapshot(fast_library):
     assert any(name.startswith("tags-v") for name in files)
     report = json.loads((_export_dir(db) / "export.json").read_text())
     assert report["max_abs_difference"] <= 1e-5 and report["texts"] >= 15
+
+
+def test_the_indexes_of_one_model_share_one_export(photos, tmp_path, tiny_local_dir, monkeypatch, fast):
+    """The second index of a model, and the first search after it, need no export: the first
+    index's is the user's, kept once in the cache folder and never inside an index."""
+    from clipsearch.models import export
+
+    model = f"local-dir:{tiny_local_dir}"
+    index_folders([photos / "animals"], tmp_path / "one", model=model, device="cpu")
+    monkeypatch.setattr(export, "export", lambda *_a: pytest.fail("exported a second time"))
+    index_folders([photos / "space"], tmp_path / "two", model=model, device="cpu")
+    shared = _export_dir(tmp_path / "two")
+    assert shared == _export_dir(tmp_path / "one")
+    assert shared.parent == Path(os.environ["CLIPSEARCH_CACHE"]) / "exports"
+    assert onnxtext.exported(Manifest.load(tmp_path / "two").model)
+    assert not [p for db in ("one", "two") for p in (tmp_path / db / "fast").iterdir() if "text-" in p.name]
+    code, out, err, heavy = run_cli("search", "a rocket", "--paths", "-k", 1, "--db", tmp_path / "two")
+    assert code == 0 and heavy == [] and err == "", err  # the fast path at once: no note, no torch
+    assert out == f"{photos / 'space' / 'rocket.jpg'}\n"
+
+
+def test_an_export_an_older_release_kept_in_the_index_moves_to_the_users(photos, tmp_path, tiny_local_dir,
+                                                                         monkeypatch, fast):
+    from clipsearch.models import export
+
+    db = tmp_path / "db"
+    index_folders([photos], db, model=f"local-dir:{tiny_local_dir}", device="cpu")
+    shared = _export_dir(db)
+    before = open_index(db).search("a rocket", k=3)
+    (db / "fast" / "export.lock").write_text("")  # the older release's lock and log went with it
+    shutil.move(shared, db / "fast" / shared.name)
+    monkeypatch.setattr(export, "export", lambda *_a: pytest.fail("exported again"))
+    index = open_index(db)
+    index.prepare_fast()  # what an index run, a search on the full path or `check` does first
+    assert onnxtext.exported(Manifest.load(db).model) and (shared / "text.onnx").is_file()
+    assert sorted(p.name for p in (db / "fast").iterdir() if not p.name.startswith(("rows-", "tags-"))) == []
+    assert index.search("a rocket", k=3) == before
 
 
 def test_an_index_no_new_process_will_search_is_made_without_it(photos, tmp_path, embedder, fast):
@@ -205,10 +254,12 @@ def test_a_stale_snapshot_is_never_read(fast_library, tmp_path, tiny_local_dir):
     assert third[1] == again[1] and third[3] == []  # and the full path left a current one
 
 
-def test_a_damaged_export_is_made_again_with_a_note(fast_library, tmp_path):
+def test_a_damaged_export_is_made_again_with_a_note(fast_library, tmp_path, monkeypatch):
     _, db = fast_library
     own = tmp_path / "db"
     shutil.copytree(db, own)
+    shutil.copytree(os.environ["CLIPSEARCH_CACHE"], tmp_path / "own-cache")  # the export is the user's
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "own-cache"))
     before = run_cli("search", "a rocket", "--json", "--db", own)
     data = next(_export_dir(own).glob("*.data"))
     data.write_bytes(data.read_bytes()[:1000])
@@ -231,7 +282,7 @@ def test_a_model_the_export_cannot_reproduce_stays_on_the_torch_path(photos, tmp
     monkeypatch.setattr(export, "_tokenizer_of", refuse)
     db = tmp_path / "db"
     index_folders([photos], db, model=f"local-dir:{tiny_local_dir}", device="cpu")
-    marker = next((db / "fast").glob("text-*.unsupported"))
+    marker = _export_dir(db).with_suffix(".unsupported")
     assert "not CLIP's plain BPE tokenizer" in marker.read_text()
     assert open_fast(db) is None
     assert type(open_index(db, device="cpu").text_encoder).__name__ == "OpenClipEmbedder"
