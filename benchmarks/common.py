@@ -207,7 +207,7 @@ def _fake_words(ids: np.ndarray) -> dict:
     rows = []
     for i in ids.tolist():
         meta = Meta(camera=_CAMERAS[i % len(_CAMERAS)])
-        place = [_CITIES[(i // 7) % len(_CITIES)], "Region", "Country"]
+        place = [_CITIES[(i // 7) % len(_CITIES)], None, None, "Region", "Country"]
         rows.append(row_words(f"/photos/{i // 1000:03d}/IMG_{i:07d}.jpg", ["/photos"], meta, None, place, 0))
     return word_columns(rows)
 

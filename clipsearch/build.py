@@ -107,11 +107,14 @@ class Builder:
 
     # -- plan, compute, commit ------------------------------------------------------------------
     def index(self, folders: Sequence[str], exclude: Sequence[str] = (), compact: bool = False,
-              prune_offline: bool = False) -> IndexSummary:
+              prune_offline: bool = False, keep_empty: bool = False) -> IndexSummary:
         """Scan `folders` (normalised roots) and bring their rows up to date; they become roots
-        of the index. `compact` merges the table's files and the structures' deltas whatever
-        they cost (otherwise only when it pays). The rows under a root that looks offline
-        (clipsearch.roots) are kept, unless `prune_offline`."""
+        of the index, except a new one that holds nothing indexable (a mistyped folder would be
+        watched forever), unless `keep_empty`. `compact` merges the table's files and the
+        structures' deltas whatever they cost (otherwise only when it pays). The rows under a
+        root that looks offline (clipsearch.roots) are kept, unless `prune_offline`."""
+        from clipsearch.store import under_sql
+
         filled = self.fill_words(folders)
         indexer = self._indexer()
         indexer.keep_offline = not prune_offline
@@ -120,6 +123,10 @@ class Builder:
         self.store.manifest.exclude = patterns
         summary = indexer.run(folders, patterns)
         summary.words_filled = filled
+        new = [f for f in folders if f not in self.store.manifest.roots]
+        if not keep_empty and new:
+            summary.empty = [f for f in new if not self.store.read(["id"], under_sql([f])).num_rows]
+            folders = [f for f in folders if f not in summary.empty]
         self._note_roots(folders, indexer.offline, indexer.mounts)
         summary.offline = dict(indexer.offline)
         self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
@@ -183,7 +190,7 @@ class Builder:
             raise BadInputError(f"{new} and {old} hold one another; move a library to a separate folder")
         rows = store.read(store.names, under_sql([old]))
         if not len(rows) and old not in store.manifest.roots:
-            raise BadInputError(f"the index holds nothing under {old}; `clipsearch info` lists its roots")
+            raise BadInputError(f"the index holds nothing under {old}; `clipsearch roots` lists its roots")
         paths = rows.column("path").to_pylist()
         moved = [new + p[len(old):] for p in paths]
         same = np.array([size_and_mtime(m) == (size, mtime) for m, size, mtime in zip(
@@ -275,15 +282,24 @@ class Builder:
         self._commit(None, IndexSummary(), True)
 
     def forget(self, paths: Sequence[str]) -> ForgetSummary:
-        """Remove these photos (files, or folders: what is under them) for good, now: their rows,
-        their kept vectors (clipsearch.kept), and the cached thumbnails and re-rank features of
-        content no other row holds."""
+        """Remove these photos (absolute paths of files, or folders: what is under them; or bare
+        file names, every indexed file of that name) for good, now: their rows, their kept
+        vectors (clipsearch.kept), and the cached thumbnails and re-rank features of content no
+        other row holds. One that matches nothing is a BadInputError, and nothing is removed."""
         from clipsearch.kept import Kept
         from clipsearch.store import under_sql
 
         store = self.store
-        rows = store.read(["path", "hash"], under_sql([os.path.abspath(p) for p in paths]))
-        forgotten, hashes = rows.column("path").to_pylist(), sorted(set(rows.column("hash").to_pylist()))
+        found: dict[str, str] = {}
+        for given in paths:
+            rows = (store.by_name(given, ["path", "hash"]) if os.sep not in given
+                    else store.read(["path", "hash"], under_sql([os.path.abspath(given)])))
+            if not rows.num_rows:
+                raise BadInputError(
+                    f"{given}: no indexed photo is this file, lies under this folder or has this name, "
+                    "so nothing was forgotten; `clipsearch search NAME` finds photos by their names")
+            found.update(zip(rows.column("path").to_pylist(), rows.column("hash").to_pylist(), strict=True))
+        forgotten, hashes = sorted(found), sorted(set(found.values()))
         summary = ForgetSummary(len(forgotten), on_disk=[p for p in forgotten if os.path.exists(p)])
         if not forgotten:
             return summary
@@ -397,6 +413,7 @@ def index_folders(
     background_export: bool = False,
     commit_seconds: float = config.COMMIT_SECONDS,
     fast_path: bool = True,
+    keep_empty: bool = False,
 ) -> IndexSummary:
     """Index (or re-index, incrementally) the images under `roots` into the index at `db`.
 
@@ -419,6 +436,8 @@ def index_folders(
     that many seconds, whichever comes first; an interrupted run loses at most that.
     `fast_path=False`: leave out what the torch-free query reads (an index no new process will
     search: it saves the text export's 10 s).
+    `keep_empty`: keep a new root that holds nothing indexable yet (to watch it); otherwise it
+    is named in the summary's `empty` and not kept.
     """
     if not roots:
         raise BadInputError("no folder given; say which folder to index, e.g. clipsearch index ~/Photos")
@@ -435,7 +454,7 @@ def index_folders(
         builder.background_export, builder.fast_path = background_export, fast_path
         if background_export:
             builder.embed_images_only(owns_embedder=embedder is None)
-        return builder.index(folders, exclude, compact, prune_offline)
+        return builder.index(folders, exclude, compact, prune_offline, keep_empty)
 
 
 def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:

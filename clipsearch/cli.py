@@ -313,7 +313,8 @@ Poll = Annotated[float | None, typer.Option(
 
 @app.command()
 def index(
-    folders: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).")],
+    folders: Annotated[list[Path] | None, typer.Argument(
+        help="Folders to index (recursively) [default: the index's roots, all rescanned].")] = None,
     db: Db = None,
     model: Model = None,
     pretrained: Pretrained = None,
@@ -335,6 +336,9 @@ def index(
                                 "are otherwise kept.")] = False,
     watch: Annotated[bool, typer.Option(
         "--watch", help="Then keep watching the folders and index what changes, until Ctrl-C.")] = False,
+    keep_empty: Annotated[bool, typer.Option(
+        "--keep-empty", help="Keep a folder that holds no photos or videos yet as a root (to watch it; "
+                             "--watch does too); otherwise it is named and left out.")] = False,
     settle: Settle = 2.0,
     poll: Poll = None,
     ray: Annotated[bool, typer.Option(
@@ -357,13 +361,16 @@ def index(
     New and changed files are embedded, moved or renamed ones are recognised by content, and
     deleted ones are removed. Ctrl-C keeps everything done so far.
 
-    Example: clipsearch index ~/Photos --exclude '*/Screenshots/*'
+    Example: clipsearch index ~/Photos --exclude '*/Screenshots/*'; later, clipsearch index
     """
     from clipsearch import present
     from clipsearch.build import index_folders
     from clipsearch.fastpath import keep_pandas_out
 
     keep_pandas_out()  # LanceDB and pyarrow only look for it: 70 MB and 0.3 s not spent
+    if not folders:
+        with _errors():
+            folders = _stored_roots(db)
 
     fanout = None
     if ray or ray_address:
@@ -388,19 +395,36 @@ def index(
         with present.progress_bar(not quiet and not as_json) as report:
             if server is not None:
                 summary = _index_there(server, folders, exclude or (), compact, prune_offline,
-                                       _stopping(stop, report))
+                                       keep_empty or watch, _stopping(stop, report))
             else:
                 summary = index_folders(
                     [str(f) for f in folders], db, model=model, pretrained=pretrained, device=device,
                     precision=precision, batch_size=batch_size, workers=workers, exclude=exclude or (),
                     progress=_stopping(stop, report), ray=fanout, compact=compact,
                     prune_offline=prune_offline, background_export=config.background_export(),
+                    keep_empty=keep_empty or watch,
                 )
         if summary is not None:
             present.summary(summary, as_json, db=config.db_path(db))
             present.untold(config.db_path(db))
         if watch and server is None:
             _watch_here(db, folders, device, batch_size, workers, exclude or (), settle, poll, stop)
+
+
+def _stored_roots(db: Path | None) -> list[Path]:
+    """The roots the index at `db` was built from, for an `index` given no folder."""
+    from clipsearch.errors import BadInputError
+    from clipsearch.store import Manifest, Store
+
+    path = config.db_path(db)
+    if not Store.exists(path):
+        raise BadInputError(f"no folder given, and no index at {path} yet whose folders to rescan: "
+                            "clipsearch index FOLDER builds one")
+    roots = Manifest.load(path).roots
+    if not roots:
+        raise BadInputError(f"no folder given, and the index at {path} has no roots to rescan: "
+                            "clipsearch index FOLDER adds one")
+    return [Path(r) for r in roots]
 
 
 def _watcher(db: Path | None):
@@ -410,7 +434,7 @@ def _watcher(db: Path | None):
 
 
 def _index_there(server, folders: list[Path], exclude: Sequence[str], compact: bool, prune_offline: bool,
-                 progress: Callable):
+                 keep_empty: bool, progress: Callable):
     """`index` through the server that watches this index: folders it watches already need
     nothing (one line says so); others are its job, followed here as if run here."""
     from clipsearch import present
@@ -428,7 +452,7 @@ def _index_there(server, folders: list[Path], exclude: Sequence[str], compact: b
                     "it watches these folders from now on")
     return IndexSummary.from_dict(server.run_job(
         {"kind": "index", "folders": wanted, "exclude": list(exclude), "compact": compact,
-         "prune_offline": prune_offline}, progress))
+         "prune_offline": prune_offline, "keep_empty": keep_empty}, progress))
 
 
 def _watch_here(db: Path | None, folders: list[Path], device: str, batch_size: int, workers: int | None,
@@ -449,6 +473,7 @@ def _watch_here(db: Path | None, folders: list[Path], device: str, batch_size: i
 
 @app.command()
 def search(
+    ctx: typer.Context,
     query: Annotated[list[str], typer.Argument(
         metavar="QUERY", help="What to look for, in words; or terms combined with + and -.")],
     k: K = 10,
@@ -513,6 +538,7 @@ def search(
     none_found = (f"no image matches {text!r} with a match probability of at least {min_match}"
                   if min_match is not None else "no matching images")
     reranked = rerank or min_match is not None
+    _rerank_model_used(ctx, reranked)
     wanted = {"precision": precision} | ({"rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
                                          "rerank_precision": rerank_precision} if reranked else {})
     _print_hits(
@@ -528,6 +554,15 @@ def search(
         wanted, none_found, preview, rerank_model=rerank_model, rerank_precision=rerank_precision,
         precision=precision,
     )
+
+
+def _rerank_model_used(ctx: typer.Context, reranked: bool) -> None:
+    """A --rerank-model typed without --rerank would be ignored: say so (one set in the
+    environment, CLIPSEARCH_RERANK_MODEL, waits quietly for a --rerank)."""
+    source = ctx.get_parameter_source("rerank_model")  # typer's own click or click's: by name
+    if not reranked and getattr(source, "name", None) == "COMMANDLINE":
+        raise typer.BadParameter("it chooses the re-ranker of --rerank, which this command was not given: "
+                                 "add --rerank, or leave --rerank-model out", param_hint="'--rerank-model'")
 
 
 def _kind(photos: bool, videos: bool) -> str | None:
@@ -932,7 +967,8 @@ def roots_move(
 
 @app.command()
 def forget(
-    paths: Annotated[list[Path], typer.Argument(help="Photos or folders to remove from the index.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Photos or folders to remove from the index (a path, or a bare file name the index holds).")],
     db: Db = None,
     as_json: Json = False,
 ) -> None:
@@ -946,7 +982,9 @@ def forget(
     from clipsearch import present
     from clipsearch.results import ForgetSummary
 
-    wanted = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+    # a bare name that is no file here (IMG_2041.jpg) stays a name: every indexed file of it
+    wanted = [str(p) if os.sep not in str(p) and not p.exists() else os.path.abspath(os.path.expanduser(p))
+              for p in paths]
     with _errors():
         server = _watcher(db)
         if server is not None:
@@ -1046,6 +1084,7 @@ def _evaluate(db: Path | None, images: list[str], quiet: bool, measure: Callable
 
 @eval_app.command("retrieval")
 def eval_retrieval(
+    ctx: typer.Context,
     dataset: Annotated[Path, typer.Argument(
         help="captions.jsonl ({\"image\": path, \"captions\": [...]} per line), a CSV with "
              "columns image,caption, or a Karpathy split .json (COCO, Flickr30k).", dir_okay=False)],
@@ -1087,6 +1126,7 @@ def eval_retrieval(
     from clipsearch.eval.datasets import read_captions
     from clipsearch.eval.runner import retrieval
 
+    _rerank_model_used(ctx, rerank)
     with _errors():
         data = read_captions(dataset, images, split)
         ranked_by_words = _on_off(words, "--words")

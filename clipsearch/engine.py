@@ -624,20 +624,23 @@ class Index:
     def about(self, photo: str | os.PathLike[str]) -> list[ImageRecord]:
         """What the index knows of a photo: the row of that file, or, for a bare name that is
         not a file here (IMG_2041.jpg), of every indexed file of that name (case-insensitive)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
         path = os.path.abspath(os.path.expanduser(os.fspath(photo)))
         found = self.store.by_paths([path], ["id"]).column("id").to_pylist() if os.path.exists(path) else []
         if not found:
-            name = os.path.basename(os.fspath(photo)).casefold()
-            paths = self.store.read(["id", "path"])
-            names = pc.utf8_lower(pc.replace_substring_regex(paths.column("path"), r"^.*/", ""))
-            found = paths.column("id").filter(pc.equal(names, pa.scalar(name))).to_pylist()
+            found = self.store.by_name(os.fspath(photo), ["id"]).column("id").to_pylist()
         if not found:
             raise BadInputError(f"{photo}: no indexed photo has this path or name; "
                                 "`clipsearch search` finds photos by their names too")
         records = self.records(found)
+        located = [r for r in records.values() if r.lat is not None and r.lon is not None]
+        if located:  # the quarter of the city, which the place a search shows leaves out
+            import dataclasses
+
+            from clipsearch import places
+
+            for record, parts in zip(located, places.names([(r.lat, r.lon) for r in located]), strict=True):
+                records[record.id] = dataclasses.replace(record, near=parts[places.NEAR])
         return [records[i] for i in sorted(records, key=lambda i: records[i].path)]
 
     def folders(self) -> list[tuple[str, int]]:

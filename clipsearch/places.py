@@ -5,8 +5,10 @@ The nearest place is often a suburb or a quarter (the Eiffel Tower's is Vanves, 
 Liberty's Battery Park City), where a person says the city around it. So each position gets the
 most populous place that reaches it, a city of P people being taken to reach 0.4 * sqrt(P / 1000)
 km from its centre (Paris 18 km, Lisbon 9 km, a town of 10,000 1.3 km), then the nearest place,
-the county, the region and the country: all of them are words, the first and the last two are
-what the gallery shows. GeoNames' names are in English, so there are no local names to keep.
+the county, the region and the country: all of them are words; the city, the region and the
+country are what the gallery shows and groups by (a quarter, Lisbon's Intendente, would split a
+city in two), and `clipsearch info PHOTO` names the nearest place too. GeoNames' names are in
+English, so there are no local names to keep.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ def _geocoder():
         return _data
 
 
-def names(positions: Sequence[tuple[float, float]]) -> list[list[str]]:
+CITY, NEAR, COUNTY, REGION, COUNTRY = range(5)  # the slots of a position's names
+
+
+def names(positions: Sequence[tuple[float, float]]) -> list[list[str | None]]:
     """For each (lat, lon): [city a person would say, nearest place, county, region, country],
-    each once."""
+    None where GeoNames has none or it repeats the city."""
     if not positions:
         return []
     data = _geocoder()
@@ -48,8 +53,15 @@ def names(positions: Sequence[tuple[float, float]]) -> list[list[str]]:
         city = max(reaching, key=lambda p: p["population"], default=nearest)
         country = data._countries.get(nearest["country_code"], "")
         parts = [city["city"], nearest["city"], nearest.get("county"), nearest.get("state"), country]
-        out.append(list(dict.fromkeys(p for p in parts if p)))
+        out.append([p if p and (i == CITY or p != city["city"]) else None for i, p in enumerate(parts)])
     return out
+
+
+def shown(parts: Sequence[str | None]) -> str | None:
+    """What a person reads for a position's names: city, region, country (each once)."""
+    if not parts:
+        return None
+    return ", ".join(dict.fromkeys(p for p in (parts[CITY], parts[REGION], parts[COUNTRY]) if p)) or None
 
 
 def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -212,6 +212,7 @@ def summary(s: IndexSummary, as_json: bool, db=None) -> None:
         print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
         _unwritten(s.unwritten)  # on stderr, as a person running it for a script still needs to know
         offline(s.offline)
+        empty(s.empty)
         return
     err.print(
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
@@ -230,6 +231,18 @@ def summary(s: IndexSummary, as_json: bool, db=None) -> None:
                   f"{shown(first.reason)}{more}")
     _unwritten(s.unwritten)
     offline(s.offline)
+    empty(s.empty)
+
+
+KINDS = ("JPEG, PNG, WebP, HEIC, AVIF, GIF, TIFF, BMP, camera RAW (CR2, CR3, NEF, ARW, DNG, RAF ...) "
+         "and videos (MP4, MOV, MKV, WebM ...)")
+
+
+def empty(folders: Sequence[str]) -> None:
+    """One line per folder given to index that holds nothing it reads, and so is no root."""
+    for folder in folders:
+        message(f"warning: {folder} holds no photos or videos clipsearch reads ({KINDS}), so it "
+                "is not kept as a root; --keep-empty keeps it, to watch it for photos to come")
 
 
 def forgotten(s: ForgetSummary, as_json: bool) -> None:
@@ -361,7 +374,8 @@ def about(records: Sequence[ImageRecord], as_json: bool) -> None:
         position = f"{r.lat:.5f}, {r.lon:.5f}" if r.lat is not None and r.lon is not None else None
         for key, value in (
             ("path", r.path), ("id", str(r.id)), ("size", f"{r.width} x {r.height}, {r.bytes:,} bytes"),
-            ("taken", r.taken), ("place", r.place), ("position", position), ("camera", r.camera),
+            ("taken", r.taken), ("place", r.place), ("near", r.near), ("position", position),
+            ("camera", r.camera),
             ("lens", r.lens), ("keywords", ", ".join(r.keywords)), ("people", ", ".join(r.people)),
             ("tags", ", ".join(r.tags)), ("caption", r.caption),
         ):
@@ -382,7 +396,7 @@ def info(i: IndexInfo, as_json: bool) -> None:
     for key, value in (
         ("index", i.db),
         ("images", f"{i.images} ({i.videos} videos: {i.frames} moments)" if i.videos else str(i.images)),
-        ("roots", _roots(i) or "-"),
+        ("roots", _roots(i) or "-"),  # shown already
         ("left out", ", ".join(i.exclude) or "-"),
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
         ("size", f"{i.bytes / 1e6:.1f} MB"), ("search", i.ann),
@@ -390,12 +404,14 @@ def info(i: IndexInfo, as_json: bool) -> None:
         ("captions", f"{i.captioned} of {i.images} photos ({', '.join(i.caption_models)})"
          if i.captioned else "-"),
     ):
-        table.add_row(key, shown(value))
+        table.add_row(key, value if key == "roots" else shown(value))
     out.print(table)
 
 
 def _roots(i: IndexInfo) -> str:
-    return "\n".join(r + (f" (offline since {i.offline[r]})" if r in i.offline else "") for r in i.roots)
+    """One line per root, each escaped on its own (the line breaks between them are not)."""
+    return "\n".join(shown(r) + (f" (offline since {i.offline[r]})" if r in i.offline else " (online)")
+                     for r in i.roots)
 
 
 def roots(i: IndexInfo, as_json: bool) -> None:
@@ -404,7 +420,7 @@ def roots(i: IndexInfo, as_json: bool) -> None:
         print(json.dumps({"roots": [{"path": r, "offline_since": i.offline.get(r)} for r in i.roots],
                           "exclude": i.exclude}, indent=2, ensure_ascii=False))
         return
-    out.print(shown(_roots(i) or "no roots yet: clipsearch index FOLDER adds one"))
+    out.print(_roots(i) or "no roots yet: clipsearch index FOLDER adds one")
     if i.exclude:
         out.print(shown(f"left out: {', '.join(i.exclude)} "
                         "(clipsearch roots include PATTERN takes one back)"))

@@ -85,6 +85,7 @@ class ImageRecord:
     camera: str | None = None
     lens: str | None = None
     place: str | None = None  # city, region, country
+    near: str | None = None  # the nearest named place, a quarter of the city (only `about` fills it)
     lat: float | None = None
     lon: float | None = None
     keywords: list[str] = field(default_factory=list)  # the user's, from the file and its sidecar
@@ -145,6 +146,7 @@ class IndexSummary:
     # metadata left unread (bad EXIF, XMP that is not XML ...): the photo is indexed all the same
     metadata_notes: list[Skipped] = field(default_factory=list)
     words_filled: int = 0  # rows of an older index given their words (clipsearch.words)
+    empty: list[str] = field(default_factory=list)  # folders given that hold nothing: not kept as roots
 
     def to_dict(self) -> dict:
         return asdict(self)

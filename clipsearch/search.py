@@ -152,18 +152,25 @@ def allowed_ids(store: RowSource, filters: Filters, words: WordIndex | None = No
 
 
 def tagged_hashes(store: Store, tags: frozenset[str]) -> pa.Array:
-    """Content hashes carrying every tag in `tags`; unknown tags are refused, naming those that exist."""
+    """Content hashes carrying every tag in `tags` (case-insensitive, as --place and --camera are;
+    a label the index holds exactly wins); unknown tags are refused, naming those that exist."""
     stored = store.read_tags()
     if stored is None:
         raise BadInputError("--tag: this index has no tags yet; run: clipsearch tag")
     rows, label_set = stored
     known = list(label_set.get("prompts", {}))
+    folded: dict[str, list[str]] = {}
+    for label in known:
+        folded.setdefault(label.casefold(), []).append(label)
+    chosen = set()
     for tag in sorted(tags):
-        if tag not in known:
+        same = [tag] if tag in known else folded.get(tag.casefold(), [])
+        if len(same) != 1:
             raise BadInputError(f"--tag {tag!r} is not a tag in this index; tags: {', '.join(known)}")
-    wanted = rows.filter(pc.is_in(rows.column("label"), value_set=pa.array(sorted(tags), pa.string())))
+        chosen.add(same[0])
+    wanted = rows.filter(pc.is_in(rows.column("label"), value_set=pa.array(sorted(chosen), pa.string())))
     counts = wanted.group_by("hash").aggregate([("label", "count_distinct")])
-    every = counts.filter(pc.equal(counts.column("label_count_distinct"), len(tags)))
+    every = counts.filter(pc.equal(counts.column("label_count_distinct"), len(chosen)))
     return every.column("hash").combine_chunks()
 
 

@@ -284,6 +284,18 @@ class RowSource:
         """The rows stored for these paths (in no particular order)."""
         raise NotImplementedError
 
+    def by_name(self, name: str, columns: Sequence[str]) -> pa.Table:
+        """The rows of every indexed file called `name` (a bare file name, IMG_2041.jpg; case
+        does not matter), wherever it is: what `info`, `caption` and `forget` take besides a path."""
+        import pyarrow.compute as pc
+
+        wanted = list(dict.fromkeys([*columns, "path"]))
+        rows = pa.Table.from_batches(list(self.batches(wanted)),
+                                     schema=pa.schema([schema(self.manifest.dim).field(c) for c in wanted]))
+        names = pc.utf8_lower(pc.replace_substring_regex(rows.column("path"), r"^.*/", ""))
+        wanted_name = pa.scalar(os.path.basename(name).casefold())
+        return rows.filter(pc.equal(names, wanted_name)).select(list(columns))
+
     def captions_version(self) -> int | None:
         return None
 

@@ -79,10 +79,15 @@ def label_set(labels: str | Sequence[str] | None = None, labels_file: str | os.P
         entries += _parse_labels(labels_text, f"--labels-file {os.fspath(labels_file)}")
     elif labels_text is not None:
         entries += _parse_labels(labels_text, "the labels file")
-    if labels:
+    if labels is not None:
         items = labels.split(",") if isinstance(labels, str) else list(labels)
-        entries += [(item.strip(), []) for item in items if item.strip()]
-    if labels_text is None and not labels:
+        given = [(item.strip(), []) for item in items if item.strip()]
+        if not given:  # asked for labels and gave none: never fall back to replacing their tags
+            raise BadInputError(f"--labels {labels if isinstance(labels, str) else ','.join(labels)!r} "
+                                "names no label; pass --labels 'cat,dog,beach', or leave --labels out "
+                                "for the built-in photo subjects")
+        entries += given
+    if labels_text is None and labels is None:
         entries = [(label, []) for label in BUILTIN_LABELS]
     if not entries:
         raise BadInputError("no labels given; pass --labels 'cat,dog,beach' or a --labels-file")

@@ -53,6 +53,7 @@ TICK = 0.2  # how often settled paths and roots are looked at
 FALLBACK_POLL = 10.0  # seconds between scans of a folder the system would not watch
 QUERY_YIELD = 0.5  # the longest an image waits for the searches in flight (they come first)
 SKIPPED_SHOWN = 50
+SAID_PATHS = 3  # a commit's line names its paths up to this many
 JOBS_KEPT = 100  # finished jobs whose result can still be asked for
 JOBS_QUEUED = 100  # jobs waiting at once: past it a new one is refused, not held in memory
 WATCH_LIMIT = ("the system's limit of inotify watches is reached (raise it: sudo sysctl "
@@ -123,6 +124,7 @@ class Watcher:
         self._skipped: deque = deque(maxlen=SKIPPED_SHOWN)
         self._state, self._progress = "starting", None
         self._last: dict | None = None
+        self._paths: list[str] = []  # those the update being committed was asked for
         self._commits = 0
         self._totals = dict.fromkeys(("added", "updated", "moved", "removed", "embedded"), 0)
         self._rescanned = time.monotonic()
@@ -160,11 +162,13 @@ class Watcher:
         return self._all_jobs.get(id)
 
     def add_roots(self, folders: Sequence[str], progress: Callable[[Progress], None], exclude=(),
-                  compact: bool = False, prune_offline: bool = False) -> IndexSummary:
-        """Index `folders` (in the watcher's thread: a job's work) and watch them from now on."""
-        summary = self.builder.index(list(folders), exclude, compact, prune_offline)
+                  compact: bool = False, prune_offline: bool = False, keep_empty: bool = False,
+                  ) -> IndexSummary:
+        """Index `folders` (in the watcher's thread: a job's work) and watch them from now on
+        (those that hold something, or all with `keep_empty`)."""
+        summary = self.builder.index(list(folders), exclude, compact, prune_offline, keep_empty)
         for root in folders:
-            if root not in self.roots:
+            if root not in self.roots and root not in summary.empty:
                 self.roots = sorted({*self.roots, root})
                 self._watch(root)
         self._committed(summary)
@@ -317,11 +321,25 @@ class Watcher:
         if summary is not None:
             self._committed(summary)
 
+    def _say(self, summary: IndexSummary, paths: Sequence[str]) -> None:
+        """One line per commit that changed something (the paths too, when there are few), so
+        a terminal that watches shows its work."""
+        counts = [(n, what) for n, what in ((summary.added, "added"), (summary.updated, "updated"),
+                                            (summary.moved, "moved"), (summary.removed, "removed"),
+                                            (len(summary.skipped), "skipped")) if n]
+        if not counts:
+            return
+        line = ", ".join(f"{what} {n}" for n, what in counts)
+        if 0 < len(paths) <= SAID_PATHS:
+            line += ": " + ", ".join(paths)
+        why = "; ".join(f"{s.path}: {s.reason}" for s in summary.skipped[:SAID_PATHS])
+        self.note(f"{time.strftime('%H:%M:%S')} {line}" + (f" (skipped {why})" if why else ""))
+
     def _rescan(self, _progress) -> None:
         self._state, self._rescanned = "scanning", time.monotonic()
         present = [r for r in self.roots if r not in self._missing]
         if present:
-            self._committed(self.builder.index(present, self.exclude), present)
+            self._committed(self.builder.index(present, self.exclude, keep_empty=True), present)
 
     def _update(self, paths: list[str], _progress) -> IndexSummary | None:
         # a folder that is there had its photos queued one by one, each settling on its own;
@@ -330,9 +348,12 @@ class Watcher:
         if not paths:
             return None
         self._state = "indexing"
+        self._paths = paths
         return self.builder.update(paths)
 
     def _committed(self, summary: IndexSummary, scanned: Sequence[str] = ()) -> None:
+        paths, self._paths = self._paths, []
+        self._say(summary, paths)
         self._skipped.extend(summary.skipped)
         for root, why in summary.offline.items():
             self._went_offline(root, why)
@@ -389,7 +410,7 @@ class Watcher:
                 self._missing.discard(root)
                 del self._offline[root]
                 self._watch(root)
-                self._guarded(lambda _p, r=root: self.builder.index([r], self.exclude))
+                self._guarded(lambda _p, r=root: self.builder.index([r], self.exclude, keep_empty=True))
             elif root not in self._observers and root not in self._missing:
                 self._watch(root)  # a folder that was not there yet (and held nothing)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from PIL import ExifTags, Image, IptcImagePlugin
 
+from clipsearch import places
 from clipsearch.scan import is_under, sidecar_names
 
 SEP = "\x1f"  # between a token and its field code: no text a person types holds it
@@ -339,10 +340,10 @@ class RowWords:
     sidecar_ns: int
 
 
-def row_words(path: str, roots: Sequence[str], meta: Meta, taken: str | None, place: list[str],
+def row_words(path: str, roots: Sequence[str], meta: Meta, taken: str | None, place: list[str | None],
               sidecar_ns: int) -> RowWords:
     """A row's word columns from what was read of it; `place` is the geocoder's names for its
-    position (clipsearch.places), the one a person says first."""
+    position in their slots (clipsearch.places.names), the one a person says first."""
     tagged: list[str] = []
 
     def add(code: str, parts: Iterable[str]) -> None:
@@ -355,7 +356,8 @@ def row_words(path: str, roots: Sequence[str], meta: Meta, taken: str | None, pl
     for folder in folders_of(path, roots):
         add("f", tokens(folder))
     for name in place:
-        add("p", tokens(name))
+        if name:
+            add("p", tokens(name))
     for text in (meta.camera, meta.lens):
         if text:
             add("c", tokens(text))
@@ -364,8 +366,7 @@ def row_words(path: str, roots: Sequence[str], meta: Meta, taken: str | None, pl
     for person in meta.people:
         add("h", tokens(person))
     add("d", date_tokens(taken))
-    shown = list(dict.fromkeys(p for p in place[:1] + place[-2:] if p)) if place else []
-    return RowWords(meta.camera, meta.lens, ", ".join(shown) or None, meta.lat, meta.lon,
+    return RowWords(meta.camera, meta.lens, places.shown(place), meta.lat, meta.lon,
                     meta.keywords, meta.people, tagged, sidecar_ns)
 
 
@@ -381,10 +382,8 @@ def word_rows(items: Sequence[tuple[str, Meta, str | None, int]], roots: Sequenc
     """The word columns of rows given as (path, meta, taken, sidecar mtime); the places of their
     GPS positions are looked up together."""
     located = [i for i, (_p, meta, _t, _s) in enumerate(items) if meta.lat is not None]
-    place_of: dict[int, list[str]] = {}
+    place_of: dict[int, list[str | None]] = {}
     if located:
-        from clipsearch import places
-
         found = places.names([(items[i][1].lat, items[i][1].lon) for i in located])
         place_of = dict(zip(located, found, strict=True))
     return [row_words(path, roots, meta, taken, place_of.get(i, []), sidecar)

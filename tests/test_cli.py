@@ -162,7 +162,7 @@ def test_help_names_values_as_clis_do():
         assert r.exit_code == 0
         assert not re.search(r"<[a-z]", r.stdout), r.stdout  # no <int range>, <list[str]>, <dir>
     assert " search [OPTIONS] QUERY...\n" in cli("search", "--help").stdout
-    assert " index [OPTIONS] FOLDERS...\n" in cli("index", "--help").stdout
+    assert " index [OPTIONS] [FOLDERS...]\n" in cli("index", "--help").stdout
     text = cli("search", "--help").stdout
     assert re.search(r"-k, --top INTEGER\s", text) and re.search(r"--in DIRECTORY\s", text)
     assert re.search(r"--device TEXT\s", text)
@@ -360,3 +360,63 @@ def test_a_bare_preview_means_auto(photos, tmp_path, tiny_local_dir):
     assert code == 0, err
     assert "rank" in out and "\x1b" not in out  # stdout is a pipe: no terminal to draw in
     assert "force one with --preview=kitty or --preview=iterm" in err
+
+
+def test_nothing_matched_nothing_asked_or_a_file_for_a_folder_is_said(photos, db, tmp_path):
+    """Each of these printed a success (or fell back to a default) and exited 0."""
+    def images() -> int:
+        return json.loads(cli("info", "--db", db, "--json").stdout)["images"]
+
+    held = images()
+    missing = cli("forget", photos / "nonexistent", "--db", db)
+    assert missing.exit_code == 2, missing.output
+    said = f"{photos / 'nonexistent'}: no indexed photo is this file, lies under this folder"
+    assert said in missing.stderr
+    some = cli("forget", "rocket.jpg", "nonexistent.jpg", "--db", db)  # one of two: neither is forgotten
+    assert some.exit_code == 2 and "nonexistent.jpg: no indexed photo" in some.stderr and images() == held
+    bare = cli("forget", "ROCKET.jpg", "--db", db, "--json")  # a bare name, as `info` takes it
+    assert bare.exit_code == 0 and json.loads(bare.stdout)["removed"] == 1 and images() == held - 1
+
+    empty = cli("tag", "--labels", "", "--db", db)
+    assert empty.exit_code == 2 and "--labels '' names no label" in empty.stderr
+    assert cli("tags", "--db", db).stdout == ""  # no built-in labels tagged in their place
+
+    unused = cli("search", "a photo", "--rerank-model", tmp_path, "--db", db)
+    assert unused.exit_code == 2 and "add --rerank, or leave --rerank-model out" in unused.stderr
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not a folder")
+    a_file = cli("search", "a photo", "--rerank", "--rerank-model", weights, "--db", db, "--no-server")
+    assert a_file.exit_code == 2
+    assert f"--rerank-model {weights} is a file; point it at the folder" in a_file.stderr
+
+
+def test_the_index_knows_its_roots_and_keeps_no_empty_one(photos, db, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from clipsearch import present
+
+    monkeypatch.setattr(present.out, "width", 400)  # no path folded in the tables below
+
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(photos / "space" / "new.png")
+    again = cli("index", "--db", db, "--json")  # no folder: the stored roots, rescanned
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["added"] == 1
+    none = cli("index", "--db", tmp_path / "nothing-here")
+    assert none.exit_code == 2 and "no folder given, and no index at" in none.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a photo")
+    told = cli("index", empty, "--db", db)
+    assert told.exit_code == 0
+    assert (f"warning: {empty} holds no photos or videos clipsearch reads (JPEG, PNG" in told.stderr
+            and "it is not kept as a root; --keep-empty keeps it" in told.stderr)
+    assert json.loads(cli("roots", "--db", db, "--json").stdout)["roots"] == [
+        {"path": str(photos), "offline_since": None}]
+    kept = cli("index", empty, "--db", db, "--keep-empty")
+    assert kept.exit_code == 0 and "warning" not in kept.stderr
+
+    listed = cli("roots", "--db", db)  # one root a line, as `info` shows them
+    assert listed.exit_code == 0 and listed.stdout.splitlines() == [f"{empty} (online)", f"{photos} (online)"]
+    info = cli("info", "--db", db).stdout
+    assert "\\n" not in info and f"{empty} (online)" in info and f"{photos} (online)" in info

@@ -106,6 +106,8 @@ def test_tags_become_search_filters(db):
 
     assert search_paths(db, "--tag", "texture") == with_texture  # CLIP's order, among the tagged
     assert search_paths(db, "--tag", "texture", "--tag", "dog") == with_both
+    # case-insensitive, as --place and --camera are: one rule for every filter
+    assert search_paths(db, "--tag", "Texture", "--tag", "DOG") == with_both
     r = cli("similar", unfiltered[-1], "--db", db, "-k", 20, "--paths", "--tag", "dog", "--tag", "texture")
     assert sorted(r.stdout.splitlines()) == sorted(with_both)
 
@@ -220,7 +222,7 @@ def test_label_files_take_comments_custom_prompts_and_placeholders(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"labels": "cat, dog,cat"}, "label 'cat' is given twice; keep one"),
-    ({"labels": " , "}, "no labels given; pass --labels 'cat,dog,beach' or a --labels-file"),
+    ({"labels": " , "}, "--labels ' , ' names no label; pass --labels 'cat,dog,beach', or leave"),
     ({"labels": "cat", "threshold": 1.5}, "--threshold 1.5 is not between 0 and 1"),
     ({"labels": "cat", "top": 0}, "--top must be at least 1, not 0"),
 ])

@@ -6,6 +6,7 @@ against the exact rows (path, content hash) it must leave."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -353,7 +354,8 @@ def test_an_index_from_an_earlier_release_is_watched_and_takes_changes(tmp_path)
         # (its own root, /tmp/legacy/photos, is not on this machine: test_offline covers that)
         watcher, stop, thread, _ = _watching(builder, [])
         try:
-            job = watcher.submit("index", lambda progress: watcher.add_roots([str(new)], progress).to_dict())
+            job = watcher.submit("index", lambda progress: watcher.add_roots([str(new)], progress,
+                                                                            keep_empty=True).to_dict())
             until(lambda: job.state == "done", "the folder added")
             path = _write(new, "a.jpg")
             expected = {**legacy, path: content_hash(Path(path).read_bytes())}
@@ -417,6 +419,11 @@ def test_index_watch_keeps_going_until_ctrl_c(tmp_path, tiny_local_dir):
         assert said("added 1")
         second = photo(photos / "second.png", 31)
         settled(db, {str(photos / "first.png"): first, str(photos / "second.png"): second}, "a photo added")
+        # each commit says what it did, naming the paths when there are few (not when the watcher's
+        # start-up scan, which names none, was the one that found it)
+        line = re.compile(rf"^\d\d:\d\d:\d\d added 1(: {re.escape(str(photos / 'second.png'))})?$")
+        committed = lambda: said("") and any(line.match(text.strip()) for text in seen)  # noqa: E731
+        until(committed, "the commit's line", limit=30)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -20,7 +20,8 @@ from clipsearch.cli import app
 from clipsearch.query import parse
 from clipsearch.words import read_meta
 
-LISBON, PARIS = (38.7139, -9.1394), (48.8584, 2.2945)
+LISBON, PARIS = (38.7139, -9.1394), (48.8584, 2.2945)  # Lisbon's Baixa; the Eiffel Tower
+INTENDENTE = (38.7205, -9.1357)  # a quarter of Lisbon too
 
 
 def cli(*args):
@@ -87,6 +88,25 @@ def test_an_index_run_reads_what_photos_say(library):
     places = json.loads(cli("facets", "--db", db, "--json").stdout)
     assert places["places"][0] == {"name": "Paris, Île-de-France, France", "images": 2}
     assert {"name": "FUJIFILM X100V", "images": 1} in places["cameras"]
+
+
+def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder):
+    """GeoNames has no region for Lisbon: its quarters (Baixa, Intendente) stood where the region
+    stands and split the city in the facets; `info` names the quarter."""
+    where = [("tram.jpg", LISBON), ("cafe.jpg", INTENDENTE), ("eiffel.jpg", PARIS)]
+    for i, (name, position) in enumerate(where):
+        _photo(tmp_path / "photos" / name, i, exif=exif(("Apple", "iPhone 15"), position))
+    db = tmp_path / "db"
+    index_folders([tmp_path / "photos"], db, embedder=embedder, fast_path=False)
+    places = json.loads(cli("facets", "--db", db, "--json").stdout)["places"]
+    assert places == [{"name": "Lisbon, Portugal", "images": 2},
+                      {"name": "Paris, Île-de-France, France", "images": 1}]
+    (cafe,) = open_index(db, embedder=embedder).about("cafe.jpg")
+    assert (cafe.place, cafe.near) == ("Lisbon, Portugal", "Intendente")
+    shown = cli("info", "cafe.jpg", "--db", db).stdout.splitlines()
+    assert any(line.split() == ["near", "│", "Intendente"] for line in shown), shown
+    found = cli("search", "x", "--place", "intendente", "--db", db, "--json", "--no-server").stdout
+    assert [h["path"] for h in json.loads(found)] == [str(tmp_path / "photos" / "cafe.jpg")]
 
 
 @pytest.mark.parametrize("query", ["IMG_2041", "2041", "img_2041.jpg", "x100v", "july 2019 paris"])

@@ -108,6 +108,9 @@ def _source(name: str, flag: str = "--rerank-model", example: str = "Salesforce/
             ) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is already on disk)."""
     path = os.path.abspath(os.path.expanduser(name))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BadInputError(f"{flag} {path} is a file; point it at the folder save_pretrained wrote "
+                            "(config.json and the weights beside it)")
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise BadInputError(

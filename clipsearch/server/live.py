@@ -25,6 +25,7 @@ class JobIn(BaseModel):
     exclude: list[str] = Field(default_factory=list, max_length=1000)
     compact: bool = False
     prune_offline: bool = False
+    keep_empty: bool = False
     labels: str | None = None
     # a labels file's text, which the CLI reads: the server never opens a path a request names
     labels_text: str | None = Field(default=None, max_length=1 << 20)
@@ -124,7 +125,7 @@ def _work(job: JobIn, served, watcher: Watcher):
 
         folders = [normalize_root(f) for f in job.folders]
         return lambda progress: watcher.add_roots(folders, progress, job.exclude, job.compact,
-                                                  job.prune_offline).to_dict()
+                                                  job.prune_offline, job.keep_empty).to_dict()
     if job.kind == "tag":
         from clipsearch.tagging import label_set
 
