@@ -49,6 +49,7 @@ class VideoInfo:
     height: int
     created: str | None  # ISO 8601 without zone, local time, as `taken` is for photos
     notes: list[str] = field(default_factory=list)  # what did not decode (a corrupt tail)
+    stream_end: float | None = None  # seconds, as the packets read say (`frames` fills it in)
 
 
 def _av():
@@ -171,7 +172,7 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
         last_t, last_sig, rotation, last_seen = -math.inf, None, 0, 0.0
         try:
             stream.codec_context.skip_frame = "NONKEY"
-            for frame in container.decode(stream):
+            for frame in _key_frames(container, stream, info=found):
                 t = float(frame.time if frame.time is not None else 0.0)
                 rotation = frame.rotation or 0
                 last_seen = max(last_seen, t)
@@ -198,9 +199,9 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
                                              "the file truncated")
         if rotation and round(rotation / 90) % 2 and info is not None:
             info.width, info.height = found.height, found.width
-        # filled up to the frames that decoded, not to what a header claims (4e9 s would be
-        # millions of seeks): at most a gap past the last key frame, the tail of its group
-        end = min(duration, last_seen + max(gap, MIN_GAP)) if duration else last_seen
+        # filled up to the end of the stream as its packets say (the last key frame may be long
+        # before it), not to what a header claims (4e9 s would be millions of seeks)
+        end = max(last_seen, found.stream_end or 0.0)
         yield from _fill(container, stream, kept, end, gap, min_side, MAX_FRAMES - len(kept))
         if duration and kept[-1] < duration - 2 * gap - 1:
             note = (f"the video ends at {clock(kept[-1])} of the {clock(duration)} its header says "
@@ -210,13 +211,27 @@ def frames(path: str, min_side: int | None = None, info: VideoInfo | None = None
                 info.notes = found.notes
 
 
+def _key_frames(container, stream, info: VideoInfo):
+    """The key frames of `stream` decoded (the others skipped by the decoder), while every
+    packet's end is noted in `info.stream_end`: where the stream really ends, which no key frame
+    tells (a phone's clip may have one key frame in all)."""
+    for packet in container.demux(stream):
+        if packet.pts is not None and packet.time_base is not None:
+            end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            info.stream_end = max(info.stream_end or 0.0, end)
+        yield from packet.decode()
+
+
 def _fill(container, stream, kept: list[float], end: float, gap: float, min_side: int | None,
           most: int = MAX_FRAMES) -> Iterator[tuple[float, Image.Image]]:
-    """Frames between key frames that are more than `gap` apart, found by seeking: at most `most`."""
+    """Frames between key frames that are more than `gap` apart, and after the last one up to
+    the stream's `end`, found by seeking: at most `most`."""
     av = _av()
-    bounds = [*kept, end]
+    bounds = [*sorted(kept), end]
+    last = len(bounds) - 2  # the tail: a frame is owed once it is longer than a gap
     targets = list(itertools.islice(
-        (a + gap * i for a, b in zip(bounds, bounds[1:], strict=False) if b - a > 1.5 * gap
+        (a + gap * i for n, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+         if b - a > (gap if n == last else 1.5 * gap)
          for i in range(1, math.ceil((b - a) / gap)) if a + gap * i < b - MIN_GAP), max(most, 0)))
     if not targets:
         return

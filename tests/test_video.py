@@ -390,3 +390,17 @@ def test_what_a_watcher_sees_a_changed_video_and_a_live_photos_motion(library, t
     store = open_index(copy_db).store
     assert sorted(store.by_paths([str(clip)], ["t"]).column("t").to_pylist()) == [0.0, 4.0]
     assert not store.by_paths([str(folder / "IMG_0002.mov")], ["t"]).num_rows
+
+
+def test_moments_reach_the_end_of_the_stream_past_the_last_key_frame(tmp_path):
+    """A phone clip may hold one key frame; a camera's, one every few seconds: the moments went on
+    only a gap past the last key frame (6 s with one key frame: a single moment at 0:00; 20 s with
+    key frames at 0, 7 and 14 s: none after 14 s)."""
+    from clipsearch import video
+
+    one_key = make_video(str(tmp_path / "clip.mp4"), [(picture(PLANTED, 1), 6.0)])  # x264's 250 frames
+    assert [round(t) for t, _ in video.frames(one_key)] == [0, 4]
+    sparse = make_video(str(tmp_path / "camera.mp4"), [(picture(PLANTED, 2), 20.0)], keyint=105)  # 7 s
+    times = sorted(t for t, _ in video.frames(sparse))
+    assert [round(t) for t in times if round(t) % 7 == 0] == [0, 7, 14]  # the key frames, and between
+    assert times[-1] >= 16 and all(b - a <= video.MAX_GAP + 1 for a, b in zip(times, times[1:])), times
