@@ -225,7 +225,23 @@ class Builder:
         manifest.root_devices.pop(old, None)
         store.save_manifest()
         summary = self.index([new])
-        summary.moved += len({p for p, k in zip(paths, same, strict=True) if k})  # a video's frames: one
+        # each photo counted once, as the user sees the move: the re-pointed ones, which the scan
+        # found unchanged, moved; those whose time changed on the way, which the scan added back
+        # from their kept vectors, moved too (or updated, when their content changed)
+        repointed = len({p for p, k in zip(paths, same, strict=True) if k})  # a video's frames: one
+        summary.moved += repointed
+        summary.unchanged = max(0, summary.unchanged - repointed)
+        rest = {m: h for m, h, k in zip(moved, rows.column("hash").to_pylist(), ~same & ~taken, strict=True)
+                if k}
+        found = store.by_paths(list(rest), ["path", "hash"]) if rest else None
+        back = dict(zip(found.column("path").to_pylist(), found.column("hash").to_pylist(),
+                        strict=True)) if found is not None else {}
+        for path, digest in back.items():
+            summary.added -= 1
+            if digest == rest[path]:
+                summary.moved += 1
+            else:
+                summary.updated += 1
         return summary
 
     def _note_roots(self, folders: Sequence[str], offline: dict[str, str], mounts: dict[str, int]) -> None:

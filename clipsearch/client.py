@@ -211,12 +211,13 @@ class Server:
         raise KeyboardInterrupt: the job is then cancelled, keeping what it committed); the
         job's result, or its error raised as the in-process run would."""
         id = self.submit(job)["id"]
-        last = Progress("scan", 0, 0)
+        last = None  # nothing is told before the job says something (not "found 0 images")
         try:
             while (state := self.job(id))["state"] in ("queued", "running"):
                 if state["progress"]:
                     last = Progress(**state["progress"])
-                progress(last)
+                if last is not None:
+                    progress(last)
                 time.sleep(JOB_POLL)
         except KeyboardInterrupt:
             self.cancel(id)

@@ -62,6 +62,25 @@ def shown(text: str) -> str:
     return escape(safe(text))
 
 
+def _matched(words: dict[str, list[str]]) -> str:
+    """The words a hit matched, each once: a place and a folder both named lisbon, or café and
+    its unaccented cafe (every word is stored both ways), are one word to the reader."""
+    from clipsearch.words import unaccented
+
+    seen: set[str] = set()
+    out = []
+    for word in (w for found in words.values() for w in found):
+        if word not in seen and unaccented(word) not in seen:
+            out.append(word)
+        seen.update((word, unaccented(word)))
+    return " ".join(out)
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """`n` and the noun, singular for one ("1 photo", "2 photos", "1 video: 3 moments")."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def message(text: str) -> None:
     """One line on stderr, written directly: an interrupt can land inside a rich print, whose
     half-flushed buffer would otherwise be printed again in front of this line."""
@@ -105,7 +124,7 @@ def hits(found: Sequence[Hit], fmt: str, none_found: str = "no matching images",
             table.add_column("caption", overflow="fold", style="italic")
         for h in found:
             extra = [f"{h.itm:.3f}", f"{h.clip:.3f}"] if reranked else [f"{h.clip:.3f}"] if worded else []
-            matched = [" ".join(w for words in (h.words or {}).values() for w in words)] if worded else []
+            matched = [_matched(h.words or {})] if worded else []
             if captioned:
                 matched.append(h.caption or "")
             score = f"{h.score:.4f}" if worded else f"{h.score:.3f}"
@@ -168,7 +187,7 @@ def dupes(groups: Sequence[Group], fmt: str, extras: bool = False) -> None:
         out.print(table)
         out.print()
     extra = sum(len(g.extras) for g in groups)
-    err.print(f"{len(groups)} groups; {extra} photos besides the keepers "
+    err.print(f"{counted(len(groups), 'group')}; {counted(extra, 'photo')} besides the keepers "
               "(clipsearch dupes --paths --extras lists them)")
 
 
@@ -218,9 +237,10 @@ def summary(s: IndexSummary, as_json: bool, db=None) -> None:
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
         f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
         f"[dim]({s.embedded} embedded in {s.seconds:.1f} s"
-        + (f"; {s.frames} frames of the videos among them" if s.frames else "") + ")[/dim]"
+        + (f"; {counted(s.frames, 'frame')} of the videos among them" if s.frames else "") + ")[/dim]"
         + (f"; {s.sidecars_written} XMP sidecars written" if s.sidecars_written else "")
-        + (f"; words read for {s.words_filled} photos indexed before them" if s.words_filled else "")
+        + (f"; words read for {counted(s.words_filled, 'photo')} indexed before them"
+           if s.words_filled else "")
     )
     _skipped(s.skipped)
     if s.metadata_notes:
@@ -249,7 +269,8 @@ def forgotten(s: ForgetSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
         return
-    err.print(f"forgot {s.removed} photos, their kept vectors and {s.cache_files} cached files")
+    err.print(f"forgot {counted(s.removed, 'photo')}, their kept vectors and "
+              f"{counted(s.cache_files, 'cached file')}")
     if s.on_disk:
         message(f"note: {len(s.on_disk)} of them are still on disk (e.g. {s.on_disk[0]}); the next index "
                 "run adds them again unless you delete them or leave them out with --exclude")
@@ -308,7 +329,8 @@ def caption_summary(s: CaptionSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
         return
-    line = f"captioned {s.captioned} photos with {s.model} ({s.precision}) [dim]({s.seconds:.1f} s)[/dim]"
+    line = (f"captioned {counted(s.captioned, 'photo')} with {s.model} ({s.precision}) "
+            f"[dim]({s.seconds:.1f} s)[/dim]")
     if s.stale:
         line += f"; {s.stale} had a caption from another model or precision"
     if s.left:
@@ -395,7 +417,8 @@ def info(i: IndexInfo, as_json: bool) -> None:
     table.add_column(overflow="fold")
     for key, value in (
         ("index", i.db),
-        ("images", f"{i.images} ({i.videos} videos: {i.frames} moments)" if i.videos else str(i.images)),
+        ("images", f"{i.images} ({counted(i.videos, 'video')}: {counted(i.frames, 'moment')})"
+         if i.videos else str(i.images)),
         ("roots", _roots(i) or "-"),  # shown already
         ("left out", ", ".join(i.exclude) or "-"),
         ("model", i.model), ("pretrained", i.pretrained or "-"), ("dim", str(i.dim)),
@@ -453,11 +476,16 @@ def progress_bar(enabled: bool = True) -> Iterator[callable]:
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), console=err, transient=True)
     tasks: dict[str, object] = {}
+    told: set[str] = set()  # a job followed through a server repeats its last event
 
     def report(p: IndexProgress) -> None:
+        if p.phase in ("scan", "prepare") and p.phase in told:
+            return
         if p.phase == "scan":
-            err.print(f"found {p.total} images")
+            told.add(p.phase)
+            err.print(f"found {counted(p.total, 'image')}")
         elif p.phase == "prepare":
+            told.add(p.phase)
             err.print("preparing fast searches: exporting the text encoder (once per model, about 10 s)")
         elif p.phase in PHASES and err.is_terminal:
             if p.phase not in tasks:

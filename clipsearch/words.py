@@ -273,13 +273,13 @@ def tokens(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).casefold()
     out: list[str] = []
     for word in WORD.findall(text):
-        for form in (word, _unaccented(word)):
+        for form in (word, unaccented(word)):
             if form not in out:
                 out.append(form)
     return out
 
 
-def _unaccented(word: str) -> str:
+def unaccented(word: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
 
 

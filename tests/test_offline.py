@@ -95,7 +95,7 @@ def test_forget_removes_a_photo_for_good(embedder, photos, tmp_path, tiny_local_
     caption = {"hash": digest, "caption": "a cup", "model": "m", "identity": "i", "precision": "fp32"}
     Store.open(db).add_captions(pa.Table.from_pylist([caption], CAPTIONS_SCHEMA))
     r = CliRunner().invoke(app, ["forget", str(photos / "food"), "--db", str(db)])
-    assert r.exit_code == 0 and "forgot 1 photos, their kept vectors and 2 cached files" in r.output, r.output
+    assert r.exit_code == 0 and "forgot 1 photo, their kept vectors and 2 cached files" in r.output, r.output
     assert "still on disk" in r.output and str(coffee) not in row_paths(db)
     assert not thumb.exists() and not moment.exists()
     captions = Store.open(db).read_captions()  # none left, or none of this photo's
@@ -113,9 +113,11 @@ def test_a_library_moved_to_a_new_disk_is_re_pointed_without_embedding(embedder,
     moved.parent.mkdir()
     photos.rename(moved)
     (moved / "food" / "coffee.webp").touch()  # one file's time changed on the way: hashed, not embedded
-    r = CliRunner().invoke(app, ["roots", "move", str(photos), str(moved), "--db", str(db)])
+    r = CliRunner().invoke(app, ["roots", "move", str(photos), str(moved), "--db", str(db), "--json"])
     assert r.exit_code == 0, r.output
-    assert "(0 embedded" in r.output and "removed 0" in r.output
+    summary = json.loads(r.stdout)  # each photo counted once, the touched one too (same content)
+    assert (summary["moved"], summary["added"], summary["unchanged"], summary["removed"]) == (13, 0, 0, 0)
+    assert summary["embedded"] == 0
     assert _rows(db) == {str(moved) + p[len(str(photos)):]: h for p, h in before.items()}
     assert open_index(db).info().roots == [str(moved)]
     (hit,) = open_index(db).search("library", k=1)  # its folder words say where it is now

@@ -172,6 +172,13 @@ def test_the_cli_hands_writing_commands_to_the_server(live, tmp_path):
     assert "handing this run to clipsearch serve --watch" in r.output and "added 3" in r.output
     assert rows(live.db) == expected
     assert str(other) in live.status()["roots"]
+    more = tmp_path / "more"
+    made = {str(more / f"{i}.png"): photo(more / f"{i}.png", 20 + i) for i in range(2)}
+    r = CliRunner().invoke(app, ["index", str(more), "--db", str(live.db)])  # its progress followed
+    assert r.exit_code == 0 and "added 2" in r.output, r.output
+    # the job's own scan, said once: not "found 0 images" before the job said anything
+    assert "found 0 images" not in r.output and r.output.count("found ") <= 1, r.output
+    expected.update(made)
     r = CliRunner().invoke(app, ["index", str(live.photos), "--db", str(live.db), "-q"])
     assert r.exit_code == 0 and "keeps this index in step with" in r.output and "nothing to do" in r.output
     r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels", "sky,stone", "--threshold", "0"])

@@ -90,12 +90,17 @@ def test_an_index_run_reads_what_photos_say(library):
     assert {"name": "FUJIFILM X100V", "images": 1} in places["cameras"]
 
 
-def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder):
+def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder, monkeypatch):
     """GeoNames has no region for Lisbon: its quarters (Baixa, Intendente) stood where the region
-    stands and split the city in the facets; `info` names the quarter."""
+    stands and split the city in the facets; `info` names the quarter. A word a photo matches
+    twice (its place and its folder) is shown once."""
+    from clipsearch import present
+
     where = [("tram.jpg", LISBON), ("cafe.jpg", INTENDENTE), ("eiffel.jpg", PARIS)]
     for i, (name, position) in enumerate(where):
         _photo(tmp_path / "photos" / name, i, exif=exif(("Apple", "iPhone 15"), position))
+    (tmp_path / "photos" / "Lisbon Café").mkdir()
+    (tmp_path / "photos" / "tram.jpg").rename(tmp_path / "photos" / "Lisbon Café" / "tram.jpg")
     db = tmp_path / "db"
     index_folders([tmp_path / "photos"], db, embedder=embedder, fast_path=False)
     places = json.loads(cli("facets", "--db", db, "--json").stdout)["places"]
@@ -107,6 +112,10 @@ def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder):
     assert any(line.split() == ["near", "│", "Intendente"] for line in shown), shown
     found = cli("search", "x", "--place", "intendente", "--db", db, "--json", "--no-server").stdout
     assert [h["path"] for h in json.loads(found)] == [str(tmp_path / "photos" / "cafe.jpg")]
+    monkeypatch.setattr(present.out, "width", 300)
+    table = cli("search", "lisbon cafe", "--db", db, "--no-server", "-k", 3).stdout
+    (tram,) = [line for line in table.splitlines() if "tram.jpg" in line]
+    assert tram.split("│")[-1].split() == ["lisbon", "cafe"], tram  # its place and its folder: one lisbon
 
 
 @pytest.mark.parametrize("query", ["IMG_2041", "2041", "img_2041.jpg", "x100v", "july 2019 paris"])
