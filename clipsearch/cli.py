@@ -211,7 +211,7 @@ def _folder(path: Path | None) -> str | None:
 def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
                 ask: Callable[[Index], list[Hit]], remote: Callable[[Server], list[Hit] | None] | None,
                 wanted: dict, none_found: str = "no matching images", preview: str | None = None,
-                **options) -> None:
+                text: bool = True, **options) -> None:
     """Answer through a running server for this index when there is one (`remote`), else in this
     process: on the fast path (no torch, no LanceDB) when the index has what it needs, else the
     full one. Every way gives the same hits; they are printed the same way."""
@@ -228,13 +228,13 @@ def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
                                                       **wanted})
             found = remote(server) if server is not None else None
         if found is None:
-            found = _fast(db, device, ask, options)
+            found = _fast(db, device, ask, options, text)
         if found is None:
             from clipsearch.engine import open_index
 
             index = open_index(db, device=device, **options)
             # so that the next search takes the fast path; this one loads the CLIP model
-            if index.prepare_fast(present.message, background=config.background_export()):
+            if index.prepare_fast(present.message, background=config.background_export()) and text:
                 from clipsearch.fastpath import PENDING
 
                 present.message(PENDING)
@@ -259,7 +259,8 @@ def _preview(asked: str) -> str | None:
     return protocol
 
 
-def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], options: dict) -> list[Hit] | None:
+def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], options: dict,
+          text: bool = True) -> list[Hit] | None:
     """The hits on the fast path, or None when the index lacks what it needs. Damaged fast-path
     files are only a detour: the full path answers, and rewrites them."""
     from clipsearch import present
@@ -267,7 +268,9 @@ def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], optio
 
     try:
         keep_pandas_out()
-        index = open_fast(config.db_path(db), device=device, note=present.message, **options)
+        # a text query is what waits on the export; `similar` needs no text encoder
+        told = present.message if text else lambda _m: None
+        index = open_fast(config.db_path(db), device=device, note=told, **options)
         return ask(index) if index is not None else None
     except ClipsearchError:
         raise
@@ -621,7 +624,7 @@ def similar(
         None if no_server else lambda server: server.similar(
             image, k, _folder(within), after=after, before=before, ext=ext, tags=tag, place=place,
             camera=camera, kind=kind),
-        {"precision": precision}, preview=preview, precision=precision)
+        {"precision": precision}, preview=preview, text=False, precision=precision)
 
 
 @app.command()
@@ -1100,8 +1103,9 @@ def eval_retrieval(
     rerank_precision: RerankPrecision = "auto",
     words: Annotated[str, typer.Option(
         "--words", metavar="on|off",
-        help="on: the images' words (file names, captions) rank beside CLIP, as `search` does; off: "
-             "pixels only.")] = "on",
+        help="on: the images' words (captions from --caption-model, the places, cameras and keywords "
+             "their EXIF and XMP carry; not their file names, which eval replaces with numbers) rank "
+             "beside CLIP, as `search` does; off: pixels only.")] = "on",
     caption_model: Annotated[str | None, typer.Option(
         "--caption-model", metavar="NAME_OR_DIR",
         help="Caption every image with this BLIP captioner first, so that --words on searches the "

@@ -395,6 +395,9 @@ class Index:
             data, name = image.data, image.name
         else:
             name = os.path.abspath(os.path.expanduser(os.fspath(image)))
+            if os.path.isdir(name):
+                raise BadInputError(f"{name} is a folder; give one photo or video (--in FOLDER keeps "
+                                    "the hits to a folder)")
             if not os.path.isfile(name):
                 raise BadInputError(f"image not found: {name}")
             if is_video_name(name):

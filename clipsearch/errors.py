@@ -95,7 +95,10 @@ class WorkerCannotReadError(ClipsearchError):
 
 
 class UnreadableImageError(ClipsearchError):
-    """One file could not be decoded as an image. The indexer skips it and reports the reason."""
+    """One file could not be decoded as an image. The indexer skips it and reports the reason;
+    one given as a query is bad input, as a missing one is (exit code 2)."""
+
+    exit_code = 2
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")

@@ -246,6 +246,7 @@ class Indexer:
         """`roots`: those to check for being offline (after a full scan of them, `scanned`, also
         by whether any of their indexed photos were found)."""
         self.summary.skipped.extend(found.skipped)
+        self.summary.unlisted += len(found.skipped)
         candidates = self._diff(found, scope, [s.path for s in found.skipped], roots if scanned else [])
         if self.keep_offline:
             self.offline.update({r: why for r in roots if r not in self.offline

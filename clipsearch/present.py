@@ -215,7 +215,10 @@ def serving(s: Started) -> None:
         what = f"{s.db}: {s.images} images, {s.model}"
     base = s.url.split("?", 1)[0]
     lines = [f"clipsearch is serving {what}", f"  gallery  {s.url}", f"  API      {base}docs"]
-    if not s.discoverable:
+    if not s.discoverable and s.images is None:
+        lines.append("  note: clipsearch search finds this server once it is started after the first "
+                     "index run (it searches in its own process until then)")
+    elif not s.discoverable:
         lines.append(f"  note: {s.db} is not writable, so clipsearch search will not find this server")
     lines.append("Ctrl-C (or SIGTERM) stops it")
     print("\n".join(safe(line) for line in lines), flush=True)
@@ -235,7 +238,9 @@ def summary(s: IndexSummary, as_json: bool, db=None) -> None:
         return
     err.print(
         f"added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
-        f"unchanged {s.unchanged}, skipped {len(s.skipped)} "
+        f"unchanged {s.unchanged}, skipped {len(s.skipped)}"
+        + (f" ({s.unlisted} of them not among the images found: what the scan could not open)"
+           if s.unlisted else "") + " "
         f"[dim]({s.embedded} embedded in {s.seconds:.1f} s"
         + (f"; {counted(s.frames, 'frame')} of the videos among them" if s.frames else "") + ")[/dim]"
         + (f"; {s.sidecars_written} XMP sidecars written" if s.sidecars_written else "")
@@ -528,8 +533,12 @@ def eval_zeroshot(r: ZeroShotReport, as_json: bool) -> None:
     table = Table(show_edge=False, pad_edge=False)
     for column in ("top-1", "top-5", f"tag precision @{r.threshold:g}", f"tag recall @{r.threshold:g}"):
         table.add_column(column, justify="right")
-    table.add_row(*(f"{100 * v:.1f}" for v in (r.top1, r.top5, r.tag_precision, r.tag_recall)))
+    table.add_row(*("-" if v is None else f"{100 * v:.1f}" for v in (r.top1, r.top5, r.tag_precision,
+                                                                     r.tag_recall)))
     out.print(table)
+    if r.top5 is None:
+        err.print(f"top-5 needs more than 5 classes: with {r.classes}, every image's class is among "
+                  "its top 5")
     worst = sorted(r.per_class.items(), key=lambda kv: (kv[1], kv[0]))[:3]
     err.print(f"{r.images} images, {r.classes} classes; {shown(r.model)}, {r.precision}; accuracy in %; "
               "hardest: " + ", ".join(f"{shown(name)} {100 * acc:.0f}" for name, acc in worst))

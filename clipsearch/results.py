@@ -147,6 +147,7 @@ class IndexSummary:
     metadata_notes: list[Skipped] = field(default_factory=list)
     words_filled: int = 0  # rows of an older index given their words (clipsearch.words)
     empty: list[str] = field(default_factory=list)  # folders given that hold nothing: not kept as roots
+    unlisted: int = 0  # of the skipped, those the scan could not open (not among the images found)
 
     def to_dict(self) -> dict:
         return asdict(self)

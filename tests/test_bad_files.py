@@ -40,14 +40,20 @@ def test_every_bad_file_is_skipped_with_its_reason_and_the_rest_indexed(corpus, 
     ok, skipped = _expected(corpus)
     assert len(ok) + len(skipped) >= 40 and len(skipped) >= 14
 
+    found = []
+
     def delete_after_scan(progress):
         if progress.phase == "scan":
+            found.append(progress.total)
             os.unlink(corpus.delete_after_scan)
 
     db = tmp_path / "db"
     summary = index_folders([corpus.root], db, embedder=embedder, workers=2, batch_size=4,
                             progress=delete_after_scan)
     assert set(row_paths(db)) == ok
+    # the counts add up: "found N images" is what was added or skipped, less what the scan
+    # itself could not open (a broken link, a pipe), which the summary says apart
+    assert summary.unlisted >= 1 and found == [summary.added + len(summary.skipped) - summary.unlisted]
     reasons = {s.path: s.reason for s in summary.skipped}
     assert len(reasons) == len(summary.skipped)  # each bad file reported once
     assert set(reasons) == set(skipped)

@@ -420,3 +420,13 @@ def test_the_index_knows_its_roots_and_keeps_no_empty_one(photos, db, tmp_path, 
     assert listed.exit_code == 0 and listed.stdout.splitlines() == [f"{empty} (online)", f"{photos} (online)"]
     info = cli("info", "--db", db).stdout
     assert "\\n" not in info and f"{empty} (online)" in info and f"{photos} (online)" in info
+
+
+def test_similar_to_a_bad_file_a_missing_one_or_a_folder_is_bad_input_alike(photos, db, tmp_path):
+    corrupt = tmp_path / "bad.jpg"
+    corrupt.write_bytes(b"not a jpeg")
+    for given, said in [(corrupt, f"{corrupt}: not a readable image"),
+                        (tmp_path / "nope.jpg", f"image not found: {tmp_path / 'nope.jpg'}"),
+                        (photos / "space", f"{photos / 'space'} is a folder; give one photo or video")]:
+        r = cli("similar", given, "--db", db, "--no-server")
+        assert (r.exit_code, r.stderr.count("\n")) == (2, 1) and said in r.stderr, r.output

@@ -227,3 +227,19 @@ def test_an_unreadable_image_is_skipped_and_its_captions_left_out(dataset, tiny_
     assert "3 captions, 2 images" in result.stderr
     assert f"skipped {dataset / 'pics' / 'sub' / 'horse.png'}" in result.stderr
     assert "1 caption of skipped images left out" in result.stderr
+
+
+def test_top_5_of_five_classes_or_fewer_is_no_figure(tmp_path, tiny_model, tiny_checkpoint):
+    """With 3 classes every image's class is among its top 5: 100 % said nothing."""
+    from conftest import SAMPLES
+
+    for name in ("animals", "food", "space"):
+        shutil.copytree(SAMPLES / name, tmp_path / "classes" / name)
+    common = ["--model", tiny_model, "--pretrained", tiny_checkpoint, "--device", "cpu"]
+    shown = cli("eval", "zeroshot", tmp_path / "classes", *common)
+    assert shown.exit_code == 0, shown.output
+    assert "top-5 needs more than 5 classes: with 3, every image's class is among its top 5" in shown.stderr
+    (row,) = [line for line in shown.stdout.splitlines() if "-" in line.split()]
+    assert [cell.strip() for cell in row.split("│")][1] == "-"  # top-1, then no top-5
+    figures = json.loads(cli("eval", "zeroshot", tmp_path / "classes", *common, "--json").stdout)
+    assert figures["top5"] is None and 0 <= figures["top1"] <= 1

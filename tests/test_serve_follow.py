@@ -40,6 +40,7 @@ def test_the_server_follows_the_index_it_serves(tmp_path, tiny_local_dir, many_p
     try:
         banner = "".join(running.output)
         assert f"no index at {db} yet; build one with: clipsearch index FOLDER --db {db}" in banner
+        assert "is not writable" not in banner and "once it is started after the first index run" in banner
         for _ in range(100):  # --open: the default browser is sent to the gallery once it listens
             if opened.exists() and opened.read_text():
                 break

@@ -172,16 +172,16 @@ def test_pages_of_other_sites_make_the_server_do_nothing(server, library):
     assert endless.status == 400 and "a finite number" in endless.json()["error"]
 
 
-def test_bad_queries_get_the_clis_message_as_json(server, library):
+def test_bad_queries_get_the_clis_message_as_json_naming_the_apis_parameters(server, library):
     cases = [
         ({"q": '"beach" + "sun'}, 400, "bad query '\"beach\" + \"sun': this quote is never closed"),
         ({"q": "   "}, 400, "the query is empty"),
-        ({"q": "cat", "after": "last week"}, 400, "--after 'last week' is not a date"),
-        ({"q": "cat", "after": "0002-01-01"}, 400, "--after 0002-01-01: give a year from 1678 to 2261"),
-        ({"q": "cat", "before": "9999"}, 400, "--before 9999: give a year from 1678 to 2261"),
-        ({"q": "cat", "tag": "nope"}, 400, "--tag 'nope' is not a tag in this index; tags: "),
-        ({"q": "cat", "ext": "docx"}, 400, "--ext 'docx' is not a file type"),
-        ({"q": "cat", "in": "/nowhere/at/all"}, 400, "--in: folder not found: /nowhere/at/all"),
+        ({"q": "cat", "after": "last week"}, 400, "after 'last week' is not a date"),
+        ({"q": "cat", "after": "0002-01-01"}, 400, "after 0002-01-01: give a year from 1678 to 2261"),
+        ({"q": "cat", "before": "9999"}, 400, "before 9999: give a year from 1678 to 2261"),
+        ({"q": "cat", "tag": "nope"}, 400, "tag 'nope' is not a tag in this index; tags: "),
+        ({"q": "cat", "ext": "docx"}, 400, "ext 'docx' is not a file type"),
+        ({"q": "cat", "in": "/nowhere/at/all"}, 400, "in: folder not found: /nowhere/at/all"),
         ({"q": "cat", "k": "many"}, 422, "k: Input should be a valid integer"),
         ({"q": "cat", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
         ({"q": "x" * 1001}, 400, "the query is 1001 characters long; at most 1000 are read"),
@@ -192,6 +192,7 @@ def test_bad_queries_get_the_clis_message_as_json(server, library):
         r = server.get("/api/search", params)
         assert r.status == status, (params, r.body)
         assert set(r.json()) == {"error"} and message in r.json()["error"], (params, r.body)
+        assert " --" not in r.json()["error"], r.body  # parameters named as the request names them
         assert b"Traceback" not in r.body and b"\n" not in r.json()["error"].encode()
 
 

@@ -77,7 +77,7 @@ class RetrievalReport:
 @dataclass
 class ZeroShotReport:
     top1: float
-    top5: float
+    top5: float | None  # None with five classes or fewer, where it would always be 100 %
     tag_precision: float  # of the tags given at the threshold, the fraction that are right
     tag_recall: float  # of the images, the fraction whose class is among their tags
     threshold: float
@@ -186,7 +186,8 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
               progress: ProgressCallback | None = None, words: bool = True) -> RetrievalReport:
     """Text-to-image and image-to-text recall of the gallery's index (and text-to-image after
     re-ranking): a caption is answered when its own image ranks within K, an image when any of
-    its captions does. `words=False` ranks by pixels only (no file names, no captions)."""
+    its captions does. `words=False` ranks by pixels only (no captions, no EXIF or XMP words; file
+    names never count: the gallery's links are named by number)."""
     from clipsearch import config
 
     report = progress or (lambda _p: None)
@@ -241,7 +242,8 @@ def zeroshot(data: ClassSet, g: Gallery, threshold: float) -> ZeroShotReport:
     probs = tagger.scores(g.vectors)
     order = np.argsort(-probs, axis=1, kind="stable")
     top1 = float(np.mean(order[:, 0] == truth))
-    top5 = float(np.mean((order[:, :5] == truth[:, None]).any(axis=1)))
+    # with five classes or fewer every image's class is among its top five: no figure at all
+    top5 = float(np.mean((order[:, :5] == truth[:, None]).any(axis=1))) if len(data.classes) > 5 else None
     rows, cols = tagger.choose(probs)
     right = int(np.sum(cols == truth[rows]))
     per_class = {name: float(np.mean(order[truth == c, 0] == c)) for c, name in enumerate(data.classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import mimetypes
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -74,6 +75,20 @@ _STATUS: list[tuple[type[ClipsearchError], int]] = [
 # (even one a web page makes blindly) would hold about n^2/2 pairs in memory
 API_MIN_THRESHOLD = 0.8
 log = logging.getLogger("clipsearch.server")
+
+
+# the library names a value by the CLI option that carries it; a request carries it in these
+_API_NAMES = {"--after": "after", "--before": "before", "--ext": "ext", "--tag": "tag", "--place": "place",
+              "--camera": "camera", "--in": "in", "--min-match": "min_match", "--candidates": "candidates",
+              "--limit": "limit", "--top": "top", "--threshold": "threshold", "--labels": "labels",
+              "--words": "words", "--k": "k", "-k": "k"}
+_OPTION = re.compile(r"(?<![\w-])(--?[a-z][a-z-]*)")
+
+
+def api_words(message: str) -> str:
+    """A library error as an API caller reads it: a CLI option (--after) named as the request's
+    parameter (after); one the API has no parameter for stays as written."""
+    return _OPTION.sub(lambda m: _API_NAMES.get(m.group(1), m.group(1)), message)
 
 
 class ServedIndex:
@@ -445,7 +460,7 @@ def _add_error_handlers(app) -> None:
     @app.exception_handler(ClipsearchError)
     def typed(_request: Request, exc: ClipsearchError) -> JSONResponse:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        return JSONResponse({"error": api_words(str(exc))}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
