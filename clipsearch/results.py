@@ -106,7 +106,10 @@ class ImageRecord:
                    t=row.get("t"), duration=row.get("duration"))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["near"] is None:  # only `about` looks the quarter up: elsewhere not unknown, not asked
+            del out["near"]
+        return out
 
 
 @dataclass(frozen=True)

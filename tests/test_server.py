@@ -145,7 +145,7 @@ def test_rerank_and_min_match_behave_as_in_the_cli(server, index):
     assert nothing.status == 200 and nothing.json()["hits"] == []
     bad = server.get("/api/search", {"q": "a red car", "min_match": 1.5})
     assert bad.status == 400
-    assert bad.json() == {"error": "--min-match 1.5 is not a probability between 0 and 1"}
+    assert bad.json() == {"error": "min_match 1.5 is not a probability between 0 and 1"}  # the API's name
     deep = server.get("/api/search", {"q": "car", "rerank": 1, "k": 150, "offset": 100})
     assert deep.status == 400 and "re-ranked pages reach at most rank 200" in deep.json()["error"]
 

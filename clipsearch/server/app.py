@@ -458,9 +458,13 @@ def _add_error_handlers(app) -> None:
     """Every error is JSON {"error": one line that says what to do}; never a stack trace."""
 
     @app.exception_handler(ClipsearchError)
-    def typed(_request: Request, exc: ClipsearchError) -> JSONResponse:
+    def typed(request: Request, exc: ClipsearchError) -> JSONResponse:
+        from clipsearch.server.security import WRITER
+
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-        return JSONResponse({"error": api_words(str(exc))}, status_code=status)
+        # the CLI (it sends the discovery secret) prints the error as its own: in its options' words
+        said = str(exc) if request.scope.get(WRITER) else api_words(str(exc))
+        return JSONResponse({"error": said}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
