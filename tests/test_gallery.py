@@ -29,7 +29,7 @@ def server(tmp_path_factory, tiny_local_dir):
     captioner = captioner_folder(tmp_path_factory.mktemp("captioner"), "tiny")
     open_index(db, device="cpu", caption_model=str(captioner), caption_precision="fp32").caption()
     running = serving.start(db, "--watch", "--settle", "0.3")  # the last test adds a photo
-    running.photos = photos
+    running.photos, running.db = photos, db
     yield running
     code, output = running.stop(signal.SIGTERM)
     assert code == 0, output
@@ -295,3 +295,57 @@ def test_the_viewer_fits_every_photo_and_loads_what_the_screen_can_show(sizes_se
         finally:
             driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert _script_errors(driver) == []
+
+
+def test_a_token_stays_with_its_own_port(browser, server, tmp_path):
+    """A server started with a token: the printed address logs the gallery in, the token leaves
+    the address bar and no cookie is kept; another port of the same host (another local user's
+    server, say) never receives it, as a cookie it would (cookies are not isolated by port)."""
+    import http.server
+    import threading
+    from urllib.parse import quote
+
+    db = tmp_path / "db"
+    shutil.copytree(server.db, db, ignore=shutil.ignore_patterns("server.json", ".lock"))
+    token = "correct-horse+battery;staple€-7"  # what neither a header nor a cookie holds as it is
+    seen: list[dict] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            body = b"<!doctype html><title>elsewhere</title><p>another server"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    running = serving.start(db, "--token", token)
+    driver = browser
+    base = f"http://127.0.0.1:{running.port}"
+    try:
+        driver.get(f"{base}/?token={quote(token, safe='')}&q=sky")
+        _wait(driver, lambda d: d.current_url == f"{base}/?q=sky" and _loaded_tiles(d) > 0, "logged in")
+        assert driver.get_cookies() == []  # kept by the origin's service worker, not a cookie
+        status = driver.execute_async_script(
+            "fetch('/api/info').then(r => arguments[0](r.status))")
+        assert status == 200
+        driver.get(f"http://127.0.0.1:{other.server_address[1]}/elsewhere")
+        _wait(driver, lambda d: seen, "the other port visited")
+        assert not any("authorization" in h or "cookie" in h for h in seen), seen
+        driver.get(f"{base}/?q=stone")  # and back: still logged in
+        _wait(driver, lambda d: _loaded_tiles(d) > 0, "the gallery again, without the token")
+        assert running.get("/api/info").status == 401  # a request without the worker: refused
+        assert _script_errors(driver) == []
+    finally:
+        driver.get(f"{base}/static/login.js")  # a page of the origin (it needs no token): its worker goes
+        driver.execute_async_script("navigator.serviceWorker.getRegistrations().then(rs => "
+                                    "Promise.all(rs.map(r => r.unregister()))).then(() => arguments[0]())")
+        other.shutdown()
+        code, output = running.stop()
+    assert code == 0, output

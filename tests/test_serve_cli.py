@@ -136,13 +136,28 @@ def test_a_token_protects_the_server_and_the_cli_still_finds_it(library, tmp_pat
         wrong = {"Authorization": "Bearer wrong-token-wrong-token"}
         assert running.get("/api/info", headers=wrong).status == 401
         assert running.get("/api/info", headers={"Authorization": f"Bearer {token}"}).status == 200
-        landing = running.get("/", {"token": token, "q": "cat"})
+        # the printed address: a login page that hands the token to the origin's service worker
+        # (test_gallery follows it in a browser); no cookie, which every port of the host would get
+        login = running.get("/", {"token": token, "q": "cat"})
+        assert login.status == 200 and "set-cookie" not in login.headers
+        assert b'src="/static/login.js"' in login.body and login.headers["cache-control"] == "no-store"
+        assert "script-src 'self'" in login.headers["content-security-policy"]
+        for public in ("/sw.js", "/static/login.js"):  # what logging in needs before the token
+            assert running.get(public).status == 200, public
+        assert running.get("/static/gallery.js").status == 401
+        # the worker's header: the token percent-encoded
+        assert running.get("/api/info", headers={"Authorization": f"Bearer {token}"}).status == 200
+        # where no service worker runs, the page asks for the cookie: named with the port
+        landing = running.get("/", {"token": token, "q": "cat", "cookie": "1"})
         assert landing.status == 303 and landing.headers["location"] == "/?q=cat"  # the token leaves the URL
         cookie = landing.headers["set-cookie"]
+        assert cookie.startswith(f"clipsearch_token_{running.port}=")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         jar = cookie.split(";", 1)[0]
         assert running.get("/api/images/0/thumbnail", headers={"Cookie": jar}).status == 200
-        assert running.get("/", headers={"Cookie": "clipsearch_token=nope"}).status == 401
+        assert running.get("/", headers={"Cookie": f"clipsearch_token_{running.port}=nope"}).status == 401
+        other_port = jar.replace(f"_{running.port}=", f"_{running.port + 1}=")  # another server's
+        assert running.get("/api/info", headers={"Cookie": other_port}).status == 401
         # browsers send every cookie of the host, whatever the port: another app's odd ones too
         for others in ("ga=GA1.1 2", 'j={"x":1}', "broken", 'q="unclosed', "x=1;;;"):
             for header in (f"{others}; {jar}", f"{jar}; {others}"):
@@ -156,7 +171,7 @@ def test_a_token_protects_the_server_and_the_cli_still_finds_it(library, tmp_pat
 
 
 def test_any_printable_token_logs_in_from_the_printed_address(library, tmp_path):
-    from urllib.parse import urlsplit
+    from urllib.parse import quote, urlsplit
 
     _, db = library
     copy = tmp_path / "db"
@@ -167,7 +182,11 @@ def test_any_printable_token_logs_in_from_the_printed_address(library, tmp_path)
         printed = next(line.split()[-1] for line in running.output if line.strip().startswith("gallery"))
         login = urlsplit(printed)
         assert login.query.startswith("token=") and " " not in printed and "€" not in printed
-        landing = running.request("GET", f"/?{login.query}")  # the address exactly as printed
+        page = running.request("GET", f"/?{login.query}")  # the address exactly as printed
+        assert page.status == 200, page.body
+        worker = f"Bearer {quote(token, safe='')}"  # what the service worker sends
+        assert running.get("/api/info", headers={"Authorization": worker}).status == 200
+        landing = running.request("GET", f"/?{login.query}&cookie=1")  # the fallback
         assert landing.status == 303, landing.body
         cookie = landing.headers["set-cookie"]
         assert cookie.isascii() and "HttpOnly" in cookie

@@ -237,6 +237,13 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         return FileResponse(STATIC / "index.html", headers={
             "Content-Security-Policy": GALLERY_CSP, "Cache-Control": "no-cache"})
 
+    @app.get("/sw.js", include_in_schema=False)
+    def service_worker() -> FileResponse:
+        """The gallery's service worker: it carries the token of a server started with one
+        (clipsearch.server.security), so it lives at the root, whose pages it serves."""
+        return FileResponse(STATIC / "sw.js", media_type="text/javascript",
+                            headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/health", tags=["service"])

@@ -3,12 +3,18 @@
 - A server bound to loopback answers only requests whose Host header names loopback, so a web
   page whose domain has been re-pointed at 127.0.0.1 (DNS rebinding) cannot read the API.
 - A token, when set (and always on any other address), is required on every request: an
-  `Authorization: Bearer` header for programs, a cookie for the browser. The browser gets the
-  cookie by opening the URL `serve` prints once, `/?token=...`; the token is then dropped from
-  the address bar. The discovery file's secret is accepted too, so the CLI finds its way in.
-  The token travels percent-encoded in that address and in the cookie, so any printable token
-  (`;`, `+`, `&`, non-Latin-1 letters) survives both; cookies are parsed as browsers send them
-  (Starlette's parser), so another local web app's odd cookie cannot lock the gallery out.
+  `Authorization: Bearer` header for programs and for the browser. The browser gets it by
+  opening the URL `serve` prints once, `/?token=...`: a login page hands it to this origin's
+  service worker (static/sw.js), which adds the header to this origin's requests alone, and
+  drops it from the address bar. A cookie would be sent to every port of the host (cookies are
+  not isolated by port): another local user's server would receive it. Only where a service
+  worker cannot run (an address that is not a secure context: http://192.168.1.20:PORT) does
+  the page fall back to a cookie named with the port (`/?token=...&cookie=1`), which is what is
+  left of that: documented in operations.md. The discovery file's secret is accepted too, so
+  the CLI finds its way in. The token travels percent-encoded in that address, in the header
+  the worker sends and in the cookie, so any printable token (`;`, `+`, `&`, non-Latin-1
+  letters) survives; cookies are parsed as browsers send them (Starlette's parser), so another
+  local web app's odd cookie cannot lock the gallery out.
 - Writes (jobs) need more than reading does: the discovery file's secret, which only the user
   who started the server can read, sent as `Authorization: Bearer` (never a cookie, which a
   browser would attach by itself). The gallery's token reads; it starts nothing.
@@ -38,7 +44,10 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from starlette.requests import cookie_parser
 
-COOKIE = "clipsearch_token"
+COOKIE = "clipsearch_token"  # and the port: clipsearch_token_8765, one per server of a host
+# what the login needs before it has the token: no secret is in them
+PUBLIC = ("/sw.js", "/static/login.js")
+LOGIN_CSP = "default-src 'none'; script-src 'self'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
 WRITER = "clipsearch.writer"  # the request scope's key: whether it carries the writer's secret
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 MIN_TOKEN_LENGTH = 16
@@ -140,14 +149,17 @@ class Guard:
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True,
                                errors="replace"))
-        if self.token_required:
-            given = self._token(headers, query)
+        if self.token_required and scope["path"] not in PUBLIC:
+            given = self._token(headers, query, _port(scope))
             if given is None:
                 await _error(send, 401, "this server needs its token: open the address that clipsearch "
                                         "serve printed (…/?token=…), or send Authorization: Bearer TOKEN")
                 return
             if "token" in query and scope["method"] in ("GET", "HEAD"):
-                await _set_cookie_and_strip(scope, query, given, send)
+                if query.get("cookie") == "1":  # no service worker where the page is
+                    await _set_cookie_and_strip(scope, query, given, send)
+                else:
+                    await _login_page(send)
                 return
         auth = headers.get("authorization", "")
         bearer = auth[7:].strip().encode("latin-1") if auth.lower().startswith("bearer ") else None
@@ -158,17 +170,19 @@ class Guard:
             return
         await self._pass(scope, receive, send)
 
-    def _token(self, headers: dict[str, str], query: dict[str, str]) -> str | None:
+    def _token(self, headers: dict[str, str], query: dict[str, str], port: int | None) -> str | None:
         """The valid token this request carries, or None."""
         candidates: list[bytes] = []
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
-            # the header's own bytes: a client sends a non-ASCII token as UTF-8
+            # the header's own bytes: a client sends a non-ASCII token as UTF-8, the gallery's
+            # service worker percent-encoded (a browser's header holds Latin-1 only)
             candidates.append(auth[7:].strip().encode("latin-1"))
+            candidates.append(unquote(auth[7:].strip()).encode("utf-8"))
         if "cookie" in headers:
             cookie = cookie_parser(headers["cookie"].encode("latin-1").decode("utf-8", "replace"))
-            if COOKIE in cookie:
-                candidates.append(unquote(cookie[COOKIE]).encode("utf-8"))
+            if cookie_name(port) in cookie:
+                candidates.append(unquote(cookie[cookie_name(port)]).encode("utf-8"))
         if "token" in query:
             candidates.append(query["token"].encode("utf-8"))
         for given in candidates:
@@ -226,13 +240,35 @@ async def _error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def cookie_name(port: int | None) -> str:
+    """The fallback cookie of the server on `port`: two servers of one host each keep their own."""
+    return f"{COOKIE}_{port}" if port else COOKIE
+
+
+def _port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return int(server[1]) if server and len(server) > 1 and server[1] else None
+
+
+async def _login_page(send: Send) -> None:
+    """The page that hands the token in the address to this origin's service worker (login.js)."""
+    from pathlib import Path
+
+    body = (Path(__file__).resolve().parent / "static" / "login.html").read_bytes()
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"), (b"content-security-policy", LOGIN_CSP.encode()), *_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _set_cookie_and_strip(scope: Scope, query: dict[str, str], token: str, send: Send) -> None:
     """Keep the token in an HttpOnly cookie and send the browser to the same page without it in
-    the address (where history, screenshots and shared links would carry it)."""
-    rest = urlencode({k: v for k, v in query.items() if k != "token"})
+    the address (where history, screenshots and shared links would carry it): the fallback of a
+    page that cannot run the service worker (login.js)."""
+    rest = urlencode({k: v for k, v in query.items() if k not in ("token", "cookie")})
     location = quote(scope.get("root_path", "") + scope["path"]) + (f"?{rest}" if rest else "")
     # percent-encoding leaves only characters a cookie value may hold (RFC 6265 cookie-octets)
-    cookie = f"{COOKIE}={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/"
+    cookie = f"{cookie_name(_port(scope))}={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/"
     await send({"type": "http.response.start", "status": 303, "headers": [
         (b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1")),
         (b"content-length", b"0"), *_HEADERS]})
