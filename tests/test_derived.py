@@ -16,9 +16,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare")
                                 reason="a small private volume (tmpfs in a mount namespace) needs root")
 
 
-def _on_small_volume(tmp_path, size: str, script: str) -> dict[str, tuple[int, str, str]]:
+def _on_small_volume(tmp_path, size: str, script: str, fast: bool = True) -> dict[str, tuple[int, str, str]]:
     """Run `script` (bash; `cs` is the clipsearch CLI, $VOL a fresh tmpfs of `size`) in a private
-    mount namespace; each `step NAME cs ...` line's (exit code, stdout, stderr)."""
+    mount namespace; each `step NAME cs ...` line's (exit code, stdout, stderr). `fast`: with the
+    torch-free query's files (the text export, about 10 s), which only some tests are about."""
     out = tmp_path / "out"
     out.mkdir()
     vol = tmp_path / "vol"
@@ -31,7 +32,8 @@ def _on_small_volume(tmp_path, size: str, script: str) -> dict[str, tuple[int, s
         cs() {{ {sys.executable} -c 'from clipsearch.cli import main; main()' "$@"; }}
         step() {{ name=$1; shift; "$@" >{out}/$name.out 2>{out}/$name.err; echo $? >{out}/$name.rc; }}
         """)
-    env = {**os.environ, "CLIPSEARCH_FAST_QUERY": "1", "HF_HUB_OFFLINE": "1", "CLIPSEARCH_PRECISION": "fp32"}
+    env = {**os.environ, "CLIPSEARCH_FAST_QUERY": "1" if fast else "0", "HF_HUB_OFFLINE": "1",
+           "CLIPSEARCH_PRECISION": "fp32"}
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", head + script],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -128,7 +130,7 @@ except OSError as exc:
 print(sorted(p.name for p in __import__("pathlib").Path(sys.argv[1], "ann").iterdir()))
 ' $VOL
         """
-    code, out, err = _on_small_volume(tmp_path, "4m", script)["save"]
+    code, out, err = _on_small_volume(tmp_path, "4m", script, fast=False)["save"]
     assert code == 0, err
     assert out.splitlines() == ["OSError 28", "[]"]  # nothing half-written is left behind
     assert err == ""  # FAISS's own writer printed "close error: No space left on device" here

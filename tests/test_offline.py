@@ -180,7 +180,7 @@ def test_a_nested_mount_whose_drive_is_away_keeps_its_rows(photos, tmp_path, tin
         step index cs index {photos} --db {tmp_path}/db --model local-dir:{tiny_local_dir} --json -q
         umount {nas}
         step again cs index {photos} --db {tmp_path}/db --json
-        """)
+        """, fast=False)
     code, out, err = steps["index"]
     assert code == 0, err
     assert json.loads(out)["added"] == 13 + 3
