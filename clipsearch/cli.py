@@ -591,7 +591,8 @@ def _needs_files(query: str) -> bool:
 
 @app.command()
 def similar(
-    image: Annotated[Path, typer.Argument(help="An image file, indexed or not.")],
+    image: Annotated[Path, typer.Argument(
+        help="An image or video file, indexed or not; or a bare file name the index holds.")],
     k: K = 10,
     within: Within = None,
     after: After = None,

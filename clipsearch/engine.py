@@ -398,6 +398,16 @@ class Index:
             if os.path.isdir(name):
                 raise BadInputError(f"{name} is a folder; give one photo or video (--in FOLDER keeps "
                                     "the hits to a folder)")
+            given = os.fspath(image)
+            if not os.path.isfile(name) and os.sep not in given:  # a bare name, as info and forget take
+                named = self.store.by_name(given, ["id", "path"])
+                paths = sorted(set(named.column("path").to_pylist()))
+                if len(paths) == 1:
+                    return self._image(paths[0]) if os.path.isfile(paths[0]) else \
+                        self._image(int(named.column("id")[0].as_py()))
+                if len(paths) > 1:
+                    raise BadInputError(f"{given} names {len(paths)} indexed photos ({', '.join(paths[:3])}"
+                                        f"{' ...' if len(paths) > 3 else ''}); give its path")
             if not os.path.isfile(name):
                 raise BadInputError(f"image not found: {name}")
             if is_video_name(name):

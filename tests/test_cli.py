@@ -422,6 +422,13 @@ def test_the_index_knows_its_roots_and_keeps_no_empty_one(photos, db, tmp_path, 
     assert "\\n" not in info and f"{empty} (online)" in info and f"{photos} (online)" in info
 
 
+def test_similar_takes_a_bare_name_as_info_and_forget_do(photos, db):
+    by_name = cli("similar", "ROCKET.jpg", "--db", db, "--no-server", "--json", "-k", 3)
+    by_path = cli("similar", photos / "space" / "rocket.jpg", "--db", db, "--no-server", "--json", "-k", 3)
+    assert by_name.exit_code == 0 and by_name.stdout == by_path.stdout, by_name.output
+    assert json.loads(by_name.stdout)[0]["path"] == str(photos / "space" / "rocket.jpg")
+
+
 def test_similar_to_a_bad_file_a_missing_one_or_a_folder_is_bad_input_alike(photos, db, tmp_path):
     corrupt = tmp_path / "bad.jpg"
     corrupt.write_bytes(b"not a jpeg")
