@@ -523,7 +523,7 @@ def eval_retrieval(r: RetrievalReport, as_json: bool) -> None:
               + (f"; captions: {shown(r.caption_model)}" if r.caption_model else "") + "; recall in %")
     _skipped(r.skipped)
     if r.left_out:
-        err.print(f"  {r.left_out} caption{'s' * (r.left_out != 1)} of skipped images left out")
+        err.print(f"  {counted(r.left_out, 'caption')} of skipped images left out")
 
 
 def eval_zeroshot(r: ZeroShotReport, as_json: bool) -> None:
