@@ -115,7 +115,7 @@ class Builder:
         root that looks offline (clipsearch.roots) are kept, unless `prune_offline`."""
         from clipsearch.store import under_sql
 
-        filled = self.fill_words(folders)
+        filled = self.fill_words(folders) + self.rename_places()
         indexer = self._indexer()
         indexer.keep_offline = not prune_offline
         # patterns once given stay: a later run (a watcher's start-up scan) must not add them back
@@ -131,13 +131,13 @@ class Builder:
         summary.offline = dict(indexer.offline)
         self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
         self.store.save_manifest()
-        return self._commit(indexer, summary, compact)
+        return self._commit(indexer, summary, compact, changed=bool(filled))
 
     def update(self, paths: Sequence[str]) -> IndexSummary:
         """Bring the rows of these paths up to date: files or folders added, changed or removed
         (absolute paths; what a watcher saw), without walking anything else. Nothing is removed
         under a root that is missing or empty."""
-        filled = self.fill_words()
+        filled = self.fill_words() + self.rename_places()
         indexer = self._indexer()
         summary = indexer.run_paths([os.path.abspath(p) for p in paths], self.store.manifest.roots)
         summary.offline = dict(indexer.offline)
@@ -173,6 +173,31 @@ class Builder:
         store.manifest.schema_version = SCHEMA_VERSION
         store.save_manifest()
         return filled
+
+    def rename_places(self) -> int:
+        """Name the places of rows indexed before the current naming (store.PLACES_VERSION) again,
+        from their stored GPS positions: no file is read. Returns how many rows changed."""
+        from clipsearch import places
+        from clipsearch.store import PLACES_VERSION
+
+        store = self.store
+        if store.manifest.places_version >= PLACES_VERSION:
+            return 0
+        changed = 0
+        if store.has_words:
+            rows = store.read(["id", "lat", "lon", "place"], "lat IS NOT NULL AND lon IS NOT NULL")
+            ids, lats, lons, old = (rows.column(c).to_pylist() for c in ("id", "lat", "lon", "place"))
+            named = places.names(list(zip(lats, lons, strict=True)))
+            ids_by_value: dict[str | None, list[int]] = {}
+            for id_, was, parts in zip(ids, old, named, strict=True):
+                if places.shown(parts) != was:
+                    ids_by_value.setdefault(places.shown(parts), []).append(id_)
+            if ids_by_value:
+                store.set_values("place", ids_by_value)
+            changed = sum(map(len, ids_by_value.values()))
+        store.manifest.places_version = PLACES_VERSION
+        store.save_manifest()
+        return changed
 
     def move_root(self, old: str, new: str) -> IndexSummary:
         """The library at `old` is now at `new` (a new disk, a renamed folder): its rows are

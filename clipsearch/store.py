@@ -29,6 +29,9 @@ from clipsearch.files import replacing
 
 log = logging.getLogger("clipsearch")
 SCHEMA_VERSION = 2  # 2: the word columns (clipsearch.words); an index at 1 is upgraded by `index`
+# how the `place` column names a position (clipsearch.places.shown): 1 is city, region, country;
+# before it a city's quarter could stand where a region had none. `index` re-names older rows
+PLACES_VERSION = 1
 TABLE = "images"
 MANIFEST = "manifest.json"
 # A second copy of the manifest, written by the same atomic rule right after it: a manifest lost
@@ -133,6 +136,7 @@ class Manifest:
     # run records its own in the label set)
     tags_version: int = -1
     schema_version: int = SCHEMA_VERSION
+    places_version: int = PLACES_VERSION
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     @classmethod
@@ -173,6 +177,7 @@ class Manifest:
                 f"this one reads {SCHEMA_VERSION}); upgrade clipsearch: pip install -U clipsearch"
             )
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known.setdefault("places_version", 0)  # a manifest from before it: places named the old way
         try:
             return cls(**known)
         except TypeError as exc:
@@ -523,6 +528,12 @@ class Store(RowSource):
                     yield batch
             del table
             pa.default_memory_pool().release_unused()  # freed batches are not kept for reuse
+
+    def set_values(self, column: str, ids_by_value: dict[str | None, list[int]]) -> None:
+        """Give the rows of each list of ids that value in `column` (one update per value)."""
+        with writing(self.path):
+            for value, ids in ids_by_value.items():
+                self._table.update(where=f"id IN ({', '.join(map(str, ids))})", values={column: value})
 
     def add(self, rows: pa.Table) -> None:
         """Append rows for paths the table does not hold yet."""

@@ -118,6 +118,32 @@ def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder, monkeypat
     assert tram.split("│")[-1].split() == ["lisbon", "cafe"], tram  # its place and its folder: one lisbon
 
 
+def test_an_index_from_before_names_its_places_again_without_reading_a_file(tmp_path, embedder):
+    """Rows indexed when a city's quarter could stand where the region does are named again by
+    the next index run, from their stored positions."""
+    from clipsearch.store import Manifest, Store
+
+    _photo(tmp_path / "photos" / "tram.jpg", 1, exif=exif(("Apple", "iPhone 15"), LISBON))
+    _photo(tmp_path / "photos" / "cafe.jpg", 2, exif=exif(("Apple", "iPhone 15"), INTENDENTE))
+    db = tmp_path / "db"
+    index_folders([tmp_path / "photos"], db, embedder=embedder, fast_path=False)
+    store = Store.open(db)  # as the release before wrote them
+    rows = store.read(["path", "id"])
+    ids = dict(zip(rows.column("path").to_pylist(), rows.column("id").to_pylist(), strict=True))
+    tram, cafe = (ids[str(tmp_path / "photos" / name)] for name in ("tram.jpg", "cafe.jpg"))
+    store.set_values("place", {"Lisbon, Baixa, Portugal": [tram], "Lisbon, Intendente, Portugal": [cafe]})
+    manifest = Manifest.load(db)
+    manifest.places_version = 0
+    manifest.write(db / "manifest.json")
+    assert len(json.loads(cli("facets", "--db", db, "--json").stdout)["places"]) == 2
+    again = index_folders([tmp_path / "photos"], db, embedder=embedder, fast_path=False)
+    assert (again.unchanged, again.embedded, again.words_filled) == (2, 0, 2)
+    places = json.loads(cli("facets", "--db", db, "--json").stdout)["places"]
+    assert places == [{"name": "Lisbon, Portugal", "images": 2}]
+    assert Manifest.load(db).places_version == 1
+    assert index_folders([tmp_path / "photos"], db, embedder=embedder, fast_path=False).words_filled == 0
+
+
 @pytest.mark.parametrize("query", ["IMG_2041", "2041", "img_2041.jpg", "x100v", "july 2019 paris"])
 def test_a_name_a_camera_or_a_month_finds_its_photo_first(library, query):
     _, db, _ = library
