@@ -190,8 +190,8 @@ class Builder:
             named = places.names(list(zip(lats, lons, strict=True)))
             ids_by_value: dict[str | None, list[int]] = {}
             for id_, was, parts in zip(ids, old, named, strict=True):
-                if places.shown(parts) != was:
-                    ids_by_value.setdefault(places.shown(parts), []).append(id_)
+                if (now := places.shown(parts)) != was:
+                    ids_by_value.setdefault(now, []).append(id_)
             if ids_by_value:
                 store.set_values("place", ids_by_value)
             changed = sum(map(len, ids_by_value.values()))

@@ -298,7 +298,8 @@ class RowSource:
         rows = pa.Table.from_batches(list(self.batches(wanted)),
                                      schema=pa.schema([schema(self.manifest.dim).field(c) for c in wanted]))
         names = pc.utf8_lower(pc.replace_substring_regex(rows.column("path"), r"^.*/", ""))
-        wanted_name = pa.scalar(os.path.basename(name).casefold())
+        # lowered as utf8_lower lowers the stored names (casefold would turn Straße into strasse)
+        wanted_name = pa.scalar(os.path.basename(name).lower())
         return rows.filter(pc.equal(names, wanted_name)).select(list(columns))
 
     def captions_version(self) -> int | None:

@@ -283,3 +283,14 @@ def test_the_vocabulary_a_server_builds_finds_the_same_to_the_bit(library):
         looked_up = words.scores(q)
         assert np.array_equal(looked_up[0], rows) and np.array_equal(looked_up[1], scores), q
     assert len(scanned[0][0]) >= 2 and len(scanned[-1][0]) == 0
+
+
+def test_a_bare_name_is_found_whatever_its_letters(tmp_path, embedder):
+    """Names are compared lowered on both sides: casefold on one side only turned Straße into
+    strasse, so the exact name of the file found nothing."""
+    _photo(tmp_path / "photos" / "Straße.jpg", 1)
+    db = tmp_path / "db"
+    index_folders([tmp_path / "photos"], db, embedder=embedder, fast_path=False)
+    index = open_index(db, embedder=embedder)
+    for given in ("Straße.jpg", "STRAßE.JPG", "straße.jpg"):
+        assert [r.path for r in index.about(given)] == [str(tmp_path / "photos" / "Straße.jpg")], given
