@@ -131,7 +131,7 @@ class Builder:
         summary.offline = dict(indexer.offline)
         self.store.manifest.roots = sorted(set(self.store.manifest.roots) | set(folders))
         self.store.save_manifest()
-        return self._commit(indexer, summary, compact, changed=bool(filled))
+        return self._commit(indexer, summary, compact, changed=bool(filled), in_place=bool(filled))
 
     def update(self, paths: Sequence[str]) -> IndexSummary:
         """Bring the rows of these paths up to date: files or folders added, changed or removed
@@ -142,7 +142,7 @@ class Builder:
         summary = indexer.run_paths([os.path.abspath(p) for p in paths], self.store.manifest.roots)
         summary.offline = dict(indexer.offline)
         summary.words_filled = filled
-        return self._commit(indexer, summary, False, changed=bool(filled))
+        return self._commit(indexer, summary, False, changed=bool(filled), in_place=bool(filled))
 
     def fill_words(self, roots: Sequence[str] = ()) -> int:
         """Give the rows of an index from before the word columns (schema 1) their words, read
@@ -153,7 +153,8 @@ class Builder:
         from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
 
         store = self.store
-        if store.manifest.schema_version >= SCHEMA_VERSION and store.has_words and store.has_video:
+        if (store.manifest.schema_version >= SCHEMA_VERSION and store.has_words and store.has_video
+                and store.has_pairs):
             return 0
         store.add_word_columns()
         all_roots = list(dict.fromkeys([*roots, *store.manifest.roots]))
@@ -361,13 +362,15 @@ class Builder:
                        commit_seconds=self.commit_seconds)
 
     def _commit(self, indexer: Indexer | None, summary: IndexSummary, compact: bool, changed: bool = False,
-                ) -> IndexSummary:
+                in_place: bool = False) -> IndexSummary:
         """After the rows: what searches read besides them, each written as a delta when the
-        rows changed, and merged when due or asked."""
+        rows changed, and merged when due or asked. `in_place`: rows were rewritten keeping
+        their ids (words filled, places renamed), which a delta of ids added and removed misses."""
         from clipsearch import ann
 
         store = self.store
         changed = changed or (indexer is not None and indexer.changed)
+        in_place = in_place or (indexer is not None and indexer.in_place)
         if compact or (changed and store.compaction_due()):
             store.compact()
         elif changed:
@@ -382,8 +385,9 @@ class Builder:
                 self.progress(Progress("prepare", 0, 1))
 
         if self.fast_path:
-            summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True, whole=compact,
-                                              open_export=False, background=self.background_export)[1]
+            summary.unwritten += prepare_fast(store, self.embedder, exporting, retry=True,
+                                              whole=compact or in_place, open_export=False,
+                                              background=self.background_export)[1]
         return summary
 
 

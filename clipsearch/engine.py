@@ -4,6 +4,7 @@ function that builds its parts. The CLI and the Python API both go through here.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -601,6 +602,33 @@ class Index:
         if (st.st_size, st.st_mtime_ns) != (record.bytes, record.mtime_ns):
             raise ImageChangedError(f"{record.path} changed since it was indexed; {refresh}")
         return record.path
+
+    def partner_file(self, record: ImageRecord, role: str) -> str | None:
+        """The path of a photo's partner in `role` ("motion": its Live Photo video; "original":
+        its RAW) when one was recorded as the photo was indexed and is still that file (a regular
+        file beside it, of the recorded size and modification time); None if none was recorded.
+        A partner replaced since, or a link put in its place, is refused, never served."""
+        from clipsearch.scan import partner_role, recorded_pairs
+
+        if record.t is not None or not self.store.has_pairs:
+            return None
+        photo = self.indexed_file(record)
+        stamp = self.store.fetch([record.id], ["pairs"]).column("pairs").to_pylist()
+        partners = recorded_pairs(stamp[0] if stamp else None)
+        stem = os.path.splitext(os.path.basename(photo))[0]
+        names = sorted((n for n in partners if partner_role(photo, n) == role),
+                       key=lambda n: (os.path.splitext(n)[0] != stem, n))  # IMG_1.MOV before img_1.mov
+        if not names:
+            return None
+        path = os.path.join(os.path.dirname(photo), names[0])
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != partners[names[0]]:
+            raise ImageChangedError(f"{path} changed since {photo} was indexed; run clipsearch index on "
+                                    "its folder to bring the index up to date")
+        return path
 
     def frame_bytes(self, record: ImageRecord, t: float, size: int | None = None) -> bytes:
         """A video record's frame at `t` seconds, upright, as PNG (the thumbnails' source): its

@@ -39,6 +39,7 @@ from clipsearch.scan import (
     is_companion,
     is_photo_name,
     is_under,
+    pairs_beside,
     scan,
     stills_of,
     with_pairs,
@@ -189,6 +190,7 @@ class Indexer:
         self._gone: set[str] = set()  # paths in the table whose files are no longer there
         self._embedder: Embedder | None = None
         self.changed = False  # whether the run wrote anything
+        self.in_place = False  # whether it rewrote rows keeping their ids (a delta misses those)
         self.written: dict[str, str] = {}  # path -> hash of every row this run added or rewrote
         self.dropped: set[str] = set()  # hashes of the rows it removed or rewrote (some may live on)
         self.version_before = store.version
@@ -199,6 +201,8 @@ class Indexer:
         self.mounts: dict[str, int] = {}  # the nested mounts a scan found (clipsearch.scan)
         self.roots: list[str] = list(store.manifest.roots)  # where folder words start
         self._sidecars: dict[str, int] = {}  # path -> its sidecars' mtime, for the files read
+        self._pairs: dict[str, str] = {}  # path -> its partner files (clipsearch.scan.pair_stamp)
+        self._repaired: dict[str, str] = {}  # unchanged files whose partners changed: path -> stamp
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, roots: Sequence[str], exclude: Sequence[str] = ()) -> IndexSummary:
@@ -238,7 +242,8 @@ class Indexer:
         touched = [r for r in roots if any(is_under(p, r) or is_under(r, p) for p in paths)]
         self.roots = list(dict.fromkeys([*roots, *self.roots]))
         sidecars = {f.path: m for f in files if (m := sidecar_mtime(f.path))}
-        return self._apply(ScanResult.of(files, skipped, sidecars), list(paths), started, touched,
+        pairs = pairs_beside(f.path for f in files)
+        return self._apply(ScanResult.of(files, skipped, sidecars, pairs), list(paths), started, touched,
                            scanned=False)
 
     def _apply(self, found: ScanResult, scope: list[str], started: float, roots: list[str],
@@ -256,6 +261,7 @@ class Indexer:
             if candidates:
                 self._process(candidates)
             self._flush()
+            self._repair_pairs()
         except KeyboardInterrupt:
             self._flush(final=True)
             raise IndexInterrupted(self._saved) from None
@@ -271,7 +277,8 @@ class Indexer:
             self.store.delete_paths(gone)
             self.summary.removed = len(self._gone - self._moved_sources)
         self.summary.seconds = time.monotonic() - started
-        self.changed = bool(candidates or self._gone)
+        self.changed = bool(candidates or self._gone or self._repaired)
+        self.in_place = bool(self._repaired)
         return self.summary
 
     def _diff(self, found: ScanResult, scope: list[str], protected: list[str], scanned_roots: list[str],
@@ -283,10 +290,14 @@ class Indexer:
         # says 0, and is asked its highest id once)
         self._next_id = self.store.manifest.next_id or self.store.highest_id() + 1
         words = self.store.has_words  # with them, a sidecar written since its row: read again
-        stored = self.store.read(DIFF_COLUMNS + (["sidecar_ns"] if words else []), under_sql(scope))
+        stored = self.store.read(DIFF_COLUMNS + (["sidecar_ns"] if words else [])
+                                 + (["pairs"] if self.store.has_pairs else []), under_sql(scope))
         paths, at, same = found.against(stored)
         known = at >= 0
-        self._sidecars = found.sidecars
+        self._sidecars, self._pairs = found.sidecars, found.pairs
+        for i in np.flatnonzero(same & found.stale_pairs(stored, at)):
+            path = found.paths[int(i)].as_py()
+            self._repaired[path] = found.pairs.get(path, "")
         self.summary.unchanged += int(same.sum())
         present = np.zeros(len(paths), bool)
         present[at[known]] = True
@@ -606,6 +617,7 @@ class Indexer:
             "taken": pa.array([o.taken for o in outcomes], pa.string()),
             **self._word_columns(outcomes),
             "duration": pa.array([o.duration for o in outcomes], pa.float64()),
+            "pairs": pa.array([self._pairs.get(o.entry.path) for o in outcomes], pa.string()),
         })
         if (repeat > 1).any():  # a row per frame
             table = table.take(pa.array(np.repeat(np.arange(len(outcomes)), repeat)))
@@ -613,6 +625,17 @@ class Indexer:
         times = [t for o in outcomes for t in (o.times if o.times is not None else [None])]
         return table.append_column("t", pa.array(times, pa.float64())).append_column(
             "vector", pa.FixedSizeListArray.from_arrays(pa.array(flat.astype(np.float32)), dim))
+
+    def _repair_pairs(self) -> None:
+        """Record the partners of unchanged photos whose partner files changed (or that were
+        indexed before partners were recorded): their rows rewritten as they are, in one commit,
+        with nothing read but the folders."""
+        if not self._repaired:
+            return
+        rows = self.store.by_paths(list(self._repaired), self.store.names)
+        stamps = [self._repaired[p] or None for p in rows.column("path").to_pylist()]
+        rows = rows.set_column(rows.schema.get_field_index("pairs"), "pairs", pa.array(stamps, pa.string()))
+        self.store.replace(rows)
 
     def _word_columns(self, outcomes: list[_Outcome]) -> dict[str, pa.Array]:
         for o in outcomes:

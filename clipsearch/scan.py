@@ -34,20 +34,23 @@ class ScanResult:
     many FileEntry objects with their strings were 170 MB), and what was skipped and why."""
 
     def __init__(self, paths: pa.ChunkedArray, sizes: np.ndarray, mtimes: np.ndarray,
-                 skipped: list[Skipped], sidecars: dict[str, int] | None = None) -> None:
+                 skipped: list[Skipped], sidecars: dict[str, int] | None = None,
+                 pairs: dict[str, str] | None = None) -> None:
         self.paths, self.sizes, self.mtimes, self.skipped = paths, sizes, mtimes, skipped
         # photo path -> the newest mtime of its XMP sidecars, for the photos that have one
         self.sidecars = sidecars or {}
+        # photo path -> its partner files as pair_stamp writes them, for the photos that have one
+        self.pairs = pairs or {}
         # folders below a root on a device of their own (a nested mount) -> that device: once
         # unmounted, such a folder is an empty one on its parent's (clipsearch.roots.away)
         self.mounts: dict[str, int] = {}
 
     @classmethod
     def of(cls, files: Sequence[FileEntry], skipped: list[Skipped],
-           sidecars: dict[str, int] | None = None) -> ScanResult:
+           sidecars: dict[str, int] | None = None, pairs: dict[str, str] | None = None) -> ScanResult:
         return cls(pa.chunked_array([pa.array([f.path for f in files], pa.string())]),
                    np.fromiter((f.size for f in files), np.int64, len(files)),
-                   np.fromiter((f.mtime_ns for f in files), np.int64, len(files)), skipped, sidecars)
+                   np.fromiter((f.mtime_ns for f in files), np.int64, len(files)), skipped, sidecars, pairs)
 
     def sidecar_mtimes(self) -> np.ndarray:
         """Each file's sidecar mtime (0: none), in the order of `paths`."""
@@ -75,6 +78,25 @@ class ScanResult:
             sidecar = stored.column("sidecar_ns").fill_null(0).to_numpy()
             same[known] &= sidecar[at[known]] == self.sidecar_mtimes()[known]
         return paths, at, same
+
+    def stale_pairs(self, stored: pa.Table, at: np.ndarray) -> np.ndarray:
+        """For each file found, whether its row (`at`, from `against`) records other partner
+        files than are beside it now (a Live Photo's video replaced, a RAW added): the row needs
+        only its `pairs` value again. All False when `stored` has no pairs column."""
+        stale = np.zeros(len(at), bool)
+        known = np.flatnonzero(at >= 0)
+        if "pairs" not in stored.column_names or not len(known):
+            return stale
+        now = np.full(len(self), "", object)
+        if self.pairs:
+            where = pa.compute.index_in(pa.array(list(self.pairs), pa.string()), value_set=self.paths)
+            where = where.fill_null(-1).to_numpy()
+            stamps = np.array(list(self.pairs.values()), object)
+            now[where[where >= 0]] = stamps[where >= 0]
+        recorded = stored.column("pairs").fill_null("").take(pa.array(at[known]))
+        stale[known] = pa.compute.not_equal(recorded, pa.array(now[known], pa.string())).to_numpy(
+            zero_copy_only=False)
+        return stale
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -169,6 +191,73 @@ def originals_of(photos: Iterable[str]) -> dict[str, str]:
             if stem in raws:
                 out[photo] = os.path.join(folder, raws[stem])
     return out
+
+
+def partner_role(photo: str, other: str) -> str | None:
+    """What the file named `other` is to the photo named `photo` beside it: "motion" (a Live
+    Photo's video), "original" (the RAW of a RAW + JPEG pair), or None (nothing)."""
+    (stem, ext), (other_stem, other_ext) = os.path.splitext(os.path.basename(photo)), os.path.splitext(other)
+    ext, other_ext = ext.lower(), other_ext.lower()
+    if other.startswith(".") or other_stem.lower() != stem.lower() or ext not in IMAGE_EXTENSIONS:
+        return None
+    if other_ext in MOTION_EXTENSIONS:
+        return "motion"
+    if other_ext in RAW_EXTENSIONS and ext in RENDITION_EXTENSIONS:
+        return "original"
+    return None
+
+
+def pair_stamp(partners: Iterable[tuple[str, int, int]]) -> str:
+    """A photo's partner files (name, size, mtime_ns) as its row's `pairs` column records them
+    when it is indexed: the server hands out a partner only while it is still that file."""
+    return "\n".join(f"{name}\t{size}\t{mtime}" for name, size, mtime in sorted(partners))
+
+
+def recorded_pairs(stamp: str | None) -> dict[str, tuple[int, int]]:
+    """pair_stamp's partners back: name -> (size, mtime_ns)."""
+    out = {}
+    for line in (stamp or "").splitlines():
+        name, size, mtime = line.split("\t")
+        out[name] = (int(size), int(mtime))
+    return out
+
+
+def pairs_beside(photos: Iterable[str]) -> dict[str, str]:
+    """The pair_stamp of each of `photos` that has partners beside it (regular files, never
+    links), one folder listing per folder."""
+    by_folder: dict[str, list[str]] = {}
+    for photo in photos:
+        by_folder.setdefault(os.path.dirname(photo), []).append(photo)
+    out: dict[str, str] = {}
+    for folder, wanted in by_folder.items():
+        files = []
+        try:
+            with os.scandir(folder or ".") as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone since the listing
+                    if stat.S_ISREG(st.st_mode):
+                        files.append((entry.name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            continue
+        _match_pairs(wanted, files, out)
+    return out
+
+
+def _match_pairs(photos: Iterable[str], files: list[tuple[str, int, int]], into: dict[str, str]) -> None:
+    """The pair_stamp of each of `photos` (one folder's) with partners among `files` (that
+    folder's regular files: name, size, mtime_ns)."""
+    by_stem: dict[str, list[tuple[str, int, int]]] = {}
+    for f in files:
+        if os.path.splitext(f[0])[1].lower() in MOTION_EXTENSIONS | RAW_EXTENSIONS:
+            by_stem.setdefault(os.path.splitext(f[0])[0].lower(), []).append(f)
+    for photo in photos:
+        stem = os.path.splitext(os.path.basename(photo))[0].lower()
+        partners = [f for f in by_stem.get(stem, ()) if partner_role(photo, f[0])]
+        if partners:
+            into[photo] = pair_stamp(partners)
 
 
 def stills_in(names: Iterable[str]) -> dict[str, bool]:
@@ -286,6 +375,7 @@ def scan(
     # symlink) is found once the walk is done, not through a set of tuples (150 bytes a file)
     devices, inodes = array.array("Q"), array.array("Q")
     sidecars: dict[str, int] = {}
+    pairs: dict[str, str] = {}
     mounts: dict[str, int] = {}
     for root in roots:
         stack = [root]
@@ -307,7 +397,7 @@ def scan(
                 skipped.append(Skipped(folder, f"cannot list folder ({exc.strerror}); check its permissions"))
                 continue
             subdirs = []
-            here, xmps = len(names), []
+            here, xmps, companions = len(names), [], []
             stills = stills_in(e.name for e in entries)
             for entry in entries:
                 name = entry.name
@@ -334,8 +424,10 @@ def scan(
                     if name.endswith(SIDECAR_EXTENSIONS) and stat.S_ISREG(st.st_mode):
                         xmps.append((name, st.st_mtime_ns))
                     continue
-                if is_companion(name, stills):
-                    continue  # a Live Photo's motion or a pair's RAW: the still is the item
+                if is_companion(name, stills):  # a Live Photo's motion or a pair's RAW: the still is the item
+                    if stat.S_ISREG(st.st_mode) and not entry.is_symlink():
+                        companions.append((name, st.st_size, st.st_mtime_ns))
+                    continue
                 if not stat.S_ISREG(st.st_mode):
                     skipped.append(Skipped(entry.path, "not a regular file (device, pipe or socket)"))
                     continue
@@ -352,6 +444,8 @@ def scan(
                 mtimes.append(st.st_mtime_ns)
             if xmps:
                 _match_sidecars(folder, names[here:], xmps, sidecars)
+            if companions:
+                _match_pairs(names[here:], companions, pairs)
             if len(names) >= _CHUNK:
                 chunks.append(pa.array(names, pa.string()))
                 names = []
@@ -359,7 +453,7 @@ def scan(
             stack.extend(reversed(subdirs))
     chunks.append(pa.array(names, pa.string()))
     found = ScanResult(pa.chunked_array(chunks, pa.string()), np.frombuffer(sizes, np.int64),
-                       np.frombuffer(mtimes, np.int64), skipped, sidecars)
+                       np.frombuffer(mtimes, np.int64), skipped, sidecars, pairs)
     found.mounts = mounts
     return _first_of_each(found, np.frombuffer(devices, np.uint64), np.frombuffer(inodes, np.uint64))
 
@@ -378,7 +472,7 @@ def _first_of_each(found: ScanResult, dev: np.ndarray, ino: np.ndarray) -> ScanR
         return found
     keep = ~repeat
     out = ScanResult(found.paths.filter(pa.array(keep)), found.sizes[keep], found.mtimes[keep],
-                     found.skipped, found.sidecars)
+                     found.skipped, found.sidecars, found.pairs)
     out.mounts = found.mounts
     return out
 

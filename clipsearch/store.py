@@ -68,6 +68,7 @@ def schema(dim: int) -> pa.Schema:
         pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         *WORD_FIELDS,
         *VIDEO_FIELDS,
+        *PAIR_FIELDS,
     ])
 
 
@@ -94,6 +95,11 @@ VIDEO_FIELDS = [
     pa.field("duration", pa.float64()),  # the video's, in seconds
 ]
 VIDEO_COLUMNS = [f.name for f in VIDEO_FIELDS]
+# A still's partner files (a Live Photo's video, a RAW + JPEG pair's RAW) as they were when it
+# was indexed (clipsearch.scan.pair_stamp): the server hands a partner out only while it is that
+# file. Null in an index from before it, until its next `index`
+PAIR_FIELDS = [pa.field("pairs", pa.string())]
+PAIR_COLUMNS = [f.name for f in PAIR_FIELDS]
 
 
 TAGS_TABLE = "tags"
@@ -285,6 +291,10 @@ class RowSource:
     def has_video(self) -> bool:
         return "t" in self.names
 
+    @property
+    def has_pairs(self) -> bool:
+        return "pairs" in self.names
+
     def by_paths(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
         """The rows stored for these paths (in no particular order)."""
         raise NotImplementedError
@@ -314,7 +324,7 @@ class RowSource:
         """What a search returns of a row: META_COLUMNS and the word columns where the rows
         have them (an index from before them is searched as it was until `index` fills them)."""
         return META_COLUMNS + (WORD_COLUMNS if self.has_words else []) + (
-            VIDEO_COLUMNS if self.has_video else [])
+            VIDEO_COLUMNS if self.has_video else []) + (PAIR_COLUMNS if self.has_pairs else [])
 
     def vectors(self, columns: Sequence[str] = ("id",)) -> tuple[pa.Table, np.ndarray]:
         """`columns` of every row, and the rows' vectors as one (n, dim) float32 matrix."""
@@ -564,8 +574,8 @@ class Store(RowSource):
         return rows.select(target.names).cast(target)
 
     def add_word_columns(self) -> None:
-        """Append the word and video columns, all null (LanceDB writes no data for it)."""
-        missing = [f for f in WORD_FIELDS + VIDEO_FIELDS if f.name not in self.names]
+        """Append the word, video and pair columns, all null (LanceDB writes no data for it)."""
+        missing = [f for f in WORD_FIELDS + VIDEO_FIELDS + PAIR_FIELDS if f.name not in self.names]
         if missing:
             with writing(self.path):
                 self._table.add_columns(pa.schema(missing))

@@ -41,7 +41,7 @@ def check(db: Path, folders: Sequence[str], exclude: Sequence[str] = ()) -> Inde
         return None
     manifest = snapshot.manifest
     model = manifest.model
-    if (manifest.schema_version < SCHEMA_VERSION or "sidecar_ns" not in snapshot.names
+    if (manifest.schema_version < SCHEMA_VERSION or not {"sidecar_ns", "pairs"} <= set(snapshot.names)
             or derived.failures(db) or not AnnIndex.saved(db, snapshot.version)):
         return None
     if not (onnxtext.exported(model) or onnxtext.unsupported(model) is not None
@@ -52,14 +52,16 @@ def check(db: Path, folders: Sequence[str], exclude: Sequence[str] = ()) -> Inde
                 or roots.device(folder) != manifest.root_devices.get(folder)):
             return None
     found = scan(folders, exclude)
-    rows = snapshot.read(["path", "size", "mtime_ns", "sidecar_ns"])
+    rows = snapshot.read(["path", "size", "mtime_ns", "sidecar_ns", "pairs"])
     paths = rows.column("path")
     under = np.zeros(len(rows), bool)
     for folder in folders:  # roots are folders: their photos are the paths below them
         under |= pc.starts_with(paths, folder.rstrip(os.sep) + os.sep).to_numpy(zero_copy_only=False)
     if int(under.sum()) != len(found):
         return None
-    _paths, _at, same = found.against(rows.filter(pa.array(under)))
-    if not same.all():  # a file the index does not hold, or not as it holds it
+    rows = rows.filter(pa.array(under))
+    _paths, at, same = found.against(rows)
+    # a file the index does not hold, or not as it holds it (its partners too)
+    if not same.all() or found.stale_pairs(rows, at).any():
         return None
     return IndexSummary(unchanged=len(found), skipped=list(found.skipped), seconds=time.monotonic() - started)

@@ -17,7 +17,7 @@ import serving
 from conftest import SAMPLES
 
 from clipsearch import exportjob, onnxtext
-from clipsearch.store import Manifest
+from clipsearch.store import Manifest, Store
 
 BACKGROUND = {"CLIPSEARCH_FAST_QUERY": "1", "CLIPSEARCH_EXPORT": "background"}
 WAIT = 240  # seconds: a job imports torch and exports on a busy 2-core machine
@@ -109,6 +109,17 @@ def test_an_unchanged_library_is_told_without_the_model_or_lancedb(first_run):
     counts = (summary["added"], summary["updated"], summary["embedded"], summary["unchanged"])
     assert counts == (0, 0, 0, n + 1)
     assert "torch" not in heavy and "open_clip" not in heavy
+    code, out, err, heavy = _cli("index", photos, "--db", db, "--json")
+    assert json.loads(out)["unchanged"] == n + 1 and heavy == []
+    # a Live Photo's video put beside it: no new item, but its still's row records it (what the
+    # server checks before it plays it), so the torch-free check may not call the run a no-op
+    (photos / "copy of a photo.MOV").write_bytes(b"a Live Photo's motion")
+    code, out, err, heavy = _cli("index", photos, "--db", db, "--json")
+    summary = json.loads(out)
+    assert (summary["added"], summary["updated"], summary["unchanged"]) == (0, 0, n + 1), summary
+    assert "lancedb" in heavy and "torch" not in heavy
+    stamp = Store.open(db).by_paths([str(touched)], ["pairs"]).column("pairs")[0].as_py()
+    assert stamp.startswith("copy of a photo.MOV\t21\t"), stamp
     code, out, err, heavy = _cli("index", photos, "--db", db, "--json")
     assert json.loads(out)["unchanged"] == n + 1 and heavy == []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 import struct
@@ -280,5 +281,16 @@ def test_the_server_shows_a_raw_and_hands_out_its_original(library):
         finally:
             raw_file.unlink()
             (photos.parent / "IMG_0002.DNG.away").rename(raw_file)
-        # not the pair's original: the original is the indexed JPEG itself
-        assert linked.status == 200 and linked.body == (photos / "card" / "IMG_0002.JPG").read_bytes()
+        # not the pair's original, nor a file to fall back from: refused until it is indexed again
+        assert linked.status == 404 and b"not for the gallery" not in linked.body
+        assert "IMG_0002.DNG changed since" in linked.json()["error"], linked.json()
+        # the RAW rewritten in place (a regular file, but not the one indexed): refused as well
+        before = raw_file.stat()
+        raw_file.write_bytes(b"x" * 64)
+        try:
+            swapped = client.get(f"/api/images/{pair['id']}/original")
+        finally:
+            raw_file.write_bytes(kept.body)
+            os.utime(raw_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert swapped.status == 404 and b"x" * 64 not in swapped.body
+        assert client.get(f"/api/images/{pair['id']}/original").body == kept.body  # as indexed again

@@ -390,6 +390,26 @@ def test_what_a_watcher_sees_a_changed_video_and_a_live_photos_motion(library, t
     store = open_index(copy_db).store
     assert sorted(store.by_paths([str(clip)], ["t"]).column("t").to_pylist()) == [0.0, 4.0]
     assert not store.by_paths([str(folder / "IMG_0002.mov")], ["t"]).num_rows
+    # the motion is served while it is the file recorded with its still
+    still, motion = folder / "IMG_0002.jpg", folder / "IMG_0002.mov"
+    id_ = store.by_paths([str(still)], ["id"]).column("id")[0].as_py()
+    with serving.in_process(copy_db) as client:
+        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes()
+        make_video(str(motion), [(picture(shapes.singles()[5], 4), 1.0)], size=(64, 64))  # replaced
+        replaced = client.get(f"/api/images/{id_}/motion")
+        assert replaced.status == 404 and "IMG_0002.mov changed since" in replaced.json()["error"]
+        with open_builder(copy_db, device="cpu") as builder:  # what a watcher does when it sees it
+            seen = builder.update([str(motion)])
+        # nothing read but the folder: the still's row keeps its id, the new video is recorded
+        assert (seen.added, seen.updated, seen.embedded, seen.unchanged) == (0, 0, 0, 1), seen
+        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes()
+        # a row from before partners were recorded: no motion until the next run records it
+        open_index(copy_db).store.set_values("pairs", {None: [id_]})
+        assert client.get(f"/api/images/{id_}/motion").status == 404
+        with open_builder(copy_db, device="cpu") as builder:
+            again = builder.update([str(folder)])
+        assert (again.updated, again.embedded) == (0, 0), again
+        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes()
 
 
 def test_moments_reach_the_end_of_the_stream_past_the_last_key_frame(tmp_path):

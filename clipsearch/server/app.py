@@ -46,7 +46,7 @@ from clipsearch.errors import (
 from clipsearch.images import is_raw_name
 from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
 from clipsearch.results import Hit, ImageRecord, Page
-from clipsearch.scan import motion_of, originals_of
+from clipsearch.scan import motion_of
 from clipsearch.server.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
 
 if TYPE_CHECKING:
@@ -394,19 +394,18 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         indexed and shown), else the indexed file itself, RAWs included."""
         index = served.get()
         record = index.record(id, tags=False)
-        path = index.indexed_file(record)
-        if record.t is None:
-            path = originals_of([path]).get(path, path)
+        path = index.partner_file(record, "original") or index.indexed_file(record)
         return FileResponse(path, media_type=media_type(path), filename=Path(path).name)
 
     @app.get("/api/images/{id}/motion", tags=["images"],
              responses={200: {"content": {"video/*": {}}, "description": "The Live Photo's video."}})
     def motion(id: RowId) -> Response:
         """The video of a Live Photo (the still `id` and a video beside it with its name), which
-        is not indexed itself; Range requests are answered."""
+        is not indexed itself; Range requests are answered. Served while it is the file that was
+        beside the still when the still was indexed."""
         index = served.get()
         record = index.record(id, tags=False)
-        path = motion_of(index.indexed_file(record)) if record.t is None else None
+        path = index.partner_file(record, "motion")
         if path is None:
             raise UnknownImageError(f"image {id} has no Live Photo video beside it")
         return FileResponse(path, media_type=media_type(path))
