@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from writers import Run
 
 
 def reference_image(path: Path) -> Image.Image:
@@ -111,10 +113,11 @@ print("finished", json.dumps(summary.to_dict()), flush=True)
 
 
 def start_writer(photos: Path, db: Path, model_dir: Path, pause: float = 0.0,
-                 commit_every: int = 16, ray: str = "", commit_seconds: float = 10.0) -> subprocess.Popen:
-    """`ray`: the address of a Ray cluster to index through."""
+                 commit_every: int = 16, ray: str = "", commit_seconds: float = 10.0) -> Run:
+    """`ray`: the address of a Ray cluster to index through. A process of its own (forked from
+    one with torch imported: tests.writers), killed and waited for as a subprocess is."""
+    from writers import Run
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(photos), str(db), f"local-dir:{model_dir}", str(pause),
-         str(commit_every), ray, str(commit_seconds)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return Run(WRITER, [str(photos), str(db), f"local-dir:{model_dir}", str(pause), str(commit_every), ray,
+                        str(commit_seconds)], env)
