@@ -202,7 +202,8 @@ _CAMERAS = ["Google Pixel 7", "Apple iPhone 15", "FUJIFILM X100V", "Canon EOS R5
 
 
 def _fake_words(ids: np.ndarray) -> dict:
-    from clipsearch.words import Meta, row_words, word_columns
+    from clipsearch.exif import Meta
+    from clipsearch.words import row_words, word_columns
 
     rows = []
     for i in ids.tolist():

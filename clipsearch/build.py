@@ -16,7 +16,6 @@ import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipsearch import config, derived, onnxtext
@@ -149,8 +148,9 @@ class Builder:
         from the files (and their sidecars) with no embedding; a search meanwhile works as
         before. Committed a batch at a time: an interrupted fill goes on where it stopped.
         Returns how many rows were filled."""
+        from clipsearch.exif import Meta
         from clipsearch.store import SCHEMA_VERSION
-        from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
+        from clipsearch.words import read_meta, sidecar_mtime, word_columns, word_rows
 
         store = self.store
         if (store.manifest.schema_version >= SCHEMA_VERSION and store.has_words and store.has_video
@@ -516,15 +516,6 @@ def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:
 
 
 # -- what the torch-free query reads ---------------------------------------------------------------
-def needs_export(store: Store) -> bool:
-    return _needs_export(store.path, store.manifest.model)
-
-
-def _needs_export(db: Path, model: dict) -> bool:
-    return (config.fast_query() and model.get("backend", "open_clip") == "open_clip"
-            and not onnxtext.exported(model) and onnxtext.unsupported(model) is None)
-
-
 def prepare_fast(store: Store, embedder: Callable[[], Embedder],
                  note: Callable[[str], None] = lambda _m: None, retry: bool = False, whole: bool = False,
                  open_export: bool = True, background: bool = False,
@@ -552,15 +543,15 @@ def prepare_fast(store: Store, embedder: Callable[[], Embedder],
         note(f"the exported text encoder in {onnxtext.folder(model)} does not load; exporting it again")
         shutil.rmtree(onnxtext.folder(model), ignore_errors=True)
     pending = False
-    if needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
+    if exportjob.needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
         if background and exportjob.start(db, model):
             pending = True
         else:
             with exportjob.exporting(model):  # after a job that is making it, if there is one
-                if needs_export(store):
+                if exportjob.needs_export(store):
                     note("preparing fast searches for this model: exporting the text encoder "
                          "(once per model, about 10 s)")
-                    _export(db, model, embedder, unwritten)
+                    exportjob.export(db, model, embedder, unwritten)
             encoder = onnxtext.open_for(model) if open_export else None
     exported = encoder is not None or (not open_export and onnxtext.exported(model))
     if (exported or pending) and derived.may_write(db, derived.SNAPSHOT, retry):
@@ -574,40 +565,6 @@ def prepare_fast(store: Store, embedder: Callable[[], Embedder],
         else:
             derived.succeeded(db, derived.SNAPSHOT)
     return encoder, unwritten
-
-
-def export_for(db: Path, manifest: Manifest) -> list[Unwritten]:
-    """Export the text encoder of the index at `db` (whose manifest is `manifest`) from its
-    model loaded here, unless it has one: what clipsearch.exportjob runs."""
-    model = manifest.model
-    if not _needs_export(db, model):
-        return []
-    unwritten: list[Unwritten] = []
-    spec = ModelSpec.from_dict(model)
-    check_weights_unchanged(spec, manifest.weights_stat)
-    _export(db, model, lambda: load_embedder(spec, "cpu", "fp32"), unwritten)
-    return unwritten
-
-
-def _export(db: Path, model_spec: dict, embedder: Callable[[], Embedder], unwritten: list[Unwritten]) -> None:
-    from clipsearch.models import load_embedder
-    from clipsearch.models.export import NotExportable, export, size_estimate
-
-    model = embedder()
-    if getattr(model, "precision", None) != "fp32" or model.device != "cpu" or not model.has_text:
-        model = load_embedder(model.spec, "cpu", "fp32")
-    folder = onnxtext.folder(model_spec)
-    try:
-        export(model, folder)
-    except NotExportable as exc:
-        onnxtext.mark_unsupported(model_spec, str(exc))
-    except (OSError, RuntimeError) as exc:
-        if not isinstance(exc, OSError) and not derived.space_fault(exc):
-            raise
-        # a full or read-only index: the full path answers, and the failure is remembered
-        unwritten.append(derived.failed(db, derived.EXPORT, folder, size_estimate(model), exc))
-    else:
-        derived.succeeded(db, derived.EXPORT)
 
 
 def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexSummary) -> None:

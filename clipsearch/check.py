@@ -96,7 +96,8 @@ def _search_structure(store: Store, ann) -> list[Checked]:
 
 
 def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], None]) -> list[Checked]:
-    from clipsearch.build import needs_export, prepare_fast
+    from clipsearch.build import prepare_fast
+    from clipsearch.exportjob import needs_export
 
     if not config.fast_query():
         return []

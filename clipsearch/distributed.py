@@ -29,7 +29,7 @@ from clipsearch.errors import (
     RayUnavailableError,
     RayWorkerError,
 )
-from clipsearch.images import prepare_photo
+from clipsearch.prepare import prepare_photo
 
 INSTALL = 'pip install "clipsearch[ray]"'
 # how our errors read in the remote tracebacks Ray wraps them in

@@ -385,7 +385,8 @@ class Index:
         the path of an indexed, unchanged file."""
         import numpy as np
 
-        from clipsearch.images import decode, identity, is_video_name, read_file
+        from clipsearch.images import decode, identity, read_file
+        from clipsearch.kinds import is_video_name
 
         if isinstance(image, int):
             rows = self.store.fetch([image], ["vector"])

@@ -22,10 +22,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipsearch import onnxtext
+
+if TYPE_CHECKING:
+    from clipsearch.models.base import Embedder
+    from clipsearch.results import Unwritten
+    from clipsearch.store import Manifest, Store
 
 try:
     import fcntl
@@ -131,11 +137,63 @@ def exporting(model: dict) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def needs_export(store: Store) -> bool:
+    """Whether the index's model still needs its text export (none made, none found impossible)."""
+    return _needs_export(store.manifest.model)
+
+
+def _needs_export(model: dict) -> bool:
+    from clipsearch import config
+
+    return (config.fast_query() and model.get("backend", "open_clip") == "open_clip"
+            and not onnxtext.exported(model) and onnxtext.unsupported(model) is None)
+
+
+def export_for(db: Path, manifest: Manifest) -> list[Unwritten]:
+    """Export the text encoder of the index at `db` (whose manifest is `manifest`) from its
+    model loaded here, unless it has one: what the job runs."""
+    from clipsearch.models import ModelSpec, check_weights_unchanged, load_embedder
+
+    model = manifest.model
+    if not _needs_export(model):
+        return []
+    unwritten: list[Unwritten] = []
+    spec = ModelSpec.from_dict(model)
+    check_weights_unchanged(spec, manifest.weights_stat)
+    export(db, model, lambda: load_embedder(spec, "cpu", "fp32"), unwritten)
+    return unwritten
+
+
+def export(db: Path, model_spec: dict, embedder: Callable[[], Embedder], unwritten: list[Unwritten]) -> None:
+    """Make the text export of `model_spec` from `embedder()` (loaded again on the CPU in fp32
+    if it is not), here and now; a disk that refuses it is added to `unwritten` and remembered
+    (clipsearch.derived), a model that cannot be exported is marked so."""
+    from clipsearch import derived
+    from clipsearch.models import load_embedder
+    from clipsearch.models.export import NotExportable, size_estimate
+    from clipsearch.models.export import export as write_export
+
+    model = embedder()
+    if getattr(model, "precision", None) != "fp32" or model.device != "cpu" or not model.has_text:
+        model = load_embedder(model.spec, "cpu", "fp32")
+    folder = onnxtext.folder(model_spec)
+    try:
+        write_export(model, folder)
+    except NotExportable as exc:
+        onnxtext.mark_unsupported(model_spec, str(exc))
+    except (OSError, RuntimeError) as exc:
+        if not isinstance(exc, OSError) and not derived.space_fault(exc):
+            raise
+        # a full or read-only index: the full path answers, and the failure is remembered
+        unwritten.append(derived.failed(db, derived.EXPORT, folder, size_estimate(model), exc))
+    else:
+        derived.succeeded(db, derived.EXPORT)
+
+
 def run(db: Path) -> int:
     """The job: export the text encoder of the index at `db` if it still needs one."""
     with contextlib.suppress(OSError):
         os.nice(10)  # the user's searches come first
-    from clipsearch.build import export_for
     from clipsearch.store import Manifest
 
     db = Path(db)

@@ -10,20 +10,16 @@ import re
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipsearch.config import RAW_EXTENSIONS, VIDEO_EXTENSIONS
 from clipsearch.errors import UnreadableImageError
-from clipsearch.words import Meta, read_meta
+from clipsearch.exif import exif_time
+from clipsearch.kinds import RAW_HEAD, Decoded, is_raw_name
 
 _EXIF_IFD = 0x8769
-_DATETIME_ORIGINAL = 0x9003
-_DATETIME = 0x0132
 _ORIENTATION = 0x0112
 # Models resize the short side to their input size and keep the central square, so a 20000x2
 # strip would first become a 2,240,000 x 224 image (gigabytes). Beyond this aspect ratio only
@@ -33,7 +29,7 @@ _formats_registered = False
 _registering = threading.Lock()
 
 
-def _register_formats() -> None:
+def register_formats() -> None:
     """HEIC/HEIF (iPhone photos) through pillow-heif, once per process; a decode thread that
     arrives meanwhile waits for it (one that went on found no HEIC opener yet)."""
     global _formats_registered
@@ -49,22 +45,6 @@ def _register_formats() -> None:
         if register_heif_opener is not None:
             register_heif_opener()
         _formats_registered = True
-
-
-@dataclass
-class Decoded:
-    image: Image.Image  # RGB, EXIF orientation applied
-    width: int  # of the full-size upright image, not of a reduced draft
-    height: int
-    taken: str | None  # EXIF capture time, ISO 8601 without zone, as the camera wrote it
-
-
-def is_video_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
-
-
-def is_raw_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in RAW_EXTENSIONS
 
 
 def content_hash(data: bytes) -> str:
@@ -91,7 +71,6 @@ def hash_file(path: str) -> str:
 # Reading 2 MiB instead of all of it is what lets a RAW index at the speed of a JPEG (and a
 # NAS send a few MiB, not the whole file). Distinct shots always differ there; an edit in place
 # changes the headers. `person` keeps these digests apart from whole-content ones.
-RAW_HEAD = 1 << 20
 _RAW_BLOCK, _RAW_BLOCKS = 1 << 16, 16
 _RAW_PERSON = b"clipsearch-raw1"
 
@@ -186,19 +165,6 @@ def _capture_time(img: Image.Image) -> str | None:
         return None
 
 
-def exif_time(detail: Mapping, base: Mapping) -> str | None:
-    """The capture time of an EXIF (its EXIF IFD's DateTimeOriginal, else its first IFD's
-    DateTime), ISO 8601 without zone, as the camera wrote it; None when missing or malformed."""
-    value = detail.get(_DATETIME_ORIGINAL) or base.get(_DATETIME)
-    if not value:
-        return None
-    text = value.decode("ascii", "ignore") if isinstance(value, bytes) else str(value)
-    try:
-        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").isoformat()
-    except ValueError:
-        return None
-
-
 def _quarter_turned(img: Image.Image) -> bool:
     try:
         return img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
@@ -246,7 +212,7 @@ def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
         from clipsearch.raw import decode as decode_raw
 
         return decode_raw(data, path, min_side)
-    _register_formats()
+    register_formats()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings say nothing actionable
@@ -286,82 +252,6 @@ def decode(data: bytes, path: str, min_side: int | None = None) -> Decoded:
 
 def load_image(path: str, min_side: int | None = None) -> Decoded:
     return decode(read_file(path), path, min_side)
-
-
-@dataclass
-class Prepared:
-    """A photo file as the indexer needs it: its content hash and, unless that content is
-    already indexed, its preprocessed pixels; or why it was skipped (`unread`: the file could
-    not be read at all, as opposed to decoded)."""
-
-    hash: str | None = None
-    pixels: object | None = None
-    width: int | None = None
-    height: int | None = None
-    taken: str | None = None
-    reason: str | None = None
-    unread: bool = False
-    meta: Meta | None = None  # what it says beyond its pixels (clipsearch.words)
-
-
-def prepare_photo(path: str, known: Callable[[str], bool], min_side: int | None,
-                  preprocess: Callable[[Image.Image], object]) -> Prepared:
-    """Read, hash and, when `known(hash)` is false, decode and preprocess the photo at `path`:
-    the work of an index run for each new or changed file, here or on a Ray worker. A bad file
-    never raises: its reason comes back."""
-    try:
-        if is_video_name(path):
-            return _prepare_video(path)
-        if is_raw_name(path):
-            return _prepare_raw(path, known, min_side, preprocess)
-        try:
-            data = read_file(path)
-        except UnreadableImageError as exc:
-            return Prepared(reason=exc.reason, unread=True)
-        digest = content_hash(data)
-        _register_formats()
-        return _decoded_unless_known(digest, read_meta(path, data), known,
-                                     lambda: decode(data, path, min_side), preprocess)
-    except UnreadableImageError as exc:
-        return Prepared(reason=exc.reason)
-    except Exception as exc:  # one bad file must never end the run
-        return Prepared(reason=f"unexpected error ({type(exc).__name__}: {exc})")
-
-
-def _prepare_video(path: str) -> Prepared:
-    """A video is hashed here; its frames are decoded and embedded as the model takes them
-    (Indexer._embed_video), never held all at once."""
-    try:
-        digest = hash_file(path)
-    except UnreadableImageError as exc:
-        return Prepared(reason=exc.reason, unread=True)
-    return Prepared(digest, meta=read_meta(path))
-
-
-def _prepare_raw(path: str, known: Callable[[str], bool], min_side: int | None,
-                 preprocess: Callable[[Image.Image], object]) -> Prepared:
-    """A RAW is identified from 2 MiB of it (raw_identity) and decoded by LibRaw from the file,
-    which reads what the chosen path needs: the preview, or the sensor data."""
-    from clipsearch.raw import decode_file
-
-    try:
-        digest, head = raw_file_identity(path)
-    except UnreadableImageError as exc:
-        return Prepared(reason=exc.reason, unread=True)
-    return _decoded_unless_known(digest, read_meta(path, head), known,
-                                 lambda: decode_file(path, min_side, head), preprocess)
-
-
-def _decoded_unless_known(digest: str, meta: Meta, known: Callable[[str], bool],
-                          decoded: Callable[[], Decoded],
-                          preprocess: Callable[[Image.Image], object]) -> Prepared:
-    """The Prepared of content `digest`: with its pixels, decoded and preprocessed, unless the
-    index already holds that content."""
-    if known(digest):
-        return Prepared(digest, meta=meta)
-    picture = decoded()
-    return Prepared(digest, preprocess(picture.image), picture.width, picture.height, picture.taken,
-                    meta=meta)
 
 
 def thumbnail(data: bytes, name: str, size: int, fmt: str = "WEBP") -> bytes:

@@ -29,9 +29,12 @@ import pyarrow.compute as pc
 from clipsearch import roots as root_state
 from clipsearch.config import COMMIT_EVERY, COMMIT_SECONDS
 from clipsearch.errors import IndexInterrupted, RayWorkerError, UnreadableImageError, WorkerCannotReadError
-from clipsearch.images import is_video_name, load_image, prepare_photo, read_file
+from clipsearch.exif import Meta
+from clipsearch.images import load_image, read_file
 from clipsearch.kept import Kept
 from clipsearch.kept import columns as kept_columns
+from clipsearch.kinds import is_video_name
+from clipsearch.prepare import prepare_photo
 from clipsearch.results import IndexSummary, Progress, Skipped
 from clipsearch.scan import (
     FileEntry,
@@ -45,7 +48,7 @@ from clipsearch.scan import (
     with_pairs,
 )
 from clipsearch.store import Store, under_sql
-from clipsearch.words import Meta, read_meta, sidecar_mtime, word_columns, word_rows
+from clipsearch.words import read_meta, sidecar_mtime, word_columns, word_rows
 
 if TYPE_CHECKING:
     from clipsearch.distributed import Embedded

@@ -72,7 +72,8 @@ def thumbnail_png(path: str, t: float | None = None) -> bytes | None:
     import io
 
     from clipsearch.errors import UnreadableImageError
-    from clipsearch.images import is_video_name, read_file, thumbnail
+    from clipsearch.images import read_file, thumbnail
+    from clipsearch.kinds import is_video_name
 
     try:
         if is_video_name(path):  # one frame decoded, never the whole file read

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from clipsearch.errors import UnreadableImageError
-from clipsearch.images import RAW_HEAD, Decoded, exif_time
-from clipsearch.words import Meta, read_exif
+from clipsearch.exif import Meta, exif_time, read_exif
+from clipsearch.kinds import RAW_HEAD, Decoded
 
 # The preview is used when its short side is at least this share of what the caller asked for
 # (min_side, twice the model's input): a 1620x1080 preview feeds a 224 px model as well as the
@@ -53,7 +53,7 @@ def decode(data: bytes, path: str, min_side: int | None = None) -> RawDecoded:
 
 def decode_file(path: str, min_side: int | None, head: bytes) -> RawDecoded:
     """decode() of the RAW file at `path`, which LibRaw reads itself: only what the chosen path
-    needs (the preview, or the sensor data). `head`: its first bytes (images.RAW_HEAD), read
+    needs (the preview, or the sensor data). `head`: its first bytes (kinds.RAW_HEAD), read
     already, where its metadata is."""
     if not head:
         raise UnreadableImageError(path, "empty file (0 bytes)")
@@ -224,7 +224,7 @@ class Tags:
 
 
 def read_tags(data: bytes, preview: Callable[[], bytes | None] | None = None) -> Tags | None:
-    """The EXIF of a RAW file from `data`, its first bytes (images.RAW_HEAD) or all of them,
+    """The EXIF of a RAW file from `data`, its first bytes (kinds.RAW_HEAD) or all of them,
     where the common containers keep it: a TIFF structure (DNG, NEF, CR2, ARW, PEF, ORF, RW2
     ...), Canon CR3's CMT boxes; else its embedded preview JPEG's (`preview()` gives it). None
     when none of them holds any."""

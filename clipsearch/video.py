@@ -297,7 +297,7 @@ _ISO6709 = re.compile(r"([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)")
 
 
 def read_tags(path: str, meta) -> None:
-    """The camera and the place a phone wrote into the video's container (clipsearch.words.Meta)."""
+    """The camera and the place a phone wrote into the video's container (clipsearch.exif.Meta)."""
     with _open(path) as container:
         tags = {k.lower(): v for k, v in (container.metadata | container.streams.video[0].metadata).items()}
     make, model = tags.get("com.apple.quicktime.make") or tags.get("make"), \

@@ -17,13 +17,15 @@ import os
 import re
 import unicodedata
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 from PIL import ExifTags, Image, IptcImagePlugin
 
 from clipsearch import places
+from clipsearch.exif import Meta, exif_text, read_exif
+from clipsearch.kinds import RAW_HEAD, is_raw_name, is_video_name
 from clipsearch.scan import is_under, sidecar_names
 
 SEP = "\x1f"  # between a token and its field code: no text a person types holds it
@@ -50,26 +52,6 @@ _XMP_FIELDS = {  # (namespace, local name) -> what it holds
 }
 OWN_NS = "https://clipsearch.dev/ns/xmp/1.0/"  # what `tag --write-xmp` added (clipsearch.xmp)
 _RDF_LI = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}li"
-
-
-@dataclass
-class Meta:
-    """A photo's own data beyond its pixels, as read from the file and its sidecars."""
-
-    camera: str | None = None
-    lens: str | None = None
-    lat: float | None = None
-    lon: float | None = None
-    keywords: list[str] = field(default_factory=list)  # keywords, then titles and descriptions
-    people: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what was ignored, and why
-
-    def add(self, kind: str, values: Iterable[str]) -> None:
-        target = self.people if kind == "people" else self.keywords
-        for value in values:
-            value = " ".join(value.split())
-            if value and value not in target:
-                target.append(value)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -108,7 +90,6 @@ def read_meta(path: str, data: bytes | None = None) -> Meta:
     them) and of its sidecars. Never raises: what cannot be read becomes a note."""
     meta = Meta()
     try:
-        from clipsearch.images import RAW_HEAD, is_raw_name, is_video_name
         from clipsearch.video import read_tags
 
         if is_video_name(path):
@@ -151,71 +132,10 @@ def _read_image(img: Image.Image, meta: Meta) -> None:
                           ((2, 120), "description")):
             value = iptc.get(key)
             values = value if isinstance(value, list) else [value] if value else []
-            meta.add(kind, (_text(v) or "" for v in values))
+            meta.add(kind, (exif_text(v) or "" for v in values))
     packet = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
     if packet:
         _read_xmp(packet.encode() if isinstance(packet, str) else packet, meta, "embedded XMP")
-
-
-def read_exif(base: Mapping, detail: Mapping | Callable[[], Mapping],
-               gps: Mapping | Callable[[], Mapping], meta: Meta) -> None:
-    """Camera, lens and position from an EXIF's first IFD, its EXIF IFD and its GPS IFD (each
-    sub-IFD given, or read when asked: a malformed one becomes a note)."""
-    make, model = _text(base.get(ExifTags.Base.Make)), _text(base.get(ExifTags.Base.Model))
-    if model and make and model.lower().startswith(make.split()[0].lower()):
-        make = None  # "Canon" + "Canon EOS R5": the model already says it
-    meta.camera = " ".join(p for p in (make, model) if p) or None
-    try:
-        meta.lens = _text((detail() if callable(detail) else detail).get(ExifTags.Base.LensModel))
-    except Exception:
-        meta.notes.append("EXIF sub-IFD unreadable")
-    try:
-        block = gps() if callable(gps) else gps
-    except Exception:
-        block = {}
-        meta.notes.append("GPS block unreadable")
-    if block:
-        position = _position(block)
-        if isinstance(position, str):
-            meta.notes.append(position)
-        else:
-            meta.lat, meta.lon = position
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        for encoding in ("utf-8", "latin-1"):
-            try:
-                value = value.decode(encoding)
-                break
-            except UnicodeDecodeError:
-                continue
-    if not isinstance(value, str):
-        return None
-    value = " ".join(value.replace("\x00", " ").split())
-    return value or None
-
-
-def _position(gps: dict) -> tuple[float, float] | str:
-    """(lat, lon) from an EXIF GPS block, or why it was not used."""
-    try:
-        lat, lon = _degrees(gps[2]), _degrees(gps[4])
-        lat_ref, lon_ref = _text(gps.get(1)), _text(gps.get(3))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return "GPS position incomplete or malformed"
-    if lat_ref not in ("N", "S") or lon_ref not in ("E", "W"):
-        return "GPS position without its hemispheres (N/S, E/W)"
-    lat, lon = (-lat if lat_ref == "S" else lat), (-lon if lon_ref == "W" else lon)
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
-        return f"GPS position out of range ({lat:.4f}, {lon:.4f})"
-    return lat, lon
-
-
-def _degrees(value) -> float:
-    parts = [float(v) for v in value]
-    if len(parts) != 3 or any(p != p or p < 0 for p in parts):  # NaN or negative
-        raise ValueError
-    return parts[0] + parts[1] / 60 + parts[2] / 3600
 
 
 def _read_xmp(packet: bytes, meta: Meta, where: str) -> None:

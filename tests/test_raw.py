@@ -108,7 +108,8 @@ def test_a_raw_is_known_by_2_mib_of_it(tmp_path):
     """A RAW's content hash is drawn from its headers, its end and blocks spread over its sensor
     data (images.raw_identity): a copy has the same, another shot or an edit of its metadata or of
     its pixels another, whether it is read from the file or from its bytes."""
-    from clipsearch.images import RAW_HEAD, identity, raw_file_identity
+    from clipsearch.images import identity, raw_file_identity
+    from clipsearch.kinds import RAW_HEAD
 
     big = Image.effect_noise((1400, 1000), 64).convert("RGB")  # 2.8 MB as a 16-bit mosaic
     first = make_dng(str(tmp_path / "a.dng"), big, taken="2024:07:14 18:30:00")

@@ -43,7 +43,7 @@ from clipsearch.errors import (
     UnknownJobError,
     UnreadableImageError,
 )
-from clipsearch.images import is_raw_name
+from clipsearch.kinds import is_raw_name
 from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
 from clipsearch.results import Hit, ImageRecord, Page
 from clipsearch.scan import motion_of
