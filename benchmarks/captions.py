@@ -102,8 +102,8 @@ def background(work: Path, n: int, size: str, seconds_idle: float = 10.0) -> dic
     import http.client
 
     from benchmarks.common import prepare_fast, random_index
-    from clipsearch.ann import current
-    from clipsearch.store import Store
+    from clipsearch.store.ann import current
+    from clipsearch.store.table import Store
 
     folder = captioner_folder(work / f"captioner-{size}", size)
     photos = _small_photos(work / "photos-background", n)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from benchmarks import common
 from benchmarks.common import ROOT, random_index, script, seed_export
-from clipsearch.ann import FLAT_MAX
+from clipsearch.store.ann import FLAT_MAX
 
 TARGET_S, TARGET_MB, TARGET_EXTRA_MB = 1.0, 50.0, 300.0
 TARGET_SCAN_S, TARGET_SCAN_MB = 60.0, 1024.0
@@ -44,7 +44,7 @@ _CHILD = """
 import hashlib, json, os, resource, sys, time
 import numpy as np
 db, folder, what, dim = sys.argv[1:5]
-from clipsearch.distributed import Embedded
+from clipsearch.build.distributed import Embedded
 
 def stub(paths, _known):
     for path in paths:
@@ -62,9 +62,9 @@ written0, t0 = io()
 wall0 = time.time()
 if what == "compact":
     try:
-        from clipsearch.build import compact
+        from clipsearch.build.builder import compact
     except ImportError:  # before issue 21: what every changing run ended with
-        from clipsearch.store import Store
+        from clipsearch.store.table import Store
         compact = lambda db: Store.open(db).compact()
     compact(db)
     summary = None
@@ -95,8 +95,8 @@ def _child(db: Path, folder: Path, what: str) -> dict:
 
 def _ready(work: Path, n: int) -> Path:
     """An index of `n` rows with everything a search reads written: structure, export, snapshot."""
-    from clipsearch.ann import current
-    from clipsearch.build import prepare_fast as prepare
+    from clipsearch.build.builder import prepare_fast as prepare
+    from clipsearch.store.ann import current
 
     db = work / f"change-{n}"
     store = random_index(db, n)
@@ -141,8 +141,8 @@ def recall_after_churn(db: Path, churn: int, queries: int = 100, k: int = 10) ->
 
     from benchmarks.common import ClusteredVectors
     from benchmarks.scale import exact_top
-    from clipsearch import ann
-    from clipsearch.store import Store
+    from clipsearch.store import ann
+    from clipsearch.store.table import Store
 
     store = Store.open(db)
     vectors = ClusteredVectors()  # the base's topics (random_index's), drawn afresh
@@ -184,7 +184,7 @@ def searches_during(db: Path, work) -> tuple[dict, dict]:
     import numpy as np
 
     from benchmarks.common import ClusteredVectors, percentile_ms
-    from clipsearch.engine import open_index
+    from clipsearch.search.engine import open_index
 
     index = open_index(db)
     qs = ClusteredVectors(seed=3).queries(64)
@@ -223,8 +223,8 @@ def fragment_cost(work: Path, n: int, piles: tuple[int, ...] = (0, 32, 128)) -> 
     import pyarrow as pa
 
     from benchmarks.common import ClusteredVectors, percentile_ms
-    from clipsearch.engine import open_index
-    from clipsearch.indexer import DIFF_COLUMNS
+    from clipsearch.build.indexer import DIFF_COLUMNS
+    from clipsearch.search.engine import open_index
 
     db = work / f"fragments-{n}"
     store = random_index(db, n)
@@ -265,7 +265,7 @@ def scan_one(work: Path, n: int) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    from clipsearch.store import Manifest, Store
+    from clipsearch.store.table import Manifest, Store
 
     root = work / f"scan-{n}"
     paths = []
@@ -298,8 +298,8 @@ def scan_one(work: Path, n: int) -> dict:
     store.save_manifest()
     store.compact()
     seed_export(store.manifest.model, work)
-    from clipsearch.ann import current
-    from clipsearch.build import prepare_fast as prepare
+    from clipsearch.build.builder import prepare_fast as prepare
+    from clipsearch.store.ann import current
 
     current(store, retry=True)
     prepare(store, lambda: None, retry=True)

@@ -27,7 +27,7 @@ from benchmarks.common import bench_embedder, model_args, model_spec, photos, sc
 # workers' (they are other processes)
 _DRIVER = """
 import sys
-from clipsearch.cli import main
+from clipsearch.cli.commands import main
 sys.argv = ["clipsearch", *sys.argv[1:]]
 try:
     main()
@@ -82,7 +82,7 @@ def end_to_end(work: Path, n: int, per_photo: bool = True) -> dict:
 
 def _compare(local: Path, remote: Path) -> dict:
     """Whether both runs left the same rows: paths, hashes, and the largest vector difference."""
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     a, b = ({r["path"]: r for r in Store.open(db).read(["path", "hash", "vector"]).to_pylist()}
             for db in (local, remote))
@@ -96,7 +96,7 @@ def commit_rate(work: Path, rows: int) -> dict:
     """The driver alone: a stub stands where the cluster's results come back (a vector per photo
     at once), so what is timed is receiving them, building rows and committing them."""
     from clipsearch import index_folders
-    from clipsearch.distributed import Embedded
+    from clipsearch.build.distributed import Embedded
     folder = work / "stubbed"
     for i in range(rows):
         sub = folder / f"d{i // 1000}"

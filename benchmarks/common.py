@@ -157,11 +157,11 @@ def random_index(folder: Path, n: int, vectors: ClusteredVectors | None = None, 
     real `files` (their sizes, times, dimensions and content hashes, so a server serves them).
     `model` is the manifest's model spec (default: a ViT-B-32 nobody can load). `words`: each
     fake photo also carries the words a real one would (name, folder, a city, a camera).
-    `video_frames`: the last this many rows are frames of videos (clipsearch.video), one every
+    `video_frames`: the last this many rows are frames of videos (clipsearch.media.video), one every
     4 seconds, `frames_per_video` to a video."""
     import pyarrow as pa
 
-    from clipsearch.store import Manifest, Store
+    from clipsearch.store.table import Manifest, Store
 
     vectors = vectors or ClusteredVectors()
     n = len(files) if files is not None else n
@@ -202,8 +202,8 @@ _CAMERAS = ["Google Pixel 7", "Apple iPhone 15", "FUJIFILM X100V", "Canon EOS R5
 
 
 def _fake_words(ids: np.ndarray) -> dict:
-    from clipsearch.exif import Meta
-    from clipsearch.words import row_words, word_columns
+    from clipsearch.media.exif import Meta
+    from clipsearch.media.words import row_words, word_columns
 
     rows = []
     for i in ids.tolist():
@@ -216,7 +216,7 @@ def _fake_words(ids: np.ndarray) -> dict:
 def _file_rows(files: list[str]) -> dict:
     from PIL import Image
 
-    from clipsearch.images import content_hash
+    from clipsearch.media.images import content_hash
 
     stats = [os.stat(f) for f in files]
     sizes = []
@@ -260,7 +260,7 @@ def seed_export(model: dict, work: Path) -> None:
     unless it is there: the user's cache (one per benchmark run, see `own_cache`), so a run
     exports once (about 10 s, a one-off cost of a user's first index, not of its throughput or
     memory)."""
-    from clipsearch import exportjob, onnxtext
+    from clipsearch.models import exportjob, onnxtext
     from clipsearch.models.export import export
 
     with exportjob.exporting(model):
@@ -279,7 +279,7 @@ def own_cache(work: Path) -> None:
 def prepare_fast(store, work: Path) -> float:
     """What an index run leaves for the fast path: the text export and the row snapshot; the
     seconds it took (the export made once per benchmark run, see seed_export)."""
-    from clipsearch.build import prepare_fast as prepare
+    from clipsearch.build.builder import prepare_fast as prepare
 
     seconds, _ = timed(lambda: seed_export(store.manifest.model, work))
     return seconds + timed(lambda: prepare(store, lambda: bench_embedder(work), retry=True))[0]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import percentile_ms
-from clipsearch.diskcache import LOW_WATER, DiskCache
+from clipsearch.store.diskcache import LOW_WATER, DiskCache
 
 ENTRY = 1000  # bytes with the checksum; the sweep's cost is per file, whatever its size
 TARGET_P95_MS = 5.0

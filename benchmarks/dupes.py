@@ -39,7 +39,7 @@ UPSCALE = 3
 
 # -- calibration -----------------------------------------------------------------------------
 def _cosines(db: Path, groups: dict[str, list[Path]], redraws: list[tuple[str, str]]) -> dict:
-    from clipsearch.engine import open_index
+    from clipsearch.search.engine import open_index
 
     index = open_index(db)
     table, matrix = index.store.vectors(["path"])
@@ -171,7 +171,7 @@ class PlantedVectors(ClusteredVectors):
 # as ru_maxrss would also count the benchmark process this one was forked from
 _CLI = """
 import sys
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 try:
     app(sys.argv[1:])
 except SystemExit as exit:
@@ -182,7 +182,7 @@ print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHW
 
 
 def measure_scale(work: Path, n: int) -> dict:
-    from clipsearch.ann import current
+    from clipsearch.store.ann import current
 
     vectors = PlantedVectors()
     store = random_index(work / f"dupes-{n}", n, vectors)
@@ -221,7 +221,7 @@ def measure(work: Path, sizes: list[int], calibration: bool = True, compositions
 
 
 def report(figures: dict) -> None:
-    from clipsearch.dupes import DEFAULT_THRESHOLD
+    from clipsearch.search.dupes import DEFAULT_THRESHOLD
 
     for name, c in figures.get("calibration", {}).items():
         kinds = ", ".join(f"{k} {v['min']:.3f}" for k, v in c["by_kind"].items())

@@ -126,8 +126,8 @@ def _rclip_db(data: Path, folder: Path, n: int) -> None:
 
 
 def measure(work: Path, n_photos: int = 300, runs: int = 2, rows: int = 100_000) -> dict:
-    from clipsearch import exportjob
-    from clipsearch.store import Manifest
+    from clipsearch.models import exportjob
+    from clipsearch.store.table import Manifest
 
     work = Path(work)
     clipsearch = str(Path(sys.executable).parent / "clipsearch")
@@ -184,9 +184,9 @@ def _large(work: Path, small_db: Path, data: Path, rclip: Path, env: dict, renv:
            clipsearch: str) -> dict:
     """One-off queries over `rows` stored vectors: rclip's database written directly, and
     clipsearch's table with the same model's export (the user's, made for the 300-photo index)."""
-    from clipsearch.ann import current
-    from clipsearch.build import prepare_fast
-    from clipsearch.store import Manifest
+    from clipsearch.build.builder import prepare_fast
+    from clipsearch.store.ann import current
+    from clipsearch.store.table import Manifest
 
     model = Manifest.load(small_db).model
     store = random_index(work / "db-large", rows, model=model, words=True)

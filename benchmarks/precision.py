@@ -20,7 +20,7 @@ from benchmarks.query import QUERIES
 def measure(work: Path, n: int = 64, device: str = "cpu", batch_size: int = 32) -> dict:
     import torch
 
-    from clipsearch.images import load_image
+    from clipsearch.media.images import load_image
 
     modes = ["fp32", "bf16", "int8"] if device == "cpu" else ["fp32", "bf16", "fp16"]
     paths = photos(work / "photos-precision", n, size=(1024, 768))

@@ -38,7 +38,7 @@ QUERIES = [
 def warm(work: Path, images: int, embedder=None) -> dict:
     """A text query in a process that has everything loaded: with the exported text encoder
     (what every path uses once an index has one) and with the torch one, on the same index."""
-    from clipsearch.engine import Index
+    from clipsearch.search.engine import Index
 
     spec = model_spec(work)
     store = random_index(work / "db-query", images, model=spec.to_dict())
@@ -70,7 +70,7 @@ def cold(work: Path, runs: int = 5, images: int = 100_000) -> dict:
     """A new `clipsearch search` process over `images` stored vectors, ViT-B-32 weights: on the
     fast path (exported text tower, row snapshot) and on the torch path (CLIPSEARCH_FAST_QUERY=0),
     alternating, with what each one's imports cost alone."""
-    from clipsearch.ann import current
+    from clipsearch.store.ann import current
 
     script = str(Path(sys.executable).parent / "clipsearch")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_HOME": str(work / "home")}
@@ -91,8 +91,8 @@ def cold(work: Path, runs: int = 5, images: int = 100_000) -> dict:
             outputs[name] = [h["path"] for h in json.loads(r.stdout)]
         same &= outputs["fast"] == outputs["torch"]
     imports = {
-        "fast": "import clipsearch.cli, clipsearch.fastpath, clipsearch.engine, clipsearch.present, "
-                "onnxruntime, faiss, pyarrow.compute, ftfy, regex",
+        "fast": "import clipsearch.cli.commands, clipsearch.search.fastpath, clipsearch.search.engine, "
+                "clipsearch.cli.present, onnxruntime, faiss, pyarrow.compute, ftfy, regex",
         "torch": "import torch, open_clip, lancedb, faiss",
     }
     import_s = {name: statistics.median(_wall([sys.executable, "-c", code], env) for _ in range(runs))

@@ -67,8 +67,8 @@ def _rate(work: Path, label: str, folder: Path, embedder, rounds: int) -> float:
 
 def measure(work: Path, n: int = 16, megapixels: float = 24.0, preview_share: float = 0.75,
             rounds: int = 2, embedder=None) -> dict:
-    from clipsearch.images import content_hash, load_image, raw_file_identity, read_file
-    from clipsearch.raw import decode
+    from clipsearch.media.images import content_hash, load_image, raw_file_identity, read_file
+    from clipsearch.media.raw import decode
 
     started = time.perf_counter()
     embedder = embedder or bench_embedder(work, precision="bf16")

@@ -49,12 +49,12 @@ def blip_base_random(folder: Path) -> Path:
 
 def measure(work: Path, candidates: int = 20, precisions: tuple[str, ...] = ("fp32", "bf16", "int8"),
             model_dir: str | None = None) -> dict:
-    from clipsearch.featcache import FeatureCache
     from clipsearch.models import native_bf16
     from clipsearch.models.blip import load_scorer
-    from clipsearch.query import parse
-    from clipsearch.rerank import candidate_features, match_probability, rerank
     from clipsearch.results import Hit
+    from clipsearch.search.query import parse
+    from clipsearch.search.rerank import candidate_features, match_probability, rerank
+    from clipsearch.store.featcache import FeatureCache
 
     model_dir = model_dir or str(blip_base_random(work / "blip"))
     paths = photos(work / "photos-rerank", candidates)

@@ -27,7 +27,7 @@ import sys
 def rss():
     return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) / 1024
 import faiss, numpy
-from clipsearch.ann import AnnIndex
+from clipsearch.store.ann import AnnIndex
 before = rss()
 ann = AnnIndex.load(sys.argv[1], int(sys.argv[2]))
 print(rss() - before)
@@ -49,8 +49,8 @@ def exact_top(store, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def measure_one(work: Path, n: int, queries: int = 100, k: int = 10) -> dict:
-    from clipsearch.ann import current, describe
     from clipsearch.search import nearest
+    from clipsearch.store.ann import current, describe
 
     vectors = ClusteredVectors()
     table_s, store = timed(lambda: random_index(work / f"db-{n}", n, vectors))

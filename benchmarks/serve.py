@@ -37,7 +37,7 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.query import QUERIES
-from clipsearch.ann import current
+from clipsearch.store.ann import current
 
 CLIENTS = 16
 
@@ -46,7 +46,7 @@ class Served:
     """A `clipsearch serve` process, found through the discovery file it publishes."""
 
     def __init__(self, db: Path, env: dict, args: list[str] = ()) -> None:
-        from clipsearch import client
+        from clipsearch.server import client
 
         self.log = db.parent / f"{db.name}-serve.log"
         command = [str(Path(sys.executable).parent / "clipsearch"), "serve", "--db", str(db), "--port", "0",

@@ -25,8 +25,8 @@ from benchmarks.common import bench_embedder, random_index, script, timed
 
 
 def measure(work: Path, images: int, labels: int, embedder=None) -> dict:
-    from clipsearch.search import Filters, allowed_ids
-    from clipsearch.tagging import BUILTIN_LABELS, Tagger, label_set, tag_store
+    from clipsearch.enrich.tagging import BUILTIN_LABELS, Tagger, label_set, tag_store
+    from clipsearch.search.nearest import Filters, allowed_ids
 
     build_s, store = timed(lambda: random_index(work / "db-tagging", images))
     names = [*BUILTIN_LABELS, *(f"object {i}" for i in range(labels))][:labels]
@@ -53,8 +53,8 @@ def measure(work: Path, images: int, labels: int, embedder=None) -> dict:
 _STREAMED = """
 import json, sys, time
 import numpy as np
-from clipsearch.store import Store
-from clipsearch.tagging import Tagger, label_set, tag_store
+from clipsearch.store.table import Store
+from clipsearch.enrich.tagging import Tagger, label_set, tag_store
 
 def rss(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field)) / 1024

@@ -28,7 +28,7 @@ def preprocessed(embedder, paths: list[str], batch_size: int) -> tuple[list, flo
 
     import torch
 
-    from clipsearch.images import load_image
+    from clipsearch.media.images import load_image
 
     start = time.process_time()
     tensors = [embedder.preprocess(load_image(p, embedder.decode_min_side).image) for p in paths]

@@ -64,7 +64,7 @@ VARIANTS: dict[str, tuple[Callable[[Image.Image], Image.Image], str, dict]] = {
 def write(source: Path, folder: Path, names: list[str] | None = None, copy: bool = True) -> list[Path]:
     """The variants of `source` (all of VARIANTS, or `names`) written into `folder`, plus a
     byte-for-byte copy when `copy`: the files of one planted group besides the source itself."""
-    from clipsearch.images import load_image
+    from clipsearch.media.images import load_image
 
     folder.mkdir(parents=True, exist_ok=True)
     img = load_image(str(source)).image  # HEIC too, upright

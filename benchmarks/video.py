@@ -47,7 +47,7 @@ def _scenes(seconds: float) -> list:
 
 def speed(work: Path, seconds: float, size: tuple[int, int]) -> dict:
     """Sampling alone and a whole `index` run (ViT-B-32 bf16, random weights) of one video."""
-    from clipsearch.video import frames
+    from clipsearch.media.video import frames
 
     out: dict = {"seconds": seconds, "size": f"{size[0]}x{size[1]}"}
     for gop, keyint in (("phone", 30), ("x264 default", None)):
@@ -70,7 +70,7 @@ def speed(work: Path, seconds: float, size: tuple[int, int]) -> dict:
 # memory at the fork, which Linux carries into the child's record across exec
 PEAK = """
 import sys
-from clipsearch.cli import main
+from clipsearch.cli.commands import main
 sys.argv = ["clipsearch", *sys.argv[1:]]
 try:
     main()
@@ -114,7 +114,7 @@ def _index_run(work: Path, folder: Path, seconds: float, decode_s: float) -> dic
     finds them; the model's load is timed apart."""
     from clipsearch import index_folders
     from clipsearch.models import load_embedder
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     spec = model_spec(work)
     load_s, embedder = timed(lambda: load_embedder(spec, "cpu", "bf16"))
@@ -137,8 +137,8 @@ def _index_run(work: Path, folder: Path, seconds: float, decode_s: float) -> dic
 def search(work: Path, photos: int, hours: float, queries: int = 50, k: int = 10) -> dict:
     """Search latency over `photos` photos and `hours` of video: the engine's search (moments
     folded into one hit per video) against the same search structure's rows alone."""
-    from clipsearch.engine import open_index
     from clipsearch.search import nearest
+    from clipsearch.search.engine import open_index
 
     per_hour = 900
     frames = int(hours * per_hour)

@@ -4,7 +4,7 @@ throughput and memory against a plain `index` of the same photos, and searches d
     python -m benchmarks.watch                      # 40 latency samples, a 1,000-photo burst
     python -m benchmarks.watch --burst 10000
 
-Everything runs as `serve --watch` runs it: a Watcher (clipsearch.watch) over a Builder, with the
+Everything runs as `serve --watch` runs it: a Watcher (clipsearch.build.watch) over a Builder, with the
 default settle time (2 s), in a process of its own, with ViT-B-32 (random weights, loaded from a
 file) embedding phone-sized JPEGs (1600 x 1200). Latency: a photo is written (in two halves, a
 copy in progress), and the clock runs from its last write until the query side (an Index opened
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import ROOT, model_args, model_spec, photos, script, seed_export
-from clipsearch.watch import SETTLE_SECONDS
+from clipsearch.build.watch import SETTLE_SECONDS
 
 TARGET_P95_S, TARGET_RATIO, TARGET_EXTRA_MB, TARGET_QUERY_X = 5.0, 0.9, 300.0, 3.0
 SIZE = (1600, 1200)
@@ -47,10 +47,10 @@ def hwm_mb():
             return int(line.split()[1]) / 1024
     return 0.0
 
-from clipsearch.build import index_folders, open_builder
-from clipsearch.engine import open_index
+from clipsearch.build.builder import index_folders, open_builder
+from clipsearch.search.engine import open_index
 from clipsearch.models import load_embedder, parse_model_spec
-from clipsearch.watch import Watcher
+from clipsearch.build.watch import Watcher
 embedder = load_embedder(parse_model_spec(*json.loads(model)), "cpu", "fp32")
 root = Path(db).parent / "library"
 root.mkdir(exist_ok=True)
@@ -63,7 +63,7 @@ os.environ.pop("CLIPSEARCH_FAST_QUERY")
 if fast is not None:
     os.environ["CLIPSEARCH_FAST_QUERY"] = fast
 from benchmarks.common import seed_export
-from clipsearch.store import Store
+from clipsearch.store.table import Store
 seed_export(Store.open(db).manifest.model, Path(work))
 try:  # peaks from here on: the work measured, not a one-off export made above
     with open("/proc/self/clear_refs", "w") as f:

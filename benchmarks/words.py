@@ -1,4 +1,4 @@
-"""Words beside pixels (clipsearch.words, clipsearch.wordsearch): how well each ranking finds
+"""Words beside pixels (clipsearch.media.words, clipsearch.search.wordsearch): how well each ranking finds
 what a query means, what reading the metadata costs an index run, and what words cost a query.
 
 - quality: the hybrid shapes set. The trained shapes CLIP (benchmarks.trained) indexes pictures
@@ -135,8 +135,8 @@ def hybrid_set(root: Path, seed: int = 3) -> list[Query]:
 def quality(work: Path, clip_dir: Path, methods: tuple[str, ...] = ("scaled", "rrf", "blend")) -> dict:
     """R@1 and R@5 of each query kind, pixels only, words only and each fusion."""
     from clipsearch import index_folders, open_index
-    from clipsearch.query import parse
-    from clipsearch.wordsearch import fuse, query_words
+    from clipsearch.search.query import parse
+    from clipsearch.search.wordsearch import fuse, query_words
 
     root = work / "hybrid"
     queries = hybrid_set(root)
@@ -176,7 +176,7 @@ def read_cost(work: Path, n: int, embedder) -> dict:
     from PIL import Image
 
     from clipsearch import index_folders
-    from clipsearch.words import read_meta
+    from clipsearch.media.words import read_meta
 
     folder = work / "words-read"
     folder.mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,7 @@ def read_cost(work: Path, n: int, embedder) -> dict:
     files = sorted(folder.glob("*.jpg"))
     datas = [f.read_bytes() for f in files]
     read_s, _ = timed(lambda: [read_meta(str(f), d) for f, d in zip(files, datas, strict=True)])
-    from clipsearch import places
+    from clipsearch.media import places
 
     places.names([(38.7, -9.1)])  # the place data loads once per process: counted apart
     return {"photos": n, "index_s": index_s, "read_s": read_s, "share": read_s / index_s}
@@ -200,9 +200,9 @@ def read_cost(work: Path, n: int, embedder) -> dict:
 # -- what words cost a query ---------------------------------------------------------------------------
 def latency(work: Path, sizes: list[int], queries: int = 20) -> dict:
     from benchmarks.common import model_spec, prepare_fast, random_index
-    from clipsearch import onnxtext
-    from clipsearch.engine import Index
-    from clipsearch.snapshot import Snapshot
+    from clipsearch.models import onnxtext
+    from clipsearch.search.engine import Index
+    from clipsearch.store.snapshot import Snapshot
 
     spec = model_spec(work)
     out = {}

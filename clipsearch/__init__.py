@@ -33,17 +33,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from clipsearch.build import index_folders
-    from clipsearch.engine import Index, open_index
+    from clipsearch.build.builder import index_folders
+    from clipsearch.search.engine import Index, open_index
 
 
 def __getattr__(name: str):
     if name == "index_folders":
-        from clipsearch import build
+        from clipsearch.build import builder as build
 
         return build.index_folders
     if name in ("Index", "open_index"):
-        from clipsearch import engine
+        from clipsearch.search import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")

@@ -31,7 +31,7 @@ COMMIT_EVERY = 256
 # kill, a crash or a power cut would otherwise throw away (a small library would never commit)
 COMMIT_SECONDS = 10.0
 
-# The RAW formats LibRaw reads (clipsearch.raw), by their cameras' extensions
+# The RAW formats LibRaw reads (clipsearch.media.raw), by their cameras' extensions
 RAW_EXTENSIONS = frozenset(
     {
         ".3fr", ".ari", ".arw", ".bay", ".cap", ".cr2", ".cr3", ".crw", ".cs1", ".dcr", ".dcs",
@@ -41,7 +41,7 @@ RAW_EXTENSIONS = frozenset(
     }
 )
 # What a camera set to RAW + JPEG (or HEIF) writes beside the RAW: the pair is one photo, shown
-# through this rendition, the RAW named as its original (clipsearch.scan.is_companion)
+# through this rendition, the RAW named as its original (clipsearch.media.scan.is_companion)
 RENDITION_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".heic", ".heif", ".hif"})
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -76,13 +76,13 @@ def db_path(db: str | os.PathLike[str] | None) -> Path:
 
 def fast_query() -> bool:
     """CLIPSEARCH_FAST_QUERY=0 turns the exported text encoder and the row snapshot off
-    (clipsearch.fastpath): queries then run on torch and LanceDB, as before they existed."""
+    (clipsearch.search.fastpath): queries then run on torch and LanceDB, as before they existed."""
     return os.environ.get("CLIPSEARCH_FAST_QUERY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def background_export() -> bool:
     """Whether the CLI leaves the text encoder's export to a process of its own
-    (clipsearch.exportjob), the default; CLIPSEARCH_EXPORT=now makes it in the command that
+    (clipsearch.models.exportjob), the default; CLIPSEARCH_EXPORT=now makes it in the command that
     needs it, which then waits for it (scripts that want the fast path ready when `index` ends)."""
     return os.environ.get("CLIPSEARCH_EXPORT", "background").strip().lower() != "now"
 

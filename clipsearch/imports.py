@@ -1,5 +1,5 @@
 """Keeping a library out of an import that would load it for nothing: pyarrow's first look for
-pandas (clipsearch.fastpath), open_clip's imports of timm and transformers
+pandas (clipsearch.search.fastpath), open_clip's imports of timm and transformers
 (clipsearch.models.openclip)."""
 
 from __future__ import annotations

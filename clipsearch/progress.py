@@ -1,6 +1,6 @@
 """Progress for the Python API: `index_folders(..., progress=True)` draws tqdm bars, which
 `tqdm.auto` makes a widget in a notebook and a text bar in a terminal. The CLI keeps its own
-rich display (clipsearch.present); both hear the same Progress events."""
+rich display (clipsearch.cli.present); both hear the same Progress events."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 @dataclass(frozen=True)
 class Hit:
     """One search result; higher `score` is better. Without re-ranking `score` is the CLIP cosine
-    similarity; re-ranked, it is the fused score `itm + clip` (see clipsearch.rerank)."""
+    similarity; re-ranked, it is the fused score `itm + clip` (see clipsearch.search.rerank)."""
 
     rank: int
     path: str
@@ -17,15 +17,15 @@ class Hit:
     clip: float | None = None  # the first-stage CLIP cosine, when re-ranked
     id: int | None = None  # the row's id: stable for this content at this path (see ImageRecord)
     image: ImageRecord | None = None  # the row itself (without tags; Index.tagged adds them)
-    # when the query's words matched the photo's (clipsearch.wordsearch): field -> the photo's
+    # when the query's words matched the photo's (clipsearch.search.wordsearch): field -> the photo's
     # words that matched; `score` is then the fused score and `clip` the CLIP cosine
     words: dict[str, list[str]] | None = None
-    caption: str | None = None  # the photo's BLIP caption (clipsearch.captions), once made
-    # a video's hit (clipsearch.video): the second of its best moment, and its best moments
+    caption: str | None = None  # the photo's BLIP caption (clipsearch.enrich.captions), once made
+    # a video's hit (clipsearch.media.video): the second of its best moment, and its best moments
     # (second, score), best first; None for a photo
     t: float | None = None
     moments: list[tuple[float, float]] | None = None
-    # a RAW + JPEG pair's RAW (clipsearch.scan.originals_of): the hit is shown through `path`,
+    # a RAW + JPEG pair's RAW (clipsearch.media.scan.originals_of): the hit is shown through `path`,
     # the JPEG; None for a photo without one
     original: str | None = None
 
@@ -81,7 +81,7 @@ class ImageRecord:
     mtime_ns: int
     hash: str  # BLAKE2b of the content
     tags: list[str] = field(default_factory=list)  # best first
-    # what the photo says beyond its pixels (clipsearch.words); None in an index not yet upgraded
+    # what the photo says beyond its pixels (clipsearch.media.words); None in an index not yet upgraded
     camera: str | None = None
     lens: str | None = None
     place: str | None = None  # city, region, country
@@ -90,13 +90,13 @@ class ImageRecord:
     lon: float | None = None
     keywords: list[str] = field(default_factory=list)  # the user's, from the file and its sidecar
     people: list[str] = field(default_factory=list)
-    caption: str | None = None  # BLIP's sentence for it (clipsearch.captions), once captioned
-    t: float | None = None  # a video's frame: its second (clipsearch.video); None for a photo
+    caption: str | None = None  # BLIP's sentence for it (clipsearch.enrich.captions), once captioned
+    t: float | None = None  # a video's frame: its second (clipsearch.media.video); None for a photo
     duration: float | None = None  # the video's, in seconds
 
     @classmethod
     def from_row(cls, row: dict, tags: list[str] | None = None) -> ImageRecord:
-        """From a row of the image table (clipsearch.store.META_COLUMNS, and the word columns
+        """From a row of the image table (clipsearch.store.table.META_COLUMNS, and the word columns
         where it has them)."""
         return cls(id=row["id"], path=row["path"], bytes=row["size"], width=row["width"],
                    height=row["height"], taken=row["taken"], mtime_ns=row["mtime_ns"], hash=row["hash"],
@@ -140,7 +140,7 @@ class IndexSummary:
     removed: int = 0
     unchanged: int = 0
     embedded: int = 0
-    frames: int = 0  # of the videos embedded (clipsearch.video), each a row
+    frames: int = 0  # of the videos embedded (clipsearch.media.video), each a row
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     sidecars_written: int = 0  # XMP sidecars of new photos, after `tag --write-xmp`
@@ -148,7 +148,7 @@ class IndexSummary:
     offline: dict[str, str] = field(default_factory=dict)  # root -> why its rows were kept
     # metadata left unread (bad EXIF, XMP that is not XML ...): the photo is indexed all the same
     metadata_notes: list[Skipped] = field(default_factory=list)
-    words_filled: int = 0  # rows of an older index given their words (clipsearch.words)
+    words_filled: int = 0  # rows of an older index given their words (clipsearch.media.words)
     empty: list[str] = field(default_factory=list)  # folders given that hold nothing: not kept as roots
     unlisted: int = 0  # of the skipped, those the scan could not open (not among the images found)
 
@@ -200,7 +200,7 @@ class IndexInfo:
     offline: dict[str, str] = field(default_factory=dict)  # root -> since when (ISO time)
     captioned: int = 0  # photos with a BLIP caption (clipsearch caption)
     caption_models: list[str] = field(default_factory=list)  # what wrote them
-    videos: int = 0  # of the `images` (clipsearch.video)
+    videos: int = 0  # of the `images` (clipsearch.media.video)
     frames: int = 0  # the videos' rows: the moments a search ranks
     exclude: list[str] = field(default_factory=list)  # --exclude patterns every run leaves out
 

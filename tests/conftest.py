@@ -17,7 +17,7 @@ from benchmarks import common
 # tiny model) and snapshots its rows. Tests of other things run without it, as indexes did before
 # it existed; test_fastpath.py turns it on. Subprocesses inherit the setting.
 os.environ.setdefault("CLIPSEARCH_FAST_QUERY", "0")
-# Where it is on, the CLI makes the export in a job of its own (clipsearch.exportjob) and does not
+# Where it is on, the CLI makes the export in a job of its own (clipsearch.models.exportjob) and does not
 # wait for it; tests that then check the fast path would race that job, so the export is made in
 # the command itself unless a test (test_exportjob.py) says otherwise.
 os.environ.setdefault("CLIPSEARCH_EXPORT", "now")

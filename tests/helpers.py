@@ -49,14 +49,14 @@ def reference_text_vector(embedder, text: str) -> np.ndarray:
 
 
 def stored_vectors(db: Path) -> dict[str, np.ndarray]:
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     table = Store.open(db).read(["path", "vector"]).to_pylist()
     return {r["path"]: np.asarray(r["vector"], np.float32) for r in table}
 
 
 def row_paths(db: Path) -> list[str]:
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     return sorted(Store.open(db).read(["path"]).column("path").to_pylist())
 
@@ -80,7 +80,7 @@ def reference_itm(model_dir: Path, images: list[Image.Image], text: str) -> np.n
 def reference_tag_scores(embedder, images: np.ndarray, labels: list[str]) -> np.ndarray:
     """The CLIP paper's prompt ensembling, from open_clip directly: each label's templates
     embedded one at a time, averaged, renormalised; sigmoid(100 * (cos label - cos background))."""
-    from clipsearch.tagging import BACKGROUND, TEMPLATES
+    from clipsearch.enrich.tagging import BACKGROUND, TEMPLATES
 
     def ensembled(prompts):
         mean = np.mean([reference_text_vector(embedder, p) for p in prompts], axis=0)
@@ -97,7 +97,7 @@ def reference_tag_scores(embedder, images: np.ndarray, labels: list[str]) -> np.
 WRITER = """
 import json, sys, time
 import clipsearch
-from clipsearch.distributed import RayOptions
+from clipsearch.build.distributed import RayOptions
 pause = float(sys.argv[4])
 
 def report(p):

@@ -25,7 +25,7 @@ HEAVY = ("torch", "open_clip", "torchvision", "transformers", "lancedb", "pandas
 # The CLI as a new process, reporting afterwards which heavy libraries it imported.
 PROBE = """
 import sys
-from clipsearch.cli import main
+from clipsearch.cli.commands import main
 sys.argv = ["clipsearch", *sys.argv[1:]]
 try:
     main()
@@ -99,7 +99,7 @@ class Server:
 
 
 def command(*args) -> list[str]:
-    return [sys.executable, "-c", "from clipsearch.cli import main; main()", *map(str, args)]
+    return [sys.executable, "-c", "from clipsearch.cli.commands import main; main()", *map(str, args)]
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -150,7 +150,7 @@ def index_samples(root: Path, model_dir: Path, labels: str, *tag_options: str) -
     from conftest import SAMPLES
     from typer.testing import CliRunner
 
-    from clipsearch.cli import app
+    from clipsearch.cli.commands import app
 
     photos, db = root / "photos", root / "db"
     shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))

@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipsearch import ann as ann_module
-from clipsearch.ann import FLAT_MAX, AnnIndex, current, describe, kind_for
-from clipsearch.engine import Index
 from clipsearch.search import nearest
-from clipsearch.store import Manifest, Store
+from clipsearch.search.engine import Index
+from clipsearch.store import ann as ann_module
+from clipsearch.store.ann import FLAT_MAX, AnnIndex, current, describe, kind_for
+from clipsearch.store.table import Manifest, Store
 
 DIM = 32
 

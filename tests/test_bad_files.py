@@ -16,9 +16,9 @@ from helpers import row_paths, stored_vectors
 from typer.testing import CliRunner
 
 from clipsearch import index_folders
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 from clipsearch.errors import UnreadableImageError
-from clipsearch.images import MAX_ASPECT, decode
+from clipsearch.media.images import MAX_ASPECT, decode
 
 
 @pytest.fixture

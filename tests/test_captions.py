@@ -1,4 +1,4 @@
-"""BLIP captions (clipsearch.captions): a tiny captioner trained on the shapes task writes them,
+"""BLIP captions (clipsearch.enrich.captions): a tiny captioner trained on the shapes task writes them,
 they are stored per content, searched as words beside CLIP, shown in results, and made in the
 background by a watching server."""
 
@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks import captioner as trained_captioner
-from clipsearch.cli import app
-from clipsearch.engine import open_index
+from clipsearch.cli.commands import app
 from clipsearch.errors import IndexInterrupted
+from clipsearch.search.engine import open_index
 from tests import margins, serving
 
 runner = CliRunner()
@@ -71,7 +71,7 @@ def test_a_captions_words_find_its_photo_and_hits_carry_it(captioned, monkeypatc
     assert ranked == [(h["path"], h["score"]) for h in before]
     # the torch-free path reads the captions from its snapshot (which the first search on the
     # full path writes) and answers the same
-    from clipsearch.snapshot import Snapshot
+    from clipsearch.store.snapshot import Snapshot
 
     monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")  # queries through the text export from here
     answers = []
@@ -118,7 +118,7 @@ def test_captioner_output_is_transformers_generate(shapes_captioner, shapes_spli
 
 def test_captioning_resumes_after_an_interrupt_and_redoes_stale_ones(shapes_index, shapes_captioner,
                                                                       tmp_path):
-    from clipsearch.captions import caption_store
+    from clipsearch.enrich.captions import caption_store
 
     db = tmp_path / "db"
     shutil.copytree(shapes_index, db)
@@ -150,8 +150,8 @@ def test_captioning_resumes_after_an_interrupt_and_redoes_stale_ones(shapes_inde
 
 
 def test_caption_goes_into_xmp_description_but_never_over_the_users(tmp_path):
-    from clipsearch.words import read_meta
-    from clipsearch.xmp import merge_description, sidecar_path
+    from clipsearch.enrich.xmp import merge_description, sidecar_path
+    from clipsearch.media.words import read_meta
 
     ours, theirs = tmp_path / "ours.jpg", tmp_path / "theirs.jpg"
     from PIL import Image
@@ -222,8 +222,8 @@ def test_a_missing_caption_model_is_one_line_at_once_offline(sample_index, empty
 
 
 def test_a_caption_in_the_querys_order_outscores_its_twin_of_the_same_words():
-    from clipsearch.captions import phrase_of, score
-    from clipsearch.query import parse
+    from clipsearch.enrich.captions import phrase_of, score
+    from clipsearch.search.query import parse
 
     query = phrase_of(parse("a red circle left of a blue square"))
     right, right_words = score(query, "a red circle left of a blue square")

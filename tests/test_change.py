@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clipsearch import ann as ann_module
-from clipsearch.build import open_builder
-from clipsearch.cli import app
-from clipsearch.distributed import Embedded
-from clipsearch.engine import open_index
-from clipsearch.fastpath import open_fast
+from clipsearch.build.builder import open_builder
+from clipsearch.build.distributed import Embedded
+from clipsearch.cli.commands import app
 from clipsearch.search import nearest
-from clipsearch.store import Store
+from clipsearch.search.engine import open_index
+from clipsearch.search.fastpath import open_fast
+from clipsearch.store import ann as ann_module
+from clipsearch.store.table import Store
 
 
 def _vector(data: bytes, dim: int) -> np.ndarray:
@@ -32,7 +32,7 @@ def _vector(data: bytes, dim: int) -> np.ndarray:
 
 def stub(dim: int):
     """Where a model's vectors would come from: one per content, so copies share theirs (ties)."""
-    from clipsearch.images import content_hash
+    from clipsearch.media.images import content_hash
 
     def fanout(paths, known):
         for path in paths:
@@ -68,7 +68,7 @@ def library(tmp_path, embedder, monkeypatch):
 
 
 def _answers(index, queries, k=12, **filters):
-    from clipsearch.search import Filters
+    from clipsearch.search.nearest import Filters
 
     f = Filters.make(**filters) if filters else None
     return [[(h.id, h.path, h.score) for h in index.search_vector(q, k, f)] for q in queries]
@@ -175,7 +175,7 @@ _KILLED = """
 import os, sys
 sys.path.insert(0, {tests!r})
 os.environ["CLIPSEARCH_FAST_QUERY"] = "1"
-from clipsearch.build import open_builder
+from clipsearch.build.builder import open_builder
 from test_change import stub
 where, when, dim = sys.argv[1], sys.argv[2], {dim}
 real = os.replace
@@ -229,10 +229,10 @@ def test_a_kill_at_any_point_of_a_commit_loses_nothing(library, embedder, where,
 
 
 def test_compaction_runs_when_commits_pile_up_or_when_asked(library, embedder, monkeypatch):
-    import clipsearch.store
+    import clipsearch.store.table
 
     folder, db = library
-    monkeypatch.setattr(clipsearch.store, "SMALL_FILES_MAX", 3)
+    monkeypatch.setattr(clipsearch.store.table, "SMALL_FILES_MAX", 3)
     fragments = []
     with open_builder(db, embedder=embedder, fanout=stub(embedder.dim), workers=0) as builder:
         for i in range(5):

@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY, sample_files
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 runner = CliRunner()
 
@@ -234,7 +234,7 @@ def test_a_built_package_holds_the_server_and_the_gallery(tmp_path):
     names = set(zipfile.ZipFile(next(tmp_path.glob("clipsearch-*.whl"))).namelist())
     for name in ("clipsearch/server/app.py", "clipsearch/server/static/index.html",
                  "clipsearch/server/static/gallery.js", "clipsearch/server/static/gallery.css",
-                 "clipsearch/models/openclip.py", "clipsearch/client.py", "clipsearch/py.typed"):
+                 "clipsearch/models/openclip.py", "clipsearch/server/client.py", "clipsearch/py.typed"):
         assert name in names, name
 
 
@@ -296,7 +296,7 @@ def test_preview_draws_thumbnails_beside_the_hits(photos, db):
 
     from PIL import Image
 
-    from clipsearch.preview import detect
+    from clipsearch.cli.preview import detect
 
     hits = json.loads(cli("search", "a photo", "--db", db, "-k", 3, "--json", "--no-server").stdout)
     kitty = cli("search", "a photo", "--db", db, "-k", 3, "--preview=kitty", "--no-server")
@@ -336,7 +336,7 @@ def test_preview_draws_thumbnails_beside_the_hits(photos, db):
 
 def test_an_options_value_is_its_value_with_or_without_equals(photos, db):
     """`--preview kitty` is --preview=kitty, not a bare --preview and a word of the query."""
-    from clipsearch.cli import arguments
+    from clipsearch.cli.commands import arguments
 
     assert arguments(["search", "cat", "--preview", "kitty"]) == ["search", "cat", "--preview=kitty"]
     assert arguments(["search", "--preview", "Off", "astronaut"]) == ["search", "--preview=Off", "astronaut"]
@@ -393,7 +393,7 @@ def test_nothing_matched_nothing_asked_or_a_file_for_a_folder_is_said(photos, db
 def test_the_index_knows_its_roots_and_keeps_no_empty_one(photos, db, tmp_path, monkeypatch):
     from PIL import Image
 
-    from clipsearch import present
+    from clipsearch.cli import present
 
     monkeypatch.setattr(present.out, "width", 400)  # no path folded in the tables below
 

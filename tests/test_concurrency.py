@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsearch import index_folders, open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 from clipsearch.errors import IndexBusyError, IndexNotFoundError
-from clipsearch.store import Store
+from clipsearch.store.table import Store
 
 
 def _files(folder: Path) -> set[str]:
@@ -87,7 +87,7 @@ def test_kill_9_at_twelve_moments_never_damages_the_index(many_photos, tmp_path,
     expected = _files(many_photos)
     assert sorted(row_paths(db)) == sorted(expected)  # exactly one row per photo
     assert summary.skipped == []
-    from clipsearch.ann import current as current_ann
+    from clipsearch.store.ann import current as current_ann
 
     store = Store.open(db)
     ann = current_ann(store)

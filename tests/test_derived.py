@@ -29,7 +29,7 @@ def _on_small_volume(tmp_path, size: str, script: str, fast: bool = True) -> dic
         mount -t tmpfs -o size={size} tmpfs {vol} || exit 99
         VOL={vol}
         export CLIPSEARCH_CACHE=$VOL/cache  # the user's exports, on the same small volume
-        cs() {{ {sys.executable} -c 'from clipsearch.cli import main; main()' "$@"; }}
+        cs() {{ {sys.executable} -c 'from clipsearch.cli.commands import main; main()' "$@"; }}
         step() {{ name=$1; shift; "$@" >{out}/$name.out 2>{out}/$name.err; echo $? >{out}/$name.rc; }}
         """)
     env = {**os.environ, "CLIPSEARCH_FAST_QUERY": "1" if fast else "0", "HF_HUB_OFFLINE": "1",
@@ -119,7 +119,7 @@ def test_a_search_structure_that_does_not_fit_is_an_oserror_not_faiss_noise(tmp_
     script = f"""
         step save {sys.executable} -c '
 import numpy as np, sys
-from clipsearch.ann import AnnIndex
+from clipsearch.store.ann import AnnIndex
 ann = AnnIndex.empty(20_000, 128)
 ann.add(np.arange(20_000), np.random.default_rng(0).random((20_000, 128), dtype=np.float32))
 ann.table_version = 3
@@ -141,7 +141,7 @@ def fast_index(photos, tmp_path, tiny_local_dir, monkeypatch):
     """sample_images indexed with the fast query path on: an export, a snapshot, a FAISS file."""
     from typer.testing import CliRunner
 
-    from clipsearch.cli import app
+    from clipsearch.cli.commands import app
 
     monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")
     db = tmp_path / "db"
@@ -152,8 +152,8 @@ def fast_index(photos, tmp_path, tiny_local_dir, monkeypatch):
 
 
 def _export(db):
-    from clipsearch import onnxtext
-    from clipsearch.store import Manifest
+    from clipsearch.models import onnxtext
+    from clipsearch.store.table import Manifest
 
     return onnxtext.folder(Manifest.load(db).model)
 
@@ -161,7 +161,7 @@ def _export(db):
 def _cli(*args):
     from typer.testing import CliRunner
 
-    from clipsearch.cli import app
+    from clipsearch.cli.commands import app
 
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     return r.exit_code, r.stdout, r.stderr
@@ -202,7 +202,7 @@ def test_an_export_giving_invalid_vectors_is_never_searched_with(fast_index):
 
 
 def test_check_finds_and_rebuilds_every_damaged_derived_file(fast_index, private_cache):
-    from clipsearch.server.thumbnails import Thumbnails
+    from clipsearch.media.thumbnails import Thumbnails
 
     db = fast_index
     code, out, _ = _cli("search", "a red car", "--db", db, "--json", "-k", 5)

@@ -20,9 +20,9 @@ from conftest import SAMPLES
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 from clipsearch.errors import IndexNotFoundError
-from clipsearch.store import Store
+from clipsearch.store.table import Store
 
 # Ray reads its authentication settings once, when first imported: only after `token` sets them
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("ray") is None,

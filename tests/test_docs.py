@@ -19,7 +19,7 @@ import pytest
 from conftest import TINY
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 from tools import reference
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from conftest import TINY, sample_files
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 runner = CliRunner()
 FILED = "identical but for the path; the one you filed: the other is in copies/, a folder of copies"
@@ -276,8 +276,8 @@ def test_the_keeper_rule(keeper_cases, case, keeper, reason):
 
 
 def test_the_format_order_goes_lossless_heic_jpeg_then_web_formats():
-    from clipsearch.dupes import preference
     from clipsearch.results import ImageRecord
+    from clipsearch.search.dupes import preference
 
     def record(name: str) -> ImageRecord:
         return ImageRecord(0, f"/p/{name}", 100, 10, 10, None, 0, "h")
@@ -347,7 +347,7 @@ def _store_with(folder: Path, vectors: np.ndarray):
 
 
 def test_a_chain_of_look_alikes_never_joins_unrelated_photos(tmp_path):
-    from clipsearch.engine import open_index
+    from clipsearch.search.engine import open_index
 
     # a ~ b (0.97), b ~ c (0.98), but a and c only 0.90 apart: union-find would make one group
     e = np.eye(8, dtype=np.float32)
@@ -371,9 +371,9 @@ def test_the_inverted_file_paths_find_the_planted_groups(tmp_path, n):
     """20k distinct vectors go through a temporary IVF over float vectors; 60k through the index's
     own IVF-SQ8 structure, re-scored exactly. Both find what all-against-all finds."""
     from benchmarks.dupes import PlantedVectors
-    from clipsearch import dupes as finder
-    from clipsearch.ann import current
-    from clipsearch.engine import open_index
+    from clipsearch.search import dupes as finder
+    from clipsearch.search.engine import open_index
+    from clipsearch.store.ann import current
 
     vectors = PlantedVectors(share=50, dim=64)
     store = _store_with(tmp_path / "db", vectors.draw(n))

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from clipsearch import files
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 from clipsearch.errors import CorruptIndexError
-from clipsearch.store import MANIFEST, MANIFEST_COPY, Manifest, Store
+from clipsearch.store.table import MANIFEST, MANIFEST_COPY, Manifest, Store
 
 
 def test_a_durable_replace_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):

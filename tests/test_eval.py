@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from benchmarks import trained
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 
 def cli(*args):

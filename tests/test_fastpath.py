@@ -15,9 +15,10 @@ import pytest
 import serving
 from typer.testing import CliRunner
 
-from clipsearch import index_folders, onnxtext, open_index
-from clipsearch.cli import app
-from clipsearch.store import Manifest
+from clipsearch import index_folders, open_index
+from clipsearch.cli.commands import app
+from clipsearch.models import onnxtext
+from clipsearch.store.table import Manifest
 
 FAST = {"CLIPSEARCH_FAST_QUERY": "1"}
 
@@ -48,7 +49,7 @@ def _texts(n: int, seed: int = 0) -> list[str]:
 def test_the_tokenizer_gives_open_clips_token_ids(clean):
     from open_clip.tokenizer import SimpleTokenizer
 
-    from clipsearch.bpe import Tokenizer
+    from clipsearch.models.bpe import Tokenizer
 
     reference = SimpleTokenizer(clean=clean)
     merges = sorted(reference.bpe_ranks, key=reference.bpe_ranks.__getitem__)
@@ -150,7 +151,7 @@ def test_the_export_matches_open_clips_encode_text(fast_library, embedder, fast)
     """Against open_clip's own encode_text on the full 77-token context, not our torch path."""
     import torch
 
-    from clipsearch.onnxtext import OnnxTextEncoder
+    from clipsearch.models.onnxtext import OnnxTextEncoder
 
     texts = _texts(300, seed=7)
     with torch.inference_mode():
@@ -177,7 +178,7 @@ def test_the_torch_path_ranks_the_same(fast_library, monkeypatch):
 
 def test_a_new_process_searches_without_torch_and_prints_what_the_full_path_prints(fast_library, tmp_path,
                                                                                   fast, monkeypatch):
-    from clipsearch import present
+    from clipsearch.cli import present
 
     photos, db = fast_library
     monkeypatch.setattr(present.out, "width", 100)  # the tables of both sides laid out alike
@@ -219,7 +220,7 @@ def test_similar_of_an_outside_image_loads_the_model_and_agrees(fast_library, tm
 
 
 def test_the_fast_index_answers_as_the_full_one(fast_library, fast):
-    from clipsearch.fastpath import open_fast
+    from clipsearch.search.fastpath import open_fast
 
     photos, db = fast_library
     quick, full = open_fast(db), open_index(db, device="cpu")
@@ -280,8 +281,8 @@ def test_a_damaged_export_is_made_again_with_a_note(fast_library, tmp_path, monk
 
 def test_a_model_the_export_cannot_reproduce_stays_on_the_torch_path(photos, tmp_path, tiny_local_dir,
                                                                       monkeypatch, fast):
-    from clipsearch.fastpath import open_fast
     from clipsearch.models import export
+    from clipsearch.search.fastpath import open_fast
 
     def refuse(_embedder):
         raise export.NotExportable("its tokenizer is not CLIP's plain BPE tokenizer")
@@ -301,8 +302,8 @@ def test_a_model_the_export_cannot_reproduce_stays_on_the_torch_path(photos, tmp
 
 def test_an_ivf_index_on_the_fast_path(many_photos, tmp_path, tiny_local_dir, monkeypatch, fast):
     """Above FLAT_MAX candidates are re-scored with vectors from the snapshot."""
-    from clipsearch import ann
-    from clipsearch.fastpath import open_fast
+    from clipsearch.search.fastpath import open_fast
+    from clipsearch.store import ann
 
     monkeypatch.setattr(ann, "FLAT_MAX", 100)
     db = tmp_path / "db"

@@ -19,7 +19,7 @@ from test_cli import _script
 from typer.testing import CliRunner
 
 from clipsearch import index_folders, open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 from clipsearch.errors import CorruptIndexError, IndexWriteError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from clipsearch.featcache import FeatureCache
+from clipsearch.store.featcache import FeatureCache
 
 
 def _entry(value: float) -> torch.Tensor:
@@ -85,7 +85,7 @@ def test_a_read_that_fails_for_want_of_resources_keeps_the_entry(tmp_path, monke
 
 
 def test_a_full_cache_is_swept_once_per_tenth_of_its_bound_not_on_every_write(tmp_path, monkeypatch):
-    from clipsearch.diskcache import DiskCache
+    from clipsearch.store.diskcache import DiskCache
 
     cache = DiskCache(tmp_path, "t", 100 * 1000, ".bin")
     for i in range(100):

@@ -1,6 +1,6 @@
 """A first run that ends when the rows are searchable: the text export made by a job of its own
-(clipsearch.exportjob), searches answered meanwhile, a job killed half-way, and a run that finds
-nothing to do told without the model or LanceDB (clipsearch.unchanged)."""
+(clipsearch.models.exportjob), searches answered meanwhile, a job killed half-way, and a run that finds
+nothing to do told without the model or LanceDB (clipsearch.build.unchanged)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 import serving
 from conftest import SAMPLES
 
-from clipsearch import exportjob, onnxtext
-from clipsearch.store import Manifest, Store
+from clipsearch.models import exportjob, onnxtext
+from clipsearch.store.table import Manifest, Store
 
 BACKGROUND = {"CLIPSEARCH_FAST_QUERY": "1", "CLIPSEARCH_EXPORT": "background"}
 WAIT = 240  # seconds: a job imports torch and exports on a busy 2-core machine
@@ -132,7 +132,7 @@ def test_a_job_killed_half_way_leaves_nothing_and_the_next_run_exports(tmp_path,
                                               f"local-dir:{tiny_local_dir}", "-q", env=env)
     assert code == 0, err
     env = serving.environment(**BACKGROUND)
-    job = subprocess.Popen([sys.executable, "-m", "clipsearch.exportjob", str(db)], env=env,
+    job = subprocess.Popen([sys.executable, "-m", "clipsearch.models.exportjob", str(db)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + WAIT  # killed once it holds the lock, before its export is whole

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_local_dir):
     from benchmarks.captions import captioner_folder
-    from clipsearch.engine import open_index
+    from clipsearch.search.engine import open_index
 
     photos, db = serving.index_samples(tmp_path_factory.mktemp("gallery"), tiny_local_dir, "sky,flower,stone")
     # captions of a random tiny captioner ("word12 word40 ..."): alt text, never a query's word
@@ -246,7 +246,7 @@ def sizes_server(tmp_path_factory, tiny_local_dir):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from clipsearch.cli import app
+    from clipsearch.cli.commands import app
 
     root = tmp_path_factory.mktemp("sizes")
     photos, db = root / "photos", root / "db"

@@ -11,7 +11,7 @@ from corpus import oriented_png
 from PIL import Image
 
 from clipsearch.errors import UnreadableImageError
-from clipsearch.images import decode, load_image
+from clipsearch.media.images import decode, load_image
 
 
 @pytest.mark.parametrize("name", ["animals/chelsea.heic", "food/coffee.webp", "misc/clock_motion.gif",

@@ -13,7 +13,7 @@ from PIL import Image
 
 from clipsearch import index_folders, open_index
 from clipsearch.errors import IndexInterrupted
-from clipsearch.store import Store
+from clipsearch.store.table import Store
 
 
 def _index(embedder, photos, db, **kw):

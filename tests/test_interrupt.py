@@ -12,7 +12,7 @@ import pytest
 from test_cli import _script
 
 from clipsearch.errors import IndexNotFoundError
-from clipsearch.store import Store
+from clipsearch.store.table import Store
 
 
 def _start(many_photos, db, model_dir):
@@ -58,12 +58,12 @@ def test_signal_mid_run_then_resume(many_photos, tmp_path, tiny_local_dir, sig):
     assert proc.returncode == 0, err
     assert f"added {300 - done_before}, updated 0, moved 0, removed 0, unchanged {done_before}" in err
 
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     store = Store.open(db)
     paths = store.read(["path"]).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == 300
-    from clipsearch.ann import current as current_ann
+    from clipsearch.store.ann import current as current_ann
 
     assert current_ann(store).size == 300  # FAISS in step with the table
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipsearch import open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 FIXTURE = Path(__file__).parent / "data" / "index-31b40e8"
 
@@ -70,8 +70,8 @@ def test_the_first_write_upgrades_it_in_place_without_re_embedding(legacy, tmp_p
     import numpy as np
     from test_change import stub
 
-    from clipsearch.build import open_builder
-    from clipsearch.store import Store
+    from clipsearch.build.builder import open_builder
+    from clipsearch.store.table import Store
 
     db, expected = legacy
     base = (db / "ann" / "faiss-v2.index").read_bytes()

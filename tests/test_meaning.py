@@ -13,7 +13,7 @@ import serving
 from typer.testing import CliRunner
 
 from benchmarks import shapes
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 TAG_ACCURACY = 0.75  # measured: precision 0.80, recall 0.89
 

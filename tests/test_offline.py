@@ -11,7 +11,7 @@ from test_derived import _on_small_volume, needs_root
 from typer.testing import CliRunner
 
 from clipsearch import index_folders, open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 
 def _index(embedder, folders, db, **kw):
@@ -89,8 +89,8 @@ def test_forget_removes_a_photo_for_good(embedder, photos, tmp_path, tiny_local_
     moment.write_bytes(b"a moment's thumbnail")
     import pyarrow as pa
 
-    from clipsearch.kept import Kept
-    from clipsearch.store import CAPTIONS_SCHEMA, Store
+    from clipsearch.store.kept import Kept
+    from clipsearch.store.table import CAPTIONS_SCHEMA, Store
 
     caption = {"hash": digest, "caption": "a cup", "model": "m", "identity": "i", "precision": "fp32"}
     Store.open(db).add_captions(pa.Table.from_pylist([caption], CAPTIONS_SCHEMA))
@@ -194,7 +194,7 @@ def test_a_nested_mount_whose_drive_is_away_keeps_its_rows(photos, tmp_path, tin
 
 
 def _rows(db):
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     table = Store.open(db).read(["path", "hash"])
     return dict(zip(table.column("path").to_pylist(), table.column("hash").to_pylist(), strict=True))

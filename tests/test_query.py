@@ -10,7 +10,7 @@ from PIL import Image
 
 from clipsearch import open_index
 from clipsearch.errors import QueryError
-from clipsearch.query import parse
+from clipsearch.search.query import parse
 
 ROCKET = SAMPLES / "space" / "rocket.jpg"
 

@@ -1,4 +1,4 @@
-"""RAW photos (clipsearch.raw): DNGs written here from the shapes task's pictures (a Bayer mosaic,
+"""RAW photos (clipsearch.media.raw): DNGs written here from the shapes task's pictures (a Bayer mosaic,
 with PiDNG), indexed by default beside JPEGs with the trained CLIP: through the embedded preview
 or the sensor data, upright by their orientation tag, dated and placed by their EXIF; a RAW +
 JPEG pair is one photo; bad RAWs are skipped with their reason, never fatal."""
@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from benchmarks import shapes
 from benchmarks.raws import make_dng
 from benchmarks.words import sidecar
-from clipsearch import raw
-from clipsearch.cli import app
-from clipsearch.images import load_image
+from clipsearch.cli.commands import app
+from clipsearch.media import raw
+from clipsearch.media.images import load_image
 from tests import serving
 
 runner = CliRunner()
@@ -108,8 +108,8 @@ def test_a_raw_is_known_by_2_mib_of_it(tmp_path):
     """A RAW's content hash is drawn from its headers, its end and blocks spread over its sensor
     data (images.raw_identity): a copy has the same, another shot or an edit of its metadata or of
     its pixels another, whether it is read from the file or from its bytes."""
-    from clipsearch.images import identity, raw_file_identity
-    from clipsearch.kinds import RAW_HEAD
+    from clipsearch.media.images import identity, raw_file_identity
+    from clipsearch.media.kinds import RAW_HEAD
 
     big = Image.effect_noise((1400, 1000), 64).convert("RGB")  # 2.8 MB as a 16-bit mosaic
     first = make_dng(str(tmp_path / "a.dng"), big, taken="2024:07:14 18:30:00")
@@ -227,8 +227,8 @@ def test_dupes_never_lists_the_raw_a_kept_rendition_uses(library, tmp_path):
 
 
 def test_a_jpeg_that_comes_or_goes_changes_what_its_raw_is(library, tmp_path):
-    from clipsearch.build import open_builder
-    from clipsearch.engine import open_index
+    from clipsearch.build.builder import open_builder
+    from clipsearch.search.engine import open_index
 
     photos, db, _summary = library
     copy_db = tmp_path / "db"

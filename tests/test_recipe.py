@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks import captioner, fixtures, shapes, trained
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 runner = CliRunner()
 

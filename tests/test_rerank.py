@@ -16,11 +16,11 @@ from helpers import reference_image, reference_itm
 from typer.testing import CliRunner
 
 from clipsearch import open_index
-from clipsearch.cli import app
-from clipsearch.featcache import FeatureCache
+from clipsearch.cli.commands import app
 from clipsearch.models.blip import load_scorer
 from clipsearch.models.hub import HUB_PROBE_SECONDS
-from clipsearch.rerank import candidate_features
+from clipsearch.search.rerank import candidate_features
+from clipsearch.store.featcache import FeatureCache
 
 QUERY = "a photo of a dog on the beach"
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from clipsearch.errors import BadInputError
-from clipsearch.scan import normalize_root, scan
+from clipsearch.media.scan import normalize_root, scan
 
 
 def _touch(path, data=b"x"):
@@ -51,7 +51,7 @@ def test_exclude_patterns_match_as_people_write_them(tmp_path, pattern):
 
 
 def test_exclude_patterns_with_a_tilde_and_the_watchers_events(tmp_path, monkeypatch):
-    from clipsearch.watch import Watcher
+    from clipsearch.build.watch import Watcher
 
     monkeypatch.setenv("HOME", str(tmp_path))
     root = tmp_path / "Photos"

@@ -15,7 +15,7 @@ import pytest
 import serving
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 pytestmark = pytest.mark.slow
 run_cli = serving.run_cli

@@ -16,7 +16,7 @@ from helpers import start_writer
 from typer.testing import CliRunner
 
 from clipsearch import open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 
 def _index(photos, db, model_dir):

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from clipsearch import open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
 
 LABELS = "rocket,cat,horse,flower,stone,sky,coffee"
 ROCKET = "space/rocket.jpg"  # stored 427x640 with EXIF orientation 6: upright it is 640x427
@@ -88,7 +88,7 @@ def test_search_answers_what_the_engine_answers_with_ids_and_metadata(server, in
     assert {"embed", "search", "tags", "total"} <= set(page["timing_ms"])
     records = index.records([h["id"] for h in page["hits"]])
     for hit in page["hits"]:
-        # the query's "rocket" is also rocket.jpg's name: fused hits say so (clipsearch.wordsearch)
+        # the query's "rocket" is also rocket.jpg's name: fused hits say so (clipsearch.search.wordsearch)
         assert set(hit) == {"id", "path", "score", "rank", "width", "height", "taken", "tags", "place",
                             "camera", "lens", "keywords", "people", "clip", "words", "caption", "kind",
                             "duration", "motion"}

@@ -8,7 +8,7 @@ import pytest
 
 from clipsearch import index_folders, open_index
 from clipsearch.errors import IndexBusyError, SchemaVersionError
-from clipsearch.store import MANIFEST, lock_dir
+from clipsearch.store.table import MANIFEST, lock_dir
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from helpers import reference_tag_scores, stored_vectors
 from typer.testing import CliRunner
 
 from clipsearch import index_folders, open_index
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
+from clipsearch.enrich.tagging import TEMPLATES, Tagger, label_set, tag_store
 from clipsearch.errors import BadInputError, CorruptIndexError
-from clipsearch.store import Store
-from clipsearch.tagging import TEMPLATES, Tagger, label_set, tag_store
+from clipsearch.store.table import Store
 
 LABELS = ["dog", "cat", "beach", "space", "food", "texture"]
 runner = CliRunner()
@@ -188,7 +188,7 @@ def test_later_index_runs_tag_new_content_without_the_text_model(photos, tmp_pat
 
 
 def test_a_run_stopped_before_tagging_is_caught_up_by_the_next(photos, tmp_path, embedder, monkeypatch):
-    import clipsearch.build
+    import clipsearch.build.builder
 
     db = tmp_path / "db"
     index_folders([photos], db, embedder=embedder, workers=0)
@@ -196,7 +196,7 @@ def test_a_run_stopped_before_tagging_is_caught_up_by_the_next(photos, tmp_path,
     from PIL import Image
 
     Image.open(photos / "space" / "rocket.jpg").rotate(90).save(photos / "again.jpg")  # new content
-    monkeypatch.setattr(clipsearch.build, "_retag", lambda *_: None)  # as if killed right there
+    monkeypatch.setattr(clipsearch.build.builder, "_retag", lambda *_: None)  # as if killed right there
     index_folders([photos], db, embedder=embedder, workers=0)
     monkeypatch.undo()
     assert str(photos / "again.jpg") not in search_paths(db, "--tag", "dog")
@@ -263,7 +263,7 @@ def test_an_empty_index_is_tagged_with_nothing_and_the_api_takes_plain_labels(tm
 
 def test_tagging_while_another_process_writes_is_refused_and_keeps_the_old_tags(db, embedder):
     from clipsearch.errors import IndexBusyError
-    from clipsearch.store import lock_dir
+    from clipsearch.store.table import lock_dir
 
     index = open_index(db, embedder=embedder)
     index.tag("dog,cat")
@@ -275,7 +275,7 @@ def test_tagging_while_another_process_writes_is_refused_and_keeps_the_old_tags(
 def test_tagging_streams_the_vectors_in_bounded_batches(many_photos, tmp_path, embedder, monkeypatch):
     """A million vectors are 2 GB: tagging must never ask for them all at once. In batches of
     64 rows it writes exactly the tags one batch of everything would."""
-    from clipsearch.tagging import tag_store
+    from clipsearch.enrich.tagging import tag_store
 
     copies = many_photos / "copies"
     copies.mkdir()

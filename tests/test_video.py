@@ -1,4 +1,4 @@
-"""Videos (clipsearch.video): made here with PyAV from the shapes task's pictures, indexed beside
+"""Videos (clipsearch.media.video): made here with PyAV from the shapes task's pictures, indexed beside
 photos with the trained CLIP, found at the second a scene was planted, upright when the phone
 held them upright, and served with HTTP Range requests; bad files are reported, never fatal."""
 
@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from benchmarks import shapes
 from benchmarks.videos import make_video, truncate
-from clipsearch.cli import app
-from clipsearch.engine import open_index
+from clipsearch.cli.commands import app
+from clipsearch.search.engine import open_index
 from tests import serving
 from tests.test_gallery import _script_errors, _wait
 
@@ -141,7 +141,7 @@ def test_a_header_that_lies_about_the_length_costs_no_more(tmp_path, monkeypatch
     import contextlib
     import dataclasses
 
-    from clipsearch import video
+    from clipsearch.media import video
 
     path = make_video(str(tmp_path / "v.mp4"), [(picture(PLANTED, 1), 20.0)], keyint=15)
     probed, opened, counted = video.probe, video._open, []
@@ -187,7 +187,7 @@ def test_a_portrait_phone_video_is_upright_and_dated(library):
     times = sorted(r["t"] for r in rows)
     assert len(times) == 3, rows
     assert all(abs(t - want) <= 1.0 for t, want in zip(times, [0, 4, 8], strict=True)), rows
-    from clipsearch.video import frame_at
+    from clipsearch.media.video import frame_at
 
     frame = frame_at(str(photos / "phone.mp4"), 5.0)
     assert frame.size == (96, 128)
@@ -235,8 +235,8 @@ def test_a_video_back_within_the_kept_window_is_not_decoded_again(tmp_path, tiny
     import pyarrow as pa
 
     from clipsearch import index_folders
-    from clipsearch.kept import Kept
-    from clipsearch.store import Store
+    from clipsearch.store.kept import Kept
+    from clipsearch.store.table import Store
 
     folder, db = tmp_path / "clips", tmp_path / "db"
     folder.mkdir()
@@ -368,7 +368,7 @@ def test_a_re_encoded_video_is_a_duplicate_and_a_shared_opening_is_not(shapes_mo
 
 
 def test_what_a_watcher_sees_a_changed_video_and_a_live_photos_motion(library, tmp_path):
-    from clipsearch.build import open_builder
+    from clipsearch.build.builder import open_builder
 
     photos, db, _summary = library
     copy_db = tmp_path / "db"
@@ -416,7 +416,7 @@ def test_moments_reach_the_end_of_the_stream_past_the_last_key_frame(tmp_path):
     """A phone clip may hold one key frame; a camera's, one every few seconds: the moments went on
     only a gap past the last key frame (6 s with one key frame: a single moment at 0:00; 20 s with
     key frames at 0, 7 and 14 s: none after 14 s)."""
-    from clipsearch import video
+    from clipsearch.media import video
 
     one_key = make_video(str(tmp_path / "clip.mp4"), [(picture(PLANTED, 1), 6.0)])  # x264's 250 frames
     assert [round(t) for t, _ in video.frames(one_key)] == [0, 4]

@@ -17,10 +17,10 @@ import serving
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipsearch import client
-from clipsearch.cli import app
-from clipsearch.images import content_hash
-from clipsearch.store import Store
+from clipsearch.cli.commands import app
+from clipsearch.media.images import content_hash
+from clipsearch.server import client
+from clipsearch.store.table import Store
 
 LABELS = "rocket,cat,horse,flower,stone,sky,coffee"
 SETTLE = "0.5"
@@ -308,7 +308,7 @@ def _watching(builder, roots, **options):
     """(watcher, stop, thread, notes) of a Watcher running in a thread."""
     import threading
 
-    from clipsearch.watch import Watcher
+    from clipsearch.build.watch import Watcher
 
     notes: list[str] = []
     watcher = Watcher(builder, roots, settle=0.3, rescan_every=None, note=notes.append, **options)
@@ -323,9 +323,9 @@ def test_a_root_inside_a_hidden_folder_is_watched_and_the_job_queue_is_bounded(t
     from test_change import _write, stub
 
     from clipsearch import index_folders
-    from clipsearch.build import open_builder
+    from clipsearch.build.builder import open_builder
+    from clipsearch.build.watch import JOBS_QUEUED, Watcher
     from clipsearch.errors import BadInputError
-    from clipsearch.watch import JOBS_QUEUED, Watcher
 
     db, root = tmp_path / "db", tmp_path / ".local" / "photos"  # hidden above the root, not in it
     root.mkdir(parents=True)
@@ -350,7 +350,7 @@ def test_an_index_from_an_earlier_release_is_watched_and_takes_changes(tmp_path)
     from test_change import _write, stub
     from test_legacy_index import FIXTURE
 
-    from clipsearch.build import open_builder
+    from clipsearch.build.builder import open_builder
 
     db = tmp_path / "db"
     shutil.copytree(FIXTURE / "db", db)
@@ -378,15 +378,15 @@ def test_a_folder_the_system_will_not_watch_is_polled_and_said_so(tmp_path, monk
 
     import watchdog.observers
 
-    import clipsearch.watch
-    from clipsearch.build import open_builder
+    import clipsearch.build.watch
+    from clipsearch.build.builder import open_builder
 
     class Exhausted(watchdog.observers.Observer):
         def schedule(self, *args, **kwargs):
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
     monkeypatch.setattr(watchdog.observers, "Observer", Exhausted)
-    monkeypatch.setattr(clipsearch.watch, "FALLBACK_POLL", 0.3)
+    monkeypatch.setattr(clipsearch.build.watch, "FALLBACK_POLL", 0.3)
     photos, db = tmp_path / "photos", tmp_path / "db"
     first = photo(photos / "first.png", 20)
     with open_builder(db, embedder=embedder, workers=0) as builder:
@@ -442,7 +442,7 @@ def test_a_watcher_leaves_out_what_an_index_run_excluded(tmp_path, embedder):
     from test_change import _write, stub
 
     from clipsearch import index_folders
-    from clipsearch.build import open_builder
+    from clipsearch.build.builder import open_builder
 
     db, root = tmp_path / "db", tmp_path / "photos"
     kept = _write(root, "a.jpg")

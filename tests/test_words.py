@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from benchmarks import words as hybrid
 from benchmarks.words import exif, sidecar
 from clipsearch import index_folders, open_index
-from clipsearch.cli import app
-from clipsearch.query import parse
-from clipsearch.words import read_meta
+from clipsearch.cli.commands import app
+from clipsearch.media.words import read_meta
+from clipsearch.search.query import parse
 
 LISBON, PARIS = (38.7139, -9.1394), (48.8584, 2.2945)  # Lisbon's Baixa; the Eiffel Tower
 INTENDENTE = (38.7205, -9.1357)  # a quarter of Lisbon too
@@ -94,7 +94,7 @@ def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder, monkeypat
     """GeoNames has no region for Lisbon: its quarters (Baixa, Intendente) stood where the region
     stands and split the city in the facets; `info` names the quarter. A word a photo matches
     twice (its place and its folder) is shown once."""
-    from clipsearch import present
+    from clipsearch.cli import present
 
     where = [("tram.jpg", LISBON), ("cafe.jpg", INTENDENTE), ("eiffel.jpg", PARIS)]
     for i, (name, position) in enumerate(where):
@@ -121,7 +121,7 @@ def test_a_city_is_one_facet_whatever_its_quarters(tmp_path, embedder, monkeypat
 def test_an_index_from_before_names_its_places_again_without_reading_a_file(tmp_path, embedder):
     """Rows indexed when a city's quarter could stand where the region does are named again by
     the next index run, from their stored positions."""
-    from clipsearch.store import Manifest, Store
+    from clipsearch.store.table import Manifest, Store
 
     _photo(tmp_path / "photos" / "tram.jpg", 1, exif=exif(("Apple", "iPhone 15"), LISBON))
     _photo(tmp_path / "photos" / "cafe.jpg", 2, exif=exif(("Apple", "iPhone 15"), INTENDENTE))
@@ -210,7 +210,7 @@ def test_an_edited_sidecar_is_read_again_without_embedding(library, tmp_path, ti
 
 
 def test_keywords_clipsearch_wrote_are_not_read_as_the_users(tmp_path):
-    from clipsearch.xmp import merge_subjects
+    from clipsearch.enrich.xmp import merge_subjects
 
     photo = _photo(tmp_path / "a.jpg", 0)
     (tmp_path / "a.jpg.xmp").write_text(sidecar(["beach"]))
@@ -240,7 +240,7 @@ def test_bad_metadata_is_a_note_never_an_error(tmp_path):
 
 
 def test_landmarks_are_found_by_the_city_a_person_would_name():
-    from clipsearch.places import names
+    from clipsearch.media.places import names
 
     landmarks = {  # where the nearest GeoNames place is a suburb or a quarter for most of them
         "Paris": (48.8584, 2.2945), "San Francisco": (37.8199, -122.4783),

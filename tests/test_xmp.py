@@ -12,9 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsearch import index_folders
-from clipsearch.cli import app
+from clipsearch.cli.commands import app
+from clipsearch.enrich.xmp import merge_subjects
 from clipsearch.errors import SidecarError
-from clipsearch.xmp import merge_subjects
 
 RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 DC = "{http://purl.org/dc/elements/1.1/}"

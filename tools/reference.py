@@ -21,7 +21,7 @@ def commands(group=None, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ..
     if group is None:
         import typer
 
-        from clipsearch.cli import app
+        from clipsearch.cli.commands import app
 
         group = typer.main.get_command(app)
     found = []
@@ -41,7 +41,7 @@ def help_text(path: tuple[str, ...]) -> str:
     """What `clipsearch PATH --help` prints in a terminal of WIDTH columns."""
     from typer.testing import CliRunner
 
-    from clipsearch.cli import app
+    from clipsearch.cli.commands import app
 
     result = CliRunner().invoke(app, [*path, "--help"], terminal_width=WIDTH, prog_name="clipsearch",
                                 env={"COLUMNS": str(WIDTH), "NO_COLOR": "1", "TERM": "dumb"})

@@ -27,9 +27,9 @@ from clipsearch.eval.metrics import first_rank, median_rank, recall
 from clipsearch.results import Progress, Skipped
 
 if TYPE_CHECKING:
-    from clipsearch.engine import Index
+    from clipsearch.build.indexer import ProgressCallback
     from clipsearch.eval.datasets import CaptionSet, ClassSet
-    from clipsearch.indexer import ProgressCallback
+    from clipsearch.search.engine import Index
 
 LINKS = "eval-images"
 RANKED = 1000  # ranks past this count as not found (the median rank then reads "> 1000")
@@ -119,9 +119,9 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
     and open_index (device, precision, rerank_model, rerank_precision); the precision, `auto`
     resolved for the device, is the images' and the queries' both."""
     from clipsearch import config
-    from clipsearch.build import index_folders
-    from clipsearch.engine import open_index
+    from clipsearch.build.builder import index_folders
     from clipsearch.models import auto_precision, resolve_device, resolve_precision
+    from clipsearch.search.engine import open_index
 
     if "embedder" not in options:  # images and queries in the same precision, auto resolved once
         device = resolve_device(options.get("device", "auto"))
@@ -141,7 +141,7 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
         index = open_index(path, **{k: options[k] for k in ("device", "precision", "rerank_model",
                                                             "rerank_precision", "embedder", "caption_model",
                                                             "caption_precision") if k in options})
-        if options.get("caption_model"):  # every image captioned first (clipsearch.captions)
+        if options.get("caption_model"):  # every image captioned first (clipsearch.enrich.captions)
             index.caption(progress=progress, prepare=db is not None)
         table, matrix = index.store.vectors(["id", "path"])  # one read, not a lookup per image
         mine = sorted((int(Path(path).stem), id_, row) for row, (id_, path) in enumerate(
@@ -159,7 +159,7 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
 
 
 def _check_own(path: Path, links: Path) -> None:
-    from clipsearch.store import Store
+    from clipsearch.store.table import Store
 
     if Store.exists(path):
         roots = Store.open(path).manifest.roots
@@ -233,7 +233,7 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
 def zeroshot(data: ClassSet, g: Gallery, threshold: float) -> ZeroShotReport:
     """Top-1/top-5 accuracy of the class names as tags (the tagging module's prompt ensembles
     and background), and the precision and recall of the tags given at `threshold`."""
-    from clipsearch.tagging import label_set
+    from clipsearch.enrich.tagging import label_set
 
     index = g.index
     tagger = index.tagger(label_set(data.classes, threshold=threshold))

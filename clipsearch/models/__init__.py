@@ -1,7 +1,10 @@
-"""Model registry and model specs.
+"""Model registry and model specs; the adapters (openclip.py, blip.py, captioner.py) and the
+text tower's ONNX export (export.py makes it, onnxtext.py runs it with the BPE tokenizer of
+bpe.py, exportjob.py makes it in a process of its own): the only place heavy ML imports happen.
 
 This module imports no heavy library: backends import torch / open_clip / transformers inside
-their own modules, which load only when a model is validated or loaded.
+their own modules, which load only when a model is validated or loaded. May import store/ (where
+an export's failure is remembered) and the ground floor.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Exporting the CLIP text tower to ONNX, so that a query runs without torch
-(clipsearch.onnxtext runs it).
+(clipsearch.models.onnxtext runs it).
 
 The exported graph is `encode_tokens`, the same function the torch path runs on tokens cut after
 their last end-of-text token, with the batch and the length left free. The tokenizer's merge list
-and settings are saved beside it (clipsearch.bpe). Before the export is kept, it must match the
+and settings are saved beside it (clipsearch.models.bpe). Before the export is kept, it must match the
 torch path on a set of varied texts: the same token ids, and unit vectors within 1e-5.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipsearch.bpe import CLEANERS, Tokenizer
+from clipsearch.models.bpe import CLEANERS, Tokenizer
 from clipsearch.models.openclip import OpenClipEmbedder, encode_tokens, open_clip
 
 TOLERANCE = 1e-5
@@ -63,7 +63,7 @@ class _TextTower(torch.nn.Module):
 def export(embedder: OpenClipEmbedder, folder: Path) -> dict:
     """Write the exported text encoder into `folder` (made whole or not at all) and return what
     its check measured; NotExportable when the model is one the export cannot reproduce."""
-    from clipsearch.onnxtext import MODEL, REPORT, OnnxTextEncoder
+    from clipsearch.models.onnxtext import MODEL, REPORT, OnnxTextEncoder
 
     tokenizer = _tokenizer_of(embedder)
     if embedder.precision != "fp32" or embedder.device != "cpu":
@@ -85,7 +85,7 @@ def export(embedder: OpenClipEmbedder, folder: Path) -> dict:
         (work / REPORT).write_text(json.dumps({"pool": embedder.model.text_pool_type}))
         report = {"pool": embedder.model.text_pool_type, **_check(embedder, tokenizer, OnnxTextEncoder(work))}
         (work / REPORT).write_text(json.dumps(report, indent=2))
-        from clipsearch import derived
+        from clipsearch.store import derived
 
         for path in sorted(work.iterdir()):  # checksums of what was checked, for `clipsearch check`
             derived.record_sum(path)

@@ -1,6 +1,6 @@
 """The HTTP API and the gallery, built around one opened index.
 
-Every route calls the engine (clipsearch.engine.Index) exactly as the CLI does: the query
+Every route calls the engine (clipsearch.search.engine.Index) exactly as the CLI does: the query
 language, filters, re-ranking and --min-match behave the same whichever door a query comes in by.
 Files are served only by the id of an indexed row, and only while the file still holds the
 content that was indexed.
@@ -29,9 +29,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsearch import __version__, limits
-from clipsearch.dupes import DEFAULT_THRESHOLD
-from clipsearch.engine import ImageData, Index, open_index
+from clipsearch import __version__
 from clipsearch.errors import (
     BadInputError,
     ClipsearchError,
@@ -43,14 +41,17 @@ from clipsearch.errors import (
     UnknownJobError,
     UnreadableImageError,
 )
-from clipsearch.kinds import is_raw_name
-from clipsearch.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
+from clipsearch.media.kinds import is_raw_name
+from clipsearch.media.scan import motion_of
+from clipsearch.media.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
 from clipsearch.results import Hit, ImageRecord, Page
-from clipsearch.scan import motion_of
-from clipsearch.server.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
+from clipsearch.search import limits
+from clipsearch.search.dupes import DEFAULT_THRESHOLD
+from clipsearch.search.engine import ImageData, Index, open_index
+from clipsearch.search.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
 
 if TYPE_CHECKING:
-    from clipsearch.watch import Watcher
+    from clipsearch.build.watch import Watcher
 
 STATIC = Path(__file__).resolve().parent / "static"
 # the gallery's own files only: no inline script, no other origin, no framing
@@ -136,7 +137,7 @@ class HitOut(BaseModel):
     people: list[str] = []
     caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
     motion: bool = False  # a Live Photo: its video plays at /api/images/{id}/motion
-    kind: str = "photo"  # or "video" (clipsearch.video)
+    kind: str = "photo"  # or "video" (clipsearch.media.video)
     t: float | None = None  # a video's best moment, in seconds
     moments: list[dict] | None = None  # a video's best moments: {"t", "score"}, best first
     duration: float | None = None  # a video's, in seconds

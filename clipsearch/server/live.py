@@ -1,7 +1,7 @@
 """A server that watches its folders (`serve --watch`): what the watcher is doing
 (`/api/status`), and the writing commands of other processes run as its jobs (`/api/jobs`),
 since the watcher holds the index's one writer's lock. Jobs run in the watcher's thread
-(clipsearch.watch), between its batches."""
+(clipsearch.build.watch), between its batches."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 from fastapi import Body, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from clipsearch.build.watch import Watcher
 from clipsearch.errors import BadInputError, NotAllowedError, UnknownJobError
 from clipsearch.server.security import WRITER
-from clipsearch.watch import Watcher
 
 
 class JobIn(BaseModel):
@@ -121,13 +121,13 @@ def _work(job: JobIn, served, watcher: Watcher):
     if job.kind == "index":
         if not job.folders:
             raise BadInputError("no folder given; say which folder to index")
-        from clipsearch.scan import normalize_root
+        from clipsearch.media.scan import normalize_root
 
         folders = [normalize_root(f) for f in job.folders]
         return lambda progress: watcher.add_roots(folders, progress, job.exclude, job.compact,
                                                   job.prune_offline, job.keep_empty).to_dict()
     if job.kind == "tag":
-        from clipsearch.tagging import label_set
+        from clipsearch.enrich.tagging import label_set
 
         chosen = label_set(job.labels, None, job.threshold, job.top, labels_text=job.labels_text)
         return lambda _progress: served.get().tag(chosen, write_xmp=job.write_xmp,

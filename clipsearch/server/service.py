@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch import client, config
+from clipsearch import config
 from clipsearch.errors import BadInputError, IndexNotFoundError, ServeError
+from clipsearch.server import client
 from clipsearch.server.security import is_loopback, login_url, token_problem
-from clipsearch.store import Store
+from clipsearch.store.table import Store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -82,7 +83,7 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
           note: Callable[[str], None] = lambda _m: None) -> None:
     """Serve the index at `db` until interrupted (KeyboardInterrupt; SIGTERM should raise it).
     `watch`: keep the index in step with these folders (normalised; empty: the index's roots) as
-    they change (clipsearch.watch), holding the index's writer's lock meanwhile. `captions`
+    they change (clipsearch.build.watch), holding the index's writer's lock meanwhile. `captions`
     (with `watch`): caption the photos that have none in the watcher's quiet moments."""
     import uvicorn
 
@@ -99,7 +100,7 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
         held.callback(client.withdraw, db, pid)
         builder = None
         if watch is not None:
-            from clipsearch.build import open_builder
+            from clipsearch.build.builder import open_builder
 
             if not watch and not Store.exists(db):
                 raise BadInputError(f"there is no index at {db} yet, so no folders to watch; name them: "
@@ -125,7 +126,7 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
                     "rerank_precision": rerank_precision, "watch": builder is not None}
         watcher = None
         if builder is not None:
-            from clipsearch.watch import Watcher
+            from clipsearch.build.watch import Watcher
 
             opts = watching or WatchOptions()
             roots = sorted(set(watch or ()) | set(builder.store.manifest.roots))
@@ -158,7 +159,7 @@ IDLE_CAPTIONS = 4  # photos per slice of `serve --captions`: a few seconds of th
 
 
 def _captioning(served):
-    """`serve --captions`: a slice of captions at a time (clipsearch.captions), on the index the
+    """`serve --captions`: a slice of captions at a time (clipsearch.enrich.captions), on the index the
     server serves; the fast path's copy of the captions is written when none are left."""
 
     unreadable: set[str] = set()  # tried once per server run; `clipsearch caption` says why

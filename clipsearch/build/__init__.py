@@ -1,0 +1,13 @@
+"""The one writer: everything that changes an index goes through here.
+
+    builder.py      Builder (plan, compute, commit), index_folders, open_builder, compact
+    indexer.py      one run: the scan diffed against the rows, files read, embedded, committed
+    prepare.py      the step for each new or changed file: read, hash, decode unless known
+    roots.py        when a root or a folder under it is offline rather than emptied
+    watch.py        following the folders (`serve --watch`)
+    distributed.py  the per-file step fanned out over a Ray cluster (`index --ray`)
+    unchanged.py    an `index` run that finds nothing to do, told without a model or LanceDB
+    check.py        verifying and repairing what is made from the table (`clipsearch check`)
+
+May import: enrich/, store/, media/, models/ and the ground floor; never search/, server/, cli/.
+"""
