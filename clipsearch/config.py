@@ -110,6 +110,16 @@ def cache_dir() -> Path:
     return platformdirs.user_cache_path("clipsearch", appauthor=False)
 
 
+# The folders of cache_dir(), each named once: what makes and reads them, `check` and `forget`
+THUMBNAILS, FEATURES, EXPORTS = "thumbnails", "itm-features", "exports"
+
+
+def cache_folder(name: str) -> Path:
+    """One of cache_dir()'s folders: THUMBNAILS, FEATURES (BLIP's per-image features) or EXPORTS
+    (the text encoders' ONNX exports)."""
+    return cache_dir() / name
+
+
 def feature_cache_bytes() -> int:
     """The re-rank feature cache's bound (CLIPSEARCH_FEATURE_CACHE_MB; 0 turns the cache off)."""
     return _megabytes("CLIPSEARCH_FEATURE_CACHE_MB", DEFAULT_FEATURE_CACHE_MB)

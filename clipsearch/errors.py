@@ -1,4 +1,5 @@
-"""Typed errors. Library code raises these; only the CLI turns them into messages and exit codes.
+"""Typed errors. Library code raises these; only the CLI turns them into messages and exit codes,
+and only the server's error handler into HTTP statuses: each class carries both.
 
 Every message is one line that names the file or value at fault and says what to do about it.
 """
@@ -10,12 +11,14 @@ class ClipsearchError(Exception):
     """Base class of every error clipsearch raises on purpose."""
 
     exit_code = 1
+    http_status = 500
 
 
 class BadInputError(ClipsearchError):
     """A value given by the user cannot be used (missing folder, malformed option ...)."""
 
     exit_code = 2
+    http_status = 400
 
 
 class QueryError(BadInputError):
@@ -25,13 +28,19 @@ class QueryError(BadInputError):
 class UnknownImageError(BadInputError):
     """No indexed image has the id asked for (the server's 404)."""
 
+    http_status = 404
+
 
 class UnknownJobError(BadInputError):
     """No job with that id on the server (finished long ago, or never)."""
 
+    http_status = 404
+
 
 class ImageChangedError(ClipsearchError):
     """An indexed image's file is gone, unreadable, or holds other content than was indexed."""
+
+    http_status = 404
 
 
 class UnknownModelError(BadInputError):
@@ -41,6 +50,8 @@ class UnknownModelError(BadInputError):
 class ModelLoadError(ClipsearchError):
     """The model exists but its weights could not be loaded."""
 
+    http_status = 503
+
 
 class OfflineError(ModelLoadError):
     """The weights are not cached and the model hub cannot be reached."""
@@ -48,6 +59,8 @@ class OfflineError(ModelLoadError):
 
 class IndexNotFoundError(ClipsearchError):
     """No index exists at the given database directory."""
+
+    http_status = 503
 
 
 class ModelMismatchError(ClipsearchError):
@@ -75,6 +88,8 @@ class NotAllowedError(ClipsearchError):
     """A request the server answers only with a stronger credential: a job (a write) needs the
     local secret the CLI reads, not the gallery's token."""
 
+    http_status = 403
+
 
 class ServeError(ClipsearchError):
     """The server cannot start (its port is taken, its address is not this machine's ...)."""
@@ -99,6 +114,7 @@ class UnreadableImageError(ClipsearchError):
     one given as a query is bad input, as a missing one is (exit code 2)."""
 
     exit_code = 2
+    http_status = 422
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")

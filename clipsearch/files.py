@@ -57,3 +57,31 @@ def sync_folder(folder: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class LockHeld(Exception):
+    """The lock is held by another process, whose pid (as it wrote it) is `holder`."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def holding(fd: int, wait: bool) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on the open file `fd`, with this process's pid written
+    into it for whoever finds the lock taken, until the block ends (closing `fd` releases it, as
+    the process's end does). Without `wait`, a lock held elsewhere raises LockHeld at once. The
+    index's writer lock and the text export's lock are both taken this way."""
+    import fcntl
+
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockHeld(os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -321,9 +321,15 @@ class Builder:
         self.store.save_manifest()
         return list(manifest.exclude)
 
-    def compact(self) -> None:
-        """Merge the table's files and fold the structures' deltas into their bases, now."""
+    def compact(self) -> CompactSummary:
+        """Merge the table's files and fold the structures' deltas into their bases, now
+        (`clipsearch optimize`, in this process or as a server's job)."""
+        import time
+
+        started, before = time.perf_counter(), self.store.disk_bytes()
         self._commit(None, IndexSummary(), True)
+        return CompactSummary(str(self.store.path), before, self.store.disk_bytes(),
+                              time.perf_counter() - started)
 
     def forget(self, paths: Sequence[str]) -> ForgetSummary:
         """Remove these photos (absolute paths of files, or folders: what is under them; or bare
@@ -507,14 +513,10 @@ def index_folders(
 def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:
     """Merge the index's table files and fold the search structures' deltas into their bases
     (`clipsearch optimize`); a run does it by itself when enough small commits piled up."""
-    import time
-
-    started, path = time.perf_counter(), db_path(db)
+    path = db_path(db)
     store = Store.open(path)
     with lock_dir(path):
-        before = store.disk_bytes()
-        Builder(store, ModelSpec.from_dict(store.manifest.model), device="cpu").compact()
-    return CompactSummary(str(path), before, store.disk_bytes(), time.perf_counter() - started)
+        return Builder(store, ModelSpec.from_dict(store.manifest.model), device="cpu").compact()
 
 
 # -- what the torch-free query reads ---------------------------------------------------------------
@@ -593,10 +595,11 @@ def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexS
 
 def _drop_cached(hashes: Sequence[str]) -> int:
     """Delete the cached thumbnails and re-rank features of these contents; how many files."""
-    root, dropped = config.cache_dir(), 0
+    thumbnails, features = config.cache_folder(config.THUMBNAILS), config.cache_folder(config.FEATURES)
+    dropped = 0
     for digest in hashes:
-        for cached in (*root.glob(f"thumbnails/*/{digest}.*"), *root.glob(f"thumbnails/*/{digest}-t*.*"),
-                       *root.glob(f"itm-features/*/{digest}.*")):
+        for cached in (*thumbnails.glob(f"*/{digest}.*"), *thumbnails.glob(f"*/{digest}-t*.*"),
+                       *features.glob(f"*/{digest}.*")):
             with contextlib.suppress(OSError):
                 cached.unlink()
                 dropped += 1

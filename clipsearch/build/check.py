@@ -175,7 +175,7 @@ def _thumbnails() -> Checked:
 
     cache = Thumbnails()
     checked, removed = cache.verify()
-    folder = str(config.cache_dir() / "thumbnails")
+    folder = str(config.cache_folder(config.THUMBNAILS))
     if not removed:
         return Checked(f"thumbnails ({checked})", folder, "ok")
     return Checked(f"thumbnails ({checked})", folder, f"damaged ({removed})",

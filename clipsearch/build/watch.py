@@ -60,10 +60,6 @@ WATCH_LIMIT = ("the system's limit of inotify watches is reached (raise it: sudo
                "fs.inotify.max_user_watches=524288)")
 
 
-class Stopped(Exception):
-    """The watcher's own stop, raised inside a build between two images."""
-
-
 @dataclass
 class Job:
     """Work handed to the watcher's thread (an `index` or `tag` run from another process)."""

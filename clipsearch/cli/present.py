@@ -196,13 +196,16 @@ def compacted(done: CompactSummary) -> None:
               f"-> {_bytes(done.bytes_after)} on disk", highlight=False)
 
 
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
+def _bytes(n: float, tabular: bool = True) -> str:
+    """A byte count in decimal units: in a table with one decimal always ('640 B', '13.0 MB'),
+    in a sentence without a needless one ('640 bytes', '13 MB')."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            if unit == "bytes":
+                return f"{n:.0f} {'B' if tabular else 'bytes'}"
+            return f"{n:.1f} {unit}" if tabular else f"{n:.1f} {unit}".replace(".0 ", " ")
+        n /= 1000
+    raise AssertionError("unreachable: GB ends the loop")
 
 
 def serving(s: Started) -> None:
@@ -292,13 +295,12 @@ def _unwritten(missing: Sequence[Unwritten]) -> None:
     """One line for the files that make searches fast but could not be written."""
     if not missing:
         return
-    from clipsearch.store.derived import human
 
     needs = sum(u.needs_bytes for u in missing)
-    what = "; ".join(f"the {u.what}, about {human(u.needs_bytes)}" for u in missing)
+    what = "; ".join(f"the {u.what}, about {_bytes(u.needs_bytes, tabular=False)}" for u in missing)
     reasons = sorted({u.reason.split(";")[0] for u in missing})  # the fix is said once, below
     space = any("free some space" in u.reason for u in missing)
-    fix = (f"free about {human(needs)} there and run clipsearch index again" if space
+    fix = (f"free about {_bytes(needs, tabular=False)} there and run clipsearch index again" if space
            else "run clipsearch index again once the folder can be written")
     message(f"warning: could not write what makes searches fast ({what}) next to the index: "
             f"{'; '.join(reasons)}. The index is intact and searches work, only slower; {fix}")

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from clipsearch.errors import IndexInterrupted, UnreadableImageError
 from clipsearch.media.images import decode, identity, read_file
-from clipsearch.media.words import STOP_WORDS, WORD
+from clipsearch.media.words import PREFIX_FROM, PREFIX_WEIGHT, STOP_WORDS, WORD
 from clipsearch.results import CaptionSummary, Progress, Skipped
 from clipsearch.store.table import CAPTIONS_SCHEMA, under_sql
 
@@ -47,7 +47,6 @@ COMMIT_SECONDS = 5.0
 # held-out twin-confusable R@1 on the shapes task (docs/guides/captions.md): 0.969 at 0.05 with
 # each of three captioners, 0.938 without captions, 0.906 at 0.1, where a wrong caption beats CLIP
 CAPTION_WEIGHT = 0.05
-PREFIX_FROM, PREFIX_WEIGHT = 3, 0.5
 
 
 # -- making them ---------------------------------------------------------------------------------

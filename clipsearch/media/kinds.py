@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from clipsearch.config import RAW_EXTENSIONS, VIDEO_EXTENSIONS
+
+if TYPE_CHECKING:  # this module stays light: the CLI's client asks it what a path is
+    from PIL import Image
 
 # How much of a RAW's start is read for its headers: its metadata (EXIF, maker notes, embedded
 # XMP) and the first part of its identity (clipsearch.media.images.raw_identity)

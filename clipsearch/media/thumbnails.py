@@ -23,7 +23,7 @@ class Thumbnails:
     def __init__(self, root: Path | None = None, max_bytes: int | None = None) -> None:
         from clipsearch.store.diskcache import DiskCache
 
-        root = Path(root) if root else config.cache_dir() / "thumbnails"
+        root = Path(root) if root else config.cache_folder(config.THUMBNAILS)
         bound = config.thumbnail_cache_bytes() if max_bytes is None else max_bytes
         suffix = ".webp" if WEBP else ".jpg"
         self._caches = {size: DiskCache(root, str(size), bound, suffix) for size in SIZES}

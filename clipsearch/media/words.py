@@ -31,6 +31,9 @@ from clipsearch.media.scan import is_under, sidecar_names
 SEP = "\x1f"  # between a token and its field code: no text a person types holds it
 FIELDS = {"n": "name", "f": "folder", "p": "place", "c": "camera", "k": "keywords", "h": "people",
           "d": "date"}
+# A query word of this many letters or more also matches the words it begins ("lisb" finds
+# Lisbon), at this weight against a whole word's 1: the word index's rule and the captions'
+PREFIX_FROM, PREFIX_WEIGHT = 3, 0.5
 # words that carry no meaning of their own in a query; they never match
 STOP_WORDS = frozenset({"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "in",
                         "is", "it", "its", "of", "on", "or", "the", "to", "with", "photo", "photos",

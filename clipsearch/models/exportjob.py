@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipsearch.files import holding
 from clipsearch.models import onnxtext
 
 if TYPE_CHECKING:
@@ -123,18 +124,12 @@ def exporting(model: dict) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(_lock_path(model), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        # waits for another job, which then has made the export; a quick look by `running` or
-        # `wait` holds the lock shared for a moment, which must not turn this one away
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    # waits for another job, which then has made the export; a quick look by `running` or
+    # `wait` holds the lock shared for a moment, which must not turn this one away
+    with holding(os.open(_lock_path(model), os.O_RDWR | os.O_CREAT, 0o644), wait=True):
         for stale in folder.parent.glob(f".{folder.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def needs_export(store: Store) -> bool:

@@ -32,7 +32,7 @@ REPORT = "export.json"
 
 def exports() -> Path:
     """The folder of every export of this user."""
-    return config.cache_dir() / "exports"
+    return config.cache_folder(config.EXPORTS)
 
 
 def folder(model: dict) -> Path:

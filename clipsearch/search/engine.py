@@ -702,7 +702,7 @@ class Index:
         identity = self.scorer.identity
         with self._state:
             if self._features is None:
-                self._features = FeatureCache(config.cache_dir() / "itm-features", identity,
+                self._features = FeatureCache(config.cache_folder(config.FEATURES), identity,
                                               config.feature_cache_bytes())
             return self._features
 

@@ -28,10 +28,6 @@ from clipsearch.errors import QueryError
 if TYPE_CHECKING:
     import numpy as np
 
-GRAMMAR_HELP = (
-    'Combine terms with + and -, weight them with N:, and use image files as terms, e.g. '
-    '\'"beach" + 2:"sunset" - "people"\' or \'~/ref.jpg + "at night"\'.'
-)
 _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(?!\d)")
 _PATH_START = ("/", "./", "../", "~")
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipsearch.media.words import FIELDS, SEP, query_tokens, tokens
+from clipsearch.media.words import FIELDS, PREFIX_FROM, PREFIX_WEIGHT, SEP, query_tokens, tokens
 from clipsearch.results import Hit, ImageRecord
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 K1, B = 1.2, 0.75
 FUSION = "scaled"  # the method searches use (see above); "rrf" and "blend" are measured beside it
-PREFIX_FROM = 3
-PREFIX_WEIGHT = 0.5
 RRF_K = 60
 POOL = 200  # CLIP's candidates
 WORD_POOL = 1000  # the word matches' candidates

@@ -33,13 +33,7 @@ from clipsearch import __version__
 from clipsearch.errors import (
     BadInputError,
     ClipsearchError,
-    ImageChangedError,
-    IndexNotFoundError,
-    ModelLoadError,
-    NotAllowedError,
     UnknownImageError,
-    UnknownJobError,
-    UnreadableImageError,
 )
 from clipsearch.media.kinds import is_raw_name
 from clipsearch.media.scan import motion_of
@@ -66,12 +60,6 @@ _MEDIA_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".hif": "image/hei
                 ".mp4": "video/mp4", ".m4v": "video/x-m4v", ".mov": "video/quicktime",
                 ".mkv": "video/x-matroska", ".webm": "video/webm", ".avi": "video/x-msvideo",
                 ".3gp": "video/3gpp"}
-# the first match decides: subclasses before their bases
-_STATUS: list[tuple[type[ClipsearchError], int]] = [
-    (UnknownImageError, 404), (UnknownJobError, 404), (ImageChangedError, 404), (BadInputError, 400),
-    (NotAllowedError, 403),
-    (UnreadableImageError, 422), (IndexNotFoundError, 503), (ModelLoadError, 503),
-]
 # /api/dupes compares every pair above its threshold: far below the default (0.95) a request
 # (even one a web page makes blindly) would hold about n^2/2 pairs in memory
 API_MIN_THRESHOLD = 0.8
@@ -468,7 +456,7 @@ def _add_error_handlers(app) -> None:
     def typed(request: Request, exc: ClipsearchError) -> JSONResponse:
         from clipsearch.server.security import WRITER
 
-        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+        status = exc.http_status
         # the CLI (it sends the discovery secret) prints the error as its own: in its options' words
         said = str(exc) if request.scope.get(WRITER) else api_words(str(exc))
         return JSONResponse({"error": said}, status_code=status)

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from clipsearch.config import VIDEO_EXTENSIONS
 from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted, ServeError
 from clipsearch.files import replacing
+from clipsearch.media.kinds import is_video_name
 from clipsearch.results import Hit, Progress
 from clipsearch.search import limits
 
@@ -171,7 +171,7 @@ class Server:
         """The hits `Index.similar` would return for an image file, sent as an upload; the server
         finds indexed content by its hash, so an indexed photo is not embedded again."""
         path = os.path.abspath(os.path.expanduser(os.fspath(image)))
-        if limits.breach(k=k, tags=tags) or os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+        if limits.breach(k=k, tags=tags) or is_video_name(path):
             return None  # a video is averaged from its indexed frames, or its first decoded, here
         try:
             if os.path.getsize(path) > limits.MAX_UPLOAD:

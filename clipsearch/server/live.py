@@ -5,8 +5,8 @@ since the watcher holds the index's one writer's lock. Jobs run in the watcher's
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-import time
 from typing import Annotated, Literal
 
 from fastapi import Body, Request
@@ -149,14 +149,7 @@ def _work(job: JobIn, served, watcher: Watcher):
     if job.kind == "forget":
         return lambda _progress: watcher.builder.forget(job.folders).to_dict()
 
-    def optimize(_progress) -> dict:
-        store = watcher.builder.store
-        started, before = time.perf_counter(), store.disk_bytes()
-        watcher.builder.compact()
-        return {"db": str(store.path), "bytes_before": before, "bytes_after": store.disk_bytes(),
-                "seconds": time.perf_counter() - started}
-
-    return optimize
+    return lambda _progress: dataclasses.asdict(watcher.builder.compact())
 
 
 def _caption_work(job: JobIn, served):

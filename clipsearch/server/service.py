@@ -5,6 +5,7 @@ withdraw the file on the way out."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -56,7 +57,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        if exc.errno == 98 or "in use" in str(exc):
+        if exc.errno == errno.EADDRINUSE or "in use" in str(exc):
             raise ServeError(f"port {port} on {host} is already in use (another clipsearch serve?); "
                              "choose another with --port, or --port 0 for any free one") from None
         raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another "

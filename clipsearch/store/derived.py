@@ -28,15 +28,14 @@ SNAPSHOT = "row snapshot"
 SEARCH = "search structure"
 STATE = "unwritten.json"
 SUM = ".sum"
-_SPACE_ERRNOS = (28, 122)  # ENOSPC, EDQUOT
 _lock = threading.Lock()
 _remembered: dict[str, dict[str, dict]] = {}  # index folder -> what -> the failure
 
 
 def space_fault(exc: BaseException) -> bool:
-    from clipsearch.store.table import os_errno
+    from clipsearch.store.table import SPACE_ERRNOS, os_errno
 
-    return os_errno(exc) in _SPACE_ERRNOS or "No space left on device" in str(exc)
+    return os_errno(exc) in SPACE_ERRNOS or "No space left on device" in str(exc)
 
 
 def free_bytes(db: Path) -> int:
@@ -181,11 +180,3 @@ def remove(path: Path) -> None:
     for target in (Path(path), Path(str(path) + SUM)):
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
-
-
-def human(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}".replace(".0 ", " ")
-        n /= 1000
-    return f"{n} bytes"

@@ -6,6 +6,7 @@ The table is the truth; everything else (the FAISS index) is derived from it and
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from clipsearch.errors import (
     IndexWriteError,
     SchemaVersionError,
 )
-from clipsearch.files import replacing
+from clipsearch.files import LockHeld, holding, replacing
 
 log = logging.getLogger("clipsearch")
 SCHEMA_VERSION = 2  # 2: the word columns (clipsearch.media.words); an index at 1 is upgraded by `index`
@@ -201,12 +202,13 @@ class Manifest:
 # errno values a full, read-only or forbidden index folder raises, and what to tell the user;
 # LanceDB reports them inside its own error text as "(os error N)".
 _WRITE_FAULTS = {
-    28: "the disk is full (no space left on device); free some space",
-    122: "the disk quota is exceeded; free some space",
-    30: "it is on a read-only file system; index into a writable --db",
-    13: "permission denied; make the folder writable, or index into another --db",
-    1: "operation not permitted; make the folder writable, or index into another --db",
+    errno.ENOSPC: "the disk is full (no space left on device); free some space",
+    errno.EDQUOT: "the disk quota is exceeded; free some space",
+    errno.EROFS: "it is on a read-only file system; index into a writable --db",
+    errno.EACCES: "permission denied; make the folder writable, or index into another --db",
+    errno.EPERM: "operation not permitted; make the folder writable, or index into another --db",
 }
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # of those, what more free space mends
 
 
 def os_errno(exc: BaseException) -> int | None:
@@ -774,7 +776,7 @@ def lock_dir(path: Path) -> Iterator[None]:
     """The writer's lock of the index at `path`, held until the block ends; any other writer is
     refused at once, but for the thread the lock was handed to (take_over_lock)."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401 (only where there are advisory locks)
     except ImportError:  # Windows: no advisory locks; a single writer is up to the user there
         yield
         return
@@ -786,20 +788,14 @@ def lock_dir(path: Path) -> Iterator[None]:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?"
-            raise IndexBusyError(
-                f"another clipsearch process (pid {holder}) is writing to the index at {path}; "
-                "wait for it to finish, then run this again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        _HELD[key] = None
-        try:
-            yield
-        finally:
-            _HELD.pop(key, None)
-    finally:
-        os.close(fd)  # closing releases the lock
+        with holding(fd, wait=False):
+            _HELD[key] = None
+            try:
+                yield
+            finally:
+                _HELD.pop(key, None)
+    except LockHeld as held:
+        raise IndexBusyError(
+            f"another clipsearch process (pid {held.holder}) is writing to the index at {path}; "
+            "wait for it to finish, then run this again"
+        ) from None
