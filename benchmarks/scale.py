@@ -49,7 +49,7 @@ def exact_top(store, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def measure_one(work: Path, n: int, queries: int = 100, k: int = 10) -> dict:
-    from clipsearch.search import nearest
+    from clipsearch.search.nearest import nearest
     from clipsearch.store.ann import current, describe
 
     vectors = ClusteredVectors()

@@ -137,8 +137,8 @@ def _index_run(work: Path, folder: Path, seconds: float, decode_s: float) -> dic
 def search(work: Path, photos: int, hours: float, queries: int = 50, k: int = 10) -> dict:
     """Search latency over `photos` photos and `hours` of video: the engine's search (moments
     folded into one hit per video) against the same search structure's rows alone."""
-    from clipsearch.search import nearest
     from clipsearch.search.engine import open_index
+    from clipsearch.search.nearest import nearest
 
     per_hour = 900
     frames = int(hours * per_hour)

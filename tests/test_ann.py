@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clipsearch.search import nearest
 from clipsearch.search.engine import Index
+from clipsearch.search.nearest import nearest
 from clipsearch.store import ann as ann_module
 from clipsearch.store.ann import FLAT_MAX, AnnIndex, current, describe, kind_for
 from clipsearch.store.table import Manifest, Store

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from clipsearch.build.builder import open_builder
 from clipsearch.build.distributed import Embedded
 from clipsearch.cli.commands import app
-from clipsearch.search import nearest
 from clipsearch.search.engine import open_index
 from clipsearch.search.fastpath import open_fast
+from clipsearch.search.nearest import nearest
 from clipsearch.store import ann as ann_module
 from clipsearch.store.table import Store
 
