@@ -5,8 +5,10 @@ structure's delta, the row snapshot's delta, tags, XMP sidecars).
 
 A Builder is long-lived: `index` runs it once over folders; a watcher runs `update` for each
 batch of changed paths, and each commit costs what it changed, not the library's size
-(clipsearch.store.layers). The table's own files are merged only when that pays (Store.compaction_due)
-or when asked (`compact`). The query side (clipsearch.search.engine) imports nothing from here.
+(clipsearch.store.layers). The table's own files are merged only when that pays
+(Store.compaction_due) or when asked (`compact`). The query side imports nothing from here but
+for its own writes (Index.tag, caption, prepare_fast, check), which pyproject.toml's import
+contract lists as the exceptions still to move here.
 """
 
 from __future__ import annotations
