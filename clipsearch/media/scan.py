@@ -150,6 +150,7 @@ def sidecar_names(photo_name: str) -> list[str]:
 # video is its motion, never a second item. Likewise a RAW beside a JPEG or HEIF of its name
 # (a camera set to RAW + JPEG): the JPEG is indexed and shown, the RAW is its original.
 MOTION_EXTENSIONS = frozenset({".mov", ".mp4"})
+PARTNER_EXTENSIONS = MOTION_EXTENSIONS | RAW_EXTENSIONS  # what may be a photo's partner file
 
 
 def motion_of(photo: str) -> str | None:
@@ -167,32 +168,6 @@ def motion_of(photo: str) -> str | None:
     return None
 
 
-def originals_of(photos: Iterable[str]) -> dict[str, str]:
-    """The RAW original beside each JPEG or HEIF of `photos` that has one (one folder listing
-    per folder): photo -> RAW. A regular file, never a link, as for motion_of."""
-    by_folder: dict[str, list[str]] = {}
-    for photo in photos:
-        if os.path.splitext(photo)[1].lower() in RENDITION_EXTENSIONS:
-            by_folder.setdefault(os.path.dirname(photo), []).append(photo)
-    out: dict[str, str] = {}
-    for folder, wanted in by_folder.items():
-        try:
-            with os.scandir(folder or ".") as it:
-                names = sorted(e.name for e in it if e.is_file(follow_symlinks=False))
-        except OSError:
-            continue
-        raws = {}
-        for name in names:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in RAW_EXTENSIONS and not name.startswith("."):
-                raws.setdefault(stem.lower(), name)
-        for photo in wanted:
-            stem = os.path.splitext(os.path.basename(photo))[0].lower()
-            if stem in raws:
-                out[photo] = os.path.join(folder, raws[stem])
-    return out
-
-
 def partner_role(photo: str, other: str) -> str | None:
     """What the file named `other` is to the photo named `photo` beside it: "motion" (a Live
     Photo's video), "original" (the RAW of a RAW + JPEG pair), or None (nothing)."""
@@ -205,6 +180,15 @@ def partner_role(photo: str, other: str) -> str | None:
     if other_ext in RAW_EXTENSIONS and ext in RENDITION_EXTENSIONS:
         return "original"
     return None
+
+
+def partner_named(photo: str, names: Iterable[str], role: str) -> str | None:
+    """Of file `names` beside `photo`, its partner in `role` (partner_role): one of the photo's
+    own stem as written first (IMG_1.MOV before img_1.mov), then by name; None if none is."""
+    stem = os.path.splitext(os.path.basename(photo))[0]
+    found = sorted((n for n in names if partner_role(photo, n) == role),
+                   key=lambda n: (os.path.splitext(n)[0] != stem, n))
+    return found[0] if found else None
 
 
 def pair_stamp(partners: Iterable[tuple[str, int, int]]) -> str:
@@ -234,6 +218,8 @@ def pairs_beside(photos: Iterable[str]) -> dict[str, str]:
         try:
             with os.scandir(folder or ".") as it:
                 for entry in it:
+                    if os.path.splitext(entry.name)[1].lower() not in PARTNER_EXTENSIONS:
+                        continue  # only a partner's kind is worth a stat
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
@@ -251,13 +237,25 @@ def _match_pairs(photos: Iterable[str], files: list[tuple[str, int, int]], into:
     folder's regular files: name, size, mtime_ns)."""
     by_stem: dict[str, list[tuple[str, int, int]]] = {}
     for f in files:
-        if os.path.splitext(f[0])[1].lower() in MOTION_EXTENSIONS | RAW_EXTENSIONS:
+        if os.path.splitext(f[0])[1].lower() in PARTNER_EXTENSIONS:
             by_stem.setdefault(os.path.splitext(f[0])[0].lower(), []).append(f)
     for photo in photos:
         stem = os.path.splitext(os.path.basename(photo))[0].lower()
         partners = [f for f in by_stem.get(stem, ()) if partner_role(photo, f[0])]
         if partners:
             into[photo] = pair_stamp(partners)
+
+
+def originals_of(photos: Iterable[str]) -> dict[str, str]:
+    """The RAW original beside each JPEG or HEIF of `photos` that has one (one folder listing
+    per folder): photo -> RAW. A regular file, never a link, as for motion_of; of several, the
+    one partner_named picks, as the server does."""
+    renditions = (p for p in photos if os.path.splitext(p)[1].lower() in RENDITION_EXTENSIONS)
+    out: dict[str, str] = {}
+    for photo, stamp in pairs_beside(renditions).items():
+        if (raw := partner_named(photo, recorded_pairs(stamp), "original")) is not None:
+            out[photo] = os.path.join(os.path.dirname(photo), raw)
+    return out
 
 
 def stills_in(names: Iterable[str]) -> dict[str, bool]:

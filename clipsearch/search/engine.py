@@ -609,24 +609,22 @@ class Index:
         its RAW) when one was recorded as the photo was indexed and is still that file (a regular
         file beside it, of the recorded size and modification time); None if none was recorded.
         A partner replaced since, or a link put in its place, is refused, never served."""
-        from clipsearch.media.scan import partner_role, recorded_pairs
+        from clipsearch.media.scan import partner_named, recorded_pairs
 
         if record.t is not None or not self.store.has_pairs:
             return None
         photo = self.indexed_file(record)
         stamp = self.store.fetch([record.id], ["pairs"]).column("pairs").to_pylist()
         partners = recorded_pairs(stamp[0] if stamp else None)
-        stem = os.path.splitext(os.path.basename(photo))[0]
-        names = sorted((n for n in partners if partner_role(photo, n) == role),
-                       key=lambda n: (os.path.splitext(n)[0] != stem, n))  # IMG_1.MOV before img_1.mov
-        if not names:
+        name = partner_named(photo, partners, role)
+        if name is None:
             return None
-        path = os.path.join(os.path.dirname(photo), names[0])
+        path = os.path.join(os.path.dirname(photo), name)
         try:
             st = os.lstat(path)
         except OSError:
             st = None
-        if st is None or not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != partners[names[0]]:
+        if st is None or not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != partners[name]:
             raise ImageChangedError(f"{path} changed since {photo} was indexed; run clipsearch index on "
                                     "its folder to bring the index up to date")
         return path
