@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -228,8 +229,15 @@ def _index_with_hidden(hidden: Path, photos: Path, db: Path, model_dir: Path):
             f"mount -t tmpfs none {hidden} && exec \"$@\"", "sh"]
     address = _start_head(folder, wrap)
     try:
-        return cli("index", photos, "--db", db, "--model", f"local-dir:{model_dir}", "--device", "cpu",
-                   "--batch-size", 2, "--ray-address", address)
+        # a process of its own: a driver that Ray's core ends must not take the test's worker with it
+        from writers import Run
+
+        run = Run("from clipsearch.cli.commands import main; main()",
+                  ["index", str(photos), "--db", str(db), "--model", f"local-dir:{model_dir}",
+                   "--device", "cpu", "--batch-size", "2", "--ray-address", address],
+                  {**os.environ, "HF_HUB_OFFLINE": "1"})
+        _out, err = run.communicate(timeout=300)
+        return SimpleNamespace(exit_code=run.returncode, stderr=err)
     finally:
         _stop_head(folder)
         shutil.rmtree(folder, ignore_errors=True)
