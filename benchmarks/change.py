@@ -95,7 +95,7 @@ def _child(db: Path, folder: Path, what: str) -> dict:
 
 def _ready(work: Path, n: int) -> Path:
     """An index of `n` rows with everything a search reads written: structure, export, snapshot."""
-    from clipsearch.build.builder import prepare_fast as prepare
+    from clipsearch.build.fastprep import prepare_fast as prepare
     from clipsearch.store.ann import current
 
     db = work / f"change-{n}"
@@ -298,7 +298,7 @@ def scan_one(work: Path, n: int) -> dict:
     store.save_manifest()
     store.compact()
     seed_export(store.manifest.model, work)
-    from clipsearch.build.builder import prepare_fast as prepare
+    from clipsearch.build.fastprep import prepare_fast as prepare
     from clipsearch.store.ann import current
 
     current(store, retry=True)

@@ -279,7 +279,7 @@ def own_cache(work: Path) -> None:
 def prepare_fast(store, work: Path) -> float:
     """What an index run leaves for the fast path: the text export and the row snapshot; the
     seconds it took (the export made once per benchmark run, see seed_export)."""
-    from clipsearch.build.builder import prepare_fast as prepare
+    from clipsearch.build.fastprep import prepare_fast as prepare
 
     seconds, _ = timed(lambda: seed_export(store.manifest.model, work))
     return seconds + timed(lambda: prepare(store, lambda: bench_embedder(work), retry=True))[0]

@@ -184,7 +184,7 @@ def _large(work: Path, small_db: Path, data: Path, rclip: Path, env: dict, renv:
            clipsearch: str) -> dict:
     """One-off queries over `rows` stored vectors: rclip's database written directly, and
     clipsearch's table with the same model's export (the user's, made for the 300-photo index)."""
-    from clipsearch.build.builder import prepare_fast
+    from clipsearch.build.fastprep import prepare_fast
     from clipsearch.store.ann import current
     from clipsearch.store.table import Manifest
 

@@ -29,19 +29,19 @@ from clipsearch.results import (
 __version__ = "0.1.0"
 __all__ = [
     "CaptionSummary", "ClipsearchError", "Hit", "ImageTags", "Index", "IndexInfo", "IndexSummary", "Progress",
-    "Skipped", "TagCount", "TagSummary", "index_folders", "open_index",
+    "Skipped", "TagCount", "TagSummary", "index_folders", "open_builder", "open_index",
 ]
 
 if TYPE_CHECKING:
-    from clipsearch.build.builder import index_folders
+    from clipsearch.build.builder import index_folders, open_builder
     from clipsearch.search.engine import Index, open_index
 
 
 def __getattr__(name: str):
-    if name == "index_folders":
+    if name in ("index_folders", "open_builder"):
         from clipsearch.build import builder as build
 
-        return build.index_folders
+        return getattr(build, name)
     if name in ("Index", "open_index"):
         from clipsearch.search import engine
 

@@ -233,7 +233,7 @@ class ImageTags:
 @dataclass
 class TagSummary:
     labels: list[str]
-    images: list[ImageTags]  # each image's tags; empty when not asked for (Index.tag per_image)
+    images: list[ImageTags]  # each image's tags; empty when not asked for (Builder.tag per_image)
     sidecars_written: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # sidecars that could not be merged
     seconds: float = 0.0

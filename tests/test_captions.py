@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks import captioner as trained_captioner
+from clipsearch.build.builder import open_builder
 from clipsearch.cli.commands import app
 from clipsearch.errors import IndexInterrupted
 from clipsearch.search.engine import open_index
@@ -134,7 +135,9 @@ def test_captioning_resumes_after_an_interrupt_and_redoes_stale_ones(shapes_inde
     with pytest.raises(IndexInterrupted, match="8 captions committed"), index.store.writer_lock():
         caption_store(index.store, index.captioner, progress=stop_after_two_batches, batch_size=4,
                       commit_seconds=0)
-    again = open_index(db, device="cpu", caption_model=str(shapes_captioner)).caption()
+    with open_builder(db, device="cpu", create=False) as builder:
+        builder.use_captioner(str(shapes_captioner))
+        again = builder.caption()
     assert again.captioned == total - 8 and again.stale == 0
     other = "fp32" if index.captioner.precision != "fp32" else "bf16"
     result = runner.invoke(app, ["caption", "--db", str(db), "--caption-model", str(shapes_captioner),

@@ -127,7 +127,8 @@ def test_every_search_path_answers_as_a_fresh_build_after_each_change(library, e
             else:
                 builder.index([str(folder)])  # what `clipsearch index` does
         if step == "tag":
-            open_index(db, embedder=embedder).tag("cat,dog", threshold=0.0)
+            with open_builder(db, embedder=embedder) as builder:
+                builder.tag("cat,dog", threshold=0.0)
         expected = _fresh(db, queries)
         held.refresh()
         assert _answers(held, queries) == expected, step
@@ -274,7 +275,8 @@ def test_check_verifies_and_rebuilds_deltas_as_it_does_bases(library, embedder):
         builder.update([_write(folder, "new/x.jpg"), _write(folder, "new/y.jpg")])
     queries = [_vector(bytes([i]), embedder.dim) for i in range(3)]
     expected = _fresh(db, queries)
-    report = open_index(db, embedder=embedder).check(thumbnails=False)
+    with open_builder(db, embedder=embedder) as checking:
+        report = checking.check(thumbnails=False)
     paths = {os.path.basename(i.path): (i.status, i.action) for i in report.items}
     (ann_delta,) = (db / "ann").glob("delta-v*.npz")
     (rows_delta,) = (db / "fast").glob("delta-v*.arrow")
@@ -283,7 +285,8 @@ def test_check_verifies_and_rebuilds_deltas_as_it_does_bases(library, embedder):
         data = bytearray(damaged.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped bit's worth: same size, other bytes
         damaged.write_bytes(bytes(data))
-    report = open_index(db, embedder=embedder).check(thumbnails=False)
+    with open_builder(db, embedder=embedder) as checking:
+        report = checking.check(thumbnails=False)
     paths = {os.path.basename(i.path): (i.status, i.action) for i in report.items}
     assert paths[ann_delta.name] == paths[rows_delta.name] == ("damaged", "rebuilt") and report.ok
     assert _answers(open_fast(db), queries) == expected

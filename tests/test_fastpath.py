@@ -16,6 +16,7 @@ import serving
 from typer.testing import CliRunner
 
 from clipsearch import index_folders, open_index
+from clipsearch.build.fastprep import prepare_searches
 from clipsearch.cli.commands import app
 from clipsearch.models import onnxtext
 from clipsearch.store.table import Manifest
@@ -133,7 +134,8 @@ def test_an_export_an_older_release_kept_in_the_index_moves_to_the_users(photos,
     shutil.move(shared, db / "fast" / shared.name)
     monkeypatch.setattr(export, "export", lambda *_a: pytest.fail("exported again"))
     index = open_index(db)
-    index.prepare_fast()  # what an index run, a search on the full path or `check` does first
+    # what an index run, a search on the full path or `check` does first
+    index.adopt_export(prepare_searches(index.store, lambda: index.embedder)[0])
     assert onnxtext.exported(Manifest.load(db).model) and (shared / "text.onnx").is_file()
     assert sorted(p.name for p in (db / "fast").iterdir() if not p.name.startswith(("rows-", "tags-"))) == []
     assert index.search("a rocket", k=3) == before
@@ -295,7 +297,8 @@ def test_a_model_the_export_cannot_reproduce_stays_on_the_torch_path(photos, tmp
     assert open_fast(db) is None
     assert type(open_index(db, device="cpu").text_encoder).__name__ == "OpenClipEmbedder"
     monkeypatch.setattr(export, "_tokenizer_of", lambda _e: pytest.fail("tried again"))
-    open_index(db, device="cpu").prepare_fast()
+    index = open_index(db, device="cpu")
+    prepare_searches(index.store, lambda: index.embedder)
     r = CliRunner().invoke(app, ["search", "a cat", "--db", str(db), "--json"], catch_exceptions=False)
     assert r.exit_code == 0 and len(json.loads(r.stdout)) == 10
 

@@ -22,12 +22,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_local_dir):
     from benchmarks.captions import captioner_folder
-    from clipsearch.search.engine import open_index
+    from clipsearch.build.builder import open_builder
 
     photos, db = serving.index_samples(tmp_path_factory.mktemp("gallery"), tiny_local_dir, "sky,flower,stone")
     # captions of a random tiny captioner ("word12 word40 ..."): alt text, never a query's word
     captioner = captioner_folder(tmp_path_factory.mktemp("captioner"), "tiny")
-    open_index(db, device="cpu", caption_model=str(captioner), caption_precision="fp32").caption()
+    with open_builder(db, device="cpu", create=False) as builder:
+        builder.use_captioner(str(captioner), "fp32")
+        builder.caption()
     running = serving.start(db, "--watch", "--settle", "0.3")  # the last test adds a photo
     running.photos, running.db = photos, db
     yield running

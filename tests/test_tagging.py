@@ -13,7 +13,7 @@ import pytest
 from helpers import reference_tag_scores, stored_vectors
 from typer.testing import CliRunner
 
-from clipsearch import index_folders, open_index
+from clipsearch import index_folders, open_builder, open_index
 from clipsearch.cli.commands import app
 from clipsearch.enrich.tagging import TEMPLATES, Tagger, label_set, tag_store
 from clipsearch.errors import BadInputError, CorruptIndexError
@@ -54,7 +54,8 @@ def search_paths(db, *args) -> list[str]:
 
 
 def test_scores_equal_the_reference_prompt_ensemble(db, embedder, reference):
-    summary = open_index(db, embedder=embedder).tag(label_set(LABELS, threshold=0.0))
+    with open_builder(db, embedder=embedder) as builder:
+        summary = builder.tag(label_set(LABELS, threshold=0.0))
     assert sorted(i.path for i in summary.images) == sorted(reference)
     for image in summary.images:
         assert sorted(label for label, _ in image.tags) == sorted(LABELS)
@@ -151,7 +152,8 @@ def test_tags_lists_every_label_with_its_image_count(db):
 def test_later_index_runs_tag_new_content_without_the_text_model(photos, tmp_path, embedder, monkeypatch):
     db = tmp_path / "db"
     index_folders([photos], db, embedder=embedder, workers=0)
-    summary = open_index(db, embedder=embedder).tag(label_set(LABELS, threshold=0.01))
+    with open_builder(db, embedder=embedder) as builder:
+        summary = builder.tag(label_set(LABELS, threshold=0.01))
     before = {i.path: i.tags for i in summary.images}
 
     shutil.copy(photos / "space" / "rocket.jpg", photos / "rocket copy.jpg")
@@ -192,7 +194,8 @@ def test_a_run_stopped_before_tagging_is_caught_up_by_the_next(photos, tmp_path,
 
     db = tmp_path / "db"
     index_folders([photos], db, embedder=embedder, workers=0)
-    open_index(db, embedder=embedder).tag(label_set(LABELS, threshold=0.0))
+    with open_builder(db, embedder=embedder) as builder:
+        builder.tag(label_set(LABELS, threshold=0.0))
     from PIL import Image
 
     Image.open(photos / "space" / "rocket.jpg").rotate(90).save(photos / "again.jpg")  # new content
@@ -255,8 +258,9 @@ def test_the_stored_label_set_round_trips_exactly_and_damage_is_named(embedder):
 def test_an_empty_index_is_tagged_with_nothing_and_the_api_takes_plain_labels(tmp_path, embedder):
     (tmp_path / "empty").mkdir()
     index_folders([tmp_path / "empty"], tmp_path / "db", embedder=embedder)
+    with open_builder(tmp_path / "db", embedder=embedder) as builder:
+        summary = builder.tag("beach, snow", top=1)
     index = open_index(tmp_path / "db", embedder=embedder)
-    summary = index.tag("beach, snow", top=1)
     assert (summary.labels, summary.images, summary.untagged) == (["beach", "snow"], [], 0)
     assert [(c.label, c.images) for c in index.tags()] == [("beach", 0), ("snow", 0)]
 
@@ -266,9 +270,11 @@ def test_tagging_while_another_process_writes_is_refused_and_keeps_the_old_tags(
     from clipsearch.store.table import lock_dir
 
     index = open_index(db, embedder=embedder)
-    index.tag("dog,cat")
-    with lock_dir(db), pytest.raises(IndexBusyError, match="is writing to the index at"):
-        index.tag("beach")
+    with open_builder(db, embedder=embedder) as builder:
+        builder.tag("dog,cat")
+    with lock_dir(db), pytest.raises(IndexBusyError, match="is writing to the index at"), \
+            open_builder(db, embedder=embedder) as builder:
+        builder.tag("beach")
     assert {c.label for c in index.tags()} == {"dog", "cat"}
 
 

@@ -1,6 +1,8 @@
 """The one writer: everything that changes an index goes through here.
 
-    builder.py      Builder (plan, compute, commit), index_folders, open_builder, compact
+    builder.py      Builder (plan, compute, commit; tag, caption, check), index_folders, open_builder
+    enriching.py    the builder's tags and captions: computed from content, committed here
+    fastprep.py     what the torch-free query reads: the text export and the row snapshot
     indexer.py      one run: the scan diffed against the rows, files read, embedded, committed
     prepare.py      the step for each new or changed file: read, hash, decode unless known
     roots.py        when a root or a folder under it is offline rather than emptied

@@ -6,9 +6,9 @@ structure's delta, the row snapshot's delta, tags, XMP sidecars).
 A Builder is long-lived: `index` runs it once over folders; a watcher runs `update` for each
 batch of changed paths, and each commit costs what it changed, not the library's size
 (clipsearch.store.layers). The table's own files are merged only when that pays
-(Store.compaction_due) or when asked (`compact`). The query side imports nothing from here but
-for its own writes (Index.tag, caption, prepare_fast, check), which pyproject.toml's import
-contract lists as the exceptions still to move here.
+(Store.compaction_due) or when asked (`compact`). It is also the one writer of what is computed
+from content (tags, captions: clipsearch.build.enriching) and of the derived files (`check`); the
+query side only reads, and hands its models in where a process has them loaded already.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from clipsearch import config
+from clipsearch.build.fastprep import prepare_fast
 from clipsearch.config import db_path
 from clipsearch.errors import BadInputError, ModelMismatchError
 from clipsearch.media.scan import is_under, normalize_root, size_and_mtime
@@ -33,14 +33,18 @@ from clipsearch.models import (
     weights_stat,
 )
 from clipsearch.results import CompactSummary, ForgetSummary, ImageTags, IndexSummary, Progress
-from clipsearch.store import derived
 from clipsearch.store.table import Manifest, Store, lock_dir
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from clipsearch.build.check import CheckReport
     from clipsearch.build.distributed import RayOptions
     from clipsearch.build.indexer import Fanout, Indexer, ProgressCallback
+    from clipsearch.enrich.tagging import LabelSet
     from clipsearch.models.base import Embedder
-    from clipsearch.results import Unwritten
+    from clipsearch.models.captioner import Captioner
+    from clipsearch.results import CaptionSummary, ImageRecord, TagSummary
 
 
 def resolve_spec(model: str | None, pretrained: str | None, recorded: ModelSpec | None) -> ModelSpec:
@@ -75,6 +79,8 @@ class Builder:
         self.fast_path = True
         self._images_only = False
         self._owns_embedder = False  # an embedder handed in is the caller's (a server's): kept whole
+        self._captioner: Captioner | None = None
+        self._caption_choice: tuple[str | None, str] = (None, "auto")
         self.spec = spec
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.workers = config.default_workers() if workers is None else workers
@@ -364,6 +370,83 @@ class Builder:
         self._commit(None, IndexSummary(), False, changed=True)
         return summary
 
+    # -- what is computed from the content: tags, captions (clipsearch.build.enriching) ----------------
+    def tag(self, labels: LabelSet | str | Sequence[str] | None = None, *,
+            labels_file: str | os.PathLike[str] | None = None, threshold: float = 0.5, top: int | None = None,
+            write_xmp: bool | None = None, per_image: bool = True,
+            embed_texts: Callable[[Sequence[str]], np.ndarray] | None = None) -> TagSummary:
+        """Tag every indexed image with the labels that fit (clipsearch.enrich.tagging), replacing the
+        previous tags in one commit; optionally merge the tags into XMP sidecars.
+
+        `labels` is a LabelSet, or 'a,b,c' / a list (with `labels_file`, `threshold`, `top` as
+        in clipsearch.enrich.tagging.label_set); neither means the built-in photo subjects. Later
+        runs tag new images with the same labels, threshold and top, and, when `write_xmp` was
+        True (the index remembers it; None keeps the last choice), write their sidecars.
+        `per_image=False` leaves the summary's per-image list empty (a million entries at a
+        million images). `embed_texts`: the text encoder that embeds the labels' prompts (a
+        server's, on its model thread); by default this builder's CLIP model."""
+        from clipsearch.build import enriching
+        from clipsearch.enrich.tagging import LabelSet, label_set
+
+        if not isinstance(labels, LabelSet):
+            labels = label_set(labels, labels_file, threshold, top)
+        return enriching.tag(self, labels, embed_texts, write_xmp, per_image)
+
+    def caption(self, folders: Sequence[str | os.PathLike[str]] = (), *, captioner: Captioner | None = None,
+                limit: int | None = None, progress: Callable[[Progress], None] | None = None,
+                batch_size: int = 8, write_xmp: bool | None = None, prepare: bool = True,
+                failed: set[str] | None = None, call: Callable | None = None) -> CaptionSummary:
+        """Caption the indexed photos under `folders` (all when empty) that have no caption
+        from `captioner` (by default this builder's: `use_captioner`) yet, or a stale one, at
+        most `limit`; resumable, committed every few seconds (clipsearch.enrich.captions). With
+        sidecars asked for (`tag --write-xmp`, or `write_xmp`), each caption also goes into its
+        photos' XMP sidecars as clipsearch's own description. `failed`: hashes not to try, to
+        which those it cannot read are added. `call(work)` runs each batch's model work (a
+        server's runs it on a thread of low priority)."""
+        from clipsearch.build import enriching
+
+        return enriching.caption(self, captioner or self.captioner, folders, limit=limit, progress=progress,
+                                 batch_size=batch_size, write_xmp=write_xmp, prepare=prepare, failed=failed,
+                                 call=call or (lambda work: work()))
+
+    def caption_records(self, records: Sequence[ImageRecord], captioner: Captioner | None = None,
+                        call: Callable | None = None) -> list[ImageRecord]:
+        """`records` (the query side's, e.g. Index.about) with their captions, captioning those
+        that have none yet."""
+        from clipsearch.build import enriching
+
+        return enriching.caption_records(self, records, captioner or self.captioner,
+                                         call or (lambda work: work()))
+
+    def use_captioner(self, model: str | None = None, precision: str = "auto") -> None:
+        """The captioner this builder loads when none is handed in (None: BLIP's default)."""
+        self._caption_choice, self._captioner = (model, precision), None
+
+    @property
+    def captioner(self) -> Captioner:
+        if self._captioner is None:
+            from clipsearch.enrich.captions import DEFAULT_MODEL
+            from clipsearch.models.captioner import load_captioner
+
+            model, precision = self._caption_choice
+            self._captioner = load_captioner(model or DEFAULT_MODEL, self.device, precision)
+        return self._captioner
+
+    # -- what searches read besides the rows -------------------------------------------------------
+    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None,
+                     background: bool = False) -> onnxtext.OnnxTextEncoder | None:
+        """Make what the torch-free query path needs for the current version (the text export
+        once per model, a row snapshot per version: clipsearch.build.fastprep); the export, opened."""
+        return prepare_fast(self.store, self.embedder, note, background=background)[0]
+
+    def check(self, thumbnails: bool = True, note: Callable[[str], None] = lambda _m: None) -> CheckReport:
+        """Verify the files made from the table (export, snapshot, search structure, cached
+        thumbnails) against their recorded checksums and rebuild what is damaged or missing
+        (clipsearch.build.check); `note` hears about a re-export, which takes a while."""
+        from clipsearch.build.check import check
+
+        return check(self, thumbnails, note)
+
     def _indexer(self) -> Indexer:
         from clipsearch.build.indexer import Indexer
 
@@ -407,10 +490,11 @@ def open_builder(
     device: str = "auto", precision: str | None = None, batch_size: int = config.DEFAULT_BATCH_SIZE,
     workers: int | None = None, progress: ProgressCallback | None = None, embedder: Embedder | None = None,
     commit_every: int = config.COMMIT_EVERY, ray: RayOptions | None = None, fanout: Fanout | None = None,
-    commit_seconds: float = config.COMMIT_SECONDS,
+    commit_seconds: float = config.COMMIT_SECONDS, create: bool = True,
 ) -> Iterator[Builder]:
-    """The index at `db` (created with this model if there is none), opened for writing: the
-    writer's lock is held until the block ends. Arguments as in `index_folders`."""
+    """The index at `db` (created with this model if there is none, unless not `create`: then
+    IndexNotFoundError), opened for writing: the writer's lock is held until the block ends.
+    Arguments as in `index_folders`."""
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, not {batch_size}")
     precision = precision or config.index_precision()
@@ -422,6 +506,8 @@ def open_builder(
             # at once: a missing extra or an unreachable cluster is told before any work
             held.enter_context(session(ray))
             worker_device, device = device, "cpu"  # the driver's own loads leave GPUs to the workers
+        if not create and not Store.exists(path):
+            Store.open(path)  # says there is none, before a lock file is made where it would be
         held.enter_context(lock_dir(path))
         store = Store.open(path) if Store.exists(path) else None
         recorded = ModelSpec.from_dict(store.manifest.model) if store else None
@@ -519,58 +605,6 @@ def compact(db: str | os.PathLike[str] | None = None) -> CompactSummary:
     store = Store.open(path)
     with lock_dir(path):
         return Builder(store, ModelSpec.from_dict(store.manifest.model), device="cpu").compact()
-
-
-# -- what the torch-free query reads ---------------------------------------------------------------
-def prepare_fast(store: Store, embedder: Callable[[], Embedder],
-                 note: Callable[[str], None] = lambda _m: None, retry: bool = False, whole: bool = False,
-                 open_export: bool = True, background: bool = False,
-                 ) -> tuple[onnxtext.OnnxTextEncoder | None, list[Unwritten]]:
-    """Make the export (if the index has none yet) and the snapshot of the store's current
-    version; return the export, opened (None if there is none, or not `open_export`: a commit
-    needs only to know it is there; opening it maps its weights), and what could not be written
-    (clipsearch.store.derived: a write that failed is tried again only with `retry`, which index runs
-    pass, or once the disk has the space it lacked). `embedder()` gives the CLIP model the export
-    is made from; `note` hears about the export, which takes a while. With `background` the
-    export is left to a job of its own (clipsearch.models.exportjob) and this returns at once; without,
-    it is made here, or waited for if a job is making it. The snapshot is written as a delta
-    over the last one when it can be (clipsearch.store.snapshot), or `whole`."""
-    from clipsearch.models import exportjob
-
-    if not config.fast_query():
-        return None, []
-    db, model = store.path, store.manifest.model
-    unwritten: list[Unwritten] = []
-    if (db / "fast").is_dir() and any((db / "fast").glob("text-*")):
-        with exportjob.exporting(model):
-            onnxtext.adopt(db, model)
-    encoder = onnxtext.open_for(model) if open_export else None
-    if open_export and encoder is None and onnxtext.exported(model):
-        note(f"the exported text encoder in {onnxtext.folder(model)} does not load; exporting it again")
-        shutil.rmtree(onnxtext.folder(model), ignore_errors=True)
-    pending = False
-    if exportjob.needs_export(store) and derived.may_write(db, derived.EXPORT, retry):
-        if background and exportjob.start(db, model):
-            pending = True
-        else:
-            with exportjob.exporting(model):  # after a job that is making it, if there is one
-                if exportjob.needs_export(store):
-                    note("preparing fast searches for this model: exporting the text encoder "
-                         "(once per model, about 10 s)")
-                    exportjob.export(db, model, embedder, unwritten)
-            encoder = onnxtext.open_for(model) if open_export else None
-    exported = encoder is not None or (not open_export and onnxtext.exported(model))
-    if (exported or pending) and derived.may_write(db, derived.SNAPSHOT, retry):
-        from clipsearch.store import snapshot
-
-        try:
-            snapshot.write(store, whole)
-        except OSError as exc:
-            unwritten.append(derived.failed(db, derived.SNAPSHOT, db / snapshot.FOLDER,
-                                            snapshot.size_estimate(store), exc))
-        else:
-            derived.succeeded(db, derived.SNAPSHOT)
-    return encoder, unwritten
 
 
 def _sidecars_of_new_rows(store: Store, written: dict[str, str], summary: IndexSummary) -> None:

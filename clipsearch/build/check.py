@@ -14,11 +14,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipsearch import config
 from clipsearch.models import onnxtext
 from clipsearch.store import derived
 from clipsearch.store.table import MANIFEST_COPY, Store
+
+if TYPE_CHECKING:
+    from clipsearch.build.builder import Builder
 
 _SUM_TOLERANCE = 1e-4  # an unrecorded export's vectors against the CLIP model's
 
@@ -51,18 +55,18 @@ class CheckReport:
         return {"db": self.db, "ok": self.ok, "items": [asdict(i) for i in self.items]}
 
 
-def check(index, thumbnails: bool = True, note: Callable[[str], None] = lambda _m: None) -> CheckReport:
-    """Check (and repair) the derived files of an opened full index (clipsearch.search.engine.Index),
-    holding its writer lock."""
+def check(builder: Builder, thumbnails: bool = True,
+          note: Callable[[str], None] = lambda _m: None) -> CheckReport:
+    """Check (and repair) the derived files of the index `builder` writes (its CLIP model, fp32,
+    judges an export that has no checksums yet)."""
     from clipsearch.store import ann, snapshot
 
-    store: Store = index.store
+    store: Store = builder.store
     report = CheckReport(str(store.path))
-    with store.writer_lock():
-        store.refresh()
-        report.items.append(_manifest_copy(store))
-        report.items.extend(_search_structure(store, ann))
-        report.items.extend(_export_and_snapshot(index, store, snapshot, note))
+    store.refresh()
+    report.items.append(_manifest_copy(store))
+    report.items.extend(_search_structure(store, ann))
+    report.items.extend(_export_and_snapshot(builder, store, snapshot, note))
     if thumbnails:
         report.items.append(_thumbnails())
     return report
@@ -97,8 +101,9 @@ def _search_structure(store: Store, ann) -> list[Checked]:
                     _outcome(unwritten, path) if path in bad else done[status]) for path, status in found]
 
 
-def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], None]) -> list[Checked]:
-    from clipsearch.build.builder import prepare_fast
+def _export_and_snapshot(builder: Builder, store: Store, snapshot,
+                         note: Callable[[str], None]) -> list[Checked]:
+    from clipsearch.build.fastprep import prepare_fast
     from clipsearch.models.exportjob import needs_export
 
     if not config.fast_query():
@@ -108,7 +113,7 @@ def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], No
     found: list[Checked] = []
     export = None
     if onnxtext.exported(model):
-        status = _export_status(index, folder)
+        status = _export_status(builder, folder)
         export = Checked(derived.EXPORT, str(folder), status, "none" if status == "ok" else "rebuilt")
         if status == "unrecorded-ok":
             export = Checked(derived.EXPORT, str(folder), "unrecorded", "recorded")
@@ -127,7 +132,7 @@ def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], No
         if status in ("damaged", "missing"):
             derived.remove(path)
         rows.append((path, status))
-    _encoder, unwritten = prepare_fast(store, lambda: index.embedder, note, retry=True)
+    _encoder, unwritten = prepare_fast(store, builder.embedder, note, retry=True)
     if export is not None:
         if export.action == "rebuilt":
             export = Checked(export.what, export.path, export.status, _outcome(unwritten, folder))
@@ -138,7 +143,7 @@ def _export_and_snapshot(index, store: Store, snapshot, note: Callable[[str], No
     return found
 
 
-def _export_status(index, folder: Path) -> str:
+def _export_status(builder: Builder, folder: Path) -> str:
     """ok, damaged, missing, or unrecorded-ok (old export, checked against the CLIP model and
     given its checksums) for the export in `folder`."""
     statuses = {derived.verify_sum(p) for p in folder.iterdir() if not p.name.endswith(derived.SUM)}
@@ -155,7 +160,7 @@ def _export_status(index, folder: Path) -> str:
         theirs = onnxtext.OnnxTextEncoder(folder).embed_texts(CHECK_TEXTS)
     except Exception:
         return "damaged"
-    if float(np.abs(theirs - index.embedder.embed_texts(CHECK_TEXTS)).max()) > _SUM_TOLERANCE:
+    if float(np.abs(theirs - builder.embedder().embed_texts(CHECK_TEXTS)).max()) > _SUM_TOLERANCE:
         return "damaged"
     for path in folder.iterdir():
         if not path.name.endswith(derived.SUM):

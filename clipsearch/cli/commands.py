@@ -230,11 +230,15 @@ def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
         if found is None:
             found = _fast(db, device, ask, options, text)
         if found is None:
+            from clipsearch.build.fastprep import prepare_searches
             from clipsearch.search.engine import open_index
 
             index = open_index(db, device=device, **options)
             # so that the next search takes the fast path; this one loads the CLIP model
-            if index.prepare_fast(present.message, background=config.background_export()) and text:
+            encoder, pending = prepare_searches(index.store, lambda: index.embedder, present.message,
+                                                background=config.background_export())
+            index.adopt_export(encoder)
+            if pending and text:
                 from clipsearch.search.fastpath import PENDING
 
                 present.message(PENDING)
@@ -728,7 +732,6 @@ def tag_command(
     """
     from clipsearch.cli import present
     from clipsearch.enrich.tagging import label_set, read_labels_file
-    from clipsearch.search.engine import open_index
 
     with _errors():
         chosen = label_set(labels, labels_file, threshold, top)
@@ -741,7 +744,11 @@ def tag_command(
                 "labels_text": read_labels_file(labels_file) if labels_file else None, "per_image": as_json},
                 lambda _p: None))
         else:
-            summary = open_index(db, device=device).tag(chosen, write_xmp=write_xmp, per_image=as_json)
+            from clipsearch.build.builder import open_builder
+
+            # fp32: the labels' vectors as a search's text encoder gives them, whatever the index's
+            with open_builder(db, device=device, precision="fp32", create=False) as builder:
+                summary = builder.tag(chosen, write_xmp=write_xmp, per_image=as_json)
     present.tag_summary(summary, as_json)
 
 
@@ -793,7 +800,11 @@ def caption(
                 shown = server.run_job({"kind": "caption", "show": asked, **options}, lambda _p: None)
                 records = [ImageRecord(**r) for r in shown["images"]]
             else:
-                records = open_index(db, device=device, **options).caption_of(show)
+                from clipsearch.build.builder import open_builder
+
+                index = open_index(db, device=device, **options)
+                with open_builder(db, device=device, create=False) as builder:
+                    records = builder.caption_records(index.about(show), index.captioner)
             present.captions(records, as_json)
             return
         with present.progress_bar(not quiet and not as_json) as report:
@@ -807,9 +818,13 @@ def caption(
                     {"kind": "caption", "folders": [normalize_root(f) for f in folders or ()], "limit": limit,
                      "write_xmp": write_xmp, **options}, _stopping(stop, report)))
             else:
-                summary = open_index(db, device=device, **options).caption(
-                    [str(f) for f in folders or ()], limit=limit, progress=_stopping(stop, report),
-                    batch_size=batch_size, write_xmp=write_xmp)
+                from clipsearch.build.builder import open_builder
+
+                with open_builder(db, device=device, create=False) as builder:
+                    builder.use_captioner(caption_model, caption_precision)
+                    summary = builder.caption([str(f) for f in folders or ()], limit=limit,
+                                              progress=_stopping(stop, report), batch_size=batch_size,
+                                              write_xmp=write_xmp)
     present.caption_summary(summary, as_json)
 
 
@@ -1015,11 +1030,11 @@ def check(
 
     Example: clipsearch check --db ~/photo-index
     """
+    from clipsearch.build.builder import open_builder
     from clipsearch.cli import present
-    from clipsearch.search.engine import open_index
 
-    with _errors():
-        report = open_index(db).check(thumbnails, present.message)
+    with _errors(), open_builder(db, precision="fp32", create=False) as builder:
+        report = builder.check(thumbnails, present.message)
     present.check_report(report, as_json)
     if not report.ok:
         raise typer.Exit(1)

@@ -142,7 +142,11 @@ def gallery(images: Sequence[str], db: str | os.PathLike[str] | None = None, *,
                                                             "rerank_precision", "embedder", "caption_model",
                                                             "caption_precision") if k in options})
         if options.get("caption_model"):  # every image captioned first (clipsearch.enrich.captions)
-            index.caption(progress=progress, prepare=db is not None)
+            from clipsearch.build.builder import open_builder
+
+            with open_builder(path, create=False, embedder=index.embedder) as builder:
+                builder.caption(captioner=index.captioner, progress=progress, prepare=db is not None)
+            index.refresh()
         table, matrix = index.store.vectors(["id", "path"])  # one read, not a lookup per image
         mine = sorted((int(Path(path).stem), id_, row) for row, (id_, path) in enumerate(
             zip(table.column("id").to_pylist(), table.column("path").to_pylist(), strict=True))

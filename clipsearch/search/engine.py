@@ -26,14 +26,11 @@ from clipsearch.models import (
     load_embedder,
 )
 from clipsearch.results import (
-    CaptionSummary,
     Hit,
     ImageRecord,
     IndexInfo,
     Page,
-    Skipped,
     TagCount,
-    TagSummary,
 )
 from clipsearch.store.table import Store
 
@@ -42,12 +39,10 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from clipsearch.build.check import CheckReport
     from clipsearch.enrich.tagging import LabelSet, Tagger
     from clipsearch.models.base import Embedder
     from clipsearch.models.blip import ItmScorer
     from clipsearch.models.captioner import Captioner
-    from clipsearch.results import Progress
     from clipsearch.search.dupes import Group as DupeGroup
     from clipsearch.search.nearest import Filters
     from clipsearch.search.query import Term
@@ -704,99 +699,7 @@ class Index:
                                               config.feature_cache_bytes())
             return self._features
 
-    def tag(self, labels: LabelSet | str | Sequence[str] | None = None, *,
-            labels_file: str | os.PathLike[str] | None = None, threshold: float = 0.5,
-            top: int | None = None, write_xmp: bool | None = None, per_image: bool = True) -> TagSummary:
-        """Tag every indexed image with the labels that fit (clipsearch.enrich.tagging), replacing the
-        previous tags in one commit; optionally merge the tags into XMP sidecars.
-
-        `labels` is a LabelSet, or 'a,b,c' / a list (with `labels_file`, `threshold`, `top` as
-        in clipsearch.enrich.tagging.label_set); neither means the built-in photo subjects. Later
-        `index_folders` runs tag new images with the same labels, threshold and top, and, when
-        `write_xmp` was True (the index remembers it; None keeps the last choice), write their
-        sidecars. `per_image=False` leaves the summary's per-image list empty (a million
-        entries at a million images)."""
-        import time
-
-        from clipsearch.enrich.tagging import LabelSet, label_set, tag_store
-
-        started = time.perf_counter()
-        if not isinstance(labels, LabelSet):
-            labels = label_set(labels, labels_file, threshold, top)
-        tagger = self.tagger(labels)
-        with self.store.writer_lock():
-            self.store.refresh()
-            if write_xmp is not None and write_xmp != self.store.manifest.xmp_sidecars:
-                self.store.manifest.xmp_sidecars = write_xmp
-                self.store.save_manifest()
-            sidecars = self.store.manifest.xmp_sidecars
-            tagged = tag_store(self.store, tagger, per_image=per_image or sidecars)
-            self.prepare_fast()
-        summary = TagSummary(labels.labels, tagged.per_image if per_image else [], scored=tagged.images,
-                             untagged=tagged.untagged)
-        if sidecars:
-            from clipsearch.enrich.xmp import write_sidecars
-
-            ok = self._as_indexed([i.path for i in tagged.per_image if i.tags], summary.skipped)
-            summary.sidecars_written = write_sidecars([i for i in tagged.per_image if i.path in ok],
-                                                      summary.skipped)
-        summary.seconds = time.perf_counter() - started
-        return summary
-
-    def _as_indexed(self, paths: Sequence[str], skipped: list[Skipped]) -> set[str]:
-        """Those of `paths` whose files are as indexed (size and modification time); the others
-        go to `skipped`: a sidecar beside a file that is gone or changed would describe something
-        the index has not seen."""
-        wanted, ok, told = set(paths), set(), set()
-        rows = self.store.read(["path", "size", "mtime_ns"])
-        for path, size, mtime in zip(rows.column("path").to_pylist(), rows.column("size").to_pylist(),
-                                     rows.column("mtime_ns").to_pylist(), strict=True):
-            if path not in wanted or path in ok or path in told:
-                continue
-            try:
-                st = os.stat(path)
-            except OSError:
-                told.add(path)
-                skipped.append(Skipped(path, "the photo is gone; no sidecar written"))
-                continue
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                told.add(path)
-                skipped.append(Skipped(path, "changed since it was indexed; no sidecar written until "
-                                             "clipsearch index reads it again"))
-            else:
-                ok.add(path)
-        return ok
-
-    def caption(self, folders: Sequence[str | os.PathLike[str]] = (), *, limit: int | None = None,
-                progress: Callable[[Progress], None] | None = None, batch_size: int = 8,
-                write_xmp: bool | None = None, prepare: bool = True,
-                failed: set[str] | None = None) -> CaptionSummary:
-        """Caption the indexed photos under `folders` (all when empty) that have no caption
-        from this index's captioner yet (or a stale one), at most `limit`; resumable, committed
-        every few seconds (clipsearch.enrich.captions). With sidecars asked for (`tag --write-xmp`, or
-        `write_xmp`), each caption also goes into its photos' XMP sidecars as clipsearch's own
-        description. `failed`: hashes not to try, to which those it cannot read are added
-        (clipsearch.enrich.captions.caption_store)."""
-        from clipsearch.enrich.captions import caption_store
-        from clipsearch.media.scan import normalize_root
-
-        if limit is not None and limit < 1:
-            raise BadInputError(f"--limit must be at least 1, not {limit}")
-        roots = [normalize_root(f) for f in folders]
-        captioner = self.captioner
-        with self.store.writer_lock():
-            self.store.refresh()
-            summary, written = caption_store(self.store, captioner, roots, limit, progress, batch_size,
-                                             config.default_workers(), call=self._caption_call, failed=failed)
-            if prepare:
-                self.prepare_fast()
-        if write_xmp or (write_xmp is None and self.store.manifest.xmp_sidecars):
-            from clipsearch.enrich.xmp import write_captions
-
-            summary.sidecars_written = write_captions(written, summary.skipped)
-        return summary
-
-    def _caption_call(self, work: Callable[[], T]) -> T:
+    def caption_call(self, work: Callable[[], T]) -> T:
         """Run a caption batch: in a process that serves searches (model_thread), on a thread of
         its own at the lowest priority, outside the model lock, so searches never wait for a
         caption; else here."""
@@ -810,21 +713,6 @@ class Index:
                                                           initializer=lower_priority)
         return self._caption_thread.submit(work).result()
 
-    def caption_of(self, photo: str | os.PathLike[str]) -> list[ImageRecord]:
-        """The records of `photo` (as `about` finds them) with their captions, captioning
-        those that have none yet."""
-        records = self.about(photo)
-        if any(r.caption is None for r in records):
-            with self.store.writer_lock():
-                self.store.refresh()
-                from clipsearch.enrich.captions import caption_hashes
-
-                todo = {r.hash: [r.path] for r in records if r.caption is None}
-                caption_hashes(self.store, self.captioner, list(todo.items()), call=self._caption_call)
-                self.prepare_fast()
-            records = self.captioned(records)
-        return records
-
     def tagger(self, labels: LabelSet) -> Tagger:
         """`labels` with their prompt ensembles embedded: what scores images for `tag` (and
         for `eval zeroshot`)."""
@@ -832,23 +720,12 @@ class Index:
 
         return Tagger.embed(labels, self.embed_texts)
 
-    def prepare_fast(self, note: Callable[[str], None] = lambda _m: None, background: bool = False) -> bool:
-        """Make what the torch-free query path needs for this index's current version (the
-        text export once per model, a row snapshot per version; clipsearch.search.fastpath). The export
-        it opens is this index's text encoder from then on, unless the index already has one.
-        With `background` the export is left to a job of its own (clipsearch.models.exportjob); True
-        when that job is making it now."""
-        from clipsearch.build.builder import prepare_fast
-        from clipsearch.models import exportjob, onnxtext
-
-        def work() -> bool:
-            encoder, _unwritten = prepare_fast(self.store, lambda: self.embedder, note, background=background)
+    def adopt_export(self, encoder: TextEncoder | None) -> None:
+        """Search with `encoder` (the text export the builder just made and opened) from now on,
+        unless this index already has a text encoder, or searches at another precision."""
+        with self._state:
             if self._text_encoder is None and encoder is not None and self.precision == "fp32":
                 self._text_encoder = encoder
-            model = self.store.manifest.model
-            return background and not onnxtext.exported(model) and exportjob.running(model)
-
-        return self._model_call(work)
 
     def tags(self) -> list[TagCount]:
         """Each label of the last `tag` run with how many indexed images carry it, most first."""
@@ -868,17 +745,6 @@ class Index:
                           key=lambda t: (-t.images, t.label))
 
         return self._memo("tags", (self.store.version, self.store.tags_version()), count)
-
-    def check(self, thumbnails: bool = True, note: Callable[[str], None] = lambda _m: None) -> CheckReport:
-        """Verify the files made from the table (export, snapshot, search structure, cached
-        thumbnails) against their recorded checksums and rebuild what is damaged or missing
-        (clipsearch.build.check); `note` hears about a re-export, which takes a while."""
-        from clipsearch.build.check import check
-
-        report = check(self, thumbnails, note)
-        with self._state:
-            self._ann = None  # the next search takes the search structure as rebuilt
-        return report
 
     def info(self) -> IndexInfo:
         from clipsearch.store.ann import describe

@@ -130,11 +130,11 @@ def _work(job: JobIn, served, watcher: Watcher):
         from clipsearch.enrich.tagging import label_set
 
         chosen = label_set(job.labels, None, job.threshold, job.top, labels_text=job.labels_text)
-        return lambda _progress: served.get().tag(chosen, write_xmp=job.write_xmp,
-                                                  per_image=job.per_image).to_dict()
+        return lambda _progress: watcher.builder.tag(chosen, write_xmp=job.write_xmp, per_image=job.per_image,
+                                                     embed_texts=served.get().embed_texts).to_dict()
 
     if job.kind == "caption":
-        return _caption_work(job, served)
+        return _caption_work(job, served, watcher.builder)
     if job.kind == "move":
         if len(job.folders) != 2:
             raise BadInputError("a move needs two folders: the library's old place and its new one")
@@ -152,12 +152,14 @@ def _work(job: JobIn, served, watcher: Watcher):
     return lambda _progress: dataclasses.asdict(watcher.builder.compact())
 
 
-def _caption_work(job: JobIn, served):
-    """`caption` in the watcher's thread, with the captioner the server has unless the job asks
-    for another."""
+def _caption_work(job: JobIn, served, builder):
+    """`caption` in the watcher's thread, written by its builder, with the captioner the server
+    has unless the job asks for another."""
     index = served.get()
     index.use_captioner(job.caption_model, job.caption_precision)
     if job.show is not None:
-        return lambda _progress: {"images": [r.to_dict() for r in index.caption_of(job.show)]}
-    return lambda progress: index.caption(job.folders, limit=job.limit, progress=progress,
-                                          write_xmp=job.write_xmp).to_dict()
+        return lambda _progress: {"images": [r.to_dict() for r in builder.caption_records(
+            index.about(job.show), index.captioner, index.caption_call)]}
+    return lambda progress: builder.caption(job.folders, captioner=index.captioner, limit=job.limit,
+                                            progress=progress, write_xmp=job.write_xmp,
+                                            call=index.caption_call).to_dict()

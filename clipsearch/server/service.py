@@ -112,8 +112,11 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
                              caption_model=caption_model, caption_precision=caption_precision)
         images = model = None
         try:
+            from clipsearch.build.fastprep import prepare_searches
+
             index = served.get()
-            index.prepare_fast()  # the text export its queries share with the CLI's fast path
+            # the text export its queries share with the CLI's fast path
+            index.adopt_export(prepare_searches(index.store, lambda: index.embedder)[0])
             _ = index.embedder, index.text_encoder, index.ann  # loaded before the first query
             images, model = index.store.count(), index.spec.describe()
             if builder is not None:
@@ -133,7 +136,7 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
             roots = sorted(set(watch or ()) | set(builder.store.manifest.roots))
             watcher = Watcher(builder, roots, settle=opts.settle, poll=opts.poll,
                               rescan_every=opts.rescan_every, note=note,
-                              idle=_captioning(served) if captions else None)
+                              idle=_captioning(served, builder) if captions else None)
         app = create_app(served, tokens=tuple(t for t in (token, secret) if t),
                          token_required=bool(token) or not is_loopback(host),
                          loopback_only=is_loopback(host), settings=settings, watcher=watcher,
@@ -159,9 +162,10 @@ def serve(db: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token
 IDLE_CAPTIONS = 4  # photos per slice of `serve --captions`: a few seconds of the watcher's time
 
 
-def _captioning(served):
-    """`serve --captions`: a slice of captions at a time (clipsearch.enrich.captions), on the index the
-    server serves; the fast path's copy of the captions is written when none are left."""
+def _captioning(served, builder):
+    """`serve --captions`: a slice of captions at a time (clipsearch.enrich.captions), written by the
+    watcher's builder with the served index's captioner; the fast path's copy of the captions
+    is written when none are left."""
 
     unreadable: set[str] = set()  # tried once per server run; `clipsearch caption` says why
     finished_at: tuple | None = None  # the versions at which nothing was left to caption
@@ -171,12 +175,13 @@ def _captioning(served):
         index = served.get()
         if finished_at == (index.store.version, index.store.captions_version()):
             return False  # nothing changed since everything was captioned
-        summary = index.caption(limit=IDLE_CAPTIONS, progress=progress, batch_size=IDLE_CAPTIONS,
-                                prepare=False, failed=unreadable)
+        summary = builder.caption(captioner=index.captioner, limit=IDLE_CAPTIONS, progress=progress,
+                                  batch_size=IDLE_CAPTIONS, prepare=False, failed=unreadable,
+                                  call=index.caption_call)
         if summary.left:
             return True
         if summary.captioned:
-            index.prepare_fast()
+            builder.prepare_fast()
         index.store.refresh()
         finished_at = (index.store.version, index.store.captions_version())
         return False
