@@ -378,9 +378,9 @@ def test_what_a_watcher_sees_a_changed_video_and_a_live_photos_motion(library, t
     clip = folder / "clip.mp4"
     make_video(str(clip), [(picture(PLANTED, 1), SCENE)], size=(64, 64))
     make_video(str(folder / "IMG_0002.mov"), [(picture(PLANTED, 2), 1.0)], size=(64, 64))
-    picture(PLANTED, 2).save(folder / "IMG_0002.jpg")
+    picture(PLANTED, 2).save(folder / "img_0002.jpg")  # a partner's name matches whatever its case
     with open_builder(copy_db, device="cpu") as builder:
-        added = builder.update([str(clip), str(folder / "IMG_0002.mov"), str(folder / "IMG_0002.jpg")])
+        added = builder.update([str(clip), str(folder / "IMG_0002.mov"), str(folder / "img_0002.jpg")])
         assert (added.added, added.frames) == (2, 1), added  # the clip and the still; the motion is no item
         # the clip edited into a longer one: its rows replaced, all in one commit
         make_video(str(clip), [(picture(PLANTED, 1), SCENE), (picture(shapes.singles()[5], 3), SCENE)],
@@ -390,26 +390,32 @@ def test_what_a_watcher_sees_a_changed_video_and_a_live_photos_motion(library, t
     store = open_index(copy_db).store
     assert sorted(store.by_paths([str(clip)], ["t"]).column("t").to_pylist()) == [0.0, 4.0]
     assert not store.by_paths([str(folder / "IMG_0002.mov")], ["t"]).num_rows
-    # the motion is served while it is the file recorded with its still
-    still, motion = folder / "IMG_0002.jpg", folder / "IMG_0002.mov"
+    # the motion is served while it is the file recorded with its still, and a hit says so then only
+    still, motion = folder / "img_0002.jpg", folder / "IMG_0002.mov"
     id_ = store.by_paths([str(still)], ["id"]).column("id")[0].as_py()
     with serving.in_process(copy_db) as client:
-        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes()
+
+        def flagged() -> bool:
+            hits = client.get("/api/search", {"q": "img_0002", "k": "50"}).json()["hits"]
+            return next(h["motion"] for h in hits if h["id"] == id_)
+
+        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes() and flagged()
         make_video(str(motion), [(picture(shapes.singles()[5], 4), 1.0)], size=(64, 64))  # replaced
         replaced = client.get(f"/api/images/{id_}/motion")
         assert replaced.status == 404 and "IMG_0002.mov changed since" in replaced.json()["error"]
+        assert not flagged()
         with open_builder(copy_db, device="cpu") as builder:  # what a watcher does when it sees it
             seen = builder.update([str(motion)])
         # nothing read but the folder: the still's row keeps its id, the new video is recorded
         assert (seen.added, seen.updated, seen.embedded, seen.unchanged) == (0, 0, 0, 1), seen
-        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes()
+        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes() and flagged()
         # a row from before partners were recorded: no motion until the next run records it
         open_index(copy_db).store.set_values("pairs", {None: [id_]})
-        assert client.get(f"/api/images/{id_}/motion").status == 404
+        assert client.get(f"/api/images/{id_}/motion").status == 404 and not flagged()
         with open_builder(copy_db, device="cpu") as builder:
             again = builder.update([str(folder)])
         assert (again.updated, again.embedded) == (0, 0), again
-        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes()
+        assert client.get(f"/api/images/{id_}/motion").body == motion.read_bytes() and flagged()
 
 
 def test_moments_reach_the_end_of_the_stream_past_the_last_key_frame(tmp_path):

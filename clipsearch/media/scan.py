@@ -153,21 +153,6 @@ MOTION_EXTENSIONS = frozenset({".mov", ".mp4"})
 PARTNER_EXTENSIONS = MOTION_EXTENSIONS | RAW_EXTENSIONS  # what may be a photo's partner file
 
 
-def motion_of(photo: str) -> str | None:
-    """The Live Photo video beside the still at `photo`, if there is one: a regular file, never a
-    link (one planted beside a photo would hand out whatever it points to)."""
-    stem, ext = os.path.splitext(photo)
-    if ext.lower() not in IMAGE_EXTENSIONS:
-        return None
-    for suffix in (".MOV", ".mov", ".MP4", ".mp4"):
-        try:
-            if stat.S_ISREG(os.lstat(stem + suffix).st_mode):
-                return stem + suffix
-        except OSError:
-            continue
-    return None
-
-
 def partner_role(photo: str, other: str) -> str | None:
     """What the file named `other` is to the photo named `photo` beside it: "motion" (a Live
     Photo's video), "original" (the RAW of a RAW + JPEG pair), or None (nothing)."""
@@ -248,7 +233,7 @@ def _match_pairs(photos: Iterable[str], files: list[tuple[str, int, int]], into:
 
 def originals_of(photos: Iterable[str]) -> dict[str, str]:
     """The RAW original beside each JPEG or HEIF of `photos` that has one (one folder listing
-    per folder): photo -> RAW. A regular file, never a link, as for motion_of; of several, the
+    per folder): photo -> RAW. A regular file, never a link, as the server's partners are; of several, the
     one partner_named picks, as the server does."""
     renditions = (p for p in photos if os.path.splitext(p)[1].lower() in RENDITION_EXTENSIONS)
     out: dict[str, str] = {}

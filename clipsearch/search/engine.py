@@ -604,25 +604,33 @@ class Index:
         its RAW) when one was recorded as the photo was indexed and is still that file (a regular
         file beside it, of the recorded size and modification time); None if none was recorded.
         A partner replaced since, or a link put in its place, is refused, never served."""
-        from clipsearch.media.scan import partner_named, recorded_pairs
-
         if record.t is not None or not self.store.has_pairs:
             return None
         photo = self.indexed_file(record)
         stamp = self.store.fetch([record.id], ["pairs"]).column("pairs").to_pylist()
-        partners = recorded_pairs(stamp[0] if stamp else None)
-        name = partner_named(photo, partners, role)
-        if name is None:
+        found = _partner(photo, stamp[0] if stamp else None, role)
+        if found is None:
             return None
-        path = os.path.join(os.path.dirname(photo), name)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != partners[name]:
+        path, unchanged = found
+        if not unchanged:
             raise ImageChangedError(f"{path} changed since {photo} was indexed; run clipsearch index on "
                                     "its folder to bring the index up to date")
         return path
+
+    def partners(self, records: Sequence[ImageRecord], role: str) -> dict[int, str]:
+        """Each of `records` (ids) that `partner_file` would give a partner in `role` now, by the
+        same rule, with that partner's path: what a page of hits says it has (one lookup)."""
+        still = [r for r in records if r.t is None]
+        if not still or not self.store.has_pairs:
+            return {}
+        rows = self.store.fetch([r.id for r in still], ["id", "pairs"])
+        stamps = dict(zip(rows.column("id").to_pylist(), rows.column("pairs").to_pylist(), strict=True))
+        out = {}
+        for record in still:
+            found = _partner(record.path, stamps.get(record.id), role)
+            if found is not None and found[1]:
+                out[record.id] = found[0]
+        return out
 
     def frame_bytes(self, record: ImageRecord, t: float, size: int | None = None) -> bytes:
         """A video record's frame at `t` seconds, upright, as PNG (the thumbnails' source): its
@@ -775,6 +783,24 @@ class Index:
                         value_set=stored.column("hash").combine_chunks())
         models = sorted(set(stored.column("model").to_pylist()))
         return {"captioned": int(pc.sum(have).as_py() or 0), "caption_models": models}
+
+
+def _partner(photo: str, stamp: str | None, role: str) -> tuple[str, bool] | None:
+    """The partner in `role` that `stamp` (the photo's `pairs` value) recorded beside `photo`,
+    and whether it is still that file (a regular file of the recorded size and time); None when
+    none was recorded."""
+    from clipsearch.media.scan import partner_named, recorded_pairs
+
+    partners = recorded_pairs(stamp)
+    name = partner_named(photo, partners, role)
+    if name is None:
+        return None
+    path = os.path.join(os.path.dirname(photo), name)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return path, False
+    return path, stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == partners[name]
 
 
 def _unknown_image(id: int) -> UnknownImageError:

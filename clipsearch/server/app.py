@@ -36,7 +36,6 @@ from clipsearch.errors import (
     UnknownImageError,
 )
 from clipsearch.media.kinds import is_raw_name
-from clipsearch.media.scan import motion_of
 from clipsearch.media.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
 from clipsearch.results import Hit, ImageRecord, Page
 from clipsearch.search import limits
@@ -428,25 +427,28 @@ def _check_limits(ask: Asked, **more) -> None:
         raise BadInputError(why)
 
 
-def hit_dict(hit: Hit, image: ImageRecord | None) -> dict:
-    """A hit as the API shows it: the CLI's JSON fields, the row id and what the gallery shows."""
+def hit_dict(hit: Hit, image: ImageRecord | None, motion: bool) -> dict:
+    """A hit as the API shows it: the CLI's JSON fields, the row id and what the gallery shows
+    (`motion`: /motion plays its Live Photo video)."""
     extra = {"width": None, "height": None, "taken": None, "tags": []}
     if image is not None:
         extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags,
                  "place": image.place, "camera": image.camera, "lens": image.lens,
                  "keywords": image.keywords, "people": image.people, "caption": image.caption,
-                 "duration": image.duration, "motion": image.t is None and motion_of(image.path) is not None}
+                 "duration": image.duration, "motion": motion}
     return {"id": hit.id, **hit.to_dict(), **extra}
 
 
 def _page(index: Index, page: Page, started: float, offset: int, **source) -> JSONResponse:
+    moving = index.partners([h.image for h in page.hits if h.image is not None], "motion")
     tags_started = time.perf_counter()
     images = index.tagged([h.image for h in page.hits if h.image is not None])
     by_id = {i.id: i for i in images}
     timing = {**page.timing_ms, "tags": round((time.perf_counter() - tags_started) * 1000, 2),
               "total": round((time.perf_counter() - started) * 1000, 2)}
     return JSONResponse({**source, "offset": offset, "total_considered": page.considered,
-                         "hits": [hit_dict(h, by_id.get(h.id)) for h in page.hits], "timing_ms": timing})
+                         "hits": [hit_dict(h, by_id.get(h.id), h.id in moving) for h in page.hits],
+                         "timing_ms": timing})
 
 
 def _add_error_handlers(app) -> None:
