@@ -146,9 +146,12 @@ def test_captioning_resumes_after_an_interrupt_and_redoes_stale_ones(shapes_inde
     assert "captioned 5 photos" in result.stderr
     assert f"{total} had a caption from another model" in result.stderr
     assert f"{total - 5} left for the next run" in result.stderr
-    # --show by bare name prints the stored caption
-    shown = runner.invoke(app, ["caption", "--db", str(db), "--show", "000.png", "--caption-model",
-                                str(shapes_captioner), "--device", "cpu"])
+    # --show by bare name prints the stored caption: a read, answered while another process writes
+    from clipsearch.store.table import lock_dir
+
+    with lock_dir(db):
+        shown = runner.invoke(app, ["caption", "--db", str(db), "--show", "000.png", "--caption-model",
+                                    str(shapes_captioner), "--device", "cpu"])
     assert shown.exit_code == 0 and shown.stdout.strip().startswith("a "), shown.output
 
 

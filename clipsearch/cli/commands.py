@@ -803,8 +803,10 @@ def caption(
                 from clipsearch.build.builder import open_builder
 
                 index = open_index(db, device=device, **options)
-                with open_builder(db, device=device, create=False) as builder:
-                    records = builder.caption_records(index.about(show), index.captioner)
+                records = index.about(show)
+                if any(r.caption is None for r in records):  # a caption to make: a write
+                    with open_builder(db, device=device, create=False) as builder:
+                        records = builder.caption_records(records, index.captioner)
             present.captions(records, as_json)
             return
         with present.progress_bar(not quiet and not as_json) as report:
