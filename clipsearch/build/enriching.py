@@ -108,9 +108,10 @@ def caption_records(builder: Builder, records: Sequence[ImageRecord], captioner:
     from clipsearch.enrich.captions import caption_hashes, of_hashes
 
     todo = {r.hash: [r.path] for r in records if r.caption is None}
-    if todo:
-        builder.store.refresh()
-        caption_hashes(builder.store, captioner, list(todo.items()), call=call)
-        builder.prepare_fast()
+    if not todo:
+        return list(records)
+    builder.store.refresh()
+    caption_hashes(builder.store, captioner, list(todo.items()), call=call)
+    builder.prepare_fast()
     found = of_hashes(builder.store, todo)
     return [dataclasses.replace(r, caption=found[r.hash]) if r.hash in found else r for r in records]

@@ -440,9 +440,10 @@ def hit_dict(hit: Hit, image: ImageRecord | None, motion: bool) -> dict:
 
 
 def _page(index: Index, page: Page, started: float, offset: int, **source) -> JSONResponse:
-    moving = index.partners([h.image for h in page.hits if h.image is not None], "motion")
+    rows = [h.image for h in page.hits if h.image is not None]
+    moving = index.partners(rows, "motion")
     tags_started = time.perf_counter()
-    images = index.tagged([h.image for h in page.hits if h.image is not None])
+    images = index.tagged(rows)
     by_id = {i.id: i for i in images}
     timing = {**page.timing_ms, "tags": round((time.perf_counter() - tags_started) * 1000, 2),
               "total": round((time.perf_counter() - started) * 1000, 2)}
