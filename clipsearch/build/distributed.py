@@ -147,6 +147,9 @@ def session(options: RayOptions) -> Iterator[Any]:
 
 
 def _import() -> Any:
+    # a Ray call from a thread Ray Data left behind must fail, not start a second Ray runtime
+    # here that waits a minute for a head that is gone and then ends the program
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
         import ray
         import ray.data  # noqa: F401  (the extra brings both; a bare `ray` lacks Ray Data)
@@ -234,11 +237,15 @@ def embed(paths: Sequence[str], known: Callable[[], np.ndarray], *, options: Ray
                                            enable_true_multi_threading=True),
         fn_constructor_kwargs={"spec": spec, "device": "cuda" if gpus else device,
                                "precision": precision, "keys": keys, "threads": max(1, int(cpus))})
+    # closed with this generator: Ray Data stops its executor and threads before Ray is shut down
+    batches = iter(embedded.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
     try:
-        for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        for table in batches:
             yield from from_table(table)
     except Exception as exc:  # Ray's errors wrap ours in pages of remote tracebacks
         raise _plain(exc) from None
+    finally:
+        batches.close()
 
 
 def _plain(exc: BaseException) -> ClipsearchError:

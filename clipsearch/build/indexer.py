@@ -421,7 +421,15 @@ class Indexer:
     # -- or read, hashed, decoded and embedded on a cluster ------------------------------------
     def _fanned_out(self, entries: list[FileEntry]) -> Iterator[_Outcome | Skipped]:
         by_path = {e.path: e for e in entries}
-        for e in self.fanout(list(by_path), self._hashes.keys64):
+        # closed here, not when the stream is collected: an interrupted run's traceback keeps this
+        # frame alive until after the builder has shut Ray down, and a Ray Data stream still
+        # running then makes a stray thread start a second Ray runtime (and hang a minute)
+        with contextlib.closing(self.fanout(list(by_path), self._hashes.keys64)) as stream:
+            yield from self._received(stream, by_path)
+
+    def _received(self, stream: Iterator[Embedded], by_path: dict[str, FileEntry],
+                  ) -> Iterator[_Outcome | Skipped]:
+        for e in stream:
             entry = by_path.pop(e.path, None)
             if entry is None:  # a second answer for one photo (a retried batch) must not add a row
                 continue
@@ -442,14 +450,18 @@ class Indexer:
 
     # -- embedding and committing, in the calling thread --------------------------------------
     def _process(self, entries: list[FileEntry]) -> None:
-        pending: list[_Outcome] = []
         self.progress(Progress("embed", 0, len(entries)))
         if self.fanout is None:
-            results = self._outcomes(entries)
-        else:  # videos are read here: a worker's memory is sized for photos
-            videos = [e for e in entries if is_video_name(e.path)]
-            photos = [e for e in entries if not is_video_name(e.path)]
-            results = chain(self._fanned_out(photos), self._outcomes(videos) if videos else ())
+            self._consume(self._outcomes(entries), len(entries))
+            return
+        # videos are read here: a worker's memory is sized for photos
+        videos = [e for e in entries if is_video_name(e.path)]
+        photos = [e for e in entries if not is_video_name(e.path)]
+        with contextlib.closing(self._fanned_out(photos)) as fanned:
+            self._consume(chain(fanned, self._outcomes(videos) if videos else ()), len(entries))
+
+    def _consume(self, results: Iterator[_Outcome | Skipped], total: int) -> None:
+        pending: list[_Outcome] = []
         for done, result in enumerate(results, start=1):
             if isinstance(result, Skipped):
                 self.summary.skipped.append(result)
@@ -467,7 +479,7 @@ class Indexer:
             if len(self._buffer) >= self.commit_every or (
                     self._buffer and time.monotonic() - self._committed_at >= self.commit_seconds):
                 self._flush()
-            self.progress(Progress("embed", done, len(entries)))
+            self.progress(Progress("embed", done, total))
         if pending:
             self._embed(pending)
 
