@@ -134,6 +134,37 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def _made_exports(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    return {}, tmp_path_factory.mktemp("made-exports")
+
+
+@pytest.fixture
+def seed_export(_made_exports, private_cache):
+    """seed_export(embedder): the model's text export, made by the real exporter once a session,
+    copied into this test's cache, as an earlier index run would have left it. For the tests
+    whose subject is not the export (making it takes seconds each time); the tests of the export
+    (test_fastpath, test_derived, test_firstrun) make their own."""
+    made, root = _made_exports
+
+    def seed(embedder=None, db: Path | None = None, model: str | None = None) -> Path:
+        """For `embedder`'s model, the model of the index at `db`, or `model` (as --model takes it)."""
+        from clipsearch.models import ModelSpec, load_embedder, onnxtext, parse_model_spec
+        from clipsearch.models.export import export
+        from clipsearch.store.table import Store
+
+        if model is not None:
+            embedder = load_embedder(parse_model_spec(model), "cpu", "fp32")
+        spec = embedder.spec if embedder is not None else ModelSpec.from_dict(Store.open(db).manifest.model)
+        target = onnxtext.folder(spec.to_dict())
+        if target.name not in made:
+            export(embedder or load_embedder(spec, "cpu", "fp32"), root / target.name)
+            made[target.name] = root / target.name
+        shutil.copytree(made[target.name], target)
+        return target
+    return seed
+
+
 @pytest.fixture
 def empty_hub_cache(tmp_path, monkeypatch):
     """A Hugging Face cache with nothing in it, and the network allowed (as far as env goes)."""

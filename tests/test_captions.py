@@ -50,7 +50,7 @@ def test_trained_captions_name_the_colours_and_shapes(captioned, shapes_split):
     margins.at_least(scores["colours_and_shapes"], 0.8, "captions naming the colours and shapes")
 
 
-def test_a_captions_words_find_its_photo_and_hits_carry_it(captioned, monkeypatch):
+def test_a_captions_words_find_its_photo_and_hits_carry_it(captioned, monkeypatch, seed_export):
     index = open_index(captioned)
     ids = index.store.read(["id"]).column("id").to_pylist()
     record = next(r for r in index.records(ids).values() if "/pairs/" in r.path)
@@ -74,6 +74,7 @@ def test_a_captions_words_find_its_photo_and_hits_carry_it(captioned, monkeypatc
     # full path writes) and answers the same
     from clipsearch.store.snapshot import Snapshot
 
+    seed_export(db=captioned)
     monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")  # queries through the text export from here
     answers = []
     for _ in range(2):

@@ -54,8 +54,9 @@ def _write(folder, name: str, content: bytes | None = None) -> str:
 
 
 @pytest.fixture
-def library(tmp_path, embedder, monkeypatch):
+def library(tmp_path, embedder, monkeypatch, seed_export):
     monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")
+    seed_export(embedder)
     folder = tmp_path / "photos"
     for i in range(240):
         _write(folder, f"d{i % 6}/p{i:03d}.jpg")

@@ -71,7 +71,9 @@ def test_the_environment_page_names_every_variable_the_code_reads_and_no_other()
     assert documented - read == set(), "documented, but no code reads it"
 
 
-def test_every_file_an_index_holds_is_on_the_on_disk_page(photos, tmp_path, tiny_checkpoint):
+def test_every_file_an_index_holds_is_on_the_on_disk_page(photos, tmp_path, tiny_checkpoint, embedder,
+                                                          seed_export):
+    seed_export(embedder)
     runner = CliRunner()
     db = tmp_path / "db"
     env = {"CLIPSEARCH_FAST_QUERY": "1"}  # with the torch-free path's files (made in the command)

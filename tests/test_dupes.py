@@ -399,22 +399,25 @@ def test_the_inverted_file_paths_find_the_planted_groups(tmp_path, n):
     assert sorted(sorted(m.image.id for m in g.members) for g in everything) == found
 
 
-def test_collapse_on_the_torch_free_path(planted, tmp_path):
+def test_collapse_on_the_torch_free_path(planted, tmp_path, seed_export, monkeypatch):
     import serving
+
+    from clipsearch.store import snapshot
 
     db = tmp_path / "db"
     shutil.copytree(planted.db, db)
+    seed_export(db=db)
+    monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")
+    # no row snapshot yet: this is the full path, which writes one
+    assert not any(p.is_file() for p in snapshot.files(db))
+    expected = json.loads(cli("search", "a photo", "--db", db, "-k", "20", "--json", "--collapse",
+                              "--no-server").stdout)
+    assert all(p.is_file() for p in snapshot.files(db))
     env = serving.environment(CLIPSEARCH_FAST_QUERY="1")
-    args = ("search", "a photo", "-k", 20, "--json", "--collapse", "--no-server", "--db", db)
-    code, full, err, heavy = serving.run_cli(*args, env=env)  # no export yet: the full path makes one
-    assert code == 0, err
-    assert "torch" in heavy
-    code, quick, err, heavy = serving.run_cli(*args, env=env)
+    code, quick, err, heavy = serving.run_cli("search", "a photo", "-k", 20, "--json", "--collapse",
+                                              "--no-server", "--db", db, env=env)
     assert code == 0, err
     assert "torch" not in heavy and "lancedb" not in heavy
-    expected = json.loads(cli("search", "a photo", "--db", planted.db, "-k", "20", "--json", "--collapse",
-                              "--no-server").stdout)
-    for answer in (full, quick):
-        hits = json.loads(answer)
-        assert [h["path"] for h in hits] == [h["path"] for h in expected]
-        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in expected], abs=1e-5)
+    hits = json.loads(quick)
+    assert [h["path"] for h in hits] == [h["path"] for h in expected]
+    assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in expected], abs=1e-5)

@@ -101,7 +101,7 @@ def test_image_terms_and_other_settings_are_answered_in_process(server, library)
 
 
 @pytest.mark.parametrize("fake", ["dead pid", "nothing listening", "another process", "garbage"])
-def test_a_stale_or_foreign_discovery_file_falls_back_silently(server, library, tmp_path, fake):
+def test_a_stale_or_foreign_discovery_file_falls_back_silently(server, library, tmp_path, fake, monkeypatch):
     _, db = library
     copy = tmp_path / "db"
     shutil.copytree(db, copy, ignore=shutil.ignore_patterns("server.json"))
@@ -116,11 +116,27 @@ def test_a_stale_or_foreign_discovery_file_falls_back_silently(server, library, 
         "another process": {**real, "pid": os.getpid(), "db": str(copy)},
     }.get(fake)
     (copy / "server.json").write_text(json.dumps(stale) if stale else "{not json")
-    remote = run_cli("search", "a cat", "--json", "--db", copy)
     local = in_process("search", "a cat", "--json", "--db", copy)
-    assert remote[:3] == local
-    assert remote[2] == ""  # silently
-    assert "torch" in remote[3]
+    if fake == "another process":  # the whole way, in a new process: answered in it, not by the server
+        remote = run_cli("search", "a cat", "--json", "--db", copy)
+        assert remote[:3] == local
+        assert remote[2] == ""  # silently
+        assert "torch" in remote[3]
+        return
+    from clipsearch.server import client
+
+    found = []
+
+    def find(*args):
+        found.append(real_find(*args))
+        return found[-1]
+
+    real_find = client.find
+    monkeypatch.setattr(client, "find", find)
+    r = CliRunner().invoke(app, ["search", "a cat", "--json", "--db", str(copy)], catch_exceptions=False)
+    assert found == [None]  # the discovery file was read and refused: answered in this process
+    assert (r.exit_code, r.stdout) == local[:2]
+    assert r.stderr == ""  # silently
 
 
 def test_a_token_protects_the_server_and_the_cli_still_finds_it(library, tmp_path):

@@ -160,7 +160,7 @@ def test_a_header_that_lies_about_the_length_costs_no_more(tmp_path, monkeypatch
     assert counted[0].seeks <= 3
 
 
-def test_similar_to_a_video_on_the_torch_free_path(tmp_path, tiny_local_dir, monkeypatch):
+def test_similar_to_a_video_on_the_torch_free_path(tmp_path, tiny_local_dir, monkeypatch, seed_export):
     """`similar VIDEO` in a new process reads the video's frames from the snapshot: the fast path
     answers it, without falling back to the slow one."""
     from clipsearch import index_folders
@@ -170,6 +170,7 @@ def test_similar_to_a_video_on_the_torch_free_path(tmp_path, tiny_local_dir, mon
     video = make_video(str(folder / "party.mp4"), [(picture(PLANTED, 1), 3.0)], keyint=15)
     picture(PLANTED, 2).save(folder / "still.png")
     monkeypatch.setenv("CLIPSEARCH_FAST_QUERY", "1")
+    seed_export(model=f"local-dir:{tiny_local_dir}")
     index_folders([folder], tmp_path / "db", model=f"local-dir:{tiny_local_dir}", device="cpu")
     code, out, err, _heavy = serving.run_cli("similar", video, "--db", tmp_path / "db", "--json",
                                              env=serving.environment(CLIPSEARCH_FAST_QUERY="1"))
