@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -24,18 +26,25 @@ def _on_small_volume(tmp_path, size: str, script: str, fast: bool = True) -> dic
     out.mkdir()
     vol = tmp_path / "vol"
     vol.mkdir()
+    forkcli, sock = Path(__file__).with_name("forkcli.py"), Path(tempfile.mkdtemp(dir="/tmp")) / "cli"
     head = textwrap.dedent(f"""\
         set -u
         mount -t tmpfs -o size={size} tmpfs {vol} || exit 99
         VOL={vol}
         export CLIPSEARCH_CACHE=$VOL/cache  # the user's exports, on the same small volume
-        cs() {{ {sys.executable} -c 'from clipsearch.cli.commands import main; main()' "$@"; }}
+        # each `cs` a new clipsearch process, forked from one with torch imported (forkcli.py)
+        {sys.executable} {forkcli} --serve {sock} & trap "kill $!" EXIT
+        for i in $(seq 600); do [ -S {sock} ] && break; sleep 0.1; done
+        cs() {{ {sys.executable} {forkcli} {sock} "$@"; }}
         step() {{ name=$1; shift; "$@" >{out}/$name.out 2>{out}/$name.err; echo $? >{out}/$name.rc; }}
         """)
     env = {**os.environ, "CLIPSEARCH_FAST_QUERY": "1" if fast else "0", "HF_HUB_OFFLINE": "1",
            "CLIPSEARCH_PRECISION": "fp32"}
-    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", head + script],
-                       capture_output=True, text=True, env=env, timeout=600)
+    try:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", head + script],
+                           capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        shutil.rmtree(sock.parent, ignore_errors=True)
     assert r.returncode == 0, r.stderr
     return {p.stem: (int(p.read_text()), p.with_suffix(".out").read_text(), p.with_suffix(".err").read_text())
             for p in out.glob("*.rc")}
