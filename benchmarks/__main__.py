@@ -80,7 +80,8 @@ SIZES = {  # mode -> section -> size
                            "background_photos": 100},
               "video": {"seconds": 30.0, "photos": 100_000, "hours": 100.0, "long_minutes": (1, 10)},
               "raw": {"n": 8, "megapixels": 12.0}},
-    "smoke": {"photos": 2, "rounds": 1, "queries_over": 2_000, "cold_runs": 1, "scale": [2_000],
+    "smoke": {"photos": 2, "rounds": 1, "queries_over": 2_000, "cold_runs": 1, "cold_imports": False,
+              "scale": [2_000],
               "rerank": ("fp32",), "candidates": 2, "rerank_model": str(fixtures.FOLDER / fixtures.BLIP),
               "tag_images": 500, "labels": 3,
               "tag_streamed": 2_000, "memory": [4], "precision_photos": 4,
@@ -116,7 +117,8 @@ def run_section(name: str, work: Path, size: dict, shared: dict) -> dict:
         return throughput.measure(work, size["photos"], shared["embedder"], rounds=size.get("rounds", 3))
     if name == "query":
         return {"warm": query.warm(work, size["queries_over"], shared["embedder"]),
-                "cold": query.cold(work, size["cold_runs"], size["queries_over"])}
+                "cold": query.cold(work, size["cold_runs"], size["queries_over"],
+                                   imports=size.get("cold_imports", True))}
     if name == "scale":
         return scale.measure(work, size["scale"])
     if name == "rerank":
