@@ -16,11 +16,11 @@ import os
 import socket
 import sys
 
-_PRELOAD = ("torch", "torchvision", "open_clip")  # none starts a thread at import (see writers.py)
-
 
 def serve(path: str) -> None:
-    for name in _PRELOAD:
+    from writers import PRELOAD  # this script's folder is on sys.path
+
+    for name in PRELOAD:
         __import__(name)
     server = socket.socket(socket.AF_UNIX)
     server.bind(path + ".tmp")

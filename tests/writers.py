@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 
-_PRELOAD = ["torch", "torchvision", "open_clip"]
+PRELOAD = ["torch", "torchvision", "open_clip"]
 _context = None
 
 
@@ -24,7 +24,7 @@ def _forkserver():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(_PRELOAD)
+        _context.set_forkserver_preload(PRELOAD)
     return _context
 
 

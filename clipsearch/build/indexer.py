@@ -425,28 +425,25 @@ class Indexer:
         # frame alive until after the builder has shut Ray down, and a Ray Data stream still
         # running then makes a stray thread start a second Ray runtime (and hang a minute)
         with contextlib.closing(self.fanout(list(by_path), self._hashes.keys64)) as stream:
-            yield from self._received(stream, by_path)
-
-    def _received(self, stream: Iterator[Embedded], by_path: dict[str, FileEntry],
-                  ) -> Iterator[_Outcome | Skipped]:
-        for e in stream:
-            entry = by_path.pop(e.path, None)
-            if entry is None:  # a second answer for one photo (a retried batch) must not add a row
-                continue
-            if e.reason is not None:
-                if e.unread:
-                    _readable_here(e)
-                yield Skipped(e.path, e.reason)
-            elif e.vector is not None:
-                self.summary.embedded += 1
-                yield _Outcome(entry, e.hash, width=e.width, height=e.height, taken=e.taken, vector=e.vector)
-            elif (source := self._hashes.find(e.hash)) is not None:
-                yield _Outcome(entry, e.hash, source=source)
-            else:  # its hash shares its first 64 bits with indexed content: embed it here
-                outcome = _Outcome(entry, e.hash)
-                self._embed_one(outcome)
-                if outcome.vector is not None:
-                    yield outcome
+            for e in stream:
+                entry = by_path.pop(e.path, None)
+                if entry is None:  # a second answer for one photo (a retried batch) must not add a row
+                    continue
+                if e.reason is not None:
+                    if e.unread:
+                        _readable_here(e)
+                    yield Skipped(e.path, e.reason)
+                elif e.vector is not None:
+                    self.summary.embedded += 1
+                    yield _Outcome(entry, e.hash, width=e.width, height=e.height, taken=e.taken,
+                                   vector=e.vector)
+                elif (source := self._hashes.find(e.hash)) is not None:
+                    yield _Outcome(entry, e.hash, source=source)
+                else:  # its hash shares its first 64 bits with indexed content: embed it here
+                    outcome = _Outcome(entry, e.hash)
+                    self._embed_one(outcome)
+                    if outcome.vector is not None:
+                        yield outcome
 
     # -- embedding and committing, in the calling thread --------------------------------------
     def _process(self, entries: list[FileEntry]) -> None:
