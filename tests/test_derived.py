@@ -32,10 +32,15 @@ def _on_small_volume(tmp_path, size: str, script: str, fast: bool = True) -> dic
         mount -t tmpfs -o size={size} tmpfs {vol} || exit 99
         VOL={vol}
         export CLIPSEARCH_CACHE=$VOL/cache  # the user's exports, on the same small volume
-        # each `cs` a new clipsearch process, forked from one with torch imported (forkcli.py)
-        {sys.executable} {forkcli} --serve {sock} & trap "kill $!" EXIT
-        for i in $(seq 600); do [ -S {sock} ] && break; sleep 0.1; done
-        cs() {{ {sys.executable} {forkcli} {sock} "$@"; }}
+        # each `cs` a new clipsearch process, forked from one with torch imported (forkcli.py),
+        # started by the first `cs`: a script that runs none imports no torch for it
+        cs() {{
+            if [ ! -S {sock} ]; then
+                {sys.executable} {forkcli} --serve {sock} </dev/null >/dev/null 2>&1 & trap "kill $!" EXIT
+                for i in $(seq 600); do [ -S {sock} ] && break; sleep 0.1; done
+            fi
+            {sys.executable} {forkcli} {sock} "$@"
+        }}
         step() {{ name=$1; shift; "$@" >{out}/$name.out 2>{out}/$name.err; echo $? >{out}/$name.rc; }}
         """)
     env = {**os.environ, "CLIPSEARCH_FAST_QUERY": "1" if fast else "0", "HF_HUB_OFFLINE": "1",
