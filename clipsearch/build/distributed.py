@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ from clipsearch.errors import (
 )
 
 INSTALL = 'pip install "clipsearch[ray]"'
+# Ray Data's threads in the driver (its executor's scheduling loop, metadata fetcher and batch
+# pipeline). A closed stream waits only 2 s for its scheduling loop; one still running when Ray
+# shuts down (a slow step on a loaded machine) touches the gone core worker, whose C++ side
+# then ends the whole process with exit 1
+_RAY_DATA_THREADS = ("StreamingExecutor-", "ray-data-", "map_tp_", "iter_threaded")
+_SETTLE_S = 30.0
 # how our errors read in the remote tracebacks Ray wraps them in
 _OURS = re.compile(r"clipsearch\.errors\.(\w+Error): ([^\n]+)")
 
@@ -143,7 +150,16 @@ def session(options: RayOptions) -> Iterator[Any]:
     try:
         yield ray
     finally:
+        _settle()
         ray.shutdown()
+
+
+def _settle(timeout: float = _SETTLE_S) -> None:
+    """Wait (up to `timeout` in all) for Ray Data's driver threads to end: none may outlive Ray."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith(_RAY_DATA_THREADS) and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _import() -> Any:
