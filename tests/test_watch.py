@@ -260,7 +260,7 @@ def test_jobs_need_the_local_secret_and_never_open_a_path_they_name(live, tmp_pa
         status, answer = post({"kind": "optimize"}, headers)
         assert status == 403 and "needs the local secret the clipsearch CLI sends" in answer["error"], answer
     status, answer = post({"kind": "tag", "labels_file": "/etc/passwd"}, _writer(live))
-    assert status == 422 and answer["error"].startswith("labels_file: Extra inputs"), answer
+    assert status == 422 and answer["error"].startswith("tag.labels_file: Unexpected keyword"), answer
     labels = tmp_path / "labels.txt"
     labels.write_text("# what the CLI reads and sends\nsky: a photo of the sky\nstone\n", encoding="utf-8")
     r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels-file", str(labels),
@@ -269,6 +269,40 @@ def test_jobs_need_the_local_secret_and_never_open_a_path_they_name(live, tmp_pa
     assert {t["label"] for t in live.server.get("/api/tags").json()["tags"]} == {"sky", "stone"}
     r = CliRunner().invoke(app, ["tag", "--db", str(live.db), "--labels", LABELS, "--threshold", "0.4"])
     assert r.exit_code == 0, r.output  # the module's labels again
+
+
+def test_each_job_kind_is_one_typed_request_that_client_and_server_share(live):
+    """What the CLI's client sends is read back by the server into the same class; a request
+    that is not one of them is refused before anything is queued, naming the field."""
+    from dataclasses import asdict
+
+    from pydantic import TypeAdapter
+
+    from clipsearch.build import jobs
+    from clipsearch.server.live import JobIn
+
+    sent = [jobs.IndexJob(["/p"], ["*/tmp/*"], True), jobs.TagJob("sky,sea", None, 0.3, 2, True, True),
+            jobs.CaptionJob(["/p"], 5, None, "m", "bf16", False), jobs.CaptionJob(show="IMG_1.jpg"),
+            jobs.OptimizeJob(), jobs.ForgetJob(["/p/a.jpg"]), jobs.MoveJob("/old", "/new"),
+            jobs.RemoveRootJob("/p"), jobs.IncludeJob("*/tmp/*")]
+    assert {type(j) for j in sent} == set(jobs.JOBS)
+    read = TypeAdapter(JobIn)
+    assert [read.validate_json(json.dumps(asdict(j))) for j in sent] == sent
+
+    def post(job: dict) -> tuple[int, str]:
+        r = live.server.request("POST", "/api/jobs", body=json.dumps(job).encode(),
+                                headers={"Content-Type": "application/json", **_writer(live)})
+        return r.status, r.json()["error"]
+
+    assert post({"kind": "index", "folders": []}) == (400, "no folder given; say which folder to index")
+    assert post({"kind": "caption", "limit": 0}) == (400, "--limit must be at least 1, not 0")
+    assert post({"kind": "forget", "paths": ["/p"] * 1001}) == (400, "1001 paths in one job; at most 1000")
+    status, error = post({"kind": "move", "old": "/old"})
+    assert status == 422 and error.startswith("move.new: Field required"), error
+    status, error = post({"kind": "move", "folders": ["/old", "/new"]})  # the old wire form
+    assert status == 422 and error.startswith("move.old: Field required"), error
+    status, error = post({"kind": "reindex"})
+    assert status == 422 and "'reindex'" in error, error
 
 
 def test_a_job_is_cancelled_at_its_next_safe_point(live, tmp_path):

@@ -79,6 +79,8 @@ def _type(schema: dict) -> str:
         return " or ".join(kinds) + (" or null" if len(kinds) < len(schema["anyOf"]) else "")
     if "enum" in schema:
         return " \\| ".join(f"`{v}`" for v in schema["enum"])
+    if "const" in schema:
+        return f"`{schema['const']}`"
     if schema.get("format") == "binary" or schema.get("contentMediaType") == "application/octet-stream":
         return "file"
     if schema.get("type") == "array":
@@ -130,7 +132,12 @@ def http_page(spec: dict | None = None) -> str:
                     named = schemas.get(schema.get("$ref", "").rsplit("/", 1)[-1], schema)
                     fields = ", ".join(f"`{f}` ({_type(fs)})"
                                        for f, fs in named.get("properties", {}).items())
-                    lines += [f"Body: `{kind}` with {fields}." if fields else f"Body: `{kind}`.", ""]
+                    if "oneOf" in named:  # told apart by a field (a job's kind): each is a shape below
+                        tag = named.get("discriminator", {}).get("propertyName")
+                        lines += [f"Body: `{kind}`, one of " + ", ".join(_type(s) for s in named["oneOf"])
+                                  + (f" (told apart by `{tag}`)." if tag else "."), ""]
+                    else:
+                        lines += [f"Body: `{kind}` with {fields}." if fields else f"Body: `{kind}`.", ""]
             lines += ["| status | meaning |", "|---|---|"]
             for status, answer in op.get("responses", {}).items():
                 shape = ""
@@ -150,7 +157,9 @@ def http_page(spec: dict | None = None) -> str:
             required = set(schema.get("required", []))
             lines += ["| field | type | required |", "|---|---|---|"]
             for field, fs in schema["properties"].items():
-                lines.append(f"| `{field}` | {_type(fs)} | {'yes' if field in required else ''} |")
+                # a constant is the field a request's kind is told by: it must be sent
+                needed = field in required or "const" in fs
+                lines.append(f"| `{field}` | {_type(fs)} | {'yes' if needed else ''} |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

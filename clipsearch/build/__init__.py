@@ -7,6 +7,7 @@
     prepare.py      the step for each new or changed file: read, hash, decode unless known
     roots.py        when a root or a folder under it is offline rather than emptied
     watch.py        following the folders (`serve --watch`)
+    jobs.py         the writing commands a watching server runs for the CLI, one class per kind
     distributed.py  the per-file step fanned out over a Ray cluster (`index --ray`)
     unchanged.py    an `index` run that finds nothing to do, told without a model or LanceDB
     check.py        verifying and repairing what is made from the table (`clipsearch check`)

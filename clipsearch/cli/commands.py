@@ -21,6 +21,7 @@ from clipsearch import config
 from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted
 
 if TYPE_CHECKING:
+    from clipsearch.build.jobs import Job
     from clipsearch.results import Hit
     from clipsearch.search.engine import Index
     from clipsearch.server.client import Server
@@ -444,6 +445,7 @@ def _index_there(server, folders: list[Path], exclude: Sequence[str], compact: b
                  keep_empty: bool, progress: Callable):
     """`index` through the server that watches this index: folders it watches already need
     nothing (one line says so); others are its job, followed here as if run here."""
+    from clipsearch.build.jobs import IndexJob
     from clipsearch.cli import present
     from clipsearch.media.scan import is_under, normalize_root
     from clipsearch.results import IndexSummary
@@ -458,8 +460,7 @@ def _index_there(server, folders: list[Path], exclude: Sequence[str], compact: b
     present.message(f"handing this run to clipsearch serve --watch (pid {pid}), which holds the index; "
                     "it watches these folders from now on")
     return IndexSummary.from_dict(server.run_job(
-        {"kind": "index", "folders": wanted, "exclude": list(exclude), "compact": compact,
-         "prune_offline": prune_offline, "keep_empty": keep_empty}, progress))
+        IndexJob(wanted, list(exclude), compact, prune_offline, keep_empty), progress))
 
 
 def _watch_here(db: Path | None, folders: list[Path], device: str, batch_size: int, workers: int | None,
@@ -737,12 +738,12 @@ def tag_command(
         chosen = label_set(labels, labels_file, threshold, top)
         server = _watcher(db)
         if server is not None:  # it holds the index: the run is its job
+            from clipsearch.build.jobs import TagJob
             from clipsearch.results import TagSummary
 
-            summary = TagSummary.from_dict(server.run_job({
-                "kind": "tag", "labels": labels, "threshold": threshold, "top": top, "write_xmp": write_xmp,
-                "labels_text": read_labels_file(labels_file) if labels_file else None, "per_image": as_json},
-                lambda _p: None))
+            summary = TagSummary.from_dict(server.run_job(TagJob(
+                labels, read_labels_file(labels_file) if labels_file else None, threshold, top, write_xmp,
+                per_image=as_json), lambda _p: None))
         else:
             from clipsearch.build.builder import open_builder
 
@@ -783,6 +784,7 @@ def caption(
 
     Example: clipsearch caption ~/Photos/2019 --limit 500
     """
+    from clipsearch.build.jobs import CaptionJob
     from clipsearch.cli import present
     from clipsearch.search.engine import open_index
 
@@ -797,7 +799,7 @@ def caption(
 
                 # a file here is named by its absolute path: the server's folder is not ours
                 asked = str(show.expanduser().absolute()) if show.expanduser().exists() else str(show)
-                shown = server.run_job({"kind": "caption", "show": asked, **options}, lambda _p: None)
+                shown = server.run_job(CaptionJob(show=asked, **options), lambda _p: None)
                 records = [ImageRecord(**r) for r in shown["images"]]
             else:
                 from clipsearch.build.builder import open_builder
@@ -816,9 +818,9 @@ def caption(
 
                 present.message(f"handing this run to clipsearch serve --watch (pid {server.found.pid}), "
                                 "which holds the index")
-                summary = CaptionSummary.from_dict(server.run_job(
-                    {"kind": "caption", "folders": [normalize_root(f) for f in folders or ()], "limit": limit,
-                     "write_xmp": write_xmp, **options}, _stopping(stop, report)))
+                job = CaptionJob([normalize_root(f) for f in folders or ()], limit, write_xmp=write_xmp,
+                                 **options)
+                summary = CaptionSummary.from_dict(server.run_job(job, _stopping(stop, report)))
             else:
                 from clipsearch.build.builder import open_builder
 
@@ -875,13 +877,14 @@ def optimize(db: Db = None) -> None:
     Example: clipsearch optimize --db ~/photo-index
     """
     from clipsearch.build.builder import compact
+    from clipsearch.build.jobs import OptimizeJob
     from clipsearch.cli import present
     from clipsearch.results import CompactSummary
 
     with _errors():
         server = _watcher(db)
         if server is not None:
-            present.compacted(CompactSummary(**server.run_job({"kind": "optimize"}, lambda _p: None)))
+            present.compacted(CompactSummary(**server.run_job(OptimizeJob(), lambda _p: None)))
             return
         present.compacted(compact(db))
 
@@ -907,11 +910,11 @@ def roots_list(ctx: typer.Context, db: Db = None, as_json: Json = False) -> None
         present.roots(open_index(db, device="cpu").info(), as_json)
 
 
-def _root_job(db: Path | None, kind: str, value: str, here: Callable) -> dict:
-    """`kind` through the server that watches this index, else `here(builder)`."""
+def _root_job(db: Path | None, job: Job, here: Callable) -> dict:
+    """`job` through the server that watches this index, else `here(builder)`."""
     server = _watcher(db)
     if server is not None:
-        return server.run_job({"kind": kind, "folders": [value]}, lambda _p: None)
+        return server.run_job(job, lambda _p: None)
     from clipsearch.build.builder import open_builder
 
     with open_builder(db) as builder:
@@ -929,12 +932,13 @@ def roots_remove(
 
     Example: clipsearch roots remove /media/old-disk/Photos
     """
+    from clipsearch.build.jobs import RemoveRootJob
     from clipsearch.cli import present
     from clipsearch.results import IndexSummary
 
     root = os.path.abspath(os.path.expanduser(folder))
     with _errors():
-        summary = _root_job(db, "remove-root", root, lambda b: b.remove_root(root).to_dict())
+        summary = _root_job(db, RemoveRootJob(root), lambda b: b.remove_root(root).to_dict())
     present.summary(IndexSummary.from_dict(summary), as_json)
 
 
@@ -949,10 +953,11 @@ def roots_include(
 
     Example: clipsearch roots include '*/Screenshots/*'
     """
+    from clipsearch.build.jobs import IncludeJob
     from clipsearch.cli import present
 
     with _errors():
-        left = _root_job(db, "include", pattern, lambda b: {"exclude": b.include(pattern)})["exclude"]
+        left = _root_job(db, IncludeJob(pattern), lambda b: {"exclude": b.include(pattern)})["exclude"]
     present.message(f"no longer leaving out {pattern!r}; run clipsearch index to add what it left out"
                     + (f" (still left out: {', '.join(repr(p) for p in left)})" if left else ""))
 
@@ -969,6 +974,7 @@ def roots_move(
 
     Example: clipsearch roots move /media/old-disk/Photos /media/new-disk/Photos
     """
+    from clipsearch.build.jobs import MoveJob
     from clipsearch.cli import present
     from clipsearch.results import IndexSummary
 
@@ -976,8 +982,7 @@ def roots_move(
     with _errors():
         server = _watcher(db)
         if server is not None:
-            summary = IndexSummary.from_dict(server.run_job({"kind": "move", "folders": moved},
-                                                            lambda _p: None))
+            summary = IndexSummary.from_dict(server.run_job(MoveJob(*moved), lambda _p: None))
         else:
             from clipsearch.build.builder import open_builder
 
@@ -1000,6 +1005,7 @@ def forget(
 
     Example: clipsearch forget ~/Photos/2019/private
     """
+    from clipsearch.build.jobs import ForgetJob
     from clipsearch.cli import present
     from clipsearch.results import ForgetSummary
 
@@ -1009,7 +1015,7 @@ def forget(
     with _errors():
         server = _watcher(db)
         if server is not None:
-            summary = ForgetSummary(**server.run_job({"kind": "forget", "folders": wanted}, lambda _p: None))
+            summary = ForgetSummary(**server.run_job(ForgetJob(wanted), lambda _p: None))
         else:
             from clipsearch.build.builder import open_builder
 

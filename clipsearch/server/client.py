@@ -22,12 +22,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted, ServeError
 from clipsearch.files import replacing
 from clipsearch.media.kinds import is_video_name
 from clipsearch.results import Hit, Progress
+
+if TYPE_CHECKING:
+    from clipsearch.build.jobs import Job
 from clipsearch.search import limits
 
 SERVER_FILE = "server.json"
@@ -195,10 +199,11 @@ class Server:
     def status(self) -> dict:
         return self._json("GET", "/api/status")
 
-    def submit(self, job: dict) -> dict:
+    def submit(self, job: Job) -> dict:
         """Hand a writing command over (clipsearch.server.live); its refusal is raised as the
         in-process run would raise it."""
-        return self._json("POST", "/api/jobs", body=json.dumps(job).encode(), content_type="application/json")
+        return self._json("POST", "/api/jobs", body=json.dumps(asdict(job)).encode(),
+                          content_type="application/json")
 
     def job(self, id: str) -> dict:
         return self._json("GET", f"/api/jobs/{id}", timeout=30)
@@ -206,7 +211,7 @@ class Server:
     def cancel(self, id: str) -> dict:
         return self._json("DELETE", f"/api/jobs/{id}", timeout=30)
 
-    def run_job(self, job: dict, progress: Callable[[Progress], None]) -> dict:
+    def run_job(self, job: Job, progress: Callable[[Progress], None]) -> dict:
         """Hand a job over and follow it to its end, its progress told to `progress` (which may
         raise KeyboardInterrupt: the job is then cancelled, keeping what it committed); the
         job's result, or its error raised as the in-process run would."""

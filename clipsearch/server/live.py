@@ -7,36 +7,28 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Annotated, Literal
+from typing import Annotated, Union
 
 from fastapi import Body, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from clipsearch.build.jobs import (
+    JOBS,
+    CaptionJob,
+    ForgetJob,
+    IncludeJob,
+    IndexJob,
+    Job,
+    MoveJob,
+    RemoveRootJob,
+    TagJob,
+)
 from clipsearch.build.watch import Watcher
 from clipsearch.errors import BadInputError, NotAllowedError, UnknownJobError
 from clipsearch.server.security import WRITER
 
-
-class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a field this server does not know is an error, not ignored
-
-    kind: Literal["index", "tag", "optimize", "forget", "move", "caption", "remove-root", "include"]
-    folders: list[str] = Field(default_factory=list, max_length=1000)
-    exclude: list[str] = Field(default_factory=list, max_length=1000)
-    compact: bool = False
-    prune_offline: bool = False
-    keep_empty: bool = False
-    labels: str | None = None
-    # a labels file's text, which the CLI reads: the server never opens a path a request names
-    labels_text: str | None = Field(default=None, max_length=1 << 20)
-    threshold: float = 0.5
-    top: int | None = None
-    write_xmp: bool | None = None
-    per_image: bool = False
-    limit: int | None = Field(default=None, ge=1)
-    show: str | None = None
-    caption_model: str | None = None
-    caption_precision: str = "auto"
+# the body of POST /api/jobs: one of the job classes, told apart by its `kind`
+JobIn = Annotated[Union[JOBS], Field(discriminator="kind")]  # noqa: UP007 (a tuple of classes)
 
 
 class Searching:
@@ -76,11 +68,11 @@ def add_routes(app, served, watcher: Watcher | None, stop: threading.Event) -> N
 
     @app.post("/api/jobs", status_code=202, tags=["service"])
     def submit(job: Annotated[JobIn, Body()], request: Request) -> dict:
-        """Run a writing command here (the watcher holds the index's lock): `index` folders (they
-        are watched from then on), `tag`, `optimize`, `forget` paths (`folders`), `move` a root
-        (`folders`: old, new), `remove-root` (`folders`: the root), or `include` again what an
-        --exclude pattern left out (`folders`: the pattern). Poll GET /api/jobs/{id}. Needs the
-        local secret (what the CLI sends): the gallery's token reads, it starts no job."""
+        """Run a writing command here (the watcher holds the index's lock), chosen by `kind`:
+        `index` folders (they are watched from then on), `tag`, `caption`, `optimize`, `forget`
+        paths, `move` a root (`old`, `new`), `remove-root` (`root`), or `include` again what an
+        --exclude pattern left out (`pattern`). Poll GET /api/jobs/{id}. Needs the local secret
+        (what the CLI sends): the gallery's token reads, it starts no job."""
         _writer(request)
         if watcher is None or stop.is_set():
             raise BadInputError("this server does not watch its folders (start it with serve --watch); "
@@ -116,43 +108,36 @@ def _job(watcher: Watcher | None, id: str):
     return job
 
 
-def _work(job: JobIn, served, watcher: Watcher):
+def _work(job: Job, served, watcher: Watcher):
     """The job's work, checked now so that a bad request fails at once, not in the queue."""
-    if job.kind == "index":
-        if not job.folders:
-            raise BadInputError("no folder given; say which folder to index")
-        from clipsearch.media.scan import normalize_root
+    match job:
+        case IndexJob():
+            from clipsearch.media.scan import normalize_root
 
-        folders = [normalize_root(f) for f in job.folders]
-        return lambda progress: watcher.add_roots(folders, progress, job.exclude, job.compact,
-                                                  job.prune_offline, job.keep_empty).to_dict()
-    if job.kind == "tag":
-        from clipsearch.enrich.tagging import label_set
+            folders = [normalize_root(f) for f in job.folders]
+            return lambda progress: watcher.add_roots(folders, progress, job.exclude, job.compact,
+                                                      job.prune_offline, job.keep_empty).to_dict()
+        case TagJob():
+            from clipsearch.enrich.tagging import label_set
 
-        chosen = label_set(job.labels, None, job.threshold, job.top, labels_text=job.labels_text)
-        return lambda _progress: watcher.builder.tag(chosen, write_xmp=job.write_xmp, per_image=job.per_image,
-                                                     embed_texts=served.get().embed_texts).to_dict()
-
-    if job.kind == "caption":
-        return _caption_work(job, served, watcher.builder)
-    if job.kind == "move":
-        if len(job.folders) != 2:
-            raise BadInputError("a move needs two folders: the library's old place and its new one")
-        return lambda progress: watcher.move_root(*job.folders, progress).to_dict()
-    if job.kind in ("remove-root", "include"):
-        if len(job.folders) != 1:
-            raise BadInputError(f"a {job.kind} job names one folder or pattern (`folders`), "
-                                f"not {len(job.folders)}")
-        if job.kind == "include":
-            return lambda _progress: {"exclude": watcher.builder.include(job.folders[0])}
-        return lambda progress: watcher.remove_root(job.folders[0], progress).to_dict()
-    if job.kind == "forget":
-        return lambda _progress: watcher.builder.forget(job.folders).to_dict()
-
+            chosen = label_set(job.labels, None, job.threshold, job.top, labels_text=job.labels_text)
+            return lambda _progress: watcher.builder.tag(
+                chosen, write_xmp=job.write_xmp, per_image=job.per_image,
+                embed_texts=served.get().embed_texts).to_dict()
+        case CaptionJob():
+            return _caption_work(job, served, watcher.builder)
+        case MoveJob():
+            return lambda progress: watcher.move_root(job.old, job.new, progress).to_dict()
+        case IncludeJob():
+            return lambda _progress: {"exclude": watcher.builder.include(job.pattern)}
+        case RemoveRootJob():
+            return lambda progress: watcher.remove_root(job.root, progress).to_dict()
+        case ForgetJob():
+            return lambda _progress: watcher.builder.forget(job.paths).to_dict()
     return lambda _progress: dataclasses.asdict(watcher.builder.compact())
 
 
-def _caption_work(job: JobIn, served, builder):
+def _caption_work(job: CaptionJob, served, builder):
     """`caption` in the watcher's thread, written by its builder, with the captioner the server
     has unless the job asks for another."""
     index = served.get()
