@@ -25,11 +25,12 @@ from clipsearch.results import (
     TagCount,
     TagSummary,
 )
+from clipsearch.search.request import SearchRequest
 
 __version__ = "0.1.0"
 __all__ = [
     "CaptionSummary", "ClipsearchError", "Hit", "ImageTags", "Index", "IndexInfo", "IndexSummary", "Progress",
-    "Skipped", "TagCount", "TagSummary", "index_folders", "open_builder", "open_index",
+    "SearchRequest", "Skipped", "TagCount", "TagSummary", "index_folders", "open_builder", "open_index",
 ]
 
 if TYPE_CHECKING:

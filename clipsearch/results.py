@@ -28,6 +28,7 @@ class Hit:
     # a RAW + JPEG pair's RAW (clipsearch.media.scan.originals_of): the hit is shown through `path`,
     # the JPEG; None for a photo without one
     original: str | None = None
+    motion: bool = False  # a Live Photo whose video plays (asked for with SearchRequest.details)
 
     @property
     def kind(self) -> str:

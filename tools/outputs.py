@@ -43,6 +43,8 @@ def _library() -> tuple[Path, Path, str]:
     for i, scene in enumerate(shapes.singles()[:6]):
         shapes.render(scene, random.Random(i)).save(photos / f"shape {i}.png")
     shutil.copyfile(photos / "shape 0.png", photos / "copy of shape 0.png")
+    for path in photos.rglob("*"):  # times shown (info PHOTO) must not follow the checkout's
+        os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)
     trained = fixtures.models(WORK / "models")
     return photos, db, f"local-dir:{trained.clip_dir}"
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from clipsearch.build.jobs import Job
     from clipsearch.results import Hit
     from clipsearch.search.engine import Index
-    from clipsearch.server.client import Server
+    from clipsearch.search.request import SearchRequest
 
 
 class _Group(typer.core.TyperGroup):
@@ -209,27 +209,27 @@ def _folder(path: Path | None) -> str | None:
     return str(path) if path else None
 
 
-def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
-                ask: Callable[[Index], list[Hit]], remote: Callable[[Server], list[Hit] | None] | None,
-                wanted: dict, none_found: str = "no matching images", preview: str | None = None,
-                text: bool = True, **options) -> None:
-    """Answer through a running server for this index when there is one (`remote`), else in this
-    process: on the fast path (no torch, no LanceDB) when the index has what it needs, else the
-    full one. Every way gives the same hits; they are printed the same way."""
+def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool], request: SearchRequest,
+                remote: bool, wanted: dict, none_found: str = "no matching images",
+                preview: str | None = None, **options) -> None:
+    """Answer `request` through a running server for this index when there is one (and `remote`),
+    else in this process: on the fast path (no torch, no LanceDB) when the index has what it
+    needs, else the full one. Every way gives the same hits; they are printed the same way."""
     from clipsearch.cli import present
 
     with _errors():
         fmt = _format(*fmt)
         protocol = _preview(preview) if fmt == "table" and preview else None
         found = None
-        if remote is not None:
+        text = request.query is not None
+        if remote and not (text and _needs_files(request.query)):
             from clipsearch.server import client
 
             server = client.find(config.db_path(db), {"device": device, "fast_query": config.fast_query(),
                                                       **wanted})
-            found = remote(server) if server is not None else None
+            found = server.search(request) if server is not None else None
         if found is None:
-            found = _fast(db, device, ask, options, text)
+            found = _fast(db, device, request, options)
         if found is None:
             from clipsearch.build.fastprep import prepare_searches
             from clipsearch.search.engine import open_index
@@ -243,7 +243,7 @@ def _print_hits(db: Path | None, device: str, fmt: tuple[bool, bool, bool],
                 from clipsearch.search.fastpath import PENDING
 
                 present.message(PENDING)
-            found = ask(index)
+            found = index.page(request).hits
     present.hits(found, fmt, none_found, protocol)
     present.untold(config.db_path(db))
 
@@ -264,8 +264,7 @@ def _preview(asked: str) -> str | None:
     return protocol
 
 
-def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], options: dict,
-          text: bool = True) -> list[Hit] | None:
+def _fast(db: Path | None, device: str, request: SearchRequest, options: dict) -> list[Hit] | None:
     """The hits on the fast path, or None when the index lacks what it needs. Damaged fast-path
     files are only a detour: the full path answers, and rewrites them."""
     from clipsearch.cli import present
@@ -274,9 +273,9 @@ def _fast(db: Path | None, device: str, ask: Callable[[Index], list[Hit]], optio
     try:
         keep_pandas_out()
         # a text query is what waits on the export; `similar` needs no text encoder
-        told = present.message if text else lambda _m: None
+        told = present.message if request.query is not None else lambda _m: None
         index = open_fast(config.db_path(db), device=device, note=told, **options)
-        return ask(index) if index is not None else None
+        return index.page(request).hits if index is not None else None
     except ClipsearchError:
         raise
     except Exception as exc:  # anything else is a damaged file: not the user's problem
@@ -549,19 +548,13 @@ def search(
     _rerank_model_used(ctx, reranked)
     wanted = {"precision": precision} | ({"rerank_model": rerank_model or config.DEFAULT_RERANK_MODEL,
                                          "rerank_precision": rerank_precision} if reranked else {})
-    _print_hits(
-        db, device, (as_json, paths, null),
-        lambda index: index.search(text, k, _folder(within), after=after, before=before, ext=ext,
-                                   tags=tag, rerank=rerank, candidates=candidates,
-                                   min_match=min_match, collapse=collapse, place=place, camera=camera,
-                                   words=use_words, kind=kind),
-        None if no_server else lambda server: None if _needs_files(text) else server.search(
-            text, k, _folder(within), after=after, before=before, ext=ext, tags=tag, rerank=rerank,
-            candidates=candidates, min_match=min_match, collapse=collapse, place=place, camera=camera,
-            words=use_words, kind=kind),
-        wanted, none_found, preview, rerank_model=rerank_model, rerank_precision=rerank_precision,
-        precision=precision,
-    )
+    from clipsearch.search.request import SearchRequest
+
+    request = SearchRequest(text, k=k, within=_folder(within), after=after, before=before, ext=ext, tags=tag,
+                            place=place, camera=camera, kind=kind, words=use_words, rerank=rerank,
+                            candidates=candidates, min_match=min_match, collapse=collapse)
+    _print_hits(db, device, (as_json, paths, null), request, not no_server, wanted, none_found, preview,
+                rerank_model=rerank_model, rerank_precision=rerank_precision, precision=precision)
 
 
 def _rerank_model_used(ctx: typer.Context, reranked: bool) -> None:
@@ -622,15 +615,12 @@ def similar(
 
     Example: clipsearch similar ~/Photos/IMG_0412.jpg --paths | head -3
     """
-    kind = _kind(photos, videos)
-    _print_hits(
-        db, device, (as_json, paths, null),
-        lambda index: index.similar(image, k, _folder(within), after=after, before=before, ext=ext, tags=tag,
-                                    place=place, camera=camera, kind=kind),
-        None if no_server else lambda server: server.similar(
-            image, k, _folder(within), after=after, before=before, ext=ext, tags=tag, place=place,
-            camera=camera, kind=kind),
-        {"precision": precision}, preview=preview, text=False, precision=precision)
+    from clipsearch.search.request import SearchRequest
+
+    request = SearchRequest(like=image, k=k, within=_folder(within), after=after, before=before, ext=ext,
+                            tags=tag, place=place, camera=camera, kind=_kind(photos, videos))
+    _print_hits(db, device, (as_json, paths, null), request, not no_server, {"precision": precision},
+                preview=preview, precision=precision)
 
 
 @app.command()

@@ -1,5 +1,5 @@
 """Measuring an index's retrieval and zero-shot quality through the product's own paths: the
-dataset's images are indexed by the indexer, text queries go through `Index.search_page` (the
+dataset's images are indexed by the indexer, text queries go through `Index.page` (the
 code `clipsearch search` runs, re-rank included), image queries use the vectors indexing stored,
 and zero-shot labels are embedded and scored by the tagging module, as `clipsearch tag` does.
 
@@ -25,6 +25,7 @@ import numpy as np
 from clipsearch.errors import BadInputError
 from clipsearch.eval.metrics import first_rank, median_rank, recall
 from clipsearch.results import Progress, Skipped
+from clipsearch.search.request import SearchRequest
 
 if TYPE_CHECKING:
     from clipsearch.build.indexer import ProgressCallback
@@ -204,8 +205,8 @@ def retrieval(data: CaptionSet, g: Gallery, *, rerank: bool = False, candidates:
         that re-ranks k candidates lists them, then CLIP's order goes on)."""
         ranks, started = [], time.perf_counter()
         for done, (item, caption) in enumerate(queries, start=1):
-            page = index.search_page(caption, k, literal=True, rerank=after is not None, candidates=k,
-                                     words=words)
+            page = index.page(SearchRequest(caption, k=k, literal=True, rerank=after is not None,
+                                            candidates=k, words=words))
             rank = first_rank([item_of.get(h.id, -1) for h in page.hits], {item})
             ranks.append(after[done - 1] if rank is None and after is not None else rank)
             report(Progress(phase, done, len(queries)))

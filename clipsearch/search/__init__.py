@@ -1,6 +1,7 @@
 """Reading an index: from a query to ranked hits.
 
     engine.py     Index, the one way to read an index (search, similar, records, files)
+    request.py    SearchRequest: one search as the CLI, the client, the API and Python state it
     query.py      the query language: terms, filters, image terms
     nearest.py    the nearest vectors under filters, over the rows' source
     wordsearch.py the word index and its fusion with CLIP's ranking

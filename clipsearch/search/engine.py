@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from clipsearch import config
@@ -32,10 +31,10 @@ from clipsearch.results import (
     Page,
     TagCount,
 )
+from clipsearch.search.request import ImageData, SearchRequest
 from clipsearch.store.table import Store
 
 if TYPE_CHECKING:
-    from datetime import datetime
 
     import numpy as np
 
@@ -54,14 +53,6 @@ if TYPE_CHECKING:
         def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """An image that is not a file here, such as an upload: its bytes, and a name for messages."""
-
-    data: bytes
-    name: str = "the uploaded image"
 
 
 class Index:
@@ -216,44 +207,34 @@ class Index:
             self._memos[name] = (key, value)
         return value
 
-    def search(
-        self, query: str, k: int = 10, within: str | None = None, *,
-        after: str | datetime | None = None, before: str | datetime | None = None,
-        ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
-        collapse: bool = False, place: str | None = None, camera: str | None = None, words: bool = True,
-        kind: str | None = None,
-    ) -> list[Hit]:
-        """Images best matching `query`, best first.
+    def page(self, request: SearchRequest) -> Page:
+        """The page of hits `request` asks for (clipsearch.search.request), with how many images
+        the filters allowed and the time each stage took, in milliseconds."""
+        return self._image_page(request) if request.like is not None else self._text_page(request)
 
-        `query` is a description or a composition of text and image terms (clipsearch.search.query).
-        Filters: `within` a folder, taken `after`/`before` a date, file extension(s) `ext`,
-        `tags` (every one of them, from `tag`), a `place` and a `camera` (case-insensitive, by
-        prefix: "Portugal", "pixel 7").
-        The query's words also match each photo's own (file and folder names, place, camera,
-        keywords: clipsearch.search.wordsearch) and rank beside CLIP; `words=False` ranks by pixels only.
-        `rerank` re-orders the top `candidates` with BLIP; `min_match` (implies `rerank`) drops
-        hits whose BLIP match probability is below it, so a query without a match returns [].
-        `collapse` returns one hit per group of duplicate photos, its keeper (see `dupes`).
-        """
-        return self.search_page(query, k, within, after=after, before=before, ext=ext, tags=tags,
-                                rerank=rerank, candidates=candidates, min_match=min_match,
-                                collapse=collapse, place=place, camera=camera, words=words, kind=kind).hits
+    def search(self, query: str, k: int = 10, within: str | None = None, **options) -> list[Hit]:
+        """Images best matching `query`, best first: a description or a composition of text and
+        image terms (clipsearch.search.query). `options` are SearchRequest's: filters (after,
+        before, ext, tags, place, camera, kind), words, rerank, candidates, min_match, collapse."""
+        return self.page(SearchRequest(query, k=k, within=within, **options)).hits
 
-    def search_page(
-        self, query: str, k: int = 10, within: str | None = None, *,
-        after: str | datetime | None = None, before: str | datetime | None = None,
-        ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        rerank: bool = False, candidates: int | None = None, min_match: float | None = None,
-        offset: int = 0, image_terms: bool = True, literal: bool = False, collapse: bool = False,
-        place: str | None = None, camera: str | None = None, words: bool = True, kind: str | None = None,
-    ) -> Page:
-        """`search`, as the page of `k` hits from rank `offset + 1` on, with how many images the
-        filters allowed and the time each stage took. `image_terms=False` refuses terms that
-        name image files (a server must not open paths its clients send); `literal=True` takes
-        the whole query as one text, not the query language (a dataset's caption). `collapse`
-        returns one hit per duplicate group, its keeper (clipsearch.search.dupes), before re-ranking."""
-        from clipsearch.search.nearest import Filters
+    def search_page(self, query: str, k: int = 10, within: str | None = None, **options) -> Page:
+        """`search`, as the page of `k` hits from rank `offset + 1` on (an option)."""
+        return self.page(SearchRequest(query, k=k, within=within, **options))
+
+    def similar(self, image: str | os.PathLike[str] | int | ImageData, k: int = 10,
+                within: str | None = None, **options) -> list[Hit]:
+        """Images most like `image`: a file inside the index or anywhere else, an indexed row's
+        id, or an image's bytes (ImageData); which comes first when it is itself indexed.
+        `options`: SearchRequest's filters and offset."""
+        return self.page(SearchRequest(like=image, k=k, within=within, **options)).hits
+
+    def similar_page(self, image: str | os.PathLike[str] | int | ImageData, k: int = 10,
+                     within: str | None = None, **options) -> Page:
+        """`similar`, as a page (see `search_page`)."""
+        return self.page(SearchRequest(like=image, k=k, within=within, **options))
+
+    def _text_page(self, r: SearchRequest) -> Page:
         from clipsearch.search.query import Term, parse
         from clipsearch.search.rerank import check_terms
         from clipsearch.search.rerank import rerank as rerank_hits
@@ -261,61 +242,42 @@ class Index:
         started = time.perf_counter()
         from clipsearch.search.wordsearch import query_words
 
-        terms = [Term("text", query, 1.0, 0)] if literal else parse(query, image_terms=image_terms)
-        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera, kind=kind)
-        if min_match is not None:
-            if not 0.0 <= min_match <= 1.0:
-                raise BadInputError(f"--min-match {min_match} is not a probability between 0 and 1")
-            rerank = True
-        if candidates is not None and candidates < 1:
-            raise BadInputError(f"--candidates must be at least 1, not {candidates}")
-        _check_page(k, offset)
-        texts = check_terms(terms) if rerank else []
+        query = r.query or ""
+        terms = [Term("text", query, 1.0, 0)] if r.literal else parse(query, image_terms=r.image_terms)
+        filters = r.filters()
+        if r.min_match is not None and not 0.0 <= r.min_match <= 1.0:
+            raise BadInputError(f"--min-match {r.min_match} is not a probability between 0 and 1")
+        if r.candidates is not None and r.candidates < 1:
+            raise BadInputError(f"--candidates must be at least 1, not {r.candidates}")
+        _check_page(r.k, r.offset)
+        texts = check_terms(terms) if r.reranked else []
         vector = self.query_vector(terms, query)
         embedded = time.perf_counter()
-        wanted = k + offset
-        if rerank:
-            wanted = max(wanted, candidates or config.DEFAULT_CANDIDATES)
+        wanted = r.k + r.offset
+        if r.reranked:
+            wanted = max(wanted, r.candidates or config.DEFAULT_CANDIDATES)
         from clipsearch.enrich.captions import phrase_of
 
-        matching = query_words(terms) if words else []
-        phrase = phrase_of(terms) if words else []
-        hits, considered = self._nearest(vector, wanted, filters, collapse, matching, phrase)
+        matching = query_words(terms) if r.words else []
+        phrase = phrase_of(terms) if r.words else []
+        hits, considered = self._nearest(vector, wanted, filters, r.collapse, matching, phrase)
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
-        if rerank:
+        if r.reranked:
             reranked = time.perf_counter()
             hits = self._model_call(lambda: rerank_hits(
-                hits, texts, self.scorer, self.feature_cache(), k + offset, min_match,
+                hits, texts, self.scorer, self.feature_cache(), r.k + r.offset, r.min_match,
                 workers=config.default_workers()))
             timing["rerank"] = time.perf_counter() - reranked
-        return _page(_finished(self, hits[offset:offset + k]), considered, timing, started)
+        return _page(_finished(self, hits[r.offset:r.offset + r.k], r.details, timing), considered, timing,
+                     started)
 
-    def similar(
-        self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
-        *, after: str | datetime | None = None, before: str | datetime | None = None,
-        ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        place: str | None = None, camera: str | None = None, kind: str | None = None,
-    ) -> list[Hit]:
-        """Images most like `image`: a file inside the index or anywhere else, an indexed row's
-        id, or an image's bytes (ImageData)."""
-        return self.similar_page(image, k, within, after=after, before=before, ext=ext, tags=tags,
-                                 place=place, camera=camera, kind=kind).hits
-
-    def similar_page(
-        self, image: str | os.PathLike[str] | int | ImageData, k: int = 10, within: str | None = None,
-        *, after: str | datetime | None = None, before: str | datetime | None = None,
-        ext: str | Sequence[str] | None = None, tags: str | Sequence[str] | None = None,
-        offset: int = 0, place: str | None = None, camera: str | None = None, kind: str | None = None,
-    ) -> Page:
-        """`similar`, as a page (see `search_page`)."""
-        from clipsearch.search.nearest import Filters
-
+    def _image_page(self, r: SearchRequest) -> Page:
         started = time.perf_counter()
-        filters = Filters.make(within, after, before, ext, tags, place=place, camera=camera, kind=kind)
-        _check_page(k, offset)
-        vector, own = self._image(image)
+        filters = r.filters()
+        _check_page(r.k, r.offset)
+        vector, own = self._image(r.like)
         embedded = time.perf_counter()
-        wanted = k + offset
+        wanted = r.k + r.offset
         while True:
             hits, considered = self._nearest(vector, wanted + (own is not None), filters)
             # the photo asked about comes first among equal scores (a copy in another format
@@ -324,9 +286,10 @@ class Index:
                     or hits[-1].score < hits[0].score - _TIE):
                 break
             wanted *= 2
-        hits = _asked_first(hits, own)[:k + offset]
+        hits = _asked_first(hits, own)[:r.k + r.offset]
         timing = {"embed": embedded - started, "search": time.perf_counter() - embedded}
-        return _page(_finished(self, hits[offset:offset + k]), considered, timing, started)
+        return _page(_finished(self, hits[r.offset:r.offset + r.k], r.details, timing), considered, timing,
+                     started)
 
     def query_vector(self, terms: Sequence[Term], query: str = "") -> np.ndarray:
         """The unit vector a parsed query stands for (clipsearch.search.query.combine)."""
@@ -829,16 +792,25 @@ def _check_page(k: int, offset: int) -> None:
         raise BadInputError(f"offset must be 0 or more, not {offset}")
 
 
-def _finished(index: Index, hits: list[Hit]) -> list[Hit]:
-    """A page's hits with their captions and their RAW originals (a RAW + JPEG pair's)."""
+def _finished(index: Index, hits: list[Hit], details: bool, seconds: dict[str, float]) -> list[Hit]:
+    """A page's hits as every door shows them: their rows with their captions, and their RAW
+    originals (a RAW + JPEG pair's); with `details` (SearchRequest.details: the API's pages) also
+    the rows' tags and whether a Live Photo's motion plays (`motion`)."""
     from dataclasses import replace
 
     from clipsearch.media.scan import originals_of
 
     images = index.captioned([h.image for h in hits if h.image is not None])
+    moving: dict[int, str] = {}
+    if details:
+        moving = index.partners(images, "motion")
+        started = time.perf_counter()
+        images = index.tagged(images)
+        seconds["tags"] = time.perf_counter() - started
     by_id = {i.id: i for i in images}
     originals = originals_of(h.path for h in hits if h.t is None)
-    return [replace(h, image=by_id[h.id], caption=by_id[h.id].caption, original=originals.get(h.path))
+    return [replace(h, image=by_id[h.id], caption=by_id[h.id].caption, original=originals.get(h.path),
+                    motion=h.id in moving)
             if h.id in by_id else replace(h, original=originals.get(h.path)) for h in hits]
 
 

@@ -37,11 +37,12 @@ from clipsearch.errors import (
 )
 from clipsearch.media.kinds import is_raw_name
 from clipsearch.media.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
-from clipsearch.results import Hit, ImageRecord, Page
+from clipsearch.results import Hit
 from clipsearch.search import limits
 from clipsearch.search.dupes import DEFAULT_THRESHOLD
-from clipsearch.search.engine import ImageData, Index, open_index
+from clipsearch.search.engine import Index, open_index
 from clipsearch.search.limits import MAX_RANK, MAX_RERANKED, MAX_UPLOAD
+from clipsearch.search.request import ImageData, SearchRequest
 
 if TYPE_CHECKING:
     from clipsearch.build.watch import Watcher
@@ -163,23 +164,12 @@ class ImageOut(BaseModel):
 
 @dataclass(frozen=True)
 class Asked:
-    """The page and the filters, as every search route takes them."""
+    """The page and the filters, as every search route takes them: a SearchRequest's fields."""
 
-    k: int
-    offset: int
-    within: str | None
-    after: str | None
-    before: str | None
-    ext: str | None
-    tags: list[str] | None
-    place: str | None = None
-    camera: str | None = None
-    kind: str | None = None
+    options: dict
 
-    def options(self) -> dict:
-        return {"k": self.k, "offset": self.offset, "within": self.within, "after": self.after,
-                "before": self.before, "ext": self.ext, "tags": self.tags, "place": self.place,
-                "camera": self.camera, "kind": self.kind}
+    def request(self, **more) -> SearchRequest:
+        return SearchRequest(**self.options, **more)
 
 
 def asked(
@@ -199,7 +189,8 @@ def asked(
     kind: Annotated[Literal["photo", "video"] | None, Query(
         description="One kind only: photo or video.")] = None,
 ) -> Asked:
-    return Asked(k, offset, within, after, before, ext, tag, place, camera, kind)
+    return Asked({"k": k, "offset": offset, "within": within, "after": after, "before": before, "ext": ext,
+                  "tags": tag, "place": place, "camera": camera, "kind": kind})
 
 
 def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
@@ -270,20 +261,15 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
     ) -> JSONResponse:
         """Images matching a description, best first, a page at a time."""
         started = time.perf_counter()
-        _check_limits(ask, query=q, rerank=rerank or min_match is not None, candidates=candidates)
-        index = served.get()
-        page = index.search_page(q, rerank=rerank, candidates=candidates, min_match=min_match,
-                                 image_terms=False, collapse=collapse, words=words, **ask.options())
-        return _page(index, page, started, ask.offset, query=q)
+        request = ask.request(query=q, rerank=rerank, candidates=candidates, min_match=min_match,
+                              image_terms=False, collapse=collapse, words=words)
+        return _page(served, request, started, query=q)
 
     @app.get("/api/similar/{id}", response_model=PageOut, tags=["search"])
     def similar(id: RowId, ask: Annotated[Asked, Depends(asked)]) -> JSONResponse:
         """Images that look like the indexed image `id` (which comes first)."""
         started = time.perf_counter()
-        _check_limits(ask)
-        index = served.get()
-        page = index.similar_page(id, **ask.options())
-        return _page(index, page, started, ask.offset, similar_to={"id": id})
+        return _page(served, ask.request(like=id), started, similar_to={"id": id})
 
     @app.post("/api/similar", response_model=PageOut, tags=["search"])
     def similar_upload(
@@ -292,12 +278,9 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
     ) -> JSONResponse:
         """Images that look like an uploaded image (multipart form field `image`)."""
         started = time.perf_counter()
-        _check_limits(ask)
         name = image.filename or "the uploaded image"
-        data = image.file.read()
-        index = served.get()
-        page = index.similar_page(ImageData(data, name), **ask.options())
-        return _page(index, page, started, ask.offset, similar_to={"upload": name})
+        request = ask.request(like=ImageData(image.file.read(), name))
+        return _page(served, request, started, similar_to={"upload": name})
 
     @app.get("/api/dupes", tags=["images"])
     def dupes(
@@ -422,34 +405,27 @@ def media_type(path: str) -> str:
     return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
 
 
-def _check_limits(ask: Asked, **more) -> None:
-    if (why := limits.breach(k=ask.k, offset=ask.offset, tags=ask.tags, **more)) is not None:
-        raise BadInputError(why)
-
-
-def hit_dict(hit: Hit, image: ImageRecord | None, motion: bool) -> dict:
+def hit_dict(hit: Hit) -> dict:
     """A hit as the API shows it: the CLI's JSON fields, the row id and what the gallery shows
-    (`motion`: /motion plays its Live Photo video)."""
+    (`motion`: /motion plays its Live Photo video), from the hit the engine enriched."""
+    image = hit.image
     extra = {"width": None, "height": None, "taken": None, "tags": []}
     if image is not None:
         extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags,
                  "place": image.place, "camera": image.camera, "lens": image.lens,
                  "keywords": image.keywords, "people": image.people, "caption": image.caption,
-                 "duration": image.duration, "motion": motion}
+                 "duration": image.duration, "motion": hit.motion}
     return {"id": hit.id, **hit.to_dict(), **extra}
 
 
-def _page(index: Index, page: Page, started: float, offset: int, **source) -> JSONResponse:
-    rows = [h.image for h in page.hits if h.image is not None]
-    moving = index.partners(rows, "motion")
-    tags_started = time.perf_counter()
-    images = index.tagged(rows)
-    by_id = {i.id: i for i in images}
-    timing = {**page.timing_ms, "tags": round((time.perf_counter() - tags_started) * 1000, 2),
-              "total": round((time.perf_counter() - started) * 1000, 2)}
-    return JSONResponse({**source, "offset": offset, "total_considered": page.considered,
-                         "hits": [hit_dict(h, by_id.get(h.id), h.id in moving) for h in page.hits],
-                         "timing_ms": timing})
+def _page(served: ServedIndex, request: SearchRequest, started: float, **source) -> JSONResponse:
+    """A search route's answer: `request` checked against the server's limits, then answered."""
+    if (why := request.breach()) is not None:
+        raise BadInputError(why)
+    page = served.get().page(replace(request, details=True))
+    timing = {**page.timing_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
+    return JSONResponse({**source, "offset": request.offset, "total_considered": page.considered,
+                         "hits": [hit_dict(h) for h in page.hits], "timing_ms": timing})
 
 
 def _add_error_handlers(app) -> None:

@@ -19,7 +19,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,10 +29,11 @@ from clipsearch.errors import BadInputError, ClipsearchError, IndexInterrupted, 
 from clipsearch.files import replacing
 from clipsearch.media.kinds import is_video_name
 from clipsearch.results import Hit, Progress
+from clipsearch.search import limits
+from clipsearch.search.request import SearchRequest
 
 if TYPE_CHECKING:
     from clipsearch.build.jobs import Job
-from clipsearch.search import limits
 
 SERVER_FILE = "server.json"
 HEALTH_TIMEOUT = 1.0  # seconds; a live server on loopback answers in about a millisecond
@@ -146,36 +147,18 @@ class Server:
             return None  # anything else: the CLI's own run says what it has to say
         return [Hit.from_dict(h) for h in page["hits"]]
 
-    def search(self, query: str, k: int, within: str | None = None, *, after: str | None = None,
-               before: str | None = None, ext: str | None = None, tags: Sequence[str] | None = None,
-               rerank: bool = False, candidates: int | None = None,
-               min_match: float | None = None, collapse: bool = False, place: str | None = None,
-               camera: str | None = None, words: bool = True, kind: str | None = None) -> list[Hit] | None:
-        """The hits `Index.search` would return, or None when the CLI must search itself."""
-        reranked = rerank or min_match is not None
-        if limits.breach(k=k, query=query, tags=tags, rerank=reranked, candidates=candidates):
+    def search(self, request: SearchRequest) -> list[Hit] | None:
+        """The hits `Index.page(request)` would give, or None when the CLI must search itself. An
+        image to look like is sent as an upload; the server finds indexed content by its hash, so
+        an indexed photo is not embedded again."""
+        if request.breach() is not None:
             return None
-        params = _filters(k, within, after, before, ext, tags, place, camera, kind) | {"q": query}
-        if not words:
-            params["words"] = "0"
-        if rerank:
-            params["rerank"] = "1"
-        if candidates is not None:
-            params["candidates"] = str(candidates)
-        if min_match is not None:
-            params["min_match"] = repr(float(min_match))
-        if collapse:
-            params["collapse"] = "1"
-        return self._hits("GET", "/api/search", params)
-
-    def similar(self, image: str | os.PathLike[str], k: int, within: str | None = None, *,
-                after: str | None = None, before: str | None = None, ext: str | None = None,
-                tags: Sequence[str] | None = None, place: str | None = None,
-                camera: str | None = None, kind: str | None = None) -> list[Hit] | None:
-        """The hits `Index.similar` would return for an image file, sent as an upload; the server
-        finds indexed content by its hash, so an indexed photo is not embedded again."""
-        path = os.path.abspath(os.path.expanduser(os.fspath(image)))
-        if limits.breach(k=k, tags=tags) or is_video_name(path):
+        if request.like is None:
+            return self._hits("GET", "/api/search", request.params())
+        if not isinstance(request.like, (str, os.PathLike)):
+            return None
+        path = os.path.abspath(os.path.expanduser(os.fspath(request.like)))
+        if is_video_name(path):
             return None  # a video is averaged from its indexed frames, or its first decoded, here
         try:
             if os.path.getsize(path) > limits.MAX_UPLOAD:
@@ -190,12 +173,9 @@ class Server:
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
                 f"Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogateescape")
         body += data + f"\r\n--{boundary}--\r\n".encode()
-        params = _filters(k, within, after, before, ext, tags, place, camera, kind)
-        return self._hits("POST", "/api/similar", params, body,
+        return self._hits("POST", "/api/similar", request.params(), body,
                           f"multipart/form-data; boundary={boundary}")
 
-
-    # -- the writer's side of a server that watches its folders (serve --watch) ------------------
     def status(self) -> dict:
         return self._json("GET", "/api/status")
 
@@ -258,21 +238,6 @@ class _Told(ClipsearchError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def _filters(k: int, within: str | None, after: str | None, before: str | None, ext: str | None,
-             tags: Sequence[str] | None, place: str | None = None, camera: str | None = None,
-             kind: str | None = None) -> dict:
-    params: dict = {"k": str(k)}
-    if within:  # the server runs elsewhere: a folder is sent as the absolute path it means here
-        params["in"] = os.path.abspath(os.path.expanduser(within))
-    for key, value in (("after", after), ("before", before), ("ext", ext)):
-        if value is not None:
-            params[key] = value
-    if tags:
-        params["tag"] = list(tags)
-    params |= {name: value for name, value in (("place", place), ("camera", camera), ("kind", kind)) if value}
-    return params
 
 
 def find_watcher(db: Path) -> Server | None:
