@@ -8,6 +8,7 @@ content that was indexed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import mimetypes
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, get_type_hints
 from urllib.parse import quote
 
 from fastapi import Depends, File, Query, Request, UploadFile
@@ -26,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import __version__
@@ -37,7 +38,7 @@ from clipsearch.errors import (
 )
 from clipsearch.media.kinds import is_raw_name
 from clipsearch.media.thumbnails import MEDIA_TYPE, SIZES, Thumbnails
-from clipsearch.results import Hit
+from clipsearch.results import Hit, ImageRecord
 from clipsearch.search import limits
 from clipsearch.search.dupes import DEFAULT_THRESHOLD
 from clipsearch.search.engine import Index, open_index
@@ -106,60 +107,31 @@ RowId = Annotated[int, InPath(description="An indexed row's id, as hits and /api
 
 
 # -- response shapes (for /docs; routes build the JSON themselves) -------------------------------
-class HitOut(BaseModel):
-    id: int
-    path: str
-    score: float
-    rank: int
-    width: int | None
-    height: int | None
-    taken: str | None
-    tags: list[str]
-    itm: float | None = None
-    clip: float | None = None
-    words: dict[str, list[str]] | None = None  # field -> the photo's words the query matched
-    place: str | None = None
-    camera: str | None = None
-    lens: str | None = None
-    keywords: list[str] = []
-    people: list[str] = []
-    caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
-    motion: bool = False  # a Live Photo: its video plays at /api/images/{id}/motion
-    kind: str = "photo"  # or "video" (clipsearch.media.video)
-    t: float | None = None  # a video's best moment, in seconds
-    moments: list[dict] | None = None  # a video's best moments: {"t", "score"}, best first
-    duration: float | None = None  # a video's, in seconds
+def _shape(name: str, *parts: tuple[type, str], **more: tuple) -> type[BaseModel]:
+    """A response model made of the named fields of the library's dataclasses (their types and
+    defaults, not restated here) and `more` (name: (type, default)) where the JSON differs."""
+    fields: dict = {}
+    for cls, names in parts:
+        hints, declared = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+        for field in names.split():
+            default = declared[field].default
+            if default is dataclasses.MISSING:
+                factory = declared[field].default_factory
+                default = ... if factory is dataclasses.MISSING else factory()
+            fields[field] = (hints[field], default)
+    return create_model(name, **(fields | more))
 
 
-class PageOut(BaseModel):
-    query: str | None = None
-    similar_to: dict | None = None
-    offset: int
-    total_considered: int
-    hits: list[HitOut]
-    timing_ms: dict[str, float]
-
-
-class ImageOut(BaseModel):
-    id: int
-    path: str
-    bytes: int
-    width: int | None
-    height: int | None
-    taken: str | None
-    mtime_ns: int
-    hash: str
-    tags: list[str]
-    camera: str | None = None
-    lens: str | None = None
-    place: str | None = None
-    lat: float | None = None
-    lon: float | None = None
-    keywords: list[str] = []
-    people: list[str] = []
-    caption: str | None = None  # BLIP's sentence (clipsearch caption), once made
-    t: float | None = None  # a video's frame: its second
-    duration: float | None = None  # a video's, in seconds
+# what a hit shows of its row (hit_dict), beside the CLI's JSON (Hit.to_dict) and its row id
+_SHOWN = "width height taken tags place camera lens keywords people caption duration"
+HitOut = _shape("HitOut", (Hit, "id path score rank itm clip words t original motion"),
+                (ImageRecord, _SHOWN), id=(int, ...), tags=(list[str], ...),
+                kind=(Literal["photo", "video"], "photo"),
+                moments=(list[dict] | None, None))  # a video's best moments: {"t", "score"}, best first
+ImageOut = _shape("ImageOut", (ImageRecord, " ".join(
+    f.name for f in dataclasses.fields(ImageRecord) if f.name != "near")), tags=(list[str], ...))
+PageOut = _shape("PageOut", query=(str | None, None), similar_to=(dict | None, None), offset=(int, ...),
+                 total_considered=(int, ...), hits=(list[HitOut], ...), timing_ms=(dict[str, float], ...))
 
 
 @dataclass(frozen=True)
@@ -408,13 +380,9 @@ def media_type(path: str) -> str:
 def hit_dict(hit: Hit) -> dict:
     """A hit as the API shows it: the CLI's JSON fields, the row id and what the gallery shows
     (`motion`: /motion plays its Live Photo video), from the hit the engine enriched."""
-    image = hit.image
     extra = {"width": None, "height": None, "taken": None, "tags": []}
-    if image is not None:
-        extra = {"width": image.width, "height": image.height, "taken": image.taken, "tags": image.tags,
-                 "place": image.place, "camera": image.camera, "lens": image.lens,
-                 "keywords": image.keywords, "people": image.people, "caption": image.caption,
-                 "duration": image.duration, "motion": hit.motion}
+    if hit.image is not None:
+        extra = {name: getattr(hit.image, name) for name in _SHOWN.split()} | {"motion": hit.motion}
     return {"id": hit.id, **hit.to_dict(), **extra}
 
 
