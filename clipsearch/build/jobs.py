@@ -11,7 +11,7 @@ this server does not know an error rather than ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from clipsearch.errors import BadInputError
 
@@ -131,4 +131,4 @@ class IncludeJob:
 
 
 Job = IndexJob | TagJob | CaptionJob | OptimizeJob | ForgetJob | MoveJob | RemoveRootJob | IncludeJob
-JOBS: tuple[type, ...] = Job.__args__
+JOBS: tuple[type, ...] = get_args(Job)

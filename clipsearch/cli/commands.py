@@ -789,7 +789,8 @@ def caption(
 
                 # a file here is named by its absolute path: the server's folder is not ours
                 asked = str(show.expanduser().absolute()) if show.expanduser().exists() else str(show)
-                shown = server.run_job(CaptionJob(show=asked, **options), lambda _p: None)
+                shown = server.run_job(CaptionJob(show=asked, caption_model=caption_model,
+                                                  caption_precision=caption_precision), lambda _p: None)
                 records = [ImageRecord(**r) for r in shown["images"]]
             else:
                 from clipsearch.build.builder import open_builder
@@ -809,7 +810,7 @@ def caption(
                 present.message(f"handing this run to clipsearch serve --watch (pid {server.found.pid}), "
                                 "which holds the index")
                 job = CaptionJob([normalize_root(f) for f in folders or ()], limit, write_xmp=write_xmp,
-                                 **options)
+                                 caption_model=caption_model, caption_precision=caption_precision)
                 summary = CaptionSummary.from_dict(server.run_job(job, _stopping(stop, report)))
             else:
                 from clipsearch.build.builder import open_builder
@@ -972,7 +973,7 @@ def roots_move(
     with _errors():
         server = _watcher(db)
         if server is not None:
-            summary = IndexSummary.from_dict(server.run_job(MoveJob(*moved), lambda _p: None))
+            summary = IndexSummary.from_dict(server.run_job(MoveJob(moved[0], moved[1]), lambda _p: None))
         else:
             from clipsearch.build.builder import open_builder
 

@@ -131,7 +131,8 @@ HitOut = _shape("HitOut", (Hit, "id path score rank itm clip words t original mo
 ImageOut = _shape("ImageOut", (ImageRecord, " ".join(
     f.name for f in dataclasses.fields(ImageRecord) if f.name != "near")), tags=(list[str], ...))
 PageOut = _shape("PageOut", query=(str | None, None), similar_to=(dict | None, None), offset=(int, ...),
-                 total_considered=(int, ...), hits=(list[HitOut], ...), timing_ms=(dict[str, float], ...))
+                 total_considered=(int, ...), hits=(list[HitOut], ...),  # type: ignore[valid-type]
+                 timing_ms=(dict[str, float], ...))
 
 
 @dataclass(frozen=True)
