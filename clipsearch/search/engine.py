@@ -35,7 +35,6 @@ from clipsearch.search.request import ImageData, SearchRequest
 from clipsearch.store.table import Store
 
 if TYPE_CHECKING:
-
     import numpy as np
 
     from clipsearch.enrich.tagging import LabelSet, Tagger

@@ -8,14 +8,13 @@ content that was indexed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import mimetypes
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, get_type_hints
@@ -110,16 +109,16 @@ RowId = Annotated[int, InPath(description="An indexed row's id, as hits and /api
 def _shape(name: str, *parts: tuple[type, str], **more: tuple) -> type[BaseModel]:
     """A response model made of the named fields of the library's dataclasses (their types and
     defaults, not restated here) and `more` (name: (type, default)) where the JSON differs."""
-    fields: dict = {}
+    shape: dict = {}
     for cls, names in parts:
-        hints, declared = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+        hints, declared = get_type_hints(cls), {f.name: f for f in fields(cls)}
         for field in names.split():
             default = declared[field].default
-            if default is dataclasses.MISSING:
+            if default is MISSING:
                 factory = declared[field].default_factory
-                default = ... if factory is dataclasses.MISSING else factory()
-            fields[field] = (hints[field], default)
-    return create_model(name, **(fields | more))
+                default = ... if factory is MISSING else factory()
+            shape[field] = (hints[field], default)
+    return create_model(name, **(shape | more))
 
 
 # what a hit shows of its row (hit_dict), beside the CLI's JSON (Hit.to_dict) and its row id
@@ -129,7 +128,7 @@ HitOut = _shape("HitOut", (Hit, "id path score rank itm clip words t original mo
                 kind=(Literal["photo", "video"], "photo"),
                 moments=(list[dict] | None, None))  # a video's best moments: {"t", "score"}, best first
 ImageOut = _shape("ImageOut", (ImageRecord, " ".join(
-    f.name for f in dataclasses.fields(ImageRecord) if f.name != "near")), tags=(list[str], ...))
+    f.name for f in fields(ImageRecord) if f.name != "near")), tags=(list[str], ...))
 PageOut = _shape("PageOut", query=(str | None, None), similar_to=(dict | None, None), offset=(int, ...),
                  total_considered=(int, ...), hits=(list[HitOut], ...),  # type: ignore[valid-type]
                  timing_ms=(dict[str, float], ...))
