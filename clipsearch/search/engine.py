@@ -32,7 +32,7 @@ from clipsearch.results import (
     TagCount,
 )
 from clipsearch.search.request import ImageData, SearchRequest
-from clipsearch.store.table import Store
+from clipsearch.store.table import RowSource, Store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,7 +65,7 @@ class Index:
     the first made every text query 25-30% slower (13 ms -> 17 ms, ViT-B-32 on 2 cores).
     """
 
-    def __init__(self, store: Store, *, device: str = "auto", embedder: Embedder | None = None,
+    def __init__(self, store: RowSource, *, device: str = "auto", embedder: Embedder | None = None,
                  rerank_model: str | None = None, rerank_precision: str = "auto",
                  scorer: ItmScorer | None = None, precision: str = "fp32", model_thread: bool = False,
                  text_encoder: TextEncoder | None = None, ann: AnnIndex | None = None,

@@ -19,7 +19,7 @@ from clipsearch.errors import BadInputError
 from clipsearch.media.words import tokens
 from clipsearch.results import Hit, ImageRecord
 from clipsearch.store.ann import AnnIndex
-from clipsearch.store.table import RowSource, Store
+from clipsearch.store.table import RowSource
 
 if TYPE_CHECKING:
     from clipsearch.search.wordsearch import WordIndex
@@ -151,7 +151,7 @@ def allowed_ids(store: RowSource, filters: Filters, words: WordIndex | None = No
     return table.column("id").filter(mask).to_numpy()
 
 
-def tagged_hashes(store: Store, tags: frozenset[str]) -> pa.Array:
+def tagged_hashes(store: RowSource, tags: frozenset[str]) -> pa.Array:
     """Content hashes carrying every tag in `tags` (case-insensitive, as --place and --camera are;
     a label the index holds exactly wins); unknown tags are refused, naming those that exist."""
     stored = store.read_tags()
@@ -201,7 +201,7 @@ def _date_mask(table: pa.Table, bound: datetime, keep_after: bool) -> pa.Chunked
 
 
 def nearest(
-    store: Store, ann: AnnIndex, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
+    store: RowSource, ann: AnnIndex, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
 ) -> list[Hit]:
     """The k best rows for a query vector, best first, scored by exact cosine, each with its row."""
     if k < 1:

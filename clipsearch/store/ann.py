@@ -33,7 +33,7 @@ from clipsearch.store.layers import Delta, merge_due
 
 if TYPE_CHECKING:
     from clipsearch.results import Unwritten
-    from clipsearch.store.table import Store
+    from clipsearch.store.table import RowSource
 
 ANN_DIR = "ann"
 FLAT_MAX = 50_000
@@ -414,7 +414,7 @@ def _saved_base_ids(db: Path, base: int) -> tuple[np.ndarray, str, int] | None:
     return ids, ann.kind, ann.nlist
 
 
-def current(store: Store, retry: bool = False, unwritten: list[Unwritten] | None = None,
+def current(store: RowSource, retry: bool = False, unwritten: list[Unwritten] | None = None,
             have: AnnIndex | None = None) -> AnnIndex:
     """The search structure for the table's current version: the saved one if it matches, else
     one brought up to date (clipsearch.store.layers) or built from the table, and saved for the next
@@ -428,7 +428,7 @@ def current(store: Store, retry: bool = False, unwritten: list[Unwritten] | None
     return _commit(store, retry, unwritten, have, load=True)
 
 
-def commit(store: Store, retry: bool = False, unwritten: list[Unwritten] | None = None,
+def commit(store: RowSource, retry: bool = False, unwritten: list[Unwritten] | None = None,
            fold: bool = False) -> None:
     """Bring the saved search structure up to the table's current version, writing what the
     commit changed (a delta), never reading the base unless the delta is folded into it: when
@@ -437,7 +437,7 @@ def commit(store: Store, retry: bool = False, unwritten: list[Unwritten] | None 
         _commit(store, retry, unwritten, None, load=False, fold=fold)
 
 
-def _commit(store: Store, retry: bool, unwritten: list[Unwritten] | None, have: AnnIndex | None,
+def _commit(store: RowSource, retry: bool, unwritten: list[Unwritten] | None, have: AnnIndex | None,
             load: bool, fold: bool = False) -> AnnIndex | None:
     """Bring the saved structure to the table's version: a new delta from the last saved state
     (its base not read), folded into the base when due, or a structure built from the table
@@ -466,7 +466,7 @@ def _commit(store: Store, retry: bool, unwritten: list[Unwritten] | None, have: 
     return ann
 
 
-def _rebuilt(store: Store, count: int, retry: bool, unwritten: list[Unwritten] | None) -> AnnIndex:
+def _rebuilt(store: RowSource, count: int, retry: bool, unwritten: list[Unwritten] | None) -> AnnIndex:
     ann = _built(store, count)
     ann.table_version = store.version
     _save(ann.save_to(store.path), store, retry, unwritten, AnnIndex._file(store.path, store.version),
@@ -474,7 +474,7 @@ def _rebuilt(store: Store, count: int, retry: bool, unwritten: list[Unwritten] |
     return ann
 
 
-def _delta_vectors(store: Store, delta: Delta, new: np.ndarray, held_version: int,
+def _delta_vectors(store: RowSource, delta: Delta, new: np.ndarray, held_version: int,
                    previous: AnnIndex | None) -> np.ndarray:
     """The vectors of `delta.added`, in order: those the saved delta had, and the new rows'
     from the table."""
@@ -499,7 +499,7 @@ def _delta_vectors(store: Store, delta: Delta, new: np.ndarray, held_version: in
     return out
 
 
-def _save(write: Callable[[], None], store: Store, retry: bool, unwritten: list[Unwritten] | None,
+def _save(write: Callable[[], None], store: RowSource, retry: bool, unwritten: list[Unwritten] | None,
           path: Path, needs: int) -> None:
     """A read-only or full disk still searches, from memory: the file is only a shortcut."""
     from clipsearch.store import derived
@@ -516,7 +516,7 @@ def _save(write: Callable[[], None], store: Store, retry: bool, unwritten: list[
         derived.succeeded(store.path, derived.SEARCH)
 
 
-def _built(store: Store, count: int) -> AnnIndex:
+def _built(store: RowSource, count: int) -> AnnIndex:
     sample = None
     if kind_for(count) == "ivf":
         sample = store.sample_vectors(min(count, TRAIN_PER_LIST * nlist_for(count)))

@@ -237,7 +237,7 @@ class Snapshot(RowSource):
                  captions: tuple[int, pa.Table] | None = None) -> None:
         self.path = path
         self.manifest = manifest
-        self.version = version
+        self._version = version
         self._rows = rows  # a base's rows and its delta's, in id order; those removed since stay
         self._alive_rows = None if alive.all() else alive  # which rows are not removed, numpy ...
         self._alive = None if self._alive_rows is None else pa.array(alive)  # ... and as a mask
@@ -267,6 +267,10 @@ class Snapshot(RowSource):
         return cls(db, manifest, version, rows, alive, tags, tags_version, captions)
 
     # -- what a search asks of a Store -------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self._version
+
     def refresh(self) -> None:
         """A snapshot is of one version; the next process opens the next one."""
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -266,24 +267,54 @@ def under_sql(paths: Sequence[str]) -> str:
     return " OR ".join([f"path IN ({sql_list(paths)})", *(f"starts_with(path, {p})" for p in prefixes)])
 
 
-class RowSource:
-    """What a search needs from an index's rows. The LanceDB table (Store) is the truth; a
-    read-only snapshot of it (clipsearch.store.snapshot) answers the same calls without LanceDB."""
+class RowSource(Protocol):
+    """What the query side (clipsearch.search) reads of an index's rows. The LanceDB table
+    (Store) is the truth; a read-only snapshot of one committed version of it
+    (clipsearch.store.snapshot.Snapshot) answers the same calls without LanceDB. Both subclass
+    this protocol, taking the methods it implements from what the others give."""
 
     path: Path
     manifest: Manifest
 
-    def batches(self, columns: Sequence[str], where: str | None = None, batch_rows: int = 16_384,
-                ) -> Iterator[pa.RecordBatch]:
-        raise NotImplementedError
+    @property
+    def version(self) -> int:
+        """The committed version the rows are of."""
+        ...
+
+    def refresh(self) -> None:
+        """Move to the newest committed version (a snapshot stays on its own)."""
+        ...
 
     def count(self) -> int:
-        raise NotImplementedError
+        ...
 
     @property
     def names(self) -> list[str]:
         """The columns the rows have."""
-        raise NotImplementedError
+        ...
+
+    def read(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        ...
+
+    def batches(self, columns: Sequence[str], where: str | None = None, batch_rows: int = 16_384,
+                ) -> Iterator[pa.RecordBatch]:
+        ...
+
+    def fetch(self, ids: Sequence[int], columns: Sequence[str]) -> pa.Table:
+        """The rows of these ids (in no particular order)."""
+        ...
+
+    def row(self, path: str, columns: Sequence[str]) -> dict | None:
+        ...
+
+    def row_by_hash(self, digest: str, columns: Sequence[str]) -> dict | None:
+        ...
+
+    def tags_version(self) -> int | None:
+        ...
+
+    def read_tags(self, rows: bool = True) -> tuple[pa.Table | None, dict] | None:
+        ...
 
     @property
     def has_words(self) -> bool:
@@ -299,7 +330,7 @@ class RowSource:
 
     def by_paths(self, paths: Sequence[str], columns: Sequence[str]) -> pa.Table:
         """The rows stored for these paths (in no particular order)."""
-        raise NotImplementedError
+        ...
 
     def by_name(self, name: str, columns: Sequence[str]) -> pa.Table:
         """The rows of every indexed file called `name` (a bare file name, IMG_2041.jpg; case
@@ -359,6 +390,19 @@ class RowSource:
             column = column.combine_chunks()
         flat = column.flatten().to_numpy(zero_copy_only=False)
         return np.ascontiguousarray(flat.reshape(len(column), self.manifest.dim), np.float32)
+
+    def sorted_ids(self) -> np.ndarray:
+        """Every row id, sorted (what the derived structures are compared with)."""
+        return np.sort(self.read(["id"]).column("id").to_numpy())
+
+    def disk_bytes(self) -> int:
+        """What the index's folder holds on disk."""
+        total = 0
+        for folder, _, files in os.walk(self.path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(folder, name)).st_size
+        return total
 
 
 class Store(RowSource):
@@ -749,13 +793,6 @@ class Store(RowSource):
                 for column in missing:
                     self._table.create_index(column, config=BTree())
 
-    def disk_bytes(self) -> int:
-        total = 0
-        for folder, _, files in os.walk(self.path):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    total += os.stat(os.path.join(folder, name)).st_size
-        return total
 
 
 # the index folders whose lock this process holds -> the thread that may take it again, if any
