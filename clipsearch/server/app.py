@@ -14,7 +14,8 @@ import mimetypes
 import re
 import threading
 import time
-from dataclasses import MISSING, dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import MISSING, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, get_type_hints
@@ -134,14 +135,9 @@ PageOut = _shape("PageOut", query=(str | None, None), similar_to=(dict | None, N
                  timing_ms=(dict[str, float], ...))
 
 
-@dataclass(frozen=True)
-class Asked:
-    """The page and the filters, as every search route takes them: a SearchRequest's fields."""
-
-    options: dict
-
-    def request(self, **more) -> SearchRequest:
-        return SearchRequest(**self.options, **more)
+# the page and the filters, as every search route takes them: a SearchRequest with these set,
+# and `details` (the API's hits show their tags and Live Photo motion), waiting for what to find
+Asked = Callable[..., SearchRequest]
 
 
 def asked(
@@ -161,8 +157,8 @@ def asked(
     kind: Annotated[Literal["photo", "video"] | None, Query(
         description="One kind only: photo or video.")] = None,
 ) -> Asked:
-    return Asked({"k": k, "offset": offset, "within": within, "after": after, "before": before, "ext": ext,
-                  "tags": tag, "place": place, "camera": camera, "kind": kind})
+    return partial(SearchRequest, k=k, offset=offset, within=within, after=after, before=before, ext=ext,
+                   tags=tag, place=place, camera=camera, kind=kind, details=True)
 
 
 def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_required: bool = False,
@@ -233,7 +229,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
     ) -> JSONResponse:
         """Images matching a description, best first, a page at a time."""
         started = time.perf_counter()
-        request = ask.request(query=q, rerank=rerank, candidates=candidates, min_match=min_match,
+        request = ask(query=q, rerank=rerank, candidates=candidates, min_match=min_match,
                               image_terms=False, collapse=collapse, words=words)
         return _page(served, request, started, query=q)
 
@@ -241,7 +237,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
     def similar(id: RowId, ask: Annotated[Asked, Depends(asked)]) -> JSONResponse:
         """Images that look like the indexed image `id` (which comes first)."""
         started = time.perf_counter()
-        return _page(served, ask.request(like=id), started, similar_to={"id": id})
+        return _page(served, ask(like=id), started, similar_to={"id": id})
 
     @app.post("/api/similar", response_model=PageOut, tags=["search"])
     def similar_upload(
@@ -251,7 +247,7 @@ def create_app(served: ServedIndex, *, tokens: tuple[str, ...] = (), token_requi
         """Images that look like an uploaded image (multipart form field `image`)."""
         started = time.perf_counter()
         name = image.filename or "the uploaded image"
-        request = ask.request(like=ImageData(image.file.read(), name))
+        request = ask(like=ImageData(image.file.read(), name))
         return _page(served, request, started, similar_to={"upload": name})
 
     @app.get("/api/dupes", tags=["images"])
@@ -390,7 +386,7 @@ def _page(served: ServedIndex, request: SearchRequest, started: float, **source)
     """A search route's answer: `request` checked against the server's limits, then answered."""
     if (why := request.breach()) is not None:
         raise BadInputError(why)
-    page = served.get().page(replace(request, details=True))
+    page = served.get().page(request)
     timing = {**page.timing_ms, "total": round((time.perf_counter() - started) * 1000, 2)}
     return JSONResponse({**source, "offset": request.offset, "total_considered": page.considered,
                          "hits": [hit_dict(h) for h in page.hits], "timing_ms": timing})
